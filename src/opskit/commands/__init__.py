@@ -1,0 +1,1 @@
+"""One module per area of commands; each has register(app). See opskit/cli.py."""

@@ -1,0 +1,93 @@
+"""What every command shares: the loaded settings, the journal, output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from opskit.config import Settings
+    from opskit.journal import Journal
+
+
+@dataclass
+class _State:
+    config_path: Path | None = None
+    _settings: "Settings | None" = field(default=None, repr=False)
+    _journal: "Journal | None" = field(default=None, repr=False)
+
+    def settings(self) -> "Settings":
+        if self._settings is None:
+            from opskit import config
+
+            self._settings = config.load(self.config_path)
+        return self._settings
+
+    def state_dir(self) -> Path:
+        if self._settings is not None:
+            return self._settings.state_dir
+        from opskit import config
+
+        return config.default_state_dir()
+
+    def journal(self) -> "Journal":
+        if self._journal is None:
+            from opskit.journal import Journal
+
+            self._journal = Journal(self.settings().state_dir)
+        return self._journal
+
+
+STATE = _State()
+
+
+def settings() -> "Settings":
+    return STATE.settings()
+
+
+def journal() -> "Journal":
+    return STATE.journal()
+
+
+_console: "Console | None" = None
+_err_console: "Console | None" = None
+
+
+def console() -> "Console":
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(highlight=False)
+    return _console
+
+
+def err_console() -> "Console":
+    global _err_console
+    if _err_console is None:
+        from rich.console import Console
+
+        _err_console = Console(stderr=True, highlight=False)
+    return _err_console
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def exit_with(code: int) -> NoReturn:
+    raise typer.Exit(int(code))
+
+
+def usage(message: str) -> NoReturn:
+    from opskit.errors import UsageError
+
+    raise UsageError(message)

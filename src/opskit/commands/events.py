@@ -1,0 +1,39 @@
+"""opskit events: read the journal."""
+
+from __future__ import annotations
+
+import typer
+
+from opskit.commands import _common
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("events")
+    def events(
+        service: str = typer.Option(None, "--service", "-s", help="Only this service."),
+        type_: str = typer.Option(None, "--type", "-t", help="Type prefix, e.g. rollback or health.fail."),
+        since: str = typer.Option(None, "--since", help="Duration (2h, 30m, 7d) or ISO time."),
+        limit: int = typer.Option(None, "--limit", "-n", min=1, help="The newest N events."),
+        follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing events as they come."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object a line."),
+    ) -> None:
+        """Read the event journal.
+
+        Example: opskit events --service primerouter --type rollback --since 2h --json
+        """
+        from opskit.events_view import render_events
+        from opskit.journal import parse_since
+
+        since_dt = parse_since(since) if since else None
+        j = _common.journal()
+        filters = {"service": service, "type_prefix": type_}
+        found = j.query(since=since_dt, limit=limit if limit is not None else (None if as_json else 50),
+                        **filters)
+        render_events(found, as_json=as_json)
+        if follow:
+            last = found[-1].id if found else None
+            if last is None:
+                row = j.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+                last = int(row[0])
+            for ev in j.follow(start_after=last, **filters):
+                render_events([ev], as_json=as_json, header=False)

@@ -1,0 +1,511 @@
+"""opskit.toml (+ .env beside it) → typed, validated settings (ARCHITECTURE §4).
+
+Every problem is a ConfigError naming the file, the key and the fix, so a typo at 3 a.m.
+costs one line of reading, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opskit.errors import ConfigError, register_secret
+
+CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise")
+LEVELS = ("info", "warning", "error", "critical")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Secret:
+    """A value that must never be printed: repr/str show a mask; .reveal() gives it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        register_secret(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    url: str | None = None
+    tcp: str | None = None
+    cmd: str | None = None
+    window: float = 60.0
+    period: float = 2.0
+    timeout: float = 2.0
+    failures: int = 3
+    startup: float = 30.0
+    expect_status: tuple[int, ...] | None = None  # None: 200–399
+    expect_body: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url or self.tcp or self.cmd)
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    name: str
+    type: str
+    url: Secret | None = None  # discord, slack, webhook, ntfy, apprise
+    command: str | None = None  # command: the message arrives on stdin
+    token: Secret | None = None  # ntfy access token
+    topic: str | None = None  # ntfy, when url is the server
+    fallback: str | None = None  # channel that takes permanent failures
+    timeout: float = 10.0  # one request
+    retry_for: float = 15.0  # transient failures are retried inside this budget
+    username: str | None = None  # discord/slack display name
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    repo: str
+    worktree: Path
+    branch: str = "master"
+    deploy: str | None = None
+    deploy_timeout: float = 300.0
+    direct_push: bool = False
+    feature_branches: tuple[str, ...] = ("feature/*",)
+    test: str | None = None
+    test_timeout: float = 1800.0
+    test_failure: str = "reject"  # reject | human
+    review: str | None = None
+    review_timeout: float = 1800.0
+    merge: str = "merge"  # merge | ff
+    drift_ignore: tuple[str, ...] = ()
+    background: bool = False
+    approval_timeout: float = 24 * 3600.0
+    notify: tuple[str, ...] | None = None  # None: [opskit] notify
+    health: HealthSettings = field(default_factory=HealthSettings)
+
+    @property
+    def pull_mode(self) -> bool:
+        """The canonical repo is elsewhere (a URL): cron runs `opskit deploy`."""
+        return "://" in self.repo or (":" in self.repo and not self.repo.startswith("/")
+                                        and not Path(self.repo).exists())
+
+
+@dataclass(frozen=True)
+class CronSettings:
+    drift_scan: str = "7 * * * *"
+    notify_flush: str = "*/5 * * * *"
+    cron_check: str = "*/5 * * * *"
+    deploy: str = "* * * * *"
+    user: str | None = None  # crontab -u USER (root only); default: the user running opskit
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    name: str
+    schedule: str
+    timezone: str | None = None
+    grace: float | None = None  # default: 10% of the period, at least 60 s
+    max_runtime: float | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path | None
+    state_dir: Path
+    notify: tuple[str, ...] = ()
+    drift_renotify: float = 24.0  # hours
+    channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
+    services: Mapping[str, ServiceSettings] = field(default_factory=dict)
+    cron: CronSettings = field(default_factory=CronSettings)
+    jobs: Mapping[str, JobSettings] = field(default_factory=dict)
+
+    def service(self, name: str) -> ServiceSettings:
+        try:
+            return self.services[name]
+        except KeyError:
+            known = ", ".join(sorted(self.services)) or "none"
+            where = self.path or "no config file"
+            raise ConfigError(
+                f"{where}: unknown service {name!r} (configured: {known}); "
+                f"add a [service.{name}] table or fix the name"
+            ) from None
+
+    def channel(self, name: str) -> ChannelSettings:
+        try:
+            return self.channels[name]
+        except KeyError:
+            known = ", ".join(sorted(self.channels)) or "none"
+            where = self.path or "no config file"
+            raise ConfigError(
+                f"{where}: unknown notify channel {name!r} (configured: {known}); "
+                f"add a [notify.{name}] table or fix the name"
+            ) from None
+
+    def channels_for(self, service: str | None) -> tuple[str, ...]:
+        if service and service in self.services and self.services[service].notify is not None:
+            return self.services[service].notify or ()
+        return self.notify
+
+
+# --- lookup ---------------------------------------------------------------------------------
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """--config, else $OPSKIT_CONFIG, else ./opskit.toml, ~/.config/opskit, /etc/opskit."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("OPSKIT_CONFIG")
+    if env:
+        return Path(env)
+    candidates = [Path.cwd() / "opskit.toml"]
+    home = os.environ.get("HOME")
+    if home:
+        candidates.append(Path(home) / ".config" / "opskit" / "opskit.toml")
+    candidates.append(Path("/etc/opskit/opskit.toml"))
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("OPSKIT_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/opskit")
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "opskit"
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    path = find_config(explicit)
+    if path is None:
+        return Settings(path=None, state_dir=default_state_dir())
+    return load_file(path)
+
+
+def load_file(path: Path) -> Settings:
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; create it or pass --config PATH") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror}); fix its permissions") from None
+    try:
+        data = tomllib.loads(raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML ({e}); fix the syntax") from None
+    _load_dotenv(path.parent / ".env")
+    return _Parser(path).settings(data)
+
+
+def _load_dotenv(env_file: Path) -> None:
+    if env_file.is_file():
+        from dotenv import load_dotenv  # imported only when there is a .env to read
+
+        load_dotenv(env_file, override=False)
+
+
+# --- validation -----------------------------------------------------------------------------
+
+_Conv = Callable[[str, Any], Any]
+
+
+class _Parser:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}; {fix}")
+
+    # scalar converters ----------------------------------------------------------------------
+    def interpolate(self, key: str, value: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise self.fail(key, f"${{{name}}} is not set",
+                                f"export {name} or put it in {self.path.parent / '.env'}")
+            return os.environ[name]
+
+        return _VAR.sub(sub, value)
+
+    def string(self, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {_typename(value)}", 'write it in quotes, e.g. key = "…"')
+        return self.interpolate(key, value)
+
+    def nonempty(self, key: str, value: Any) -> str:
+        s = self.string(key, value)
+        if not s.strip():
+            raise self.fail(key, "is empty", "give it a value or remove the key")
+        return s
+
+    def secret(self, key: str, value: Any) -> Secret:
+        return Secret(self.nonempty(key, value))
+
+    def boolean(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {_typename(value)}", "write true or false (no quotes)")
+        return value
+
+    def positive(self, key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"expected a number of seconds, got {_typename(value)}", "write a number, e.g. 30")
+        if value <= 0:
+            raise self.fail(key, f"must be greater than 0, got {value}", "use a positive number")
+        return float(value)
+
+    def count(self, key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected a whole number, got {_typename(value)}", "write an integer, e.g. 3")
+        if value < 1:
+            raise self.fail(key, f"must be at least 1, got {value}", "use 1 or more")
+        return value
+
+    def strings(self, key: str, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"expected a list of strings, got {_typename(value)}", 'write ["a", "b"]')
+        return tuple(self.interpolate(key, v) for v in value)
+
+    def statuses(self, key: str, value: Any) -> tuple[int, ...]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise self.fail(key, f"expected a list of HTTP status codes, got {_typename(value)}", "write e.g. [200, 204]")
+        for v in value:
+            if not 100 <= v <= 599:
+                raise self.fail(key, f"{v} is not an HTTP status code", "use codes between 100 and 599")
+        return tuple(value)
+
+    def choice(self, *options: str) -> _Conv:
+        def conv(key: str, value: Any) -> str:
+            s = self.string(key, value)
+            if s not in options:
+                raise self.fail(key, f"{s!r} is not one of {', '.join(options)}", f"use one of {', '.join(options)}")
+            return s
+
+        return conv
+
+    def regex(self, key: str, value: Any) -> str:
+        s = self.string(key, value)
+        try:
+            re.compile(s)
+        except re.error as e:
+            raise self.fail(key, f"invalid regular expression ({e})", "fix the pattern") from None
+        return s
+
+    def cron_expr(self, key: str, value: Any) -> str:
+        s = self.nonempty(key, value)
+        from opskit.schedule import validate_cron  # croniter only when a schedule is set
+
+        problem = validate_cron(s)
+        if problem:
+            raise self.fail(key, f"{s!r} is not a valid schedule ({problem})",
+                            'use five fields, e.g. "*/5 * * * *"')
+        return s
+
+    def tz(self, key: str, value: Any) -> str:
+        s = self.nonempty(key, value)
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(s)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise self.fail(key, f"unknown time zone {s!r}", 'use an IANA name such as "Europe/Berlin"') from None
+        return s
+
+    # tables ---------------------------------------------------------------------------------
+    def table(self, prefix: str, data: Any, schema: Mapping[str, _Conv]) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise self.fail(prefix, f"expected a table, got {_typename(data)}", f"write it as [{prefix}]")
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            key = f"{prefix}.{k}" if prefix else k
+            conv = schema.get(k)
+            if conv is None:
+                known = ", ".join(sorted(schema))
+                raise self.fail(key, "unknown key", f"remove it or use one of: {known}")
+            out[k] = conv(key, v)
+        return out
+
+    def settings(self, data: dict[str, Any]) -> Settings:
+        top = {"opskit", "notify", "service", "cron", "jobs"}
+        for k in data:
+            if k not in top:
+                raise self.fail(k, "unknown table", f"use one of: {', '.join(sorted(top))}")
+        base = self.table("opskit", data.get("opskit", {}), {
+            "state_dir": self.nonempty,
+            "notify": self.strings,
+            "drift_renotify": self.positive,
+        })
+        state_dir = Path(base["state_dir"]).expanduser() if "state_dir" in base else default_state_dir()
+
+        channels: dict[str, ChannelSettings] = {}
+        notify_tables = data.get("notify", {})
+        if not isinstance(notify_tables, dict):
+            raise self.fail("notify", "expected tables like [notify.ops]", "write [notify.NAME] tables")
+        for name, raw in notify_tables.items():
+            channels[name] = self.channel(name, raw)
+
+        services: dict[str, ServiceSettings] = {}
+        svc_tables = data.get("service", {})
+        if not isinstance(svc_tables, dict):
+            raise self.fail("service", "expected tables like [service.NAME]", "write [service.NAME] tables")
+        for name, raw in svc_tables.items():
+            services[name] = self.service(name, raw)
+
+        cron = CronSettings(**self.table("cron", data.get("cron", {}), {
+            "drift_scan": self.cron_expr, "notify_flush": self.cron_expr,
+            "cron_check": self.cron_expr, "deploy": self.cron_expr, "user": self.nonempty,
+        }))
+
+        jobs: dict[str, JobSettings] = {}
+        job_tables = data.get("jobs", {})
+        if not isinstance(job_tables, dict):
+            raise self.fail("jobs", "expected tables like [jobs.NAME]", "write [jobs.NAME] tables")
+        for name, raw in job_tables.items():
+            self.check_name(f"jobs.{name}", name)
+            fields = self.table(f"jobs.{name}", raw, {
+                "schedule": self.cron_expr, "timezone": self.tz,
+                "grace": self.positive, "max_runtime": self.positive,
+            })
+            if "schedule" not in fields:
+                raise self.fail(f"jobs.{name}.schedule", "is missing", 'add schedule = "*/5 * * * *"')
+            jobs[name] = JobSettings(name=name, **fields)
+
+        settings = Settings(
+            path=self.path, state_dir=state_dir, notify=base.get("notify", ()),
+            drift_renotify=base.get("drift_renotify", 24.0),
+            channels=channels, services=services, cron=cron, jobs=jobs,
+        )
+        # Every channel named anywhere must exist: a typo here is a silent outage later.
+        for where, names in [("opskit.notify", settings.notify)] + [
+            (f"service.{s.name}.notify", s.notify or ()) for s in services.values()
+        ] + [(f"notify.{c.name}.fallback", (c.fallback,) if c.fallback else ()) for c in channels.values()]:
+            for n in names:
+                if n not in channels:
+                    known = ", ".join(sorted(channels)) or "none"
+                    raise self.fail(where, f"names channel {n!r}, which is not configured (configured: {known})",
+                                    f"add a [notify.{n}] table or fix the name")
+        return settings
+
+    def check_name(self, key: str, name: str) -> None:
+        if not _NAME.match(name):
+            raise self.fail(key, f"name {name!r} has characters opskit does not allow",
+                            "use letters, digits, '.', '_' and '-'")
+
+    def channel(self, name: str, raw: Any) -> ChannelSettings:
+        key = f"notify.{name}"
+        self.check_name(key, name)
+        fields = self.table(key, raw, {
+            "type": self.choice(*CHANNEL_TYPES), "url": self.secret, "command": self.nonempty,
+            "token": self.secret, "topic": self.nonempty, "fallback": self.nonempty,
+            "timeout": self.positive, "retry_for": self.positive, "username": self.nonempty,
+        })
+        kind = fields.get("type")
+        if kind is None:
+            raise self.fail(f"{key}.type", "is missing", f"add type = one of {', '.join(CHANNEL_TYPES)}")
+        if kind == "command":
+            if "command" not in fields:
+                raise self.fail(f"{key}.command", "is missing", 'add command = "…" (the message arrives on stdin)')
+        elif "url" not in fields:
+            raise self.fail(f"{key}.url", "is missing", f'add url = "${{{name.upper().replace("-", "_")}_URL}}"')
+        if "url" in fields and kind != "apprise":
+            u = fields["url"].reveal()
+            if not re.match(r"^https?://[^/\s]+", u):
+                raise self.fail(f"{key}.url", "is not an http(s) URL", "use https://… (or http:// on loopback)")
+        if fields.get("fallback") == name:
+            raise self.fail(f"{key}.fallback", "names the channel itself", "name another channel or remove it")
+        return ChannelSettings(name=name, **fields)
+
+    def service(self, name: str, raw: Any) -> ServiceSettings:
+        key = f"service.{name}"
+        self.check_name(key, name)
+        if not isinstance(raw, dict):
+            raise self.fail(key, f"expected a table, got {_typename(raw)}", f"write it as [{key}]")
+        raw = dict(raw)
+        health_raw = raw.pop("health", {})
+        fields = self.table(key, raw, {
+            "repo": self.nonempty, "worktree": self.nonempty, "branch": self.nonempty,
+            "deploy": self.nonempty, "deploy_timeout": self.positive, "direct_push": self.boolean,
+            "feature_branches": self.strings, "test": self.nonempty, "test_timeout": self.positive,
+            "test_failure": self.choice("reject", "human"), "review": self.nonempty,
+            "review_timeout": self.positive, "merge": self.choice("merge", "ff"),
+            "drift_ignore": self.strings, "background": self.boolean,
+            "approval_timeout": self.positive, "notify": self.strings,
+        })
+        for required in ("repo", "worktree"):
+            if required not in fields:
+                raise self.fail(f"{key}.{required}", "is missing",
+                                f"add {required} = \"…\" (see ARCHITECTURE §4)")
+        fields["worktree"] = Path(fields["worktree"]).expanduser()
+        health = HealthSettings(**self.health(f"{key}.health", health_raw))
+        return ServiceSettings(name=name, health=health, **fields)
+
+    def health(self, key: str, raw: Any) -> dict[str, Any]:
+        fields = self.table(key, raw, {
+            "url": self.nonempty, "tcp": self.nonempty, "cmd": self.nonempty,
+            "window": self.positive, "period": self.positive, "timeout": self.positive,
+            "failures": self.count, "startup": self.positive,
+            "expect_status": self.statuses, "expect_body": self.regex,
+        })
+        probes = [k for k in ("url", "tcp", "cmd") if k in fields]
+        if len(probes) > 1:
+            raise self.fail(key, f"sets {' and '.join(probes)}", "keep exactly one of url, tcp, cmd")
+        if "url" in fields:
+            problem = check_url(fields["url"])
+            if problem:
+                raise self.fail(f"{key}.url", problem, "use http://host:port/path")
+        if "tcp" in fields:
+            problem = check_hostport(fields["tcp"])
+            if problem:
+                raise self.fail(f"{key}.tcp", problem, 'use "host:port", e.g. "127.0.0.1:9400"')
+        return fields
+
+
+def check_url(url: str) -> str | None:
+    """None if url is a usable http(s) URL, else what is wrong with it."""
+    m = re.match(r"^(https?)://(\[[^\]]+\]|[^/:\s]+)(?::(\d+))?(/\S*)?$", url)
+    if not m:
+        return f"{url!r} is not an http(s) URL"
+    if m.group(3) is not None and not 0 < int(m.group(3)) < 65536:
+        return f"port {m.group(3)} is out of range"
+    return None
+
+
+def check_hostport(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return f"{value!r} is not host:port"
+    if not 0 < int(port) < 65536:
+        return f"port {port} is out of range"
+    return None
+
+
+def _typename(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)

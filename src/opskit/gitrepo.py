@@ -1,0 +1,270 @@
+"""Every git operation opskit performs lives here (ARCHITECTURE §2, STYLE §4).
+
+We drive the git CLI through proc.run with argv lists: it is what git's own hooks and
+plumbing speak, it needs no import on a hook's fast path, and it never interprets data
+(branch names, messages, file names) through a shell. GIT_* variables set by a hook are
+stripped unless the caller passes the hook's environment on purpose (a pre-receive hook
+must keep GIT_QUARANTINE_PATH to see the objects being pushed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from opskit import proc
+from opskit.errors import GitError, UsageError
+
+ZERO = "0" * 40
+GIT_TIMEOUT = 120.0
+OPSKIT_IDENT = {
+    "GIT_AUTHOR_NAME": "opskit", "GIT_AUTHOR_EMAIL": "opskit@localhost",
+    "GIT_COMMITTER_NAME": "opskit", "GIT_COMMITTER_EMAIL": "opskit@localhost",
+}
+
+
+@dataclass(frozen=True)
+class StatusEntry:
+    code: str  # two-letter porcelain code, e.g. " M", "A ", "??", " D"
+    path: str
+
+    @property
+    def kind(self) -> str:
+        x, y = self.code[0], self.code[1]
+        if self.code == "??":
+            return "untracked"
+        if "U" in self.code or self.code in ("AA", "DD"):
+            return "conflict"
+        if y == "D" or x == "D":
+            return "deleted"
+        if x != " " and y == " ":
+            return "staged"
+        return "modified"
+
+
+class Git:
+    """One repository (bare or with a worktree)."""
+
+    def __init__(self, path: str | os.PathLike[str], env: Mapping[str, str] | None = None,
+                 timeout: float = GIT_TIMEOUT) -> None:
+        self.path = Path(path)
+        self.env = dict(env) if env is not None else proc.clean_env()
+        self.timeout = timeout
+
+    def run(self, *args: str, check: bool = True, input: str | bytes | None = None,
+            timeout: float | None = None, env: Mapping[str, str] | None = None) -> proc.Result:
+        e = dict(self.env)
+        if env:
+            e.update(env)
+        argv = ["git", "-C", str(self.path), *args]
+        try:
+            result = proc.run(argv, env=e, timeout=timeout or self.timeout, input=input, capture=True)
+        except GitError:
+            raise
+        except Exception as err:  # git missing, folder gone
+            raise GitError(f"git {args[0] if args else ''} in {self.path}: {err}") from None
+        if check and not result.ok:
+            msg = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or [""])[-1]
+            how = f"timed out after {result.duration:.0f}s" if result.timed_out else f"exit {result.returncode}"
+            raise GitError(f"git {' '.join(args[:3])} in {self.path} failed ({how}): {msg}")
+        return result
+
+    def out(self, *args: str, **kw: object) -> str:
+        return self.run(*args, **kw).stdout.strip()  # type: ignore[arg-type]
+
+    # --- inspection ---------------------------------------------------------------------------
+    def is_repo(self) -> bool:
+        if not self.path.is_dir():
+            return False
+        r = self.run("rev-parse", "--git-dir", check=False)
+        return r.ok
+
+    def require_repo(self, what: str = "repository") -> None:
+        if not self.is_repo():
+            raise UsageError(f"{self.path}: not a git {what}; check the path in the config")
+
+    def is_bare(self) -> bool:
+        return self.out("rev-parse", "--is-bare-repository") == "true"
+
+    def git_dir(self) -> Path:
+        d = Path(self.out("rev-parse", "--git-dir"))
+        return d if d.is_absolute() else (self.path / d).resolve()
+
+    def common_dir(self) -> Path:
+        d = Path(self.out("rev-parse", "--git-common-dir"))
+        return d if d.is_absolute() else (self.path / d).resolve()
+
+    def rev_parse(self, rev: str) -> str | None:
+        r = self.run("rev-parse", "--verify", "--quiet", "--end-of-options", rev + "^{commit}", check=False)
+        return r.stdout.strip() or None if r.ok else None
+
+    def head(self) -> str | None:
+        return self.rev_parse("HEAD")
+
+    def current_branch(self) -> str | None:
+        r = self.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+        return r.stdout.strip() or None if r.ok else None
+
+    def branch_tip(self, branch: str) -> str | None:
+        return self.rev_parse(f"refs/heads/{branch}")
+
+    def tree(self, rev: str) -> str:
+        return self.out("rev-parse", "--verify", "--end-of-options", rev + "^{tree}")
+
+    def parents(self, rev: str) -> list[str]:
+        line = self.out("rev-list", "--parents", "-n", "1", "--end-of-options", rev)
+        return line.split()[1:]
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        r = self.run("merge-base", "--is-ancestor", ancestor, descendant, check=False)
+        if r.returncode not in (0, 1):
+            raise GitError(f"git merge-base in {self.path}: {r.stderr.strip()}")
+        return r.returncode == 0
+
+    def rev_list(self, *args: str) -> list[str]:
+        return self.out("rev-list", *args).split()
+
+    def message(self, rev: str) -> str:
+        return self.run("log", "-1", "--format=%B", "--end-of-options", rev).stdout
+
+    def subject(self, rev: str) -> str:
+        return self.out("log", "-1", "--format=%s", "--end-of-options", rev)
+
+    def config_get(self, key: str) -> str | None:
+        r = self.run("config", "--get", key, check=False)
+        return r.stdout.strip() if r.ok else None
+
+    def config_set(self, key: str, value: str) -> None:
+        self.run("config", key, value)
+
+    def config_unset(self, key: str) -> None:
+        self.run("config", "--unset", key, check=False)
+
+    def hooks_dir(self) -> Path:
+        """Where git looks for this repo's hooks (core.hooksPath respected)."""
+        hp = self.config_get("core.hooksPath")
+        if hp:
+            p = Path(os.path.expanduser(hp))
+            return p if p.is_absolute() else (self.path / p)
+        return self.common_dir() / "hooks"
+
+    def status(self, ignore_untracked: bool = False) -> list[StatusEntry]:
+        args = ["status", "--porcelain=v1", "-z", "--no-renames"]
+        args.append("--untracked-files=no" if ignore_untracked else "--untracked-files=all")
+        raw = self.run(*args).stdout
+        entries = []
+        for item in raw.split("\0"):
+            if len(item) > 3:
+                entries.append(StatusEntry(code=item[:2], path=item[3:]))
+        return entries
+
+    def ls_remote(self, remote: str, branch: str, timeout: float = 30.0) -> str | None:
+        """The remote's branch tip, asked of the remote itself (not a cached tracking ref)."""
+        r = self.run("ls-remote", "--heads", "--end-of-options", remote, f"refs/heads/{branch}",
+                     check=False, timeout=timeout, env={"GIT_TERMINAL_PROMPT": "0"})
+        if r.timed_out:
+            raise GitError(f"git ls-remote {remote}: no answer within {timeout:.0f}s")
+        if not r.ok:
+            msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
+            raise GitError(f"git ls-remote {remote}: {msg}")
+        for line in r.stdout.splitlines():
+            sha, _, ref = line.partition("\t")
+            if ref == f"refs/heads/{branch}":
+                return sha
+        return None
+
+    # --- changes ------------------------------------------------------------------------------
+    def update_ref(self, ref: str, new: str, old: str | None = None, message: str = "opskit") -> None:
+        args = ["update-ref", "-m", message, ref, new]
+        if old is not None:
+            args.append(old)
+        self.run(*args)
+
+    def commit_tree(self, tree: str, parents: Sequence[str], message: str,
+                    ident: Mapping[str, str] | None = None) -> str:
+        args = ["commit-tree", tree]
+        for p in parents:
+            args += ["-p", p]
+        return self.out(*args, input=message, env=dict(ident or OPSKIT_IDENT))
+
+    def checkout_detached(self, sha: str) -> None:
+        """Move a worktree to sha, discarding tracked changes (save them first)."""
+        self.run("checkout", "--quiet", "--force", "--detach", sha)
+
+    def reset_hard(self, sha: str) -> None:
+        self.run("reset", "--quiet", "--hard", sha)
+
+    def fetch(self, remote: str, *refspecs: str, timeout: float = 120.0) -> None:
+        self.run("fetch", "--quiet", "--no-tags", remote, *refspecs, timeout=timeout,
+                 env={"GIT_TERMINAL_PROMPT": "0"})
+
+    def push(self, remote: str, *refspecs: str, timeout: float = 120.0,
+             env: Mapping[str, str] | None = None) -> proc.Result:
+        e = {"GIT_TERMINAL_PROMPT": "0"}
+        if env:
+            e.update(env)
+        return self.run("push", "--porcelain", remote, *refspecs, check=False, timeout=timeout, env=e)
+
+    def save_state(self, ref: str, message: str, include_untracked: bool = True) -> str | None:
+        """Commit the worktree's current state (tracked changes, staged or not, and untracked
+        files) onto `ref` without touching the worktree or the real index. None if clean.
+
+        Nothing is lost before a heal or a deploy over dirty files (ARCHITECTURE §6).
+        """
+        entries = self.status(ignore_untracked=not include_untracked)
+        if not entries:
+            return None
+        head = self.head()
+        with tempfile.TemporaryDirectory(prefix="opskit-idx-") as tmp:
+            idx = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            if head:
+                self.run("read-tree", head, env=idx)
+            # -A picks up modifications, deletions and untracked files; .gitignore is honoured.
+            self.run("add", "-A", "--", ".", env=idx)
+            tree = self.out("write-tree", env=idx)
+        parents = [head] if head else []
+        sha = self.commit_tree(tree, parents, message)
+        self.update_ref(ref, sha, message=message)
+        return sha
+
+    def add_worktree(self, path: Path, sha: str) -> None:
+        self.run("worktree", "add", "--quiet", "--detach", str(path), sha)
+
+    def remove_worktree(self, path: Path) -> None:
+        self.run("worktree", "remove", "--force", str(path), check=False)
+        self.run("worktree", "prune", check=False)
+
+    def temp_worktree(self, sha: str, prefix: str = "opskit-wt-") -> "_TempWorktree":
+        return _TempWorktree(self, sha, prefix)
+
+
+class _TempWorktree:
+    """A throwaway checkout of sha (used for tests, reviews and reverts), always removed."""
+
+    def __init__(self, repo: Git, sha: str, prefix: str) -> None:
+        self.repo, self.sha, self.prefix = repo, sha, prefix
+        self.path: Path | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Git:
+        self._tmp = tempfile.TemporaryDirectory(prefix=self.prefix)
+        self.path = Path(self._tmp.name) / "wt"
+        self.repo.add_worktree(self.path, self.sha)
+        return Git(self.path, env=self.repo.env, timeout=self.repo.timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is not None:
+            self.repo.remove_worktree(self.path)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def read_hook_lines(text: str) -> Iterator[tuple[str, str, str]]:
+    """pre-receive / post-receive stdin: `old new ref` per line (STYLE §6)."""
+    for line in text.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            yield parts[0], parts[1], parts[2]

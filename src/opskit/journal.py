@@ -1,0 +1,374 @@
+"""The event journal: one SQLite file in the state dir (ARCHITECTURE §5).
+
+Hooks, cron jobs and manual runs write at once, so the database is in WAL mode with a
+busy timeout and every write is one short BEGIN IMMEDIATE transaction. Besides events it
+holds the small tables every step shares: deploys (what is live, what was last good),
+quarantine (trees that were auto-reverted), the notification outbox, and a key/value
+table for per-service state (frozen, drift, job health).
+
+synchronous=NORMAL in WAL mode: a committed event survives a crash or SIGKILL of any
+writer; only a power loss can take the last few commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opskit.clock import SYSTEM, Clock, iso, parse_iso
+from opskit.errors import UsageError, redact
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      TEXT NOT NULL,
+    type    TEXT NOT NULL,
+    service TEXT,
+    chain   TEXT,
+    sha     TEXT,
+    data    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_service ON events (service, id);
+CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
+CREATE INDEX IF NOT EXISTS events_chain ON events (chain, id);
+
+CREATE TABLE IF NOT EXISTS deploys (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    service  TEXT NOT NULL,
+    sha      TEXT NOT NULL,
+    previous TEXT,
+    chain    TEXT,
+    kind     TEXT NOT NULL DEFAULT 'deploy',   -- deploy | revert | heal
+    status   TEXT NOT NULL,                    -- running | healthy | failed | reverted | interrupted
+    step     TEXT,                             -- where a running deploy is
+    pid      INTEGER,
+    started  TEXT NOT NULL,
+    finished TEXT,
+    reason   TEXT
+);
+CREATE INDEX IF NOT EXISTS deploys_service ON deploys (service, id);
+
+CREATE TABLE IF NOT EXISTS quarantine (
+    tree       TEXT NOT NULL,
+    service    TEXT NOT NULL,
+    sha        TEXT NOT NULL,
+    event_id   INTEGER,
+    reason     TEXT,
+    created    TEXT NOT NULL,
+    released   TEXT,
+    released_by TEXT,
+    PRIMARY KEY (service, tree)
+);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel    TEXT NOT NULL,
+    created    TEXT NOT NULL,
+    level      TEXT NOT NULL,
+    title      TEXT,
+    message    TEXT NOT NULL,
+    service    TEXT,
+    event_id   INTEGER,
+    status     TEXT NOT NULL DEFAULT 'queued',  -- queued | sending | delivered | broken
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_try   TEXT,
+    claimed_by INTEGER,
+    claimed_at TEXT,
+    delivered  TEXT,
+    remote_id  TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status, channel, id);
+
+CREATE TABLE IF NOT EXISTS kv (
+    scope   TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: str
+    type: str
+    service: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+    chain: str | None = None
+    sha: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The §5 shape, plus the chain id and commit that link a push's steps."""
+        out: dict[str, Any] = {"id": self.id, "ts": self.ts, "type": self.type,
+                               "service": self.service, "data": self.data}
+        if self.chain:
+            out["chain"] = self.chain
+        if self.sha:
+            out["commit"] = self.sha
+        return out
+
+
+def _row_event(row: sqlite3.Row) -> Event:
+    return Event(id=row["id"], ts=row["ts"], type=row["type"], service=row["service"],
+                 data=json.loads(row["data"]), chain=row["chain"], sha=row["sha"])
+
+
+class Journal:
+    def __init__(self, state_dir: Path, clock: Clock = SYSTEM) -> None:
+        self.state_dir = Path(state_dir)
+        self.clock = clock
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as e:
+            raise UsageError(
+                f"state dir {self.state_dir}: cannot create it ({e.strerror}); "
+                "set [opskit] state_dir or OPSKIT_STATE_DIR to a writable folder"
+            ) from None
+        self.path = self.state_dir / "journal.db"
+        self._local = threading.local()
+        self._init_lock = threading.Lock()
+        with self._init_lock:
+            conn = self.conn
+            conn.executescript(SCHEMA)
+
+    # --- connection ---------------------------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            try:
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            except sqlite3.OperationalError as e:
+                raise UsageError(
+                    f"journal {self.path}: cannot open ({e}); check the state dir's permissions"
+                ) from None
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue, not deadlock."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def now(self) -> str:
+        return iso(self.clock.now())
+
+    # --- events -------------------------------------------------------------------------------
+    def append(self, type: str, service: str | None = None, data: dict[str, Any] | None = None,
+               *, chain: str | None = None, sha: str | None = None) -> Event:
+        payload = redact(json.dumps(data or {}, default=str, ensure_ascii=False))
+        ts = self.now()
+        with self.tx() as c:
+            cur = c.execute(
+                "INSERT INTO events (ts, type, service, chain, sha, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (ts, type, service, chain, sha, payload),
+            )
+            eid = cur.lastrowid
+        assert eid is not None
+        return Event(id=eid, ts=ts, type=type, service=service, data=json.loads(payload),
+                     chain=chain, sha=sha)
+
+    def query(self, *, service: str | None = None, type_prefix: str | None = None,
+              since: str | dt.datetime | None = None, limit: int | None = None,
+              after_id: int | None = None, chain: str | None = None) -> list[Event]:
+        """Matching events, oldest first; with `limit`, the newest `limit` of them."""
+        where, args = [], []  # type: ignore[var-annotated]
+        if service is not None:
+            where.append("service = ?")
+            args.append(service)
+        if type_prefix:
+            # A range instead of LIKE so the index on type is used.
+            where.append("type >= ? AND type < ?")
+            args += [type_prefix, type_prefix + "\U0010ffff"]
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since if isinstance(since, str) else iso(since))
+        if after_id is not None:
+            where.append("id > ?")
+            args.append(after_id)
+        if chain is not None:
+            where.append("chain = ?")
+            args.append(chain)
+        sql = "SELECT * FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        if limit is not None:
+            sql += " ORDER BY id DESC LIMIT ?"
+            args.append(limit)
+            rows = list(self.conn.execute(sql, args))
+            rows.reverse()
+        else:
+            sql += " ORDER BY id"
+            rows = list(self.conn.execute(sql, args))
+        return [_row_event(r) for r in rows]
+
+    def last(self, type_prefix: str | None = None, service: str | None = None) -> Event | None:
+        found = self.query(type_prefix=type_prefix, service=service, limit=1)
+        return found[0] if found else None
+
+    def get(self, event_id: int) -> Event | None:
+        row = self.conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
+        return _row_event(row) if row else None
+
+    def follow(self, *, poll: float = 0.5, start_after: int | None = None,
+               **filters: Any) -> Iterator[Event]:
+        """Events as they are appended; runs until the caller stops iterating."""
+        if start_after is None:
+            row = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+            start_after = int(row[0])
+        last = start_after
+        while True:
+            batch = self.query(after_id=last, **filters)
+            for ev in batch:
+                last = ev.id
+                yield ev
+            if not batch:
+                self.clock.sleep(poll)
+
+    # --- key/value state ---------------------------------------------------------------------
+    def kv_get(self, scope: str, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM kv WHERE scope = ? AND key = ?", (scope, key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def kv_all(self, scope: str) -> dict[str, Any]:
+        return {r[0]: json.loads(r[1]) for r in
+                self.conn.execute("SELECT key, value FROM kv WHERE scope = ? ORDER BY key", (scope,))}
+
+    def kv_set(self, scope: str, key: str, value: Any) -> None:
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO kv (scope, key, value, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (scope, key, redact(json.dumps(value, default=str)), self.now()),
+            )
+
+    def kv_delete(self, scope: str, key: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM kv WHERE scope = ? AND key = ?", (scope, key))
+
+    # --- deploys ------------------------------------------------------------------------------
+    def deploy_start(self, service: str, sha: str, *, previous: str | None, chain: str | None,
+                     kind: str = "deploy") -> int:
+        with self.tx() as c:
+            cur = c.execute(
+                "INSERT INTO deploys (service, sha, previous, chain, kind, status, step, pid, started) "
+                "VALUES (?, ?, ?, ?, ?, 'running', 'start', ?, ?)",
+                (service, sha, previous, chain, kind, os.getpid(), self.now()),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def deploy_step(self, deploy_id: int, step: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE deploys SET step = ? WHERE id = ?", (step, deploy_id))
+
+    def deploy_finish(self, deploy_id: int, status: str, reason: str | None = None) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE deploys SET status = ?, finished = ?, reason = ? WHERE id = ?",
+                      (status, self.now(), redact(reason) if reason else None, deploy_id))
+
+    def deploys(self, service: str, limit: int = 20) -> list[sqlite3.Row]:
+        return list(self.conn.execute(
+            "SELECT * FROM deploys WHERE service = ? ORDER BY id DESC LIMIT ?", (service, limit)))
+
+    def running_deploys(self, service: str | None = None) -> list[sqlite3.Row]:
+        if service is None:
+            return list(self.conn.execute("SELECT * FROM deploys WHERE status = 'running' ORDER BY id"))
+        return list(self.conn.execute(
+            "SELECT * FROM deploys WHERE status = 'running' AND service = ? ORDER BY id", (service,)))
+
+    def last_good(self, service: str) -> str | None:
+        """The last commit that passed its health gate: the rollback target."""
+        row = self.conn.execute(
+            "SELECT sha FROM deploys WHERE service = ? AND status = 'healthy' ORDER BY id DESC LIMIT 1",
+            (service,)).fetchone()
+        return row[0] if row else None
+
+    def was_deployed(self, service: str, sha: str) -> bool:
+        """Did the pipeline ever deliver this commit? (drift-scan's bypass check)"""
+        row = self.conn.execute(
+            "SELECT 1 FROM deploys WHERE service = ? AND sha = ? LIMIT 1", (service, sha)).fetchone()
+        return row is not None
+
+    # --- quarantine ---------------------------------------------------------------------------
+    def quarantine_add(self, service: str, tree: str, sha: str, event_id: int | None, reason: str) -> None:
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO quarantine (tree, service, sha, event_id, reason, created) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (service, tree) DO UPDATE SET sha = excluded.sha, event_id = excluded.event_id, "
+                "reason = excluded.reason, created = excluded.created, released = NULL, released_by = NULL",
+                (tree, service, sha, event_id, redact(reason), self.now()),
+            )
+
+    def quarantined(self, service: str, tree: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(
+            "SELECT * FROM quarantine WHERE service = ? AND tree = ? AND released IS NULL",
+            (service, tree)).fetchone()
+        return row
+
+    def quarantine_list(self, service: str | None = None, include_released: bool = False) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM quarantine WHERE 1=1"
+        args: list[Any] = []
+        if service:
+            sql += " AND service = ?"
+            args.append(service)
+        if not include_released:
+            sql += " AND released IS NULL"
+        return list(self.conn.execute(sql + " ORDER BY created", args))
+
+    def quarantine_release(self, service: str, tree_prefix: str, by: str) -> int:
+        with self.tx() as c:
+            cur = c.execute(
+                "UPDATE quarantine SET released = ?, released_by = ? "
+                "WHERE service = ? AND released IS NULL AND (tree LIKE ? OR sha LIKE ?)",
+                (self.now(), by, service, tree_prefix + "%", tree_prefix + "%"),
+            )
+            return cur.rowcount
+
+
+def parse_since(text: str, clock: Clock = SYSTEM) -> dt.datetime:
+    """`2h`, `30m`, `7d`, `45s`, `1w` or an ISO time → an aware UTC datetime."""
+    t = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if t and t[-1] in units and t[:-1].replace(".", "", 1).isdigit():
+        return clock.now() - dt.timedelta(seconds=float(t[:-1]) * units[t[-1]])
+    try:
+        return parse_iso(t)
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: not a duration or time; use e.g. 2h, 30m, 7d or 2026-04-26T03:00:00Z"
+        ) from None
+
+
+def open_journal(state_dir: Path, clock: Clock = SYSTEM) -> Journal:
+    return Journal(state_dir, clock)

@@ -1,0 +1,271 @@
+"""Every process opskit starts goes through here (STYLE §4).
+
+- argv lists only; a shell is used only for commands the user wrote as a string in the
+  config (deploy, test, review, health cmd), and then it is `/bin/sh -c <their string>`:
+  data from git (branch names, messages, file names) is never pasted into a shell string.
+- every run is bounded by a timeout; on timeout the whole process group is killed.
+- output is kept as a bounded tail, so a command that prints megabytes costs little.
+- a command that leaves a background child holding its stdout does not hang us: once the
+  command itself has exited we read what is already there and stop (issue 3, faults).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from opskit.errors import OpsError, redact
+
+TAIL_LINES = 40
+# After the command exits, how long we keep draining a pipe that a background child
+# still holds open before giving up on it.
+DRAIN_GRACE = 0.5
+
+# Variables git sets for a hook; pointing a git command at *another* repo with them set
+# makes it act on the hook's repo instead (pre-commit's no_git_env).
+_GIT_KEEP = {
+    "GIT_EXEC_PATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_NO_VERIFY",
+    "GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_ASKPASS",
+    "GIT_ALLOW_PROTOCOL", "GIT_TERMINAL_PROMPT", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL",
+    "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE",
+}
+
+
+def clean_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment minus git's per-hook variables, plus `extra`."""
+    env = {k: v for k, v in (base if base is not None else os.environ).items()
+           if not k.startswith("GIT_") or k in _GIT_KEEP}
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+    tail: list[str] = field(default_factory=list)  # last lines of combined output
+    timed_out: bool = False
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def tail_text(self, lines: int = TAIL_LINES) -> str:
+        return redact("\n".join(self.tail[-lines:]))
+
+    def describe(self) -> str:
+        """One line: what ran and how it ended."""
+        cmd = " ".join(self.argv)
+        if len(cmd) > 120:
+            cmd = cmd[:117] + "..."
+        if self.timed_out:
+            how = f"timed out after {self.duration:.0f}s"
+        elif self.returncode < 0:
+            how = f"killed by signal {-self.returncode}"
+        else:
+            how = f"exit {self.returncode}"
+        last = next((ln for ln in reversed(self.tail) if ln.strip()), "")
+        return redact(f"`{cmd}` {how}" + (f": {last.strip()[:200]}" if last else ""))
+
+
+class ProcError(OpsError):
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        super().__init__(result.describe())
+
+
+def shell_argv(command: str) -> list[str]:
+    """argv for a command the *user* wrote in the config."""
+    return ["/bin/sh", "-c", command]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = 60.0,
+    input: bytes | str | None = None,
+    check: bool = False,
+    stream: Callable[[str], None] | None = None,
+    tail_lines: int = TAIL_LINES,
+    capture: bool = False,
+) -> Result:
+    """Run argv to completion (or timeout) and return what happened.
+
+    capture=True keeps stdout and stderr whole and apart (for git plumbing whose output we
+    parse); otherwise stderr is merged into stdout and only the last `tail_lines` lines are
+    kept, each passed to `stream` as it arrives.
+    """
+    argv = [os.fspath(a) for a in argv]
+    if isinstance(input, str):
+        input = input.encode()
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if capture else subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except FileNotFoundError as e:
+        raise OpsError(f"cannot run `{argv[0]}`: not found ({e.strerror})") from None
+    except PermissionError as e:
+        raise OpsError(f"cannot run `{argv[0]}`: {e.strerror}") from None
+    except NotADirectoryError as e:
+        raise OpsError(f"cannot run `{argv[0]}` in {cwd}: {e.strerror}") from None
+
+    readers: dict[int, _Reader] = {}
+    assert proc.stdout is not None
+    readers[1] = _Reader(proc.stdout.fileno(), keep_all=capture, tail=tail_lines,
+                         stream=None if capture else stream)
+    if capture:
+        assert proc.stderr is not None
+        readers[2] = _Reader(proc.stderr.fileno(), keep_all=True, tail=tail_lines, stream=None)
+    for r in readers.values():
+        r.start()
+    if input is not None:
+        assert proc.stdin is not None
+        threading.Thread(target=_feed, args=(proc.stdin, input), daemon=True).start()
+
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+    except BaseException:
+        # Ctrl-C or a kill of our own: take the child's group with us.
+        _kill_group(proc)
+        raise
+    finally:
+        for r in readers.values():
+            r.finish(DRAIN_GRACE)
+        for f in (proc.stdout, proc.stderr, proc.stdin):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+    duration = time.monotonic() - start
+    out = readers[1]
+    err = readers.get(2)
+    tail = list(out.lines)
+    if err is not None:
+        tail = list(err.lines) + tail
+    result = Result(
+        argv=argv,
+        returncode=proc.returncode if proc.returncode is not None else -9,
+        stdout=out.text() if capture else "",
+        stderr=err.text() if err is not None else "",
+        tail=tail[-tail_lines:],
+        timed_out=timed_out,
+        duration=duration,
+    )
+    if check and not result.ok:
+        raise ProcError(result)
+    return result
+
+
+def _feed(stdin: object, data: bytes) -> None:
+    try:
+        stdin.write(data)  # type: ignore[attr-defined]
+        stdin.close()  # type: ignore[attr-defined]
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
+class _Reader(threading.Thread):
+    """Reads a pipe without ever blocking the caller past the grace period."""
+
+    def __init__(self, fd: int, *, keep_all: bool, tail: int,
+                 stream: Callable[[str], None] | None) -> None:
+        super().__init__(daemon=True)
+        self.fd = fd
+        self.keep_all = keep_all
+        self.chunks: list[bytes] = []
+        self.lines: collections.deque[str] = collections.deque(maxlen=max(tail, 1))
+        self.stream = stream
+        self._partial = b""
+        self._stop_at: float | None = None
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while True:
+            with self._lock:
+                stop_at = self._stop_at
+            if stop_at is not None and time.monotonic() >= stop_at:
+                break
+            try:
+                ready, _, _ = select.select([self.fd], [], [], 0.05)
+            except (OSError, ValueError):
+                break
+            if not ready:
+                continue
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            self._take(data)
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+
+    def _take(self, data: bytes) -> None:
+        if self.keep_all:
+            self.chunks.append(data)
+        buf = self._partial + data
+        *complete, self._partial = buf.split(b"\n")
+        if self.stream is None:
+            complete = complete[-(self.lines.maxlen or 1):]
+        for ln in complete:
+            self._line(ln)
+        if len(self._partial) > 65536:  # a megabyte with no newline is still bounded
+            self._line(self._partial)
+            self._partial = b""
+
+    def _line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        self.lines.append(text)
+        if self.stream is not None:
+            try:
+                self.stream(text)
+            except Exception:
+                pass
+
+    def finish(self, grace: float) -> None:
+        with self._lock:
+            self._stop_at = time.monotonic() + grace
+        self.join(grace + 0.5)
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", "surrogateescape")

@@ -1,0 +1,83 @@
+"""Shared fixtures. Tests stay out of $HOME, the real crontab and the real state dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gitsandbox import Sandbox, make_sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("home")
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("OPSKIT_STATE_DIR", str(state))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.delenv("OPSKIT_CONFIG", raising=False)
+    monkeypatch.delenv("OPSKIT_BREAK_GLASS", raising=False)
+    for k in list(os.environ):
+        if k.startswith("GIT_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Author")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "author@example.invalid")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "Test Committer")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "committer@example.invalid")
+    (home / ".gitconfig").write_text(
+        "[init]\n\tdefaultBranch = master\n[advice]\n\tdetachedHead = false\n"
+        "[protocol \"file\"]\n\tallow = always\n"
+    )
+    # Start each test from a clean in-process secret registry and CLI state.
+    from opskit.commands import _common
+
+    monkeypatch.setattr(_common, "STATE", _common._State())
+    yield home
+
+
+@pytest.fixture
+def state_dir() -> Path:
+    return Path(os.environ["OPSKIT_STATE_DIR"])
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    return make_sandbox(tmp_path / "sb")
+
+
+RunOpskit = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def opskit() -> RunOpskit:
+    """Run the real `opskit` CLI in a subprocess: opskit("events", "--json", input=..., cwd=...)."""
+
+    def run(*args: str, input: str | None = None, cwd: Path | None = None,
+            env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        e = dict(os.environ)
+        if env:
+            e.update(env)
+        return subprocess.run([sys.executable, "-m", "opskit", *args], input=input, cwd=cwd, env=e,
+                              capture_output=True, text=True, timeout=timeout, errors="replace")
+
+    return run
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    def write(text: str, name: str = "opskit.toml") -> Path:
+        p = tmp_path / "conf" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        return p
+
+    return write

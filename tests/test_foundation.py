@@ -1,0 +1,136 @@
+"""Errors, config and journal: the layer every command stands on."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from opskit import config
+from opskit.errors import ConfigError, ExitCode, redact
+from opskit.journal import Journal
+
+
+def test_exit_codes_are_the_contract() -> None:
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 130]
+
+
+def test_config_defaults_and_interpolation(write_config, monkeypatch) -> None:
+    monkeypatch.setenv("HOOK_URL", "https://discord.com/api/webhooks/1/SECRETTOKEN")
+    p = write_config(
+        '[opskit]\nnotify = ["ops"]\n[notify.ops]\ntype = "discord"\nurl = "${HOOK_URL}"\n'
+        '[service.web]\nrepo = "/srv/git/web.git"\nworktree = "/srv/web"\n'
+        '[service.web.health]\nurl = "http://127.0.0.1:9400/health"\n'
+    )
+    s = config.load(p)
+    web = s.service("web")
+    assert web.branch == "master" and web.merge == "merge" and not web.direct_push
+    assert web.health.window == 60 and web.health.period == 2 and web.health.failures == 3
+    assert web.health.startup == 30 and web.health.expect_status is None
+    assert s.channel("ops").url is not None
+    assert "SECRETTOKEN" not in repr(s)
+    assert "SECRETTOKEN" not in redact("posting to https://discord.com/api/webhooks/1/SECRETTOKEN failed")
+
+
+def test_dotenv_never_overrides_real_env(write_config, monkeypatch) -> None:
+    p = write_config('[notify.ops]\ntype = "webhook"\nurl = "${A_URL}"\n[opskit]\nstate_dir = "${B_DIR}"\n')
+    (p.parent / ".env").write_text("A_URL=http://127.0.0.1:1/from-dotenv\nB_DIR=/tmp/from-dotenv\n")
+    monkeypatch.setenv("B_DIR", "/tmp/from-env")
+    monkeypatch.delenv("A_URL", raising=False)
+    s = config.load(p)
+    assert s.state_dir == Path("/tmp/from-env")
+    assert s.channel("ops").url.reveal() == "http://127.0.0.1:1/from-dotenv"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[service.web]\nrepo = "/r"\nworktree = "/w"\nbrnach = "main"\n', "service.web.brnach"),
+    ('[service.web]\nrepo = "/r"\nworktree = "/w"\ndeploy_timeout = "5"\n', "service.web.deploy_timeout"),
+    ('[service.web]\nrepo = "/r"\nworktree = "/w"\n[service.web.health]\nwindow = -1\n', "service.web.health.window"),
+    ('[service.web]\nrepo = "/r"\nworktree = "/w"\n[service.web.health]\nurl = "nope"\n', "service.web.health.url"),
+    ('[notify.ops]\ntype = "discord"\nurl = "${MISSING_VAR_X}"\n', "notify.ops.url"),
+    ('[notify.ops]\ntype = "pager"\nurl = "http://x"\n', "notify.ops.type"),
+    ('[opskit]\nnotify = ["nope"]\n', "opskit.notify"),
+    ('[service.web]\nworktree = "/w"\n', "service.web.repo"),
+    ('[cron]\ndrift_scan = "61 * * * *"\n', "cron.drift_scan"),
+    ('[service.web\n', "invalid TOML"),
+])
+def test_bad_config_names_file_and_key(write_config, text: str, key: str) -> None:
+    p = write_config(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert str(p) in msg and key in msg and "\n" not in msg
+    assert e.value.exit_code == ExitCode.USAGE
+
+
+def test_bad_config_exits_2_from_cli(opskit, write_config) -> None:
+    p = write_config('[service.web]\nrepo = "/r"\nworktree = "/w"\nbranhc = "x"\n')
+    r = opskit("--config", str(p), "events")
+    assert r.returncode == 2
+    assert "service.web.branhc" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_service_is_usage_error(write_config) -> None:
+    s = config.load(write_config('[service.web]\nrepo = "/r"\nworktree = "/w"\n'))
+    with pytest.raises(ConfigError, match="unknown service 'api'"):
+        s.service("api")
+
+
+def _writer(state_dir: str, n: int, who: int) -> None:
+    j = Journal(Path(state_dir))
+    for i in range(n):
+        j.append("test.write", f"w{who}", {"i": i})
+
+
+def test_journal_concurrent_writers(state_dir: Path) -> None:
+    Journal(state_dir)  # schema first, as any real command would
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(state_dir), 500, w)) for w in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    events = Journal(state_dir).query(type_prefix="test.")
+    assert len(events) == 4000
+    assert len({e.id for e in events}) == 4000
+    for w in range(8):
+        assert [e.data["i"] for e in events if e.service == f"w{w}"] == list(range(500))
+
+
+def test_events_json_shape(opskit, state_dir: Path) -> None:
+    j = Journal(state_dir)
+    j.append("rollback.complete", "primerouter", {"reverted": "4d62098a", "reason": "Connection refused"})
+    j.append("health.pass", "other", {})
+    r = opskit("events", "--json", "--service", "primerouter")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 1
+    ev = lines[0]
+    assert set(ev) >= {"id", "ts", "type", "service", "data"}
+    assert ev["type"] == "rollback.complete" and ev["data"]["reason"] == "Connection refused"
+    assert ev["ts"].endswith("Z")
+    r = opskit("events", "--json", "--type", "health")
+    assert [json.loads(x)["type"] for x in r.stdout.splitlines()] == ["health.pass"]
+
+
+def test_events_since_bad_value(opskit) -> None:
+    r = opskit("events", "--since", "yesterday-ish")
+    assert r.returncode == 2 and "--since" in r.stderr
+
+
+def test_internal_error_writes_traceback(state_dir: Path, monkeypatch, capsys) -> None:
+    from opskit import cli
+
+    def boom() -> None:
+        raise RuntimeError("token https://discord.com/api/webhooks/9/ABCDEFSECRET leaked?")
+
+    monkeypatch.setattr("opskit.journal.parse_since", lambda *a, **k: boom())
+    rc = cli.main(["events", "--since", "1h"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "ABCDEFSECRET" not in err
+    logs = list(state_dir.glob("crash-*.log"))
+    assert logs and "ABCDEFSECRET" not in logs[0].read_text()
