@@ -66,7 +66,7 @@ def opskit() -> RunOpskit:
         e = dict(os.environ)
         if env:
             e.update(env)
-        return subprocess.run([sys.executable, "-m", "opskit", *args], input=input, cwd=cwd, env=e,
+        return subprocess.run([sys.executable, "-m", "opskit", *args], check=False, input=input, cwd=cwd, env=e,
                               capture_output=True, text=True, timeout=timeout, errors="replace")
 
     return run

@@ -237,7 +237,7 @@ class Git:
         self.run("worktree", "remove", "--force", str(path), check=False)
         self.run("worktree", "prune", check=False)
 
-    def temp_worktree(self, sha: str, prefix: str = "opskit-wt-") -> "_TempWorktree":
+    def temp_worktree(self, sha: str, prefix: str = "opskit-wt-") -> _TempWorktree:
         return _TempWorktree(self, sha, prefix)
 
 

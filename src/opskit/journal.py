@@ -202,7 +202,8 @@ class Journal:
               since: str | dt.datetime | None = None, limit: int | None = None,
               after_id: int | None = None, chain: str | None = None) -> list[Event]:
         """Matching events, oldest first; with `limit`, the newest `limit` of them."""
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if service is not None:
             where.append("service = ?")
             args.append(service)

@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 @dataclass
 class _State:
     config_path: Path | None = None
-    _settings: "Settings | None" = field(default=None, repr=False)
-    _journal: "Journal | None" = field(default=None, repr=False)
+    _settings: Settings | None = field(default=None, repr=False)
+    _journal: Journal | None = field(default=None, repr=False)
 
-    def settings(self) -> "Settings":
+    def settings(self) -> Settings:
         if self._settings is None:
             from opskit import config
 
@@ -37,7 +37,7 @@ class _State:
 
         return config.default_state_dir()
 
-    def journal(self) -> "Journal":
+    def journal(self) -> Journal:
         if self._journal is None:
             from opskit.journal import Journal
 
@@ -48,19 +48,19 @@ class _State:
 STATE = _State()
 
 
-def settings() -> "Settings":
+def settings() -> Settings:
     return STATE.settings()
 
 
-def journal() -> "Journal":
+def journal() -> Journal:
     return STATE.journal()
 
 
-_console: "Console | None" = None
-_err_console: "Console | None" = None
+_console: Console | None = None
+_err_console: Console | None = None
 
 
-def console() -> "Console":
+def console() -> Console:
     global _console
     if _console is None:
         from rich.console import Console
@@ -69,7 +69,7 @@ def console() -> "Console":
     return _console
 
 
-def err_console() -> "Console":
+def err_console() -> Console:
     global _err_console
     if _err_console is None:
         from rich.console import Console

@@ -26,14 +26,13 @@ def register(app: typer.Typer) -> None:
 
         since_dt = parse_since(since) if since else None
         j = _common.journal()
-        filters = {"service": service, "type_prefix": type_}
-        found = j.query(since=since_dt, limit=limit if limit is not None else (None if as_json else 50),
-                        **filters)
+        found = j.query(service=service, type_prefix=type_, since=since_dt,
+                        limit=limit if limit is not None else (None if as_json else 50))
         render_events(found, as_json=as_json)
         if follow:
             last = found[-1].id if found else None
             if last is None:
                 row = j.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
                 last = int(row[0])
-            for ev in j.follow(start_after=last, **filters):
+            for ev in j.follow(start_after=last, service=service, type_prefix=type_):
                 render_events([ev], as_json=as_json, header=False)
