@@ -32,6 +32,8 @@ def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True
             sys.stdout.write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
         sys.stdout.flush()
         return
+    from rich.markup import escape
+
     from opskit.commands._common import console
 
     con = console()
@@ -42,7 +44,9 @@ def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True
         outcome = ev.type.rsplit(".", 1)[-1]
         style = _STYLE.get(outcome, "green" if outcome in ("pass", "complete", "ok", "sent", "verified",
                                                             "cleared", "healed", "recovered") else "")
-        svc = ev.service or "-"
-        line = f"{ev.id:>7}  {ev.ts}  [{style}]{ev.type:<22}[/{style}] {svc:<16} {summarize(ev.data)}" \
-            if style else f"{ev.id:>7}  {ev.ts}  {ev.type:<22} {svc:<16} {summarize(ev.data)}"
+        svc = escape(ev.service or "-")
+        kind = escape(f"{ev.type:<22}")
+        if style:
+            kind = f"[{style}]{kind}[/{style}]"
+        line = f"{ev.id:>7}  {ev.ts}  {kind} {svc:<16} {escape(summarize(ev.data))}"
         con.print(line, markup=True, soft_wrap=True)

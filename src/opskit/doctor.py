@@ -1,0 +1,152 @@
+"""opskit doctor: is this host set up so that opskit can keep its services alive?
+
+Each check is cheap and changes nothing; a failing one says what to do about it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from opskit import proc
+from opskit.config import Settings, ServiceSettings
+from opskit.errors import OpsError, redact
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    severity: str = "error"  # error | warning
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks: list[Check] = [
+        Check("python", sys.version_info >= (3, 11), sys.version.split()[0], "use Python 3.11 or newer"),
+        _git_version(),
+        _state_dir(settings.state_dir),
+        _config(settings),
+        _crontab_binary(),
+    ]
+    if settings.path is not None:
+        checks.append(_cron_block(settings))
+    checks.append(_channels(settings))
+    for svc in settings.services.values():
+        checks.extend(_service(settings, svc))
+    return checks
+
+
+def _guard(name: str, fn: Callable[[], Check]) -> Check:
+    try:
+        return fn()
+    except OpsError as e:
+        return Check(name, False, e.message)
+    except Exception as e:  # doctor reports, it never crashes on a broken host
+        return Check(name, False, redact(f"{type(e).__name__}: {e}"))
+
+
+def _git_version() -> Check:
+    if shutil.which("git") is None:
+        return Check("git", False, "git not found", "apt-get install git")
+    r = proc.run(["git", "--version"], capture=True, timeout=10)
+    version = r.stdout.strip().removeprefix("git version ")
+    parts = version.split(".")
+    ok = len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit() and (int(parts[0]), int(parts[1])) >= (2, 30)
+    return Check("git", ok, version, "opskit needs git 2.30 or newer")
+
+
+def _state_dir(path: Path) -> Check:
+    def check() -> Check:
+        from opskit.journal import Journal
+
+        j = Journal(path)
+        n = j.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        writable = os.access(path, os.W_OK)
+        return Check("state dir", writable, f"{path} ({n} events)",
+                     f"make {path} writable for this user")
+
+    return _guard("state dir", check)
+
+
+def _config(settings: Settings) -> Check:
+    if settings.path is None:
+        return Check("config", False, "no opskit.toml found",
+                     "write one (see README) or pass --config", severity="warning")
+    return Check("config", True, f"{settings.path}: {len(settings.services)} service(s), "
+                 f"{len(settings.channels)} channel(s)")
+
+
+def _crontab_binary() -> Check:
+    found = shutil.which("crontab")
+    return Check("crontab", found is not None, found or "not found",
+                 "apt-get install cron (and make sure the cron daemon runs)")
+
+
+def _cron_block(settings: Settings) -> Check:
+    def check() -> Check:
+        from opskit import cron
+
+        fn = getattr(cron, "installed_entries", None)
+        if fn is None:
+            return Check("cron block", True, "not checked", severity="warning")
+        entries = fn(settings)
+        return Check("cron block", bool(entries), f"{len(entries)} opskit entr{'y' if len(entries) == 1 else 'ies'}",
+                     "run `opskit cron install`", severity="warning")
+
+    return _guard("cron block", check)
+
+
+def _channels(settings: Settings) -> Check:
+    if not settings.channels:
+        return Check("notify", False, "no channel configured: failures would only reach the journal",
+                     "add a [notify.NAME] table and [opskit] notify = [\"NAME\"]", severity="warning")
+    return Check("notify", True, ", ".join(f"{c.name} ({c.type})" for c in settings.channels.values()))
+
+
+def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
+    from opskit.gitrepo import Git
+
+    name = f"service {svc.name}"
+    out: list[Check] = []
+    if not svc.pull_mode:
+        repo = Git(svc.repo)
+        ok = repo.is_repo() and repo.is_bare()
+        out.append(Check(f"{name}: repo", ok, svc.repo, "git init --bare the repo, or fix `repo`"))
+    else:
+        out.append(Check(f"{name}: repo", True, f"{redact(svc.repo)} (pull mode)"))
+    wt = Git(svc.worktree)
+    if wt.is_repo():
+        branch = wt.current_branch()
+        out.append(Check(f"{name}: worktree", branch == svc.branch, f"{svc.worktree} on {branch or 'detached HEAD'}",
+                         f"check out {svc.branch} in {svc.worktree}"))
+    else:
+        out.append(Check(f"{name}: worktree", False, f"{svc.worktree} is not a git checkout",
+                         f"git clone {svc.repo} {svc.worktree}"))
+    out.append(Check(f"{name}: deploy", bool(svc.deploy), svc.deploy or "no deploy command",
+                     "set deploy = \"…\"", severity="warning"))
+    out.append(Check(f"{name}: health", svc.health.configured,
+                     svc.health.url or svc.health.tcp or svc.health.cmd or "no probe: deploys are not gated",
+                     "add [service.NAME.health] url/tcp/cmd"))
+    out.append(_guard(f"{name}: hooks", lambda: _hooks(settings, svc)))
+    return out
+
+
+def _hooks(settings: Settings, svc: ServiceSettings) -> Check:
+    from opskit import hooks
+
+    states = hooks.hook_states(settings, svc)
+    bad = [f"{h.name} {h.state}" for h in states if h.state != "installed"]
+    override = hooks.hooks_path_override(svc)
+    detail = ", ".join(bad + list(override)) or f"{len(states)} installed"
+    return Check(f"service {svc.name}: hooks", not bad and not override, detail,
+                 f"run `opskit hooks install {svc.name}`")
