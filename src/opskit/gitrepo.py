@@ -268,3 +268,133 @@ def read_hook_lines(text: str) -> Iterator[tuple[str, str, str]]:
         parts = line.split(" ", 2)
         if len(parts) == 3:
             yield parts[0], parts[1], parts[2]
+
+
+# === verify-push / drift-scan helpers (issue 4) ===============================================
+# Module-level functions over a Git so the class above stays untouched by parallel helpers.
+
+@dataclass(frozen=True)
+class WorktreeStatus:
+    """One `git status --porcelain=v2 --branch -z`: HEAD, branch and every dirty path."""
+
+    head: str | None  # None on an unborn branch
+    branch: str | None  # None when HEAD is detached
+    entries: tuple[StatusEntry, ...]
+
+
+def status_v2(repo: Git, untracked: bool = True) -> WorktreeStatus:
+    """Branch, HEAD sha and file states in ONE git call (drift-scan runs it on every
+    worktree every hour; issue 4 targets ≤ 1.5× a bare `git status` loop)."""
+    raw = repo.run("status", "--porcelain=v2", "--branch", "-z", "--no-renames",
+                   "--untracked-files=all" if untracked else "--untracked-files=no").stdout
+    head: str | None = None
+    branch: str | None = None
+    entries: list[StatusEntry] = []
+    items = iter(raw.split("\0"))
+    for item in items:
+        if not item:
+            continue
+        if item.startswith("# branch.oid "):
+            oid = item[len("# branch.oid "):]
+            head = None if oid == "(initial)" else oid
+        elif item.startswith("# branch.head "):
+            name = item[len("# branch.head "):]
+            branch = None if name == "(detached)" else name
+        elif item[0] == "1":  # 1 XY sub mH mI mW hH hI path
+            parts = item.split(" ", 8)
+            entries.append(StatusEntry(code=_v1_code(parts[1]), path=parts[8]))
+        elif item[0] == "2":  # rename/copy: the original path follows as its own item
+            parts = item.split(" ", 9)
+            entries.append(StatusEntry(code=_v1_code(parts[1]), path=parts[9]))
+            next(items, None)
+        elif item[0] == "u":  # u XY sub m1 m2 m3 mW h1 h2 h3 path
+            parts = item.split(" ", 10)
+            entries.append(StatusEntry(code=parts[1], path=parts[10]))
+        elif item[0] == "?":
+            entries.append(StatusEntry(code="??", path=item[2:]))
+    return WorktreeStatus(head=head, branch=branch, entries=tuple(entries))
+
+
+def _v1_code(xy: str) -> str:
+    return xy.replace(".", " ")
+
+
+def ls_remote_heads(repo: Git, remote: str, timeout: float = 30.0) -> dict[str, str]:
+    """Every branch of the remote → its tip, asked of the remote itself.
+
+    verify-push reads all heads so that a push that went to the wrong branch can be named
+    ("landed on X instead of Y"), not only reported as "unchanged"."""
+    r = repo.run("ls-remote", "--heads", "--end-of-options", remote, check=False,
+                 timeout=timeout, env={"GIT_TERMINAL_PROMPT": "0"})
+    if r.timed_out:
+        raise GitError(f"git ls-remote {remote}: no answer within {timeout:g}s")
+    if not r.ok:
+        msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
+        raise GitError(f"git ls-remote {remote}: {msg}")
+    heads: dict[str, str] = {}
+    for line in r.stdout.splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref.startswith("refs/heads/"):
+            heads[ref[len("refs/heads/"):]] = sha
+    return heads
+
+
+def has_commit(repo: Git, sha: str) -> bool:
+    return repo.run("cat-file", "-e", f"{sha}^{{commit}}", check=False).ok
+
+
+def ahead_behind(repo: Git, left: str, right: str) -> tuple[int, int] | None:
+    """(commits only in left, commits only in right), None if either is missing here."""
+    r = repo.run("rev-list", "--left-right", "--count", f"{left}...{right}", "--", check=False)
+    if not r.ok:
+        return None
+    a, _, b = r.stdout.strip().partition("\t")
+    return int(a), int(b)
+
+
+def commits_not_in(repo: Git, tip: str, known: Sequence[str], limit: int = 50) -> list[tuple[str, str]]:
+    """(sha, subject) of commits reachable from tip but from none of `known`, newest first."""
+    args = ["rev-list", f"--max-count={limit}", "--format=%H %s", "--ignore-missing", tip]
+    if known:
+        args += ["--not", *known]
+    out = repo.run(*args, "--").stdout
+    found: list[tuple[str, str]] = []
+    for line in out.splitlines():
+        if line.startswith("commit "):
+            continue
+        sha, _, subject = line.partition(" ")
+        found.append((sha, subject))
+    return found
+
+
+def tree_blobs(repo: Git, rev: str) -> dict[str, tuple[str, str]]:
+    """path → (mode, object id) for every file in rev's tree."""
+    raw = repo.run("ls-tree", "-r", "-z", "--full-tree", "--end-of-options", rev).stdout
+    blobs: dict[str, tuple[str, str]] = {}
+    for item in raw.split("\0"):
+        if not item:
+            continue
+        meta, _, path = item.partition("\t")
+        mode, _kind, oid = meta.split(" ")
+        blobs[path] = (mode, oid)
+    return blobs
+
+
+def hash_files(repo: Git, paths: Sequence[str]) -> list[str]:
+    """The blob ids `git add` would store for these worktree files (filters applied)."""
+    if not paths:
+        return []
+    plain = [p for p in paths if "\n" not in p]
+    hashed: dict[str, str] = {}
+    if plain:
+        out = repo.run("hash-object", "--stdin-paths", input="\n".join(plain) + "\n").stdout
+        hashed.update(zip(plain, out.split(), strict=True))
+    for p in paths:
+        if p not in hashed:  # a newline in the name cannot go through --stdin-paths
+            hashed[p] = repo.out("hash-object", "--", p)
+    return [hashed[p] for p in paths]
+
+
+def force_checkout_branch(repo: Git, branch: str, sha: str) -> None:
+    """Put the worktree ON `branch` at sha, discarding tracked changes (save them first)."""
+    repo.run("checkout", "--quiet", "--force", "-B", branch, sha, "--")
