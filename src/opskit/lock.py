@@ -1,0 +1,137 @@
+"""One deploy at a time per service (ARCHITECTURE §6).
+
+An fcntl.flock on <state_dir>/locks/<service>.lock. The kernel drops a flock when its
+holder dies, however it dies (SIGKILL mid-deploy included), so a dead holder never wedges
+the service: the next caller simply gets the lock and the pipeline reports the deploy that
+was interrupted. The holder writes who it is (pid, host, cmd, since) into the file so a
+waiting caller can say whom it waits for instead of hanging silently.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from opskit.clock import SYSTEM, Clock, iso
+from opskit.errors import LockBusy
+
+POLL = 0.2
+
+
+def lock_path(state_dir: Path, service: str) -> Path:
+    # Service names are validated by config, but a lock file name must never escape the dir.
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", service).lstrip(".") or "_"
+    return Path(state_dir) / "locks" / f"{safe}.lock"
+
+
+def read_holder(state_dir: Path, service: str) -> dict[str, Any] | None:
+    """Who says they hold the lock (may be stale: only flock itself is the truth)."""
+    try:
+        text = lock_path(state_dir, service).read_text()
+    except OSError:
+        return None
+    try:
+        data = json.loads(text) if text.strip() else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_held(state_dir: Path, service: str) -> bool:
+    """True if some live process holds the lock right now (probe, never blocks)."""
+    path = lock_path(state_dir, service)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our probe lock, if we got it
+    return False
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "held by another process"
+    return (f"held by pid {holder.get('pid')} ({holder.get('what', 'deploy')}) on {holder.get('host', '?')} "
+            f"since {holder.get('since', '?')}")
+
+
+class ServiceLock:
+    """`with ServiceLock(state_dir, "web", wait=600): ...` — raises LockBusy after `wait` s."""
+
+    def __init__(self, state_dir: Path, service: str, *, wait: float, clock: Clock = SYSTEM,
+                 what: str = "deploy", on_wait: Callable[[str], None] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.service = service
+        self.wait = wait
+        self.clock = clock
+        self.what = what
+        self.on_wait = on_wait
+        self.path = lock_path(self.state_dir, service)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        deadline = self.clock.monotonic() + max(0.0, self.wait)
+        told = False
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = read_holder(self.state_dir, self.service)
+                    if not told and self.on_wait is not None:
+                        self.on_wait(f"{self.service}: deploy lock {describe_holder(holder)}; "
+                                     f"waiting up to {self.wait:.0f}s")
+                        told = True
+                    if self.clock.monotonic() >= deadline:
+                        raise LockBusy(
+                            f"{self.service}: deploy lock {describe_holder(holder)}; gave up after "
+                            f"{self.wait:.0f}s. Try again when it finishes (opskit status shows it)"
+                        ) from None
+                    self.clock.sleep(POLL)
+        except BaseException:
+            os.close(fd)
+            raise
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                  "cmd": " ".join(sys.argv)[:200], "since": iso(self.clock.now())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)  # nobody holds it now: do not leave a stale name behind
+        except OSError:
+            pass
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> ServiceLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
