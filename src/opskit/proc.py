@@ -269,3 +269,21 @@ class _Reader(threading.Thread):
 
     def text(self) -> str:
         return b"".join(self.chunks).decode("utf-8", "surrogateescape")
+
+
+# --- detached processes (pipeline: background = true) ----------------------------------------
+# A post-receive hook must return at once in background mode, so the pipeline is started as
+# its own session with no tie to the hook's stdout (git waits for that pipe to close).
+
+def spawn_detached(argv: Sequence[str], *, log: str | os.PathLike[str],
+                   cwd: str | os.PathLike[str] | None = None,
+                   env: Mapping[str, str] | None = None) -> int:
+    """Start argv in a new session, stdin /dev/null, output appended to `log`; return its pid."""
+    os.makedirs(os.path.dirname(os.fspath(log)) or ".", exist_ok=True)
+    with open(log, "ab") as out:
+        child = subprocess.Popen(
+            [os.fspath(a) for a in argv], cwd=cwd, env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    return child.pid
