@@ -373,3 +373,31 @@ def parse_since(text: str, clock: Clock = SYSTEM) -> dt.datetime:
 
 def open_journal(state_dir: Path, clock: Clock = SYSTEM) -> Journal:
     return Journal(state_dir, clock)
+
+
+# --- kv read-modify-write (added by the cron/jobs helper) -----------------------------------
+# run-job and cron-check update one job's state from several processes at once (overlapping
+# runs, cron-check every 5 minutes); a kv_get + kv_set pair would lose one of two updates.
+
+def kv_update(journal: Journal, scope: str, key: str,
+              update: Callable[[Any], Any]) -> Any:
+    """Atomically replace kv[scope, key] with update(old value or None); return the new value.
+
+    update() runs inside one BEGIN IMMEDIATE transaction, so it must be quick and must not
+    write to the journal itself. Returning None deletes the key.
+    """
+    with journal.tx() as c:
+        row = c.execute("SELECT value FROM kv WHERE scope = ? AND key = ?", (scope, key)).fetchone()
+        new = update(json.loads(row[0]) if row else None)
+        if new is None:
+            c.execute("DELETE FROM kv WHERE scope = ? AND key = ?", (scope, key))
+        else:
+            c.execute(
+                "INSERT INTO kv (scope, key, value, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (scope, key, redact(json.dumps(new, default=str)), journal.now()),
+            )
+    return new
+
+
+from collections.abc import Callable  # noqa: E402  (kept with the section that needs it)
