@@ -398,3 +398,19 @@ def hash_files(repo: Git, paths: Sequence[str]) -> list[str]:
 def force_checkout_branch(repo: Git, branch: str, sha: str) -> None:
     """Put the worktree ON `branch` at sha, discarding tracked changes (save them first)."""
     repo.run("checkout", "--quiet", "--force", "-B", branch, sha, "--")
+
+
+# --- hooks: where a config value comes from (opskit.hooks) ---------------------------------
+
+def config_with_origin(repo: Git, key: str) -> tuple[str, str, str] | None:
+    """(value, scope, origin) of `key` as git resolves it for this repo, e.g.
+    ("/dev/null", "global", "file:/root/.gitconfig"): `core.hooksPath` set globally needs a
+    different fix than one set in the repo, so the report names where it is."""
+    r = repo.run("config", "--show-scope", "--show-origin", "--get", key, check=False)
+    if not r.ok:
+        return None
+    parts = r.stdout.rstrip("\n").split("\t", 2)
+    if len(parts) != 3:
+        return (r.stdout.strip(), "unknown", "unknown")
+    scope, origin, value = parts
+    return value, scope, origin
