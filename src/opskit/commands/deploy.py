@@ -1,0 +1,94 @@
+"""opskit deploy, auto-revert, unfreeze: the pipeline and its way back."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import typer
+
+from opskit.commands import _common
+
+
+def _writer(as_json: bool) -> Callable[[str], None]:
+    # Progress goes to stderr under --json so stdout stays one JSON object.
+    out = sys.stderr if as_json else sys.stdout
+
+    def write(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    return write
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("deploy")
+    def deploy(
+        service: str = typer.Argument(..., help="Service name from opskit.toml."),
+        sha: str = typer.Option(None, "--sha", help="Deploy this commit (default: the branch tip, if it moved)."),
+        lock_wait: float = typer.Option(600.0, "--lock-wait", min=0, help="Seconds to wait for a running deploy."),
+        chain: str = typer.Option(None, "--chain", hidden=True, help="Chain id (set by the post-receive hook)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    ) -> None:
+        """Deploy SERVICE: move the worktree, run `deploy`, gate it, revert it if it fails.
+
+        Without --sha it deploys the canonical branch tip only when it moved since the last
+        deploy (safe from cron every minute in pull mode).
+
+        Example: opskit deploy primerouter --sha 4d62098
+        """
+        from opskit.pipeline import deploy as run_deploy
+
+        result = run_deploy(_common.settings(), _common.journal(), service, sha, chain=chain,
+                            write=_writer(as_json), lock_wait=lock_wait)
+        if as_json:
+            _common.print_json(result.to_dict())
+        elif result.status == "nothing":
+            print(f"{service}: nothing to do ({result.reason})")
+        else:
+            print(f"{service}: {result.status}: {result.reason}")
+        _common.exit_with(result.exit_code)
+
+    @app.command("auto-revert")
+    def auto_revert(
+        service: str = typer.Argument(..., help="Service name from opskit.toml."),
+        commit: str = typer.Option(None, "--commit", help="The bad commit (default: what the worktree runs)."),
+        reason: str = typer.Option(None, "--reason", help="Why; goes into the commit message and the notification."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact plan; change nothing."),
+        no_deploy: bool = typer.Option(False, "--no-deploy", help="Make and land the revert; skip redeploy and gate."),
+        lock_wait: float = typer.Option(600.0, "--lock-wait", min=0, help="Seconds to wait for a running deploy."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    ) -> None:
+        """Revert a bad deploy with a new commit, land it, verify it, redeploy, re-gate, notify.
+
+        Example: opskit auto-revert primerouter --reason "HTTP 503 after deploy" --dry-run
+        """
+        from opskit.revert import auto_revert as run_revert
+
+        result = run_revert(_common.settings(), _common.journal(), service, commit=commit, reason=reason,
+                            dry_run=dry_run, no_deploy=no_deploy, write=_writer(as_json), lock_wait=lock_wait)
+        if as_json:
+            _common.print_json(result.to_dict())
+        elif not dry_run:
+            print(f"{service}: {result.status}: {result.reason}")
+        _common.exit_with(result.exit_code)
+
+    @app.command("unfreeze")
+    def unfreeze(
+        service: str = typer.Argument(..., help="Service name from opskit.toml."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    ) -> None:
+        """Allow deploys again after a failed rollback froze the service.
+
+        Example: opskit unfreeze primerouter
+        """
+        from opskit.revert import unfreeze as run_unfreeze
+
+        was = run_unfreeze(_common.settings(), _common.journal(), service)
+        if as_json:
+            _common.print_json({"service": service, "unfrozen": was is not None, "was": was})
+        elif was is None:
+            print(f"{service}: not frozen; nothing to do")
+        else:
+            print(f"{service}: unfrozen (was frozen since {was.get('since')}: {was.get('reason')})")
+        _common.exit_with(0)

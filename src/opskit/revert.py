@@ -1,0 +1,387 @@
+"""Auto-revert and freeze (issue 3 item 3).
+
+A failed deploy is undone by a NEW commit on the branch (history is never rewritten; the
+bad commit stays an ancestor), landed in the canonical repo and checked there, then
+deployed and gated like any other commit. When that fails too the service is frozen: no
+second revert, no loop, a human decides (`opskit unfreeze`).
+
+How the revert's tree is chosen:
+- the bad commit is a merge whose first parent was the last good deploy (the usual
+  feature merge) → the first parent's tree, exactly what `git revert -m 1` gives;
+- several commits went live at once (or the last good deploy is further back) → the tree
+  of the last known-good deploy;
+- no known-good deploy at all → the bad commit's first parent;
+- other commits landed on top since → a real `git revert --no-commit -m 1` of the bad
+  commit(s) in a throwaway worktree; a conflict aborts it and nothing is left behind.
+
+The branch moves by `git update-ref <new> <expected old>` in the bare repo (push mode): no
+hook runs, so no second pipeline and no deadlock on the lock we hold. Pull mode pushes
+(never forced) to the remote.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opskit.clock import SYSTEM, Clock, iso
+from opskit.config import ServiceSettings, Settings
+from opskit.errors import ExitCode, OpsError, UsageError, redact
+from opskit.gitrepo import Git
+from opskit.journal import Journal
+from opskit.lock import ServiceLock
+from opskit.pipeline import (
+    Run, Write, deliver, deployed_head, fetch_worktree, new_chain_id, notify, short, step_report_interrupted, text,
+)
+
+_TRAILER = re.compile(r"(?m)^Opskit-Reverts:\s*[0-9a-f]{7,40}\s*$")
+
+
+def is_revert_commit(message: str) -> bool:
+    return message.startswith("Auto-revert:") or bool(_TRAILER.search(message))
+
+
+def is_frozen(journal: Journal, service: str) -> dict[str, Any] | None:
+    value = journal.kv_get("frozen", service)
+    return value if isinstance(value, dict) else None
+
+
+@dataclass
+class RevertPlan:
+    service: str
+    branch: str
+    bad: str
+    tip: str
+    good: str | None
+    strategy: str  # merge-first-parent | last-good | parent | revert-on-top
+    reverted: list[str]  # newest first
+    subjects: dict[str, str]
+    tree: str | None  # None until computed (revert-on-top)
+    bad_tree: str
+    commands: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "branch": self.branch, "bad": self.bad, "tip": self.tip,
+                "good": self.good, "strategy": self.strategy, "reverted": self.reverted,
+                "tree": self.tree, "bad_tree": self.bad_tree, "commands": self.commands}
+
+    def render(self) -> list[str]:
+        lines = [f"auto-revert plan for {self.service} ({self.branch} at {short(self.tip)}):",
+                 f"  bad commit: {short(self.bad)} {self.subjects.get(self.bad, '')}",
+                 f"  strategy:   {self.strategy}" + (f" (last good {short(self.good)})" if self.good else ""),
+                 "  reverts:"]
+        lines += [f"    {short(c)} {self.subjects.get(c, '')}" for c in self.reverted]
+        lines.append(f"  new tree:   {self.tree or '(computed by the revert in a temporary worktree)'}")
+        lines.append(f"  quarantine: tree {self.bad_tree}")
+        lines.append("  commands:")
+        lines += [f"    {c}" for c in self.commands]
+        return lines
+
+
+@dataclass
+class RevertResult:
+    service: str
+    ok: bool
+    status: str  # reverted | landed | planned | conflict | frozen | refused | failed
+    reason: str
+    exit_code: int
+    bad: str | None = None
+    revert_sha: str | None = None
+    reverted: list[str] = field(default_factory=list)
+    event_id: int | None = None  # rollback.start
+    plan: RevertPlan | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "ok": self.ok, "status": self.status, "reason": self.reason,
+                "exit_code": self.exit_code, "bad": self.bad, "revert": self.revert_sha,
+                "reverted": self.reverted, "event_id": self.event_id,
+                "plan": self.plan.to_dict() if self.plan else None}
+
+
+class _Conflict(OpsError):
+    def __init__(self, files: list[str], detail: str) -> None:
+        self.files = files
+        super().__init__(detail)
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+def _canonical(svc: ServiceSettings) -> Git:
+    """Where the revert commit is made: the bare repo (push mode) or the worktree's repo."""
+    if svc.pull_mode:
+        return fetch_worktree(svc)
+    bare = Git(svc.repo)
+    bare.require_repo("repository (service repo)")
+    return bare
+
+
+def _tip(svc: ServiceSettings, canon: Git) -> str | None:
+    if svc.pull_mode:
+        tip = canon.ls_remote(svc.repo, svc.branch)
+        if tip is not None and canon.rev_parse(tip) is None:
+            canon.fetch(svc.repo, f"+refs/heads/{svc.branch}:refs/remotes/origin/{svc.branch}")
+        return tip
+    return canon.branch_tip(svc.branch)
+
+
+def _last_good(journal: Journal, service: str, bad: str) -> str | None:
+    for row in journal.deploys(service, limit=500):
+        if row["status"] == "healthy" and row["sha"] != bad:
+            return str(row["sha"])
+    return None
+
+
+def make_plan(svc: ServiceSettings, journal: Journal, canon: Git, bad: str) -> RevertPlan:
+    tip = _tip(svc, canon)
+    if tip is None:
+        raise OpsError(f"{svc.name}: branch {svc.branch!r} not found in {svc.repo}; nothing to revert")
+    if not canon.is_ancestor(bad, tip):
+        raise OpsError(f"{svc.name}: {short(bad)} is not on {svc.branch} (tip {short(tip)}); nothing to revert")
+    parents = canon.parents(bad)
+    good = _last_good(journal, svc.name, bad)
+    if good is not None and (canon.rev_parse(good) is None or not canon.is_ancestor(good, bad)):
+        good = None  # the known-good commit is not behind this one (history was replaced): ignore it
+    if len(parents) >= 2 and (good is None or good == parents[0]):
+        strategy, reverted, base = "merge-first-parent", [bad], parents[0]
+    elif good is not None:
+        strategy, base = "last-good", good
+        reverted = canon.rev_list("--first-parent", f"{good}..{bad}") or [bad]
+    elif parents:
+        strategy, reverted, base = "parent", [bad], parents[0]
+    else:
+        raise OpsError(f"{svc.name}: {short(bad)} is the first commit and nothing was ever healthy; "
+                       "there is nothing to revert to. Fix forward or restore by hand")
+    subjects = {c: text(canon.subject(c)) for c in reverted + [bad]}
+    ref = f"refs/heads/{svc.branch}"
+    land = (f"git -C {svc.repo} update-ref {ref} <revert> {tip}" if not svc.pull_mode
+            else f"git -C {svc.worktree} push {svc.repo} <revert>:{ref}")
+    if tip == bad:
+        tree: str | None = canon.tree(base)
+        commands = [f"git commit-tree {tree} -p {tip}  # message 'Auto-revert: {svc.name}: <reason>'"]
+    else:
+        strategy, tree = "revert-on-top", None
+        commands = [f"git worktree add --detach <tmp> {tip}",
+                    f"git revert --no-commit -m 1 {' '.join(reverted)}",
+                    "git write-tree", "git commit-tree <tree> -p " + tip, "git worktree remove --force <tmp>"]
+    commands += [land, f"verify: {svc.branch} tip == <revert>",
+                 f"git -C {svc.worktree} checkout --force -B {svc.branch} <revert>"]
+    if svc.deploy:
+        commands.append(f"(cd {svc.worktree} && {svc.deploy})")
+    if svc.health.configured:
+        commands.append(f"health gate: {svc.health.url or svc.health.tcp or svc.health.cmd}")
+    return RevertPlan(service=svc.name, branch=svc.branch, bad=bad, tip=tip, good=good, strategy=strategy,
+                      reverted=reverted, subjects=subjects, tree=tree, bad_tree=canon.tree(bad),
+                      commands=commands)
+
+
+def _revert_on_top(canon: Git, plan: RevertPlan) -> str:
+    """git revert in a throwaway worktree; on conflict abort: nothing half-done anywhere."""
+    with canon.temp_worktree(plan.tip, prefix="opskit-revert-") as wt:
+        r = wt.run("revert", "--no-commit", "-m", "1", *plan.reverted, check=False)
+        if not r.ok:
+            files = wt.out("diff", "--name-only", "--diff-filter=U").splitlines()
+            wt.run("revert", "--abort", check=False)
+            detail = (r.stderr.strip().splitlines() or ["conflict"])[-1]
+            raise _Conflict([text(f) for f in files], text(detail))
+        return wt.out("write-tree")
+
+
+def _message(plan: RevertPlan, reason: str, event_id: int, stage: str) -> str:
+    first = " ".join(text(reason).split())[:120] or "deploy failed"
+    what = {"deploy": "its deploy command failed", "health": "it failed its health gate"}.get(
+        stage, "it was reverted on request")
+    body = [f"Auto-revert: {plan.service}: {first}", "",
+            f"opskit reverted {short(plan.bad)} on {plan.branch} because {what}.",
+            f"Strategy: {plan.strategy}" + (f" (last good deploy {short(plan.good)})" if plan.good else "") + ".",
+            "Reverted:"]
+    body += [f"  {short(c)} {plan.subjects.get(c, '')}" for c in plan.reverted]
+    body += ["", "To re-land: fix the cause and push it again (a feature branch runs the chain).",
+             f"The reverted tree is quarantined; see `opskit quarantine list {plan.service}`.", ""]
+    body += [f"Opskit-Reverts: {c}" for c in plan.reverted]
+    body.append(f"Opskit-Event: {event_id}")
+    return "\n".join(body) + "\n"
+
+
+# --- freeze ----------------------------------------------------------------------------------
+
+def freeze(run: Run, reason: str, event_id: int | None) -> int:
+    run.journal.kv_set("frozen", run.service, {"reason": reason, "event_id": event_id,
+                                               "since": iso(run.clock.now())})
+    ev = run.emit("service.frozen", {"reason": reason, "event_id": event_id})
+    run.say(f"✘ {run.service} is FROZEN: {reason}. Deploys are refused until `opskit unfreeze {run.service}`")
+    return ev.id
+
+
+def unfreeze(settings: Settings, journal: Journal, service: str, who: str | None = None) -> dict[str, Any] | None:
+    """Clear the freeze; returns what was cleared (None: it was not frozen)."""
+    settings.service(service)
+    was = is_frozen(journal, service)
+    if was is None:
+        return None
+    who = who or os.environ.get("SUDO_USER") or _user()
+    journal.kv_delete("frozen", service)
+    journal.append("service.unfrozen", service, {"who": who, "was": was})
+    return was
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return f"uid {os.getuid()}"
+
+
+# --- the revert ------------------------------------------------------------------------------
+
+def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None, plan: RevertPlan | None,
+          freeze_it: bool, extra: dict[str, Any] | None = None) -> RevertResult:
+    data: dict[str, Any] = {"bad": bad, "reason": reason, "status": status, **(extra or {})}
+    if start_id is not None:
+        data["rollback_event"] = start_id
+    ev = run.emit("rollback.fail", data, sha=bad)
+    run.say(f"✘ rollback failed: {reason}")
+    msg = [f"🚨 {run.service}: the automatic rollback of {short(bad)} FAILED.", f"Why: {reason}",
+           f"Event: #{ev.id} (`opskit events --service {run.service} --type rollback`)"]
+    if freeze_it:
+        freeze(run, reason, ev.id)
+        msg.append(f"The service is FROZEN: deploys are refused until `opskit unfreeze {run.service}`.")
+    else:
+        msg.append("The repository and the worktree were left as they were; a human must restore the service.")
+    notify(run, "\n".join(msg), title=f"{run.service}: rollback failed", level="critical", event_id=ev.id)
+    return RevertResult(service=run.service, ok=False, status=status, reason=reason, exit_code=int(ExitCode.FAILED),
+                        bad=bad, reverted=plan.reverted if plan else [], event_id=start_id, plan=plan)
+
+
+def _land(svc: ServiceSettings, canon: Git, new: str, tip: str) -> None:
+    ref = f"refs/heads/{svc.branch}"
+    if svc.pull_mode:
+        r = canon.push(svc.repo, f"{new}:{ref}")  # never forced: a moved remote refuses it
+        if not r.ok:
+            raise OpsError(f"push of the revert to {svc.repo} refused: "
+                           f"{text((r.stderr.strip().splitlines() or ['?'])[-1])}")
+        landed = canon.ls_remote(svc.repo, svc.branch)
+    else:
+        # Compare-and-swap: if someone pushed meanwhile, fail rather than overwrite their work.
+        canon.update_ref(ref, new, old=tip, message=f"opskit auto-revert of {short(tip)}")
+        landed = canon.branch_tip(svc.branch)
+    if landed != new:
+        raise OpsError(f"the revert {short(new)} did not land: {svc.branch} is at {short(landed)}")
+
+
+def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None = None, stage: str = "manual",
+                  no_deploy: bool = False, trigger_event: int | None = None) -> RevertResult:
+    """Revert `bad` while the caller holds the service lock (the pipeline, or auto_revert)."""
+    svc = run.svc
+    run.say(f"auto-revert of {short(bad)}: {reason}")
+    try:
+        canon = _canonical(svc)
+        message = canon.message(bad)
+    except OpsError as e:
+        return _fail(run, bad, f"cannot read {short(bad)}: {e}", status="failed", start_id=None, plan=None,
+                     freeze_it=False)
+    if is_revert_commit(message):
+        # No loops, ever: a revert that fails is not reverted again (ARCHITECTURE §6).
+        return _fail(run, bad, f"{short(bad)} is itself an auto-revert and it failed too ({reason}); "
+                     "refusing to revert a revert", status="frozen", start_id=None, plan=None, freeze_it=True)
+    try:
+        plan = make_plan(svc, run.journal, canon, bad)
+    except OpsError as e:
+        return _fail(run, bad, str(e), status="failed", start_id=None, plan=None, freeze_it=False)
+    start = run.emit("rollback.start", {"bad": bad, "reverted": plan.reverted, "tip": plan.tip, "good": plan.good,
+                                        "strategy": plan.strategy, "reason": reason, "stage": stage,
+                                        "trigger_event": trigger_event}, sha=bad)
+    for line in plan.render():
+        run.say(line)
+    try:
+        tree = plan.tree or _revert_on_top(canon, plan)
+    except _Conflict as c:
+        return _fail(run, bad, f"the revert of {short(bad)} conflicts with commits that landed on top "
+                     f"({', '.join(c.files[:5]) or c.message}); nothing was changed", status="conflict",
+                     start_id=start.id, plan=plan, freeze_it=False, extra={"conflicts": c.files})
+    except OpsError as e:
+        return _fail(run, bad, f"could not compute the revert: {e}", status="failed", start_id=start.id,
+                     plan=plan, freeze_it=False)
+    plan.tree = tree
+    try:
+        new = canon.commit_tree(tree, [plan.tip], _message(plan, reason, start.id, stage))
+        _land(svc, canon, new, plan.tip)
+    except OpsError as e:
+        return _fail(run, bad, f"could not land the revert: {e}", status="failed", start_id=start.id, plan=plan,
+                     freeze_it=False)
+    run.say(f"revert {short(new)} landed on {svc.branch}")
+    run.journal.quarantine_add(svc.name, plan.bad_tree, bad, start.id, reason)
+    result = RevertResult(service=svc.name, ok=True, status="landed", reason=reason, exit_code=int(ExitCode.OK),
+                          bad=bad, revert_sha=new, reverted=plan.reverted, event_id=start.id, plan=plan)
+    if not no_deploy:
+        d = deliver(run, new, kind="revert", previous=bad)
+        if not d.ok:
+            return _fail(run, bad, f"the revert {short(new)} failed too ({d.stage}): {d.reason}", status="frozen",
+                         start_id=start.id, plan=plan, freeze_it=True, extra={"revert": new})
+        result.status = "reverted"
+    if bad_deploy_id is not None:
+        run.journal.deploy_finish(bad_deploy_id, "reverted", reason)
+    done = run.emit("rollback.complete", {"reverted": plan.reverted, "bad": bad, "revert": new, "reason": reason,
+                                          "strategy": plan.strategy, "deployed": not no_deploy,
+                                          "rollback_event": start.id, "quarantined_tree": plan.bad_tree}, sha=new)
+    run.say(f"✔ rolled back: {svc.name} now runs {short(new)}" + (" (not redeployed: --no-deploy)" if no_deploy else ""))
+    listing = "\n".join(f"• {short(c)} {plan.subjects.get(c, '')}" for c in plan.reverted[:10])
+    notify(run, "\n".join([
+        f"🔴 {svc.name}: deploy of {short(bad)} was reverted automatically.",
+        f"Why: {text(reason)}",
+        f"Reverted:\n{listing}",
+        f"Now live: {short(new)} (Auto-revert) on {svc.branch}" + (", healthy." if not no_deploy else ", NOT redeployed."),
+        f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
+        f"Re-land: fix the cause and push again; the same tree is refused until "
+        f"`opskit quarantine release {svc.name} {plan.bad_tree[:12]}`.",
+    ]), title=f"{svc.name}: auto-reverted {short(bad)}", level="error", event_id=done.id)
+    return result
+
+
+def auto_revert(settings: Settings, journal: Journal, service: str, *, commit: str | None = None,
+                reason: str | None = None, dry_run: bool = False, no_deploy: bool = False,
+                chain: str | None = None, clock: Clock = SYSTEM, write: Write = print,
+                lock_wait: float = 600.0) -> RevertResult:
+    """`opskit auto-revert`: revert `commit` (default: what the worktree runs) by hand or from cron."""
+    svc = settings.service(service)
+    run = Run(settings=settings, journal=journal, svc=svc, chain=chain or new_chain_id("r"), clock=clock, write=write)
+    why = reason or "reverted by hand (opskit auto-revert)"
+    if dry_run:
+        canon = _canonical(svc)
+        bad = _resolve(canon, svc, commit)
+        plan = make_plan(svc, journal, canon, bad)
+        if is_revert_commit(canon.message(bad)):
+            write(f"{service}: {short(bad)} is itself an auto-revert: a real run would refuse and freeze")
+        for line in plan.render():
+            write(redact(line))
+        write("dry run: nothing was changed")
+        return RevertResult(service=service, ok=True, status="planned", reason=why, exit_code=int(ExitCode.OK),
+                            bad=bad, reverted=plan.reverted, plan=plan)
+    with ServiceLock(settings.state_dir, service, wait=lock_wait, clock=clock, what="auto-revert", on_wait=run.say):
+        frozen = is_frozen(journal, service)
+        if frozen:
+            raise OpsError(f"{service} is frozen ({frozen.get('reason')}); `opskit unfreeze {service}` first")
+        step_report_interrupted(run)
+        canon = _canonical(svc)
+        bad = _resolve(canon, svc, commit)
+        run.sha = bad
+        return revert_locked(run, bad=bad, reason=why, no_deploy=no_deploy)
+
+
+def _resolve(canon: Git, svc: ServiceSettings, commit: str | None) -> str:
+    if commit:
+        sha = canon.rev_parse(commit)
+        if sha is None:
+            raise UsageError(f"{svc.name}: --commit {commit!r} is not a commit in {svc.repo}; fix the SHA")
+        return sha
+    head = deployed_head(svc)
+    if head is None:
+        raise UsageError(f"{svc.name}: worktree {svc.worktree} has no commit; pass --commit SHA")
+    return head
+
+
+__all__: Sequence[str] = ["auto_revert", "revert_locked", "is_frozen", "is_revert_commit", "freeze",
+                          "unfreeze", "make_plan", "RevertPlan", "RevertResult"]

@@ -1,0 +1,137 @@
+"""`opskit status`: one screen that answers "what runs where, and is it all right?" (issue 3 item 5).
+
+collect() returns plain data (the --json output); render() prints it. Other areas add their
+own section by registering a function in SECTIONS (drift, jobs, chains) without touching this file's logic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from opskit.config import ServiceSettings, Settings
+from opskit.errors import OpsError
+from opskit.gitrepo import Git
+from opskit.journal import Journal
+from opskit.lock import is_held, read_holder
+
+# name → fn(settings, journal, service) -> dict | None, merged into each service's entry.
+SECTIONS: dict[str, Callable[[Settings, Journal, ServiceSettings], Any]] = {}
+
+
+def _text(s: str) -> str:
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _deployed(svc: ServiceSettings) -> dict[str, Any]:
+    wt = Git(svc.worktree)
+    if not wt.is_repo():
+        return {"sha": None, "problem": f"{svc.worktree} is not a git checkout"}
+    head = wt.head()
+    if head is None:
+        return {"sha": None, "problem": "no commit checked out"}
+    return {"sha": head, "short": head[:10], "subject": _text(wt.subject(head)), "branch": wt.current_branch()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -> dict[str, Any]:
+    try:
+        deployed = _deployed(svc)
+    except OpsError as e:
+        deployed = {"sha": None, "problem": str(e)}
+    rows = journal.deploys(svc.name, limit=50)
+    verdict = next((r for r in rows if r["status"] != "running"), None)
+    running = [r for r in rows if r["status"] == "running"]
+    in_progress = None
+    if running:
+        r = running[0]
+        live = _pid_alive(int(r["pid"] or 0)) and is_held(settings.state_dir, svc.name)
+        in_progress = {"sha": r["sha"], "kind": r["kind"], "step": r["step"], "since": r["started"],
+                       "pid": r["pid"], "alive": live}
+        if live:
+            in_progress["holder"] = read_holder(settings.state_dir, svc.name)
+    last_good = journal.last_good(svc.name)
+    entry: dict[str, Any] = {
+        "name": svc.name,
+        "mode": "pull" if svc.pull_mode else "push",
+        "branch": svc.branch,
+        "deployed": deployed,
+        "last_verdict": None if verdict is None else {
+            "sha": verdict["sha"], "status": verdict["status"], "kind": verdict["kind"],
+            "when": verdict["finished"] or verdict["started"], "reason": verdict["reason"]},
+        "last_good": last_good,
+        "frozen": journal.kv_get("frozen", svc.name),
+        "quarantined": len(journal.quarantine_list(svc.name)),
+        "in_progress": in_progress,
+    }
+    for name, fn in SECTIONS.items():
+        try:
+            entry[name] = fn(settings, journal, svc)
+        except Exception as e:  # one broken section must not hide the rest of the screen
+            entry[name] = {"error": str(e)[:200]}
+    return entry
+
+
+def collect(settings: Settings, journal: Journal, services: list[str] | None = None) -> dict[str, Any]:
+    names = services or sorted(settings.services)
+    out: dict[str, Any] = {"services": [service_status(settings, journal, settings.service(n)) for n in names]}
+    try:
+        from opskit.notify import outbox_summary
+    except ImportError:  # notify lands separately; status still works without it
+        out["outbox"] = None
+    else:
+        out["outbox"] = outbox_summary(journal)
+    return out
+
+
+def _waiting(outbox: dict[str, dict[str, int]] | None) -> str:
+    if outbox is None:
+        return "outbox: unknown (notify not installed)"
+    parts = []
+    for channel, counts in sorted(outbox.items()):
+        waiting = {k: v for k, v in counts.items() if k != "delivered" and v}
+        if waiting:
+            parts.append(f"{channel}: " + ", ".join(f"{v} {k}" for k, v in sorted(waiting.items())))
+    return "outbox: " + ("; ".join(parts) if parts else "nothing waiting")
+
+
+def render(data: dict[str, Any]) -> list[str]:
+    """Plain lines (no markup): the command decides how to print them."""
+    lines: list[str] = []
+    if not data["services"]:
+        lines.append("no services configured (add a [service.NAME] table to opskit.toml)")
+    for s in data["services"]:
+        d = s["deployed"]
+        head = f"{d['short']} {d['subject']}" if d.get("sha") else f"? ({d.get('problem')})"
+        lines.append(f"{s['name']}  [{s['mode']} mode, {s['branch']}]")
+        lines.append(f"  deployed:    {head}")
+        v = s["last_verdict"]
+        if v:
+            why = f" — {v['reason']}" if v["reason"] and v["status"] != "healthy" else ""
+            lines.append(f"  last verdict: {v['status']} ({v['kind']} {v['sha'][:10]}) at {v['when']}{why}")
+        else:
+            lines.append("  last verdict: none yet")
+        f = s["frozen"]
+        lines.append(f"  frozen:      YES since {f.get('since')}: {f.get('reason')} (opskit unfreeze {s['name']})"
+                     if f else "  frozen:      no")
+        lines.append(f"  quarantined: {s['quarantined']} tree(s)")
+        p = s["in_progress"]
+        if p:
+            state = "running" if p["alive"] else "interrupted (holder gone; next deploy reports it)"
+            lines.append(f"  in progress: {p['kind']} {p['sha'][:10]} at step {p['step']} since {p['since']} "
+                         f"(pid {p['pid']}, {state})")
+        for name in SECTIONS:
+            if s.get(name) is not None:
+                lines.append(f"  {name}: {s[name]}")
+    lines.append(_waiting(data.get("outbox")))
+    return lines
