@@ -207,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: str, ctype: str = "text/plain; charset=utf-8",
               mode: Mode | None = None) -> None:
         data = body.encode()
+        # Logged before answering: whoever saw the answer can rely on the line being there.
+        self._note(f"-> {status}", mode or self.server.state.mode)
         try:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
@@ -217,7 +219,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(data)
         except OSError:
             pass  # the client gave up (a probe timeout): nothing to answer to
-        self._note(f"-> {status}", mode or self.server.state.mode)
 
     def _note(self, what: str, mode: Mode) -> None:
         _log(f"{self.client_address[0]} {self.command} {self.path} {what} mode={mode}")
