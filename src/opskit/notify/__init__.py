@@ -1,0 +1,176 @@
+"""Durable notifications (issue 2 item 6): outbox first, then deliver, never silently.
+
+    from opskit import notify
+    report = notify.send(settings, journal, "deploy failed", level="error", service="web")
+    if not report.ok: ...   # queued for `opskit notify --flush`, or a channel is broken
+
+send() never raises for a delivery failure (the pipeline must go on when Discord is
+down); it raises UsageError for bad input. httpx is imported only on the send path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from opskit.clock import SYSTEM, Clock
+from opskit.config import LEVELS, Settings
+from opskit.errors import UsageError
+from opskit.journal import Journal
+from opskit.notify import outbox
+
+__all__ = ["FlushReport", "NotifyReport", "broken_channels", "flush", "outbox_summary", "send", "show"]
+
+
+@dataclass
+class NotifyReport:
+    outbox_ids: list[int]
+    delivered: list[str]  # channel names
+    queued: list[str]  # transient failure: still queued for `notify --flush`
+    broken: list[str]  # permanent failure (4xx): channel marked broken
+    errors: dict[str, str] = field(default_factory=dict)  # channel → why, for what failed
+
+    @property
+    def ok(self) -> bool:
+        """Everything was delivered to the channels asked for."""
+        return not self.queued and not self.broken
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
+
+    def problem(self) -> str | None:
+        """One line for stderr saying what did not arrive, or None."""
+        parts = []
+        for name in self.broken:
+            parts.append(f"{name} is broken ({self.errors.get(name, 'refused')})")
+        for name in self.queued:
+            parts.append(f"{name} not reached ({self.errors.get(name, 'no answer')})")
+        if not parts:
+            return None
+        line = "notification not delivered: " + "; ".join(parts)
+        if self.queued:
+            line += "; queued for `opskit notify --flush`"
+        if self.broken and self.delivered:
+            line += f"; delivered to {', '.join(self.delivered)}"
+        return line
+
+
+@dataclass
+class FlushReport:
+    delivered: int
+    still_queued: int
+    broken: int
+    busy: int = 0  # rows another live process is delivering right now
+    problems: list[str] = field(default_factory=list)  # "channel: why", one per stalled/broken channel
+
+    @property
+    def ok(self) -> bool:
+        return self.still_queued == 0 and self.broken == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
+
+
+def _check(settings: Settings, message: str, level: str, channels: Sequence[str] | None) -> None:
+    if not message or not message.strip():
+        raise UsageError("empty message: give the text to send, or - to read it from stdin")
+    if level not in LEVELS:
+        raise UsageError(f"unknown level {level!r}: use one of {', '.join(LEVELS)}")
+    for name in channels or ():
+        settings.channel(name)  # ConfigError (exit 2) naming the configured channels
+
+
+def send(settings: Settings, journal: Journal, message: str, *, title: str | None = None,
+         level: str = "info", service: str | None = None, channels: Sequence[str] | None = None,
+         event_id: int | None = None, clock: Clock = SYSTEM, retry_for: float | None = None) -> NotifyReport:
+    """Write the message to the outbox for each channel, then deliver it.
+
+    channels None → settings.channels_for(service); none configured → journal-only, an
+    empty report with ok True. A channel's older queue is delivered first, in order.
+    """
+    _check(settings, message, level, channels)
+    names = list(dict.fromkeys(channels if channels is not None else settings.channels_for(service)))
+    if not names:
+        return NotifyReport([], [], [], [])
+    from opskit.notify.deliver import Courier
+
+    title = title.strip() if title and title.strip() else None
+    # Every row is durable before the first byte goes out: a crash mid-send leaves them
+    # for the next flush.
+    queued = [outbox.enqueue(journal, clock, name, level=level, title=title, message=message,
+                             service=service, event_id=event_id) for name in names]
+    courier = Courier(settings, journal, clock, retry_for, journal_repeats=True)
+    for name, (_, rows) in zip(names, queued, strict=True):
+        courier.deliver_rows(name, rows)
+
+    report = NotifyReport([new_id for new_id, _ in queued], [], [], [])
+    for name, (new_id, _) in zip(names, queued, strict=True):
+        result = courier.results.get(new_id)
+        status = result.status if result else "queued"
+        error = result.error if result else courier.stalled.get(name)
+        if status == "delivered":
+            report.delivered.append(name)
+            continue
+        (report.broken if status == "broken" else report.queued).append(name)
+        report.errors[name] = error or "not delivered"
+        # A broken channel's message went on to its fallback (and maybe that one's).
+        while result is not None and result.fallback_id is not None:
+            report.outbox_ids.append(result.fallback_id)
+            fb_channel = settings.channels[result.channel].fallback or "?"
+            result = courier.results.get(result.fallback_id)
+            fb_status = result.status if result else "queued"
+            if fb_status == "delivered":
+                report.delivered.append(fb_channel)
+                continue
+            (report.broken if fb_status == "broken" else report.queued).append(fb_channel)
+            why = (result.error if result else None) or courier.stalled.get(fb_channel) or "not delivered"
+            report.errors.setdefault(fb_channel, why)
+    return report
+
+
+def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
+          retry_for: float | None = None) -> FlushReport:
+    """Retry the queue, oldest first, each message exactly once, per-channel order kept."""
+    from opskit.notify.deliver import Courier
+
+    courier = Courier(settings, journal, clock, retry_for, journal_repeats=False)
+    busy = 0
+    for name in outbox.channels_with_work(journal):
+        if name in courier.stalled:
+            continue
+        rows, held = outbox.claim_channel(journal, clock, name)
+        busy += held
+        if rows:
+            courier.deliver_rows(name, rows)
+    results = list(courier.results.values())
+    problems = [f"{name}: {why}" for name, why in courier.stalled.items()]
+    for r in results:
+        if r.status == "broken":
+            problems.append(f"{r.channel}: broken ({r.error})")
+    still = journal.conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'queued'").fetchone()[0]
+    return FlushReport(
+        delivered=sum(r.status == "delivered" for r in results),
+        still_queued=int(still),
+        broken=sum(r.status == "broken" for r in results),
+        busy=busy,
+        problems=list(dict.fromkeys(problems)),
+    )
+
+
+def outbox_summary(journal: Journal) -> dict[str, dict[str, int]]:
+    """channel → {status: count}, for `opskit status`."""
+    return outbox.summary(journal)
+
+
+def broken_channels(journal: Journal) -> dict[str, Any]:
+    """channel → {broken, status, error, since}: channels whose endpoint refused for good."""
+    return journal.kv_all("channel")
+
+
+def show(journal: Journal, outbox_id: int) -> dict[str, Any]:
+    """One outbox row, with the full message text (Discord shows a cut version)."""
+    row = outbox.get(journal, outbox_id)
+    if row is None:
+        raise UsageError(f"no outbox message #{outbox_id}; see `opskit events --type notify`")
+    return asdict(row)

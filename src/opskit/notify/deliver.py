@@ -1,0 +1,155 @@
+"""The courier: takes claimed outbox rows of one channel and delivers them in order.
+
+Transient failures are retried with backoff inside the channel's retry_for (a 429's
+retry_after wins over our backoff); the first message that stays undelivered stops its
+channel so later ones do not overtake it. Permanent answers mark the channel broken and
+hand the message to the channel's fallback. Every outcome lands in the outbox row and in
+a notify.sent / notify.failed event; no URL or token ever does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from dataclasses import dataclass, field
+
+from opskit.clock import Clock, iso
+from opskit.config import ChannelSettings, Settings
+from opskit.errors import redact
+from opskit.journal import Journal
+from opskit.notify import outbox
+from opskit.notify.base import Outcome
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 8.0
+MIN_ATTEMPT_TIMEOUT = 1.0
+KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",
+         "ntfy": "ntfy", "apprise": "apprise_"}
+
+
+@dataclass
+class RowResult:
+    row_id: int
+    channel: str
+    status: str  # delivered | queued | broken
+    error: str | None = None
+    fallback_id: int | None = None
+
+
+@dataclass
+class Courier:
+    settings: Settings
+    journal: Journal
+    clock: Clock
+    retry_for: float | None = None
+    # send() journals every failure; flush (every 5 minutes from cron) only a changed one,
+    # so a long outage is one event per message, not one per cron run.
+    journal_repeats: bool = True
+    results: dict[int, RowResult] = field(default_factory=dict)
+    stalled: dict[str, str] = field(default_factory=dict)  # channel → why it stopped
+
+    def deliver_rows(self, channel: str, rows: list[outbox.Row], visited: frozenset[str] = frozenset()) -> None:
+        ids = [r.id for r in rows]
+        try:
+            for i, row in enumerate(rows):
+                ch = self.settings.channels.get(channel)
+                if ch is None or channel in self.stalled:
+                    why = self.stalled.get(channel) or f"channel {channel!r} is no longer configured"
+                    self._queued(None, row, Outcome.transient(why), attempts=0, wait=None)
+                    self.stalled[channel] = why
+                    break
+                outcome, attempts, wait = self._attempt(ch, row, ids[i:])
+                if outcome.kind == "delivered":
+                    self._delivered(ch, row, outcome, attempts)
+                elif outcome.kind == "transient":
+                    self._queued(ch, row, outcome, attempts, wait)
+                    self.stalled[channel] = outcome.error or "not delivered"
+                    break
+                else:
+                    self._broken(ch, row, outcome, attempts, visited)
+        finally:
+            # Whatever we claimed and did not finish goes back to the queue, in order.
+            outbox.release(self.journal, ids)
+
+    # --- one message ------------------------------------------------------------------------
+    def _attempt(self, ch: ChannelSettings, row: outbox.Row, claimed: list[int]) -> tuple[Outcome, int, float | None]:
+        module = importlib.import_module(f"opskit.notify.{KINDS[ch.type]}")
+        budget = self.retry_for if self.retry_for is not None else ch.retry_for
+        deadline = self.clock.monotonic() + max(0.0, budget)
+        delay = BACKOFF_START
+        attempts = 0
+        msg = row.as_message()
+        while True:
+            outbox.touch(self.journal, self.clock, claimed)
+            timeout = min(ch.timeout, max(MIN_ATTEMPT_TIMEOUT, deadline - self.clock.monotonic()))
+            try:
+                outcome: Outcome = module.deliver(ch, msg, timeout)
+            except Exception as e:  # a bug in one channel must not stop the pipeline
+                outcome = Outcome.transient(f"internal error in the {ch.type} channel ({type(e).__name__})")
+            attempts += 1
+            if outcome.kind != "transient":
+                return outcome, attempts, None
+            wait = outcome.retry_after if outcome.retry_after is not None else delay
+            delay = min(delay * 2, BACKOFF_MAX)
+            if self.clock.monotonic() + wait > deadline:
+                return outcome, attempts, wait
+            self.clock.sleep(wait)
+
+    def _delivered(self, ch: ChannelSettings, row: outbox.Row, outcome: Outcome, attempts: int) -> None:
+        if not outbox.finish(self.journal, self.clock, row.id, "delivered", attempts=attempts,
+                             remote_id=outcome.remote_id):
+            return  # taken over as stale while we were sending; its new holder reports it
+        self.results[row.id] = RowResult(row.id, ch.name, "delivered")
+        data: dict[str, object] = {"outbox_id": row.id, "channel": ch.name, "kind": ch.type,
+                                   "status": "delivered", "attempts": attempts}
+        if outcome.remote_id:
+            data["remote_id"] = outcome.remote_id
+        if row.title:
+            data["title"] = row.title[:100]
+        self.journal.append("notify.sent", row.service, data)
+        if self.journal.kv_get("channel", ch.name):
+            self.journal.kv_delete("channel", ch.name)  # it works again: no longer broken
+
+    def _queued(self, ch: ChannelSettings | None, row: outbox.Row, outcome: Outcome, attempts: int,
+                wait: float | None) -> None:
+        next_try = self.clock.now() + dt.timedelta(seconds=wait) if wait is not None else None
+        if not outbox.finish(self.journal, self.clock, row.id, "queued", attempts=attempts,
+                             error=outcome.error, next_try=next_try):
+            return
+        self.results[row.id] = RowResult(row.id, row.channel, "queued", outcome.error)
+        if self.journal_repeats or outcome.error != row.last_error:
+            self._failed(ch, row, "queued", outcome, attempts)
+
+    def _broken(self, ch: ChannelSettings, row: outbox.Row, outcome: Outcome, attempts: int,
+                visited: frozenset[str]) -> None:
+        if not outbox.finish(self.journal, self.clock, row.id, "broken", attempts=attempts,
+                             error=outcome.error):
+            return
+        result = RowResult(row.id, ch.name, "broken", outcome.error)
+        self.results[row.id] = result
+        previous = self.journal.kv_get("channel", ch.name) or {}
+        self.journal.kv_set("channel", ch.name, {
+            "broken": True, "status": outcome.status, "error": outcome.error,
+            "since": previous.get("since") or iso(self.clock.now()), "outbox_id": row.id})
+        fb = ch.fallback
+        usable = fb is not None and fb not in visited and fb != ch.name and fb in self.settings.channels
+        self._failed(ch, row, "broken", outcome, attempts, fallback=fb if usable else None)
+        if not usable or fb is None:
+            return
+        note = f"\n\n(sent via fallback: channel {ch.name!r} is broken: {outcome.error})"
+        new_id, rows = outbox.enqueue(self.journal, self.clock, fb, level=row.level, title=row.title,
+                                      message=row.message + note, service=row.service, event_id=row.event_id)
+        result.fallback_id = new_id
+        self.deliver_rows(fb, rows, visited | {ch.name})
+
+    def _failed(self, ch: ChannelSettings | None, row: outbox.Row, status: str, outcome: Outcome,
+                attempts: int, fallback: str | None = None) -> None:
+        data: dict[str, object] = {"outbox_id": row.id, "channel": row.channel, "status": status,
+                                   "error": redact(outcome.error or ""), "attempts": attempts}
+        if ch is not None:
+            data["kind"] = ch.type
+        if outcome.status is not None:
+            data["http_status" if ch is not None and ch.type != "command" else "exit_status"] = outcome.status
+        if fallback:
+            data["fallback"] = fallback
+        self.journal.append("notify.failed", row.service, data)

@@ -1,0 +1,197 @@
+"""The outbox table (schema in journal.py): rows are written before any send, claimed
+for delivery, and finished as delivered, queued again, or broken.
+
+Exactly once across concurrent senders (issue 2 item 6): a process claims rows inside a
+BEGIN IMMEDIATE transaction by setting status 'sending' and claimed_by to its pid. A
+claim is honoured while that pid lives and the claim is fresh; a dead pid's or stale
+claim is taken over. Order within a channel is kept by claiming a channel's whole queue
+or none of it: while another live process holds rows of a channel, nobody else sends
+on it. A claim is refreshed before every attempt, so a long flush never goes stale.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+from dataclasses import dataclass
+
+from opskit.clock import Clock, iso, parse_iso
+from opskit.errors import redact
+from opskit.journal import Journal
+from opskit.notify.base import Message
+
+# A live process that has not touched its claim for this long is assumed hung (or its
+# pid was reused) and its rows are taken over.
+CLAIM_STALE = 300.0
+OPEN = ("queued", "sending")
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    channel: str
+    created: str
+    level: str
+    title: str | None
+    message: str
+    service: str | None
+    event_id: int | None
+    status: str
+    attempts: int
+    last_error: str | None
+    next_try: str | None
+    claimed_by: int | None
+    claimed_at: str | None
+    delivered: str | None
+    remote_id: str | None
+
+    @classmethod
+    def of(cls, r: sqlite3.Row) -> Row:
+        return cls(**{k: r[k] for k in r.keys()})
+
+    def as_message(self) -> Message:
+        return Message(outbox_id=self.id, channel=self.channel, level=self.level, title=self.title,
+                       text=self.message, service=self.service, event_id=self.event_id,
+                       created=self.created)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def held_elsewhere(row: Row, now: dt.datetime) -> bool:
+    """Is this row being delivered by a live process right now?"""
+    if row.status != "sending":
+        return False
+    if not pid_alive(row.claimed_by):
+        return False
+    if not row.claimed_at:
+        return False
+    try:
+        age = (now - parse_iso(row.claimed_at)).total_seconds()
+    except ValueError:
+        return False
+    return age < CLAIM_STALE
+
+
+def _open_rows(c: sqlite3.Connection, channel: str) -> list[Row]:
+    return [Row.of(r) for r in c.execute(
+        "SELECT * FROM outbox WHERE channel = ? AND status IN ('queued', 'sending') ORDER BY id",
+        (channel,))]
+
+
+def _claim(c: sqlite3.Connection, ids: list[int], me: int, stamp: str) -> None:
+    c.executemany("UPDATE outbox SET status = 'sending', claimed_by = ?, claimed_at = ? WHERE id = ?",
+                  [(me, stamp, i) for i in ids])
+
+
+def _get(c: sqlite3.Connection, ids: list[int]) -> list[Row]:
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    return [Row.of(r) for r in c.execute(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", ids)]
+
+
+def enqueue(journal: Journal, clock: Clock, channel: str, *, level: str, title: str | None,
+            message: str, service: str | None, event_id: int | None) -> tuple[int, list[Row]]:
+    """Write a new message and claim it for this process.
+
+    Returns the new row's id and the rows to deliver now, in order: the channel's older
+    queue first (so nothing is overtaken), then the new row. When another live process is
+    delivering on this channel, only the new row is returned: a fresh alert is not held
+    back behind someone else's backlog.
+    """
+    me, now = os.getpid(), clock.now()
+    stamp = iso(now)
+    with journal.tx() as c:
+        rows = _open_rows(c, channel)
+        busy = any(held_elsewhere(r, now) for r in rows)
+        cur = c.execute(
+            "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status, "
+            "claimed_by, claimed_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?)",
+            (channel, stamp, level, title, message, service, event_id, me, stamp))
+        new_id = cur.lastrowid
+        assert new_id is not None
+        ids = [] if busy else [r.id for r in rows]
+        _claim(c, ids, me, stamp)
+        claimed = _get(c, ids + [new_id])
+    return new_id, claimed
+
+
+def claim_channel(journal: Journal, clock: Clock, channel: str) -> tuple[list[Row], int]:
+    """Claim a channel's whole open queue: (rows, 0), or ([], n) when another process has it."""
+    me, now = os.getpid(), clock.now()
+    stamp = iso(now)
+    with journal.tx() as c:
+        rows = _open_rows(c, channel)
+        if any(held_elsewhere(r, now) for r in rows):
+            return [], len(rows)
+        ids = [r.id for r in rows]
+        _claim(c, ids, me, stamp)
+        return _get(c, ids), 0
+
+
+def touch(journal: Journal, clock: Clock, ids: list[int]) -> None:
+    """Refresh our claim on rows we are still working through."""
+    if not ids:
+        return
+    marks = ",".join("?" * len(ids))
+    with journal.tx() as c:
+        c.execute(f"UPDATE outbox SET claimed_at = ? WHERE status = 'sending' AND claimed_by = ? "
+                  f"AND id IN ({marks})", [iso(clock.now()), os.getpid(), *ids])
+
+
+def finish(journal: Journal, clock: Clock, row_id: int, status: str, *, attempts: int,
+           error: str | None = None, remote_id: str | None = None,
+           next_try: dt.datetime | None = None) -> bool:
+    """Record how delivery ended; False if the row was no longer ours (taken over)."""
+    stamp = iso(clock.now())
+    with journal.tx() as c:
+        cur = c.execute(
+            "UPDATE outbox SET status = ?, attempts = attempts + ?, last_error = ?, "
+            "remote_id = COALESCE(?, remote_id), delivered = ?, next_try = ?, "
+            "claimed_by = NULL, claimed_at = NULL "
+            "WHERE id = ? AND status = 'sending' AND claimed_by = ?",
+            (status, attempts, redact(error) if error else None, remote_id,
+             stamp if status == "delivered" else None,
+             iso(next_try) if next_try else None, row_id, os.getpid()))
+        return cur.rowcount == 1
+
+
+def release(journal: Journal, ids: list[int]) -> None:
+    """Give rows we claimed but did not try back to the queue."""
+    if not ids:
+        return
+    marks = ",".join("?" * len(ids))
+    with journal.tx() as c:
+        c.execute(f"UPDATE outbox SET status = 'queued', claimed_by = NULL, claimed_at = NULL "
+                  f"WHERE status = 'sending' AND claimed_by = ? AND id IN ({marks})", [os.getpid(), *ids])
+
+
+def channels_with_work(journal: Journal) -> list[str]:
+    """Channels with open rows, the one with the oldest waiting message first."""
+    return [r[0] for r in journal.conn.execute(
+        "SELECT channel FROM outbox WHERE status IN ('queued', 'sending') "
+        "GROUP BY channel ORDER BY MIN(id)")]
+
+
+def get(journal: Journal, row_id: int) -> Row | None:
+    r = journal.conn.execute("SELECT * FROM outbox WHERE id = ?", (row_id,)).fetchone()
+    return Row.of(r) if r else None
+
+
+def summary(journal: Journal) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for channel, status, n in journal.conn.execute(
+            "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status ORDER BY channel, status"):
+        out.setdefault(channel, {})[status] = n
+    return out
