@@ -1,0 +1,235 @@
+"""verify-push against real remotes: local paths, file://, a real git daemon, a hung port."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from opskit import config, verify
+from opskit.clock import FakeClock
+from opskit.journal import Journal
+from tests.support.gitdaemon import git_daemon, silent_listener
+from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
+
+
+def said(stdout: str, outcome: str) -> bool:
+    """The verdict line (after CMD's own passed-through output) starts with the outcome."""
+    return any(line.startswith(f"{outcome}:") for line in stdout.splitlines())
+
+
+def events(state_dir: Path, prefix: str = "push.") -> list[dict]:  # type: ignore[type-arg]
+    return [e.to_dict() for e in Journal(state_dir).query(type_prefix=prefix)]
+
+
+# --- the seed incident and the wrapper outcomes --------------------------------------------
+
+def test_nothing_pushed_is_unchanged_even_when_cmd_exits_0(sandbox: Sandbox, opskit, state_dir) -> None:
+    local = sandbox.commit({"app.txt": "v2\n"}, "not pushed")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "sh", "-c", "exit 0")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert said(r.stdout, "unchanged") and local[:12] in r.stdout
+    [ev] = events(state_dir)
+    assert ev["type"] == "push.unverified"
+    assert ev["data"]["outcome"] == "unchanged" and ev["data"]["cmd_exit"] == 0
+    assert ev["data"]["expected"] == local and ev["data"]["after"] == ev["data"]["before"]
+
+
+def test_already_up_to_date_is_unchanged_unless_allow_noop(sandbox: Sandbox, opskit) -> None:
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "true")
+    assert r.returncode == 1 and "unchanged" in r.stdout and "--allow-noop" in r.stdout
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--allow-noop", "--", "true")
+    assert r.returncode == 0 and said(r.stdout, "up-to-date"), r.stdout
+
+
+def test_real_push_lands(sandbox: Sandbox, opskit, state_dir) -> None:
+    before = sandbox.tip()
+    new = sandbox.commit({"app.txt": "v2\n"}, "v2")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "master")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "landed" in r.stdout and "master -> master" in r.stdout  # CMD's own output passed through
+    assert sandbox.tip() == new
+    [ev] = events(state_dir)
+    assert ev["type"] == "push.verified" and ev["commit"] == new
+    assert (ev["data"]["before"], ev["data"]["after"], ev["data"]["outcome"]) == (before, new, "landed")
+
+
+def test_push_to_wrong_branch_says_what_landed_where(sandbox: Sandbox, opskit) -> None:
+    new = sandbox.commit({"app.txt": "v2\n"}, "v2")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "HEAD:wrong")
+    assert r.returncode == 1
+    assert said(r.stdout, "mismatch")
+    assert f"{new[:12]} landed on wrong, not master" in r.stdout
+
+
+def test_remote_moved_to_another_commit_is_mismatch(sandbox: Sandbox, opskit) -> None:
+    old = sandbox.tip()
+    git(sandbox.dev, "checkout", "-q", "-b", "other")
+    other = sandbox.commit({"other.txt": "x\n"}, "other work")
+    git(sandbox.dev, "checkout", "-q", "master")
+    mine = sandbox.commit({"app.txt": "v2\n"}, "mine")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "other:master")
+    assert r.returncode == 1
+    assert f"moved {old[:12]} → {other[:12]}, expected {mine[:12]}" in r.stdout
+
+
+def test_rejected_push_shows_exit_code_and_last_lines(sandbox: Sandbox, opskit, tmp_path: Path) -> None:
+    # Someone else pushed first: ours is a non-fast-forward.
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(sandbox.bare), str(other))
+    sandbox.commit({"app.txt": "theirs\n"}, "theirs", repo=other)
+    git(other, "push", "-q", "origin", "master")
+    sandbox.commit({"app.txt": "ours\n"}, "ours")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "master")
+    assert r.returncode == 1
+    assert said(r.stdout, "rejected")
+    assert "exited 1" in r.stdout and "failed to push some refs" in r.stdout
+
+
+def test_branch_missing(sandbox: Sandbox, opskit) -> None:
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--branch", "nosuch", "--", "true")
+    assert r.returncode == 1 and said(r.stdout, "branch-missing") and "nosuch" in r.stdout
+
+
+def test_json_keeps_stdout_clean(sandbox: Sandbox, opskit) -> None:
+    sandbox.commit({"app.txt": "v2\n"}, "v2")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--json", "--",
+               "sh", "-c", "echo chatter; git push -q origin master")
+    assert r.returncode == 0
+    doc = json.loads(r.stdout)
+    assert doc["outcome"] == "landed" and doc["cmd_exit"] == 0
+    assert "chatter" in r.stderr
+
+
+# --- transports ---------------------------------------------------------------------------
+
+def test_file_url_remote(sandbox: Sandbox, opskit) -> None:
+    new = sandbox.commit({"app.txt": "v2\n"}, "v2")
+    url = f"file://{sandbox.bare}"
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--remote", url, "--",
+               "git", "push", url, "master")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--remote", url, "--expect", new)
+    assert r.returncode == 0 and "landed" in r.stdout
+
+
+def test_git_daemon_wrapper_and_standalone(tmp_path: Path, opskit) -> None:
+    sb = make_sandbox(tmp_path / "sb")
+    with git_daemon(sb.bare.parent) as d:
+        url = d.url(sb.bare.name)
+        clone = tmp_path / "viagit"
+        git(tmp_path, "clone", "-q", url, str(clone))
+        new = sb.commit({"app.txt": "over git://\n"}, "daemon push", repo=clone)
+        r = opskit("verify-push", "--repo", str(clone), "--", "git", "push", "origin", "master")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "landed" in r.stdout and url in r.stdout
+        assert rev(sb.bare, "refs/heads/master") == new
+        r = opskit("verify-push", "--repo", str(clone), "--remote", url, "--expect", new)
+        assert r.returncode == 0
+        r = opskit("verify-push", "--repo", str(clone), "--remote", url, "--", "true")
+        assert r.returncode == 1 and "unchanged" in r.stdout
+
+
+@pytest.mark.parametrize("mode", ["standalone", "wrapper"])
+def test_unresponsive_remote_is_bounded(sandbox: Sandbox, opskit, state_dir, mode: str) -> None:
+    with silent_listener() as port:
+        url = f"git://127.0.0.1:{port}/x"
+        cmd = ["--", "sh", "-c", "echo ran > ran.txt"] if mode == "wrapper" else []
+        start = time.monotonic()
+        r = opskit("verify-push", "--repo", str(sandbox.dev), "--remote", url, "--timeout", "1", *cmd)
+        took = time.monotonic() - start
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "unreachable" in r.stdout and "no answer within 1s" in r.stdout
+    assert took < 15
+    assert not (sandbox.dev / "ran.txt").exists()  # without a "before" the push is not run
+    [ev] = events(state_dir)
+    assert ev["type"] == "push.unverified" and ev["data"]["outcome"] == "unreachable"
+
+
+def test_credentials_never_shown(sandbox: Sandbox, opskit, state_dir) -> None:
+    from opskit.sandbox import free_port
+
+    port = free_port()  # nothing listens: connection refused
+    for url in (f"http://alice:S3cretTok3n@127.0.0.1:{port}/x.git",
+                f"http://TokenOnlyXYZ123@127.0.0.1:{port}/x.git"):
+        git(sandbox.dev, "remote", "add", "tok", url)
+        r = opskit("verify-push", "--repo", str(sandbox.dev), "--remote", "tok", "--",
+                   "git", "push", "tok", "master")
+        git(sandbox.dev, "remote", "remove", "tok")
+        assert r.returncode == 1
+        out = r.stdout + r.stderr + json.dumps(events(state_dir))
+        assert "S3cretTok3n" not in out and "TokenOnlyXYZ123" not in out
+        assert f"127.0.0.1:{port}" in r.stdout
+
+
+# --- standalone: lagging remotes, --contains ------------------------------------------------
+
+class PushOnSleep(FakeClock):
+    """A remote that lags: the push arrives while verify-push is waiting."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        super().__init__()
+        self.sandbox = sandbox
+        self.sleeps = 0
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        if self.sleeps == 3:
+            self.sandbox.push("master")
+        super().sleep(seconds)
+
+
+def test_wait_polls_a_lagging_remote(sandbox: Sandbox, state_dir: Path) -> None:
+    new = sandbox.commit({"app.txt": "v2\n"}, "v2")
+    settings = config.load(None)
+    j = Journal(state_dir)
+    res = verify.verify_push(settings, j, repo_dir=sandbox.dev, expect=new, clock=FakeClock())
+    assert res.outcome == "mismatch" and res.after != new
+
+    clock = PushOnSleep(sandbox)
+    res = verify.verify_push(settings, j, repo_dir=sandbox.dev, expect=new, wait=10, clock=clock)
+    assert res.outcome == "landed" and res.after == new and clock.sleeps == 3
+
+    clock2 = FakeClock()
+    gone = "f" * 40
+    res = verify.verify_push(settings, j, repo_dir=sandbox.dev, expect=gone, wait=5, clock=clock2)
+    assert res.outcome == "mismatch" and "after waiting 5s" in res.reason
+    assert clock2.monotonic() - 1000.0 == pytest.approx(5.0)
+
+
+def test_contains_fetches_when_local_lacks_the_tip(sandbox: Sandbox, tmp_path: Path, opskit) -> None:
+    base = sandbox.tip()
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(sandbox.bare), str(other))
+    sandbox.commit({"later.txt": "x\n"}, "later", repo=other)
+    git(other, "push", "-q", "origin", "master")
+    # dev has never seen the new tip: --contains must fetch it to prove ancestry.
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--expect", base)
+    assert r.returncode == 1 and "mismatch" in r.stdout
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--expect", base, "--contains")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert git(sandbox.dev, "for-each-ref", "refs/opskit/").stdout == ""  # temp ref cleaned up
+    unrelated = sandbox.commit({"side.txt": "y\n"}, "never pushed")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--expect", unrelated, "--contains")
+    assert r.returncode == 1 and "in its history" in r.stdout
+
+
+# --- bad arguments: exit 2, one line ------------------------------------------------------
+
+def test_bad_arguments_exit_2(sandbox: Sandbox, opskit, tmp_path: Path) -> None:
+    cases = [
+        (["--repo", str(tmp_path)], "not a git repository"),
+        (["--repo", str(sandbox.dev), "--remote", "nosuch"], "no such remote"),
+        (["--repo", str(sandbox.dev), "--expect", "nosuchrev"], "not a commit"),
+        (["--repo", str(sandbox.dev), "--remote", f"file://{tmp_path}/missing.git"], "no such path"),
+        (["--repo", str(sandbox.dev), "--branch", "bad..name"], "not a valid branch name"),
+    ]
+    for args, msg in cases:
+        r = opskit("verify-push", *args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    git(sandbox.dev, "checkout", "-q", "--detach")
+    r = opskit("verify-push", "--repo", str(sandbox.dev))
+    assert r.returncode == 2 and "--branch" in r.stderr
