@@ -1,0 +1,143 @@
+"""opskit cron install|uninstall|show, run-job, cron-check."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import typer
+
+from opskit.commands import _common
+
+if TYPE_CHECKING:
+    from opskit.cron import CronResult
+
+
+def _print_change(result: CronResult, as_json: bool) -> None:
+    if as_json:
+        _common.print_json(result.to_dict())
+        return
+    out = _common.console()
+    verb = {"installed": "installed", "updated": "updated", "unchanged": "already up to date",
+            "removed": "removed", "absent": "not present"}[result.action]
+    prefix = "would be " if result.dry_run and result.changed else ""
+    out.print(f"opskit crontab block {prefix}{verb} (user {result.user})", markup=False)
+    if result.dry_run and result.block:
+        sys.stdout.write(result.block)
+
+
+def register(app: typer.Typer) -> None:
+    cron_app = typer.Typer(help="Manage opskit's marked block in the crontab.", no_args_is_help=True)
+    app.add_typer(cron_app, name="cron")
+
+    @cron_app.command("install")
+    def install(
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the block; change nothing."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Install or refresh opskit's block (drift-scan, notify --flush, cron-check, pull deploys).
+
+        Lines outside the block are kept byte for byte; running it twice leaves one block.
+
+        Example: opskit --config /etc/opskit/opskit.toml cron install --dry-run
+        """
+        from opskit import cron
+
+        settings = _common.settings()
+        journal = None if dry_run else _common.journal()
+        _print_change(cron.install(settings, journal, dry_run=dry_run), as_json)
+
+    @cron_app.command("uninstall")
+    def uninstall(
+        dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed; change nothing."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Remove opskit's block from the crontab; every other line stays as it is.
+
+        Example: opskit cron uninstall
+        """
+        from opskit import cron
+
+        settings = _common.settings()
+        journal = None if dry_run else _common.journal()
+        _print_change(cron.uninstall(settings, journal, dry_run=dry_run), as_json)
+
+    @cron_app.command("show")
+    def show(as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON.")) -> None:
+        """List the entries in opskit's block with each one's next run (cron's local time zone).
+
+        Exit 1 when no opskit block is installed.
+
+        Example: opskit cron show --json
+        """
+        from opskit import cron
+
+        result = cron.show(_common.settings())
+        if as_json:
+            _common.print_json(result.to_dict())
+        else:
+            out = _common.console()
+            if not result.installed:
+                out.print(f"no opskit block in the crontab of {result.user} "
+                          "(install it with `opskit cron install`)", markup=False)
+            else:
+                from rich.table import Table
+
+                table = Table(title=f"opskit crontab block (user {result.user}, {result.timezone})",
+                              title_justify="left")
+                for col in ("job", "schedule", "next run", "command"):
+                    table.add_column(col, overflow="fold")
+                for e in result.entries:
+                    nxt = e.next_run.astimezone(result.tz).strftime("%Y-%m-%d %H:%M %Z") if e.next_run else "-"
+                    cmd = e.command if len(e.command) <= 60 else e.command[:57] + "..."
+                    table.add_row(e.name or "-", e.schedule, nxt, cmd)
+                out.print(table)
+            for w in result.warnings:
+                _common.err_console().print(f"warning: {w}", markup=False)
+        _common.exit_with(0 if result.installed else 1)
+
+    @app.command("run-job", context_settings={"allow_interspersed_args": False,
+                                              "ignore_unknown_options": True})
+    def run_job(
+        name: str = typer.Argument(..., help="The job's name (what cron-check and events call it)."),
+        cmd: list[str] = typer.Argument(None, metavar="-- CMD [ARGS]...", help="The command to run."),
+        service: str = typer.Option(None, "--service", "-s",
+                                    help="The service the job belongs to (its notify channels)."),
+    ) -> None:
+        """Run CMD as job NAME: journal job.start/ok/fail, notify once per failure streak.
+
+        CMD's output passes through and its exit code is ours. A run that starts while an
+        earlier one still runs goes ahead; the overlap is journaled and reported on stderr.
+        Options for run-job go before NAME.
+
+        Example: opskit run-job nightly-backup -- /usr/local/bin/backup.sh --full
+        """
+        from opskit.jobs import run_job as core
+
+        result = core(_common.settings(), _common.journal(), name, cmd or [], service=service)
+        _common.exit_with(result.exit_code)
+
+    @app.command("cron-check")
+    def cron_check(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+        """Find jobs that missed their schedule, run past max_runtime, or last failed.
+
+        Schedules come from [jobs.NAME] in the config and from `run-job NAME` lines in the
+        crontab. One notification per incident. Exit 1 when any job has a problem.
+
+        Example: opskit cron-check --json
+        """
+        from opskit.jobs import cron_check as core
+
+        report = core(_common.settings(), _common.journal())
+        if as_json:
+            _common.print_json(report.to_dict())
+        else:
+            if not report.jobs:
+                typer.echo("no jobs to watch: add [jobs.NAME] to the config or run `opskit cron install`")
+            for j in report.jobs:
+                mark = "PROBLEM" if j.problems else "ok"
+                detail = j.message or (f"next due {j.expected}" if j.expected else "")
+                typer.echo(f"{mark:8} {j.name:24} {j.state:8} {detail}".rstrip())
+        for w in report.warnings:
+            _common.err_console().print(f"warning: {w}", markup=False)
+        _common.exit_with(0 if report.ok else 1)
