@@ -1,0 +1,333 @@
+"""Install, uninstall and inspect opskit's git hooks (issue 3 item 1, STYLE §5).
+
+Like pre-commit: the templates are files in the top-level `hooks/` folder; install writes
+in the interpreter, the config path and the service (shell-quoted); a marker line names
+opskit's own hooks; a hook that was already there is moved aside to `NAME.pre-opskit`,
+run first by ours (chained) and put back on uninstall. `core.hooksPath` is detected: by
+default install refuses (exit 2, saying how to unset it); `--hooks-path-ok` installs into
+the folder it names instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opskit.config import ServiceSettings, Settings
+from opskit.errors import UsageError
+from opskit.gitrepo import Git, config_with_origin
+
+REPO_HOOKS = ("pre-receive", "post-receive")
+WORKTREE_HOOKS = ("pre-commit", "pre-merge-commit")
+CHAIN_SUFFIX = ".pre-opskit"  # also in hookmain, which must not import this module
+MARKER_RE = re.compile(r"^# opskit-hook: (?P<name>[\w.-]+) v(?P<version>\d+)$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"@(PYTHON|CONFIG|SERVICE)@")
+# Belt and braces with pre-receive: git refuses these even if the hook is removed.
+RECEIVE_CONFIG = {"receive.denyNonFastForwards": "true", "receive.denyDeletes": "true"}
+
+
+@dataclass
+class HookState:
+    name: str  # "pre-receive" | "post-receive" | "pre-commit" | "pre-merge-commit"
+    where: str  # "repo" | "worktree"
+    path: Path
+    state: str  # "installed" | "modified" | "missing" | "foreign"
+    chained: Path | None = None  # the displaced hook ours runs first, if any
+
+
+@dataclass
+class HookChange:
+    name: str
+    where: str
+    path: Path
+    action: str  # installed | updated | unchanged | removed | restored | left | absent
+    detail: str = ""
+
+
+@dataclass
+class HooksReport:
+    service: str
+    changes: list[HookChange] = field(default_factory=list)
+    states: list[HookState] = field(default_factory=list)
+    hooks_path: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def all_installed(self) -> bool:
+        # States are read where git looks (core.hooksPath respected), so "installed"
+        # everywhere means git runs them, wherever that folder is.
+        return bool(self.states) and all(s.state == "installed" for s in self.states)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for item in d["changes"] + d["states"]:
+            for k, v in item.items():
+                if isinstance(v, Path):
+                    item[k] = str(v)
+        d["all_installed"] = self.all_installed
+        return d
+
+
+# --- templates ----------------------------------------------------------------------------
+
+def templates_dir() -> Path:
+    """hooks/ at the top of the checkout (the package is installed editable)."""
+    import opskit
+
+    return Path(opskit.__file__).resolve().parents[2] / "hooks"
+
+
+def render(name: str, python: str, config_path: str, service: str) -> str:
+    try:
+        text = (templates_dir() / name).read_text()
+    except OSError as e:
+        raise UsageError(f"hook template {templates_dir() / name}: {e.strerror}; "
+                         "reinstall opskit (./install.sh)") from None
+    values = {"PYTHON": python, "CONFIG": config_path, "SERVICE": service}
+    # One pass, so a value that happens to contain "@CONFIG@" is never substituted again.
+    return _PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]), text)
+
+
+def expected(settings: Settings, service: ServiceSettings, name: str,
+             python: str | None = None) -> str:
+    return render(name, python or sys.executable, config_path(settings), service.name)
+
+
+def config_path(settings: Settings) -> str:
+    # abspath, not resolve(): a symlinked /etc/opskit/opskit.toml stays the path the
+    # operator chose.
+    return os.path.abspath(settings.path) if settings.path else ""
+
+
+def is_ours(text: str) -> bool:
+    return MARKER_RE.search(text) is not None
+
+
+# --- where the hooks go -------------------------------------------------------------------
+
+@dataclass
+class _Target:
+    where: str
+    git: Git
+    names: tuple[str, ...]
+
+
+def _targets(service: ServiceSettings) -> list[_Target]:
+    out = []
+    if not service.pull_mode:
+        out.append(_Target("repo", Git(service.repo), REPO_HOOKS))
+    out.append(_Target("worktree", Git(service.worktree), WORKTREE_HOOKS))
+    return out
+
+
+def hooks_path_override(service: ServiceSettings) -> list[str]:
+    """core.hooksPath as seen by the service's repo and worktree: git runs the hooks from
+    that folder instead (`/dev/null` switches them off), e.g.
+    ["worktree: core.hooksPath=/dev/null (global, file:/root/.gitconfig)"]."""
+    found = []
+    for t in _targets(service):
+        if not t.git.is_repo():
+            continue
+        hit = config_with_origin(t.git, "core.hooksPath")
+        if hit:
+            value, scope, origin = hit
+            found.append(f"{t.where}: core.hooksPath={value} ({scope}, {origin})")
+    return found
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8", "replace")
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: core.hooksPath=/dev/null
+        return None
+    except IsADirectoryError:
+        return ""
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror}); fix the hooks folder's permissions") \
+            from None
+
+
+def _state_of(path: Path, want: str) -> str:
+    text = _read(path)
+    if text is None:
+        return "missing"
+    if text == want:
+        return "installed"
+    return "modified" if is_ours(text) else "foreign"
+
+
+def hook_states(settings: Settings, service: ServiceSettings) -> list[HookState]:
+    """Each of the service's hooks where git will look for it (core.hooksPath respected).
+
+    A repo or worktree that is not a git repository reports its hooks as missing rather
+    than raising, so drift-scan can report it beside everything else.
+    """
+    states = []
+    for t in _targets(service):
+        if t.git.is_repo():
+            folder = t.git.hooks_dir()
+        else:
+            folder = t.git.path / ("hooks" if t.where == "repo" else ".git/hooks")
+        for name in t.names:
+            path = folder / name
+            chained = path.with_name(name + CHAIN_SUFFIX)
+            states.append(HookState(name, t.where, path,
+                                    _state_of(path, expected(settings, service, name)),
+                                    chained if chained.exists() else None))
+    return states
+
+
+# --- install / uninstall ------------------------------------------------------------------
+
+def install(settings: Settings, service: ServiceSettings, *, hooks_path_ok: bool = False,
+            python: str | None = None) -> HooksReport:
+    """Install (or refresh) the service's hooks. Checks everything first: on exit 2 nothing
+    was changed. Running it twice writes the same files."""
+    if settings.path is None:
+        raise UsageError("hooks install needs a config file (the hooks load it on every push): "
+                         "pass --config PATH or set OPSKIT_CONFIG")
+    python = python or sys.executable
+    if not python:
+        raise UsageError("cannot tell which Python runs opskit (sys.executable is empty); "
+                         "run opskit from its venv")
+    report = HooksReport(service.name)
+    targets = _targets(service)
+    plan: list[tuple[_Target, Path]] = []
+    overrides = []
+    for t in targets:
+        t.git.require_repo("repository" if t.where == "repo" else "worktree")
+        hit = config_with_origin(t.git, "core.hooksPath")
+        if hit and not hooks_path_ok:
+            value, scope, origin = hit
+            fix = (f"git config --{scope} --unset core.hooksPath" if scope in ("global", "system")
+                   else f"git -C {shlex.quote(str(t.git.path))} config --unset core.hooksPath")
+            overrides.append(f"{t.where} {t.git.path}: core.hooksPath={value} ({scope}, {origin}) "
+                             f"makes git ignore its hooks; unset it ({fix})")
+        folder = t.git.hooks_dir()
+        if hit and (folder.exists() and not folder.is_dir()):
+            raise UsageError(f"{t.where}: core.hooksPath={hit[0]} is not a folder; hooks cannot be "
+                             f"installed there; unset it (git config --unset core.hooksPath)")
+        plan.append((t, folder))
+    if overrides:
+        raise UsageError("; ".join(overrides) + "; or pass --hooks-path-ok to install there")
+    for t, folder in plan:
+        for name in t.names:
+            path = folder / name
+            text = _read(path)
+            chained = path.with_name(name + CHAIN_SUFFIX)
+            if text is not None and not is_ours(text) and chained.exists():
+                raise UsageError(f"{path} is a hook opskit did not write, and {chained.name} (the "
+                                 "one opskit chained before) is still there; merge them into "
+                                 f"{chained.name} by hand, remove {name}, and install again")
+    for t, folder in plan:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in t.names:
+            report.changes.append(_install_one(t, folder / name,
+                                               render(name, python, config_path(settings),
+                                                      service.name)))
+        if t.where == "repo":
+            for key, value in RECEIVE_CONFIG.items():
+                if t.git.config_get(key) != value:
+                    t.git.config_set(key, value)
+                    report.notes.append(f"set {key}={value} in {t.git.path}")
+    if service.pull_mode:
+        report.notes.append(f"pull mode ({service.repo} is remote): only the worktree hooks are "
+                            "installed; the canonical repo's own protections apply to pushes")
+    # With --hooks-path-ok the hooks went where core.hooksPath points; say so.
+    report.hooks_path = hooks_path_override(service)
+    report.states = hook_states(settings, service)
+    return report
+
+
+def _install_one(t: _Target, path: Path, text: str) -> HookChange:
+    current = _read(path)
+    if current == text:
+        return HookChange(path.name, t.where, path, "unchanged")
+    action, detail = "installed", ""
+    if current is not None and is_ours(current):
+        action = "updated"
+    elif current is not None or path.is_symlink():
+        chained = path.with_name(path.name + CHAIN_SUFFIX)
+        os.replace(path, chained)
+        detail = f"existing hook kept as {chained.name}, run first"
+    _write_executable(path, text)
+    return HookChange(path.name, t.where, path, action, detail)
+
+
+def _write_executable(path: Path, text: str) -> None:
+    # Atomic: a push arriving mid-install runs either the old hook or the new one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def uninstall(settings: Settings, service: ServiceSettings) -> HooksReport:
+    """Remove opskit's hooks and put back the ones they displaced. Foreign hooks are left
+    alone. The receive.* settings stay: they only refuse force pushes and deletions."""
+    report = HooksReport(service.name)
+    for t in _targets(service):
+        if not t.git.is_repo():
+            report.notes.append(f"{t.where} {t.git.path} is not a git repository; nothing to remove")
+            continue
+        folders = []
+        for folder in (t.git.hooks_dir(), t.git.common_dir() / "hooks"):
+            if folder not in folders:
+                folders.append(folder)
+        for name in t.names:
+            for folder in folders:
+                change = _uninstall_one(t, folder / name)
+                if change.action != "absent" or folder == folders[0]:
+                    report.changes.append(change)
+        if t.where == "repo":
+            kept = [k for k, v in RECEIVE_CONFIG.items() if t.git.config_get(k) == v]
+            if kept:
+                report.notes.append(f"kept {', '.join(kept)} in {t.git.path} "
+                                    "(unset with git config --unset KEY if you must)")
+    report.states = hook_states(settings, service)
+    return report
+
+
+def _uninstall_one(t: _Target, path: Path) -> HookChange:
+    chained = path.with_name(path.name + CHAIN_SUFFIX)
+    text = _read(path)
+    if text is not None and not is_ours(text):
+        detail = f"{chained.name} also present, left as is" if chained.exists() else ""
+        return HookChange(path.name, t.where, path, "left", "not opskit's hook; " + detail
+                          if detail else "not opskit's hook")
+    if text is not None:
+        path.unlink()
+    if chained.exists() or chained.is_symlink():
+        os.replace(chained, path)
+        return HookChange(path.name, t.where, path, "restored", f"{chained.name} put back")
+    return HookChange(path.name, t.where, path, "removed" if text is not None else "absent")
+
+
+def status(settings: Settings, service: ServiceSettings) -> HooksReport:
+    report = HooksReport(service.name)
+    report.states = hook_states(settings, service)
+    report.hooks_path = hooks_path_override(service)
+    if service.pull_mode:
+        report.notes.append(f"pull mode ({service.repo} is remote): only worktree hooks apply")
+    else:
+        repo = Git(service.repo)
+        if repo.is_repo():
+            for key, value in RECEIVE_CONFIG.items():
+                got = repo.config_get(key)
+                if got != value:
+                    report.notes.append(f"{key} is {got or 'unset'} (install sets {value})")
+    return report
