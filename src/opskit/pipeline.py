@@ -214,6 +214,8 @@ def move_worktree(run: Run, sha: str) -> str | None:
     """Put the worktree ON `branch` at sha; dirty state is saved to a ref first, never lost."""
     svc = run.svc
     wt = Git(svc.worktree)
+    if wt.rev_parse(sha) is None:  # e.g. the revert just landed in the canonical repo
+        wt = fetch_worktree(svc)
     dirty = [e for e in wt.status() if not _ignored(e.path, svc.drift_ignore)]
     saved: str | None = None
     if dirty:

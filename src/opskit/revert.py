@@ -244,7 +244,7 @@ def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None,
         data["rollback_event"] = start_id
     ev = run.emit("rollback.fail", data, sha=bad)
     run.say(f"✘ rollback failed: {reason}")
-    msg = [f"🚨 {run.service}: the automatic rollback of {short(bad)} FAILED.", f"Why: {reason}",
+    msg = [f"{run.service}: the automatic rollback of {short(bad)} FAILED.", f"Why: {reason}",
            f"Event: #{ev.id} (`opskit events --service {run.service} --type rollback`)"]
     if freeze_it:
         freeze(run, reason, ev.id)
@@ -330,7 +330,7 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
     run.say(f"✔ rolled back: {svc.name} now runs {short(new)}" + (" (not redeployed: --no-deploy)" if no_deploy else ""))
     listing = "\n".join(f"• {short(c)} {plan.subjects.get(c, '')}" for c in plan.reverted[:10])
     notify(run, "\n".join([
-        f"🔴 {svc.name}: deploy of {short(bad)} was reverted automatically.",
+        f"{svc.name}: deploy of {short(bad)} was reverted automatically.",
         f"Why: {text(reason)}",
         f"Reverted:\n{listing}",
         f"Now live: {short(new)} (Auto-revert) on {svc.branch}" + (", healthy." if not no_deploy else ", NOT redeployed."),

@@ -1,0 +1,250 @@
+"""The deploy pipeline on real git, real pushes through installed hooks, a real service (issue 3 item 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opskit import hooks
+from opskit.gitrepo import Git
+from opskit.pipeline import on_post_receive
+from opskit.status import collect
+from tests.support.gitsandbox import git, rev
+from tests.support.pipeline import Stage, deployed_stage, env_for, make_stage
+
+
+@pytest.fixture
+def st(tmp_path: Path) -> Iterator[Stage]:
+    s = deployed_stage(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _order(types: list[str], *wanted: str) -> bool:
+    """wanted appear in types in that order (other events may sit between)."""
+    it = iter(types)
+    return all(any(t == w for t in it) for w in wanted)
+
+
+def test_good_deploy_is_gated_and_recorded(st: Stage) -> None:
+    sha = st.good(files={"app.txt": "v2\n"})
+    (st.sb.worktree / "hotfix.txt").write_text("edited on the server\n")  # dirty production state
+    lines: list[str] = []
+    r = st.deploy(lines=lines)
+    assert r.ok and r.status == "healthy" and r.exit_code == 0 and r.sha == sha
+    wt = Git(st.sb.worktree)
+    assert wt.head() == sha and wt.current_branch() == "master"  # on the branch, not detached
+    # dirty state saved to a ref, never lost, and reported
+    assert r.saved_ref and r.saved_ref.startswith("refs/opskit/dirty/")
+    assert "hotfix.txt" in git(st.sb.worktree, "show", "--stat", r.saved_ref).stdout
+    j = st.journal()
+    assert j.last_good("svc") == sha
+    assert st.types()[-3:] == ["deploy.start", "deploy.complete", "health.pass"]
+    start = j.last("deploy.start", "svc")
+    assert start is not None and start.data["saved_ref"] == r.saved_ref and start.chain == r.chain
+    assert any("saved to refs/opskit/dirty/" in ln for ln in lines)
+    # nothing moved → nothing to do, and no event spam
+    n = len(st.types())
+    again = st.deploy()
+    assert again.ok and again.status == "nothing" and len(st.types()) == n
+
+
+@pytest.mark.parametrize("mode, words", [
+    ("crash", "refused"),             # never starts
+    ("die-after=0.6", "consecutive"),  # starts, then dies inside the window
+    ("hang", "timed out"),            # accepts, never answers
+    ("503", "503"),
+])
+def test_bad_service_is_reverted(st: Stage, mode: str, words: str) -> None:
+    good = st.sb.tip()
+    bad = st.good(mode=mode, message=f"service goes {mode}")
+    r = st.deploy()
+    assert not r.ok and r.status == "reverted" and r.exit_code == 1
+    assert words in r.reason
+    assert r.revert is not None and r.revert.ok
+    tip = st.sb.tip()
+    g = Git(st.sb.bare)
+    assert tip == r.revert.revert_sha and g.parents(tip) == [bad]  # a new commit on top
+    assert g.tree(tip) == g.tree(good)
+    assert st.worktree_head() == tip
+    assert _order(st.types(), "deploy.complete", "health.fail", "rollback.start", "rollback.complete")
+    rows = {row["sha"]: row["status"] for row in st.journal().deploys("svc")}
+    assert rows[bad] == "reverted" and rows[tip] == "healthy"
+
+
+def test_done_when_pushed_merge_that_refuses_connections(st: Stage) -> None:
+    """The issue's done-when, through real hooks: push a merge, get it reverted, re-push refused."""
+    settings = st.settings
+    hooks.install(settings, settings.service("svc"))
+    good = st.sb.tip()
+    push_out: list[str] = []
+    dev = st.sb.dev
+    git(dev, "checkout", "-q", "-b", "feature/bad")
+    st.sb.commit({"service.mode": "crash\n", "app.txt": "v2\n"}, "make it crash")
+    git(dev, "checkout", "-q", "master")
+    git(dev, "merge", "-q", "--no-ff", "-m", "Merge feature/bad", "feature/bad")
+    merge = rev(dev)
+    t0 = time.monotonic()
+    p = git(dev, "push", "origin", "master", check=False)
+    took = time.monotonic() - t0
+    push_out.append(p.stderr)
+    assert "remote:" in p.stderr and "health gate failed" in p.stderr, p.stderr  # the pusher saw each step
+    assert took < 20
+    g = Git(st.sb.bare)
+    tip = st.sb.tip()
+    assert tip != merge and g.is_ancestor(merge, tip)
+    assert g.tree(tip) == g.tree(f"{merge}^1") == g.tree(good)
+    msg = g.message(tip)
+    assert msg.startswith("Auto-revert: svc: ") and f"Opskit-Reverts: {merge}" in msg
+    assert "Opskit-Event: " in msg
+    assert st.worktree_head() == tip and Git(st.sb.worktree).current_branch() == "master"
+    # the service is healthy again
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{st.port}/health", timeout=2) as resp:
+        assert resp.status == 200
+    assert st.receiver is not None
+    msgs = st.receiver.wait_for(1)
+    assert len(msgs) == 1
+    content = msgs[0].body["content"]
+    assert "svc" in content and "refused" in content
+    out = subprocess.run([sys.executable, "-m", "opskit", "events", "--json"], check=True, capture_output=True, text=True,
+                         env={**os.environ, **env_for(st)}, timeout=30)
+    types = [json.loads(ln)["type"] for ln in out.stdout.splitlines()]
+    assert _order(types, "deploy.complete", "health.fail", "rollback.start", "rollback.complete")
+    assert types.count("rollback.start") == 1
+    # a re-push of the same bad tree is refused (quarantine)
+    git(dev, "fetch", "-q", "origin")
+    git(dev, "reset", "-q", "--hard", "origin/master")
+    git(dev, "checkout", "-q", "-b", "feature/again", merge)
+    again = git(dev, "push", "origin", "feature/again", check=False)
+    assert again.returncode != 0 and "quarantine" in again.stderr.lower()
+
+
+def test_deploy_command_fails_then_reverted(tmp_path: Path) -> None:
+    st = deployed_stage(tmp_path, deploy="test ! -e broken || { echo 'cannot start: broken' >&2; exit 3; }; {restart}")
+    try:
+        st.good(files={"broken": "x\n"})
+        r = st.deploy()
+        assert r.status == "reverted" and "exit 3" in r.reason and "cannot start: broken" in r.reason
+        ev = st.journal().last("deploy.fail", "svc")
+        assert ev is not None and "cannot start: broken" in ev.data["tail"] and ev.data["exit"] == 3
+        assert "health.fail" not in st.types()
+        assert not (st.sb.worktree / "broken").exists()
+    finally:
+        st.close()
+
+
+def test_deploy_command_timeout_and_background_child(tmp_path: Path) -> None:
+    deploy = ("sleep 30 & echo started-bg; "  # a background child holding stdout must not hang us
+              "if [ -e slow ]; then echo slow; sleep 30; fi; {restart}")
+    st = make_stage(tmp_path, deploy=deploy, extra={"deploy_timeout": 1.5})
+    try:
+        t0 = time.monotonic()
+        r = st.deploy()
+        assert r.ok and time.monotonic() - t0 < 10
+        st.good(files={"slow": "1\n"})
+        t0 = time.monotonic()
+        r = st.deploy()
+        assert r.status == "reverted" and "timed out" in r.reason
+        assert time.monotonic() - t0 < 15
+        ev = st.journal().last("deploy.fail", "svc")
+        assert ev is not None and ev.data["timed_out"] is True and "slow" in ev.data["tail"]
+    finally:
+        st.close()
+
+
+def test_two_deploys_at_once_are_serialized(tmp_path: Path) -> None:
+    st = deployed_stage(tmp_path, deploy="sleep 0.5; {restart}")
+    try:
+        a = st.good(files={"a.txt": "a\n"})
+        b = st.good(files={"b.txt": "b\n"})
+        env = {**os.environ, **env_for(st)}
+        procs = [subprocess.Popen([sys.executable, "-m", "opskit", "deploy", "svc", "--sha", s, "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for s in (a, b)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert any("held by pid" in err for _, err in outs)  # the second caller was told who holds it
+        rows = [r for r in st.journal().deploys("svc") if r["sha"] in (a, b)]
+        assert len(rows) == 2 and all(r["status"] == "healthy" for r in rows)
+        first, second = sorted(rows, key=lambda r: r["id"])
+        assert second["started"] >= first["finished"]  # one after the other, never overlapping
+        assert st.types().count("deploy.complete") == 3
+    finally:
+        st.close()
+
+
+def test_killed_mid_deploy_is_reported_and_lock_recovered(tmp_path: Path) -> None:
+    st = deployed_stage(tmp_path, deploy="if [ -e slow ]; then sleep 30; fi; {restart}")
+    try:
+        bad = st.good(files={"slow": "1\n"})
+        env = {**os.environ, **env_for(st)}
+        p = subprocess.Popen([sys.executable, "-m", "opskit", "deploy", "svc", "--sha", bad],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        j = st.journal()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            running = j.running_deploys("svc")
+            if running and running[0]["step"] == "deploy":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the deploy never reached its deploy step")
+        os.killpg(p.pid, signal.SIGKILL)  # the pipeline and its deploy command, mid-deploy
+        p.wait(10)
+        status = collect(st.settings, j)["services"][0]
+        assert status["in_progress"] and not status["in_progress"]["alive"]
+        good = st.sb.commit({"slow": None}, "remove slow")
+        st.sb.push("master")
+        lines: list[str] = []
+        t0 = time.monotonic()
+        r = st.deploy(good, lines=lines, lock_wait=5)
+        assert time.monotonic() - t0 < 10  # the dead holder's lock was recovered at once
+        assert r.ok, lines
+        ev = [e for e in j.query(service="svc", type_prefix="deploy.fail") if e.data.get("interrupted")]
+        assert len(ev) == 1 and ev[0].data["step"] == "deploy" and ev[0].data["sha"] == bad
+        assert any("interrupted at step 'deploy'" in ln for ln in lines)
+        assert {r["status"] for r in j.deploys("svc") if r["sha"] == bad} == {"interrupted"}
+    finally:
+        st.close()
+
+
+def test_background_mode_returns_at_once(tmp_path: Path) -> None:
+    st = deployed_stage(tmp_path, extra={"background": True})
+    try:
+        new = st.good(files={"bg.txt": "1\n"})
+        old = rev(st.sb.bare, f"{new}^")
+        out: list[str] = []
+        t0 = time.monotonic()
+        rc = on_post_receive(st.config_path, "svc", [(old, new, "refs/heads/master")], out.append)
+        assert rc == 0 and time.monotonic() - t0 < 1.5 and "background" in out[0]
+        j = st.journal()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and j.last_good("svc") != new:
+            time.sleep(0.1)
+        assert j.last_good("svc") == new
+        log = (st.settings.state_dir / "logs" / "svc.log").read_text()
+        assert "healthy" in log
+        assert j.last("push.received", "svc") is not None
+    finally:
+        st.close()
+
+
+def test_feature_push_is_journaled_and_left_to_the_chain(st: Stage) -> None:
+    out: list[str] = []
+    sha = st.sb.tip()
+    rc = on_post_receive(st.config_path, "svc", [("0" * 40, sha, "refs/heads/feature/y")], out.append)
+    assert rc == 0 and "issue 5" in out[0]
+    ev = st.journal().last("push.received", "svc")
+    assert ev is not None and ev.data["action"] == "chain"
