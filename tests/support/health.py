@@ -21,8 +21,8 @@ from opskit.sandbox.service import ServiceProcess, stop
 StartService = Callable[..., ServiceProcess]
 
 
-# Imported by name (`from tests.support.health import start_service_fixture  # noqa: F401`);
-# the fixture itself is called start_service, so test parameters do not shadow the import.
+# Test modules import start_service_fixture; the fixture itself is called start_service, so a
+# test parameter of that name does not shadow (F811) the import.
 @pytest.fixture(name="start_service")
 def start_service_fixture() -> Iterator[StartService]:
     """start_service(mode="healthy", port=None, mode_file=None) -> a running ServiceProcess."""

@@ -10,7 +10,8 @@ at once even if the new process then crashes (issue 2 item 7) — judging it is 
     python -m opskit.sandbox.service restart --port P --pidfile F --log F [--mode-file F] [--wait S]
     python -m opskit.sandbox.service stop --pidfile F
 
-Modes: healthy, crash, 503, status=N, hang, slow=S, die-after=S, flap, body=TEXT.
+Modes: healthy, crash, 503, status=N, hang, slow=S, die-after=S, flap, body=TEXT,
+redirect=URL (302 to URL).
 Runtime control: POST /_control {"mode": "..."} ({"mode": "exit"} ends the process);
 GET /_control shows the current mode.
 """
@@ -48,7 +49,7 @@ _MARKER = "opskit.sandbox.service"
 
 @dataclass(frozen=True)
 class Mode:
-    kind: str  # healthy | crash | status | hang | slow | die-after | flap | body | exit
+    kind: str  # healthy | crash | status | hang | slow | die-after | flap | body | redirect | exit
     seconds: float = 0.0
     status: int = 200
     body: str = DEFAULT_BODY
@@ -58,8 +59,8 @@ class Mode:
             return f"{self.kind}={self.seconds:g}"
         if self.kind == "status":
             return "503" if self.status == 503 else f"status={self.status}"
-        if self.kind == "body":
-            return f"body={self.body}"
+        if self.kind in ("body", "redirect"):
+            return f"{self.kind}={self.body}"
         return self.kind
 
 
@@ -84,11 +85,11 @@ def parse_mode(text: str) -> Mode:
         if not arg.isdigit() or not 100 <= int(arg) <= 599:
             raise ValueError(f"mode {text!r}: {arg!r} is not an HTTP status")
         return Mode("status", status=int(arg), body=f"status {arg}")
-    elif name == "body":
-        return Mode("body", body=arg)
+    elif name in ("body", "redirect"):
+        return Mode(name, body=arg)
     raise ValueError(
         f"unknown mode {text!r}; use healthy, crash, 503, status=N, hang, slow=S, die-after=S, "
-        "flap or body=TEXT"
+        "flap, body=TEXT or redirect=URL"
     )
 
 
@@ -201,11 +202,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(503, "unavailable", mode=mode)
         elif mode.kind == "body":
             self._send(200, mode.body, mode=mode)
+        elif mode.kind == "redirect":
+            self._send(302, "moved", mode=mode, location=mode.body)
         else:
             self._send(200, DEFAULT_BODY, mode=mode)
 
     def _send(self, status: int, body: str, ctype: str = "text/plain; charset=utf-8",
-              mode: Mode | None = None) -> None:
+              mode: Mode | None = None, location: str | None = None) -> None:
         data = body.encode()
         # Logged before answering: whoever saw the answer can rely on the line being there.
         self._note(f"-> {status}", mode or self.server.state.mode)
@@ -214,6 +217,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Connection", "close")
+            if location is not None:
+                self.send_header("Location", location)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
