@@ -189,3 +189,19 @@ def test_hostile_config_path_is_quoted_not_interpreted(tmp_path: Path, state_dir
     assert rev(h.sb.worktree) != before
     assert [e.data["reason"] for e in h.events("lockdown.breakglass")] == ["quoted"]
     assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+
+
+def test_foreign_post_receive_is_chained_with_the_same_stdin(tmp_path: Path, state_dir: Path) -> None:
+    h = hooked_service(tmp_path, state_dir, install=False)
+    seen = tmp_path / "post stdin"
+    hook = h.sb.bare / "hooks" / "post-receive"
+    hook.write_text(f"#!/bin/sh\ncat > '{seen}'\necho mirrored\nexit 3\n")
+    hook.chmod(0o755)
+    s = h.settings()
+    hooks.install(s, s.service("svc"))
+    new = h.sb.commit({"f.txt": "f\n"}, "f")
+    r = h.sb.push("HEAD:refs/heads/feature/f")
+    assert "remote: mirrored" in r.stderr
+    assert seen.read_text() == f"{'0' * 40} {new} refs/heads/feature/f\n"
+    # The foreign hook failing does not stop opskit's part: the pipeline still got the push.
+    assert [e.data["new"] for e in h.events("push.received")] == [new]

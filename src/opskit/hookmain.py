@@ -193,8 +193,9 @@ def worktree_hook(args: _Args) -> int:
     if not decision.allowed:
         for line in decision.lines:
             _err(line)
+        cwd = os.getcwd()
         _in_background(lockdown.record_blocked_commit, args.config, args.service, args.hook,
-                       os.getcwd())
+                       cwd, lockdown.current_ref(cwd))
         return 1
     try:
         lockdown.break_glass(args.config, args.service, args.hook, decision.reason, os.getcwd(), _err)
@@ -204,7 +205,7 @@ def worktree_hook(args: _Args) -> int:
     return 0
 
 
-def _in_background(fn: Callable[..., object], *fargs: str) -> None:
+def _in_background(fn: Callable[..., object], *fargs: str | None) -> None:
     """Run fn in a detached child so the committer gets the refusal at once: loading the
     config and opening the journal costs more than the hook's whole 40 ms budget. The
     child lets go of the terminal and of git's pipes before it does anything."""

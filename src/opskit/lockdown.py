@@ -221,7 +221,8 @@ def check_commit(hook: str, service: str, environ: Mapping[str, str]) -> Decisio
     return Decision(False, "worktree-commit", f"{what} in the deployed worktree", lines)
 
 
-def record_blocked_commit(config_path: str, service: str, hook: str, cwd: str) -> None:
+def record_blocked_commit(config_path: str, service: str, hook: str, cwd: str,
+                          ref: str | None) -> None:
     """Journal a refused worktree commit. Runs in a forked child after the refusal was
     printed, so the committer does not wait for config + sqlite (~60 ms here)."""
     from opskit import config as cfg
@@ -230,7 +231,7 @@ def record_blocked_commit(config_path: str, service: str, hook: str, cwd: str) -
     settings = cfg.load_file(_path(config_path))
     Journal(settings.state_dir).append(
         "lockdown.blocked", service,
-        {"ref": _current_ref(cwd), "old": None, "new": None, "rule": "worktree-commit",
+        {"ref": ref, "old": None, "new": None, "rule": "worktree-commit",
          "reason": f"{hook}: commit in the deployed worktree", "hook": hook, "worktree": cwd})
 
 
@@ -252,7 +253,7 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
             user = f"uid {os.getuid()}"
     settings = cfg.load_file(_path(config_path))
     journal = Journal(settings.state_dir)
-    ref = _current_ref(cwd)
+    ref = current_ref(cwd)
     ev = journal.append("lockdown.breakglass", service,
                         {"reason": reason, "user": user, "hook": hook, "ref": ref, "worktree": cwd})
     write(f"opskit: BREAK GLASS by {user} in {service!r}: {reason} (event #{ev.id}). "
@@ -271,12 +272,23 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
               f"{redact(type(e).__name__ + ': ' + str(e))[:200]}")
 
 
-def _current_ref(cwd: str) -> str | None:
-    from opskit.gitrepo import Git
-
-    git = Git(cwd)
-    branch = git.current_branch()
-    return show(f"refs/heads/{branch}") if branch else "HEAD (detached)"
+def current_ref(cwd: str) -> str | None:
+    """The branch being committed on, read from the HEAD file (no git process: this runs on
+    the refusal path, before the journaling child is forked, since the HEAD may move by the
+    time the child runs)."""
+    git_dir = os.path.join(cwd, ".git")
+    try:
+        if os.path.isfile(git_dir):  # linked worktree or submodule: "gitdir: PATH"
+            with open(git_dir, "rb") as f:
+                target = f.read().strip().split(b":", 1)[1].strip().decode("utf-8", "surrogateescape")
+            git_dir = os.path.join(cwd, target)
+        with open(os.path.join(git_dir, "HEAD"), "rb") as f:
+            head = f.read().strip()
+    except (OSError, IndexError):
+        return None
+    if head.startswith(b"ref: "):
+        return show(head[5:].decode("utf-8", "surrogateescape"))
+    return "HEAD (detached)"
 
 
 def _path(p: str) -> Any:
