@@ -129,8 +129,8 @@ def post(url: str, *, timeout: float, json_body: Any = None, content: bytes | No
     import httpx  # imported on the send path only: hooks and --help stay fast
 
     try:
-        resp = httpx.post(url, json=json_body, content=content, headers=headers, timeout=timeout,
-                          follow_redirects=False)
+        resp = _client().post(url, json=json_body, content=content, headers=headers, timeout=timeout,
+                              follow_redirects=False)
     except httpx.TimeoutException:
         return Outcome.transient(f"timed out after {timeout:.1f}s"), None
     except httpx.ConnectError as e:
@@ -144,6 +144,22 @@ def post(url: str, *, timeout: float, json_body: Any = None, content: bytes | No
     except UnicodeEncodeError:
         return Outcome.permanent("a header could not be encoded"), None
     return classify(resp), resp
+
+
+_shared: tuple[int, httpx.Client] | None = None
+
+
+def _client() -> httpx.Client:
+    """One client per process: building one costs ~50 ms (TLS context), a flush of a
+    long queue would spend most of its time there."""
+    import os
+
+    import httpx
+
+    global _shared
+    if _shared is None or _shared[0] != os.getpid():
+        _shared = (os.getpid(), httpx.Client(headers={"User-Agent": "opskit"}))
+    return _shared[1]
 
 
 def _connect_phrase(e: Exception) -> str:

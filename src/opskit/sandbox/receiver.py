@@ -11,7 +11,7 @@ Discord in production bounces off here too (issue 2, item 7):
   200 ``ok``; text over 40,000 chars is truncated, as Slack does.
 - ``POST /webhook/...`` and ``POST /ntfy/<topic>`` accept anything.
 
-Faults on demand: ``fail_next(n, status, retry_after)``, ``hang_next(n)``, ``hang()``,
+Faults on demand: ``fail_next(n, status, retry_after)``, ``hang_next(n)``, ``hang()``, ``slow(s)``,
 ``set_failure_rate(p, seed)`` (a random 500/429/hang mix for soak tests), and ``stop()`` /
 ``restart()`` on the same port for "down". Loopback only.
 
@@ -72,6 +72,7 @@ class _Faults:
     hang_left: int = 0
     hang_all: bool = False
     rate: float = 0.0
+    delay: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -195,6 +196,11 @@ class Receiver:
             self._faults.rate = p
             self._faults.rng = random.Random(seed)
 
+    def slow(self, seconds: float) -> None:
+        """Answer every request after `seconds` (0 turns it off)."""
+        with self._lock:
+            self._faults.delay = seconds
+
     def reset(self) -> None:
         with self._lock:
             self._faults = _Faults()
@@ -242,6 +248,8 @@ class Receiver:
             self.hang_next(int(spec["hang_next"]))
         if "hang" in spec:
             self.hang(bool(spec["hang"]))
+        if "slow" in spec:
+            self.slow(float(spec["slow"]))
         if "failure_rate" in spec:
             f = spec["failure_rate"]
             self.set_failure_rate(float(f.get("p", 0)), f.get("seed"))
@@ -324,6 +332,10 @@ class _Handler(BaseHTTPRequestHandler):
         if kind not in ("discord", "slack", "webhook", "ntfy"):
             self._reply(404, {"message": "404: Not Found", "code": 0})
             return
+        with r._lock:
+            delay = r._faults.delay
+        if delay > 0:
+            r._release.wait(delay)
         fault = r._fault()
         if fault is not None:
             self._inject(kind, *fault)
