@@ -84,6 +84,11 @@ class Stage:
         self.sb.push(self.sb.branch)
         return rev(dev)
 
+    def sync(self) -> None:
+        """Bring the dev clone up to the canonical branch (after opskit pushed a revert)."""
+        git(self.sb.dev, "fetch", "-q", "origin")
+        git(self.sb.dev, "reset", "-q", "--hard", f"origin/{self.sb.branch}")
+
     def worktree_head(self) -> str:
         return rev(self.sb.worktree)
 

@@ -1,0 +1,213 @@
+"""auto-revert, freeze and the way back (issue 3 item 3), on real git with a real service."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opskit.gitrepo import Git
+from opskit.journal import Journal
+from opskit.notify import outbox_summary
+from opskit.revert import auto_revert, is_frozen
+from opskit.sandbox import free_port
+from opskit.status import collect, render
+from tests.support.gitsandbox import git
+from tests.support.pipeline import Stage, deployed_stage, env_for, make_stage
+
+
+@pytest.fixture
+def st(tmp_path: Path) -> Iterator[Stage]:
+    s = deployed_stage(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _worktrees(bare: Path) -> list[str]:
+    return [ln for ln in git(bare, "worktree", "list", "--porcelain").stdout.splitlines() if ln.startswith("worktree ")]
+
+
+def test_revert_conflict_leaves_nothing_half_done(st: Stage) -> None:
+    merge = st.merge_feature({"service.mode": "crash\n", "app.txt": "v2\n"})
+    on_top = st.sb.commit({"app.txt": "v3 (conflicts with the revert)\n"}, "landed on top")
+    st.sb.push("master")
+    head = st.worktree_head()
+    lines: list[str] = []
+    r = auto_revert(st.settings, st.journal(), "svc", commit=merge, reason="HTTP 503", write=lines.append)
+    assert not r.ok and r.status == "conflict" and r.exit_code == 1
+    assert "app.txt" in r.reason
+    assert st.sb.tip() == on_top and st.worktree_head() == head  # repo and worktree untouched
+    assert len(_worktrees(st.sb.bare)) == 1 and not git(st.sb.worktree, "status", "--porcelain").stdout
+    j = st.journal()
+    fail = j.last("rollback.fail", "svc")
+    assert fail is not None and fail.data["conflicts"] == ["app.txt"]
+    assert not j.quarantine_list("svc") and is_frozen(j, "svc") is None
+    assert st.receiver is not None
+    msgs = st.receiver.wait_for(1)
+    assert msgs and "FAILED" in msgs[0].body["content"]
+
+
+def test_revert_on_top_without_conflict_and_no_deploy(st: Stage) -> None:
+    good_tree = Git(st.sb.bare).tree("HEAD")
+    merge = st.merge_feature({"service.mode": "crash\n", "app.txt": "v2\n"})
+    on_top = st.sb.commit({"other.txt": "unrelated\n"}, "landed on top")
+    st.sb.push("master")
+    head = st.worktree_head()
+    r = auto_revert(st.settings, st.journal(), "svc", commit=merge, reason="gate failed", no_deploy=True,
+                    write=lambda _: None)
+    assert r.ok and r.status == "landed" and r.plan is not None and r.plan.strategy == "revert-on-top"
+    g = Git(st.sb.bare)
+    tip = st.sb.tip()
+    assert g.parents(tip) == [on_top] and g.is_ancestor(merge, tip)
+    assert g.out("show", f"{tip}:app.txt") == "v1" and g.out("show", f"{tip}:service.mode") == "healthy"
+    assert g.out("show", f"{tip}:other.txt") == "unrelated" and g.tree(tip) != good_tree
+    assert st.worktree_head() == head  # --no-deploy
+    done = st.journal().last("rollback.complete", "svc")
+    assert done is not None and done.data["deployed"] is False
+
+
+def test_redeploy_of_revert_fails_freezes_without_loop(tmp_path: Path, opskit) -> None:  # type: ignore[no-untyped-def]
+    st = deployed_stage(tmp_path, deploy="if [ -e {outage} ]; then echo 'disk full' >&2; exit 1; fi; {restart}")
+    try:
+        st.good(files={"app.txt": "v2\n"})
+        st.outage_flag.write_text("1")  # the host breaks: every deploy fails from now on
+        r = st.deploy()
+        assert r.status == "failed" and r.exit_code == 1 and r.revert is not None and r.revert.status == "frozen"
+        types = st.types()
+        assert types.count("rollback.start") == 1 and types.count("rollback.fail") == 1
+        assert types.count("service.frozen") == 1 and "rollback.complete" not in types
+        j = st.journal()
+        frozen = is_frozen(j, "svc")
+        assert frozen and "disk full" in frozen["reason"] and frozen["event_id"]
+        assert st.receiver is not None
+        assert any("FROZEN" in m.body["content"] for m in st.receiver.wait_for(1))
+        # frozen: deploys refused with the reason, journaled once per commit, not once per try
+        st.sync()
+        new = st.good(files={"app.txt": "v3\n"})
+        for _ in range(2):
+            again = st.deploy(new)
+            assert again.status == "frozen" and again.exit_code == 1 and "unfreeze" in again.reason
+        assert sum(1 for e in j.query(service="svc", type_prefix="deploy.fail") if e.data.get("frozen")) == 1
+        cli = opskit("deploy", "svc", env=env_for(st))
+        assert cli.returncode == 1 and "frozen" in cli.stdout + cli.stderr
+        status = "\n".join(render(collect(st.settings, j)))
+        assert "frozen:      YES" in status
+        # a human fixes the host and unfreezes
+        st.outage_flag.unlink()
+        u = opskit("unfreeze", "svc", "--json", env=env_for(st))
+        assert u.returncode == 0 and json.loads(u.stdout)["unfrozen"] is True
+        ev = j.last("service.unfrozen", "svc")
+        assert ev is not None and ev.data["who"]
+        assert st.deploy(new).ok
+    finally:
+        st.close()
+
+
+def test_a_revert_is_never_reverted(st: Stage) -> None:
+    prev = st.sb.tip()
+    st.sb.commit({"service.mode": "crash\n"}, f"Auto-revert: svc: by hand\n\nOpskit-Reverts: {prev}\n")
+    st.sb.push("master")
+    r = st.deploy()
+    assert r.status == "failed" and r.revert is not None and r.revert.status == "frozen"
+    types = st.types()
+    assert "rollback.start" not in types and types[-2:] == ["rollback.fail", "service.frozen"] or \
+        types.count("service.frozen") == 1
+    assert is_frozen(st.journal(), "svc") is not None
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(st: Stage, opskit) -> None:  # type: ignore[no-untyped-def]
+    merge = st.merge_feature({"service.mode": "crash\n"})
+    tip, head, n = st.sb.tip(), st.worktree_head(), len(st.types())
+    r = opskit("auto-revert", "svc", "--commit", merge, "--dry-run", env=env_for(st))
+    assert r.returncode == 0, r.stderr
+    first_parent_tree = Git(st.sb.bare).tree(f"{merge}^1")
+    assert "merge-first-parent" in r.stdout and first_parent_tree in r.stdout and merge[:10] in r.stdout
+    assert "update-ref refs/heads/master" in r.stdout and "nothing was changed" in r.stdout
+    assert (st.sb.tip(), st.worktree_head(), len(st.types())) == (tip, head, n)
+
+
+def test_receiver_down_rollback_completes_and_message_is_queued(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/discord/1/tok-dead-Zq8xK2mVn4Lp7RtY"
+    st = deployed_stage(tmp_path, receiver=False, notify_url=dead, retry_for=0.5)
+    try:
+        st.good(mode="crash")
+        r = st.deploy()
+        assert r.status == "reverted" and r.revert is not None and r.revert.ok
+        j = st.journal()
+        assert j.last("rollback.complete", "svc") is not None
+        summary = outbox_summary(j)
+        assert summary["ops"].get("queued", 0) >= 1
+        assert "tok-dead" not in json.dumps([e.to_dict() for e in j.query()])  # the URL stays secret
+    finally:
+        st.close()
+
+
+def test_hostile_names_pass_through_unharmed(tmp_path: Path) -> None:
+    branch = "rel$(touch$IFS\"PWNED\")'x"
+    st = make_stage(tmp_path, branch=branch)
+    try:
+        r = st.deploy()
+        assert r.ok, r
+        good_tree = Git(st.sb.bare).tree(st.sb.tip(branch))
+        assert Git(st.sb.worktree).current_branch() == branch
+        hostile = "ship it $(touch PWNED2) `touch PWNED3` \"q\" 'q'"
+        st.sb.commit({"file with spaces 'and' $(quotes).txt": "x\n", "service.mode": "crash\n"}, hostile)
+        (st.sb.dev / "msg").write_bytes(b"non-utf8 subject \xff\xfe $(touch PWNED4)")
+        git(st.sb.dev, "commit", "-q", "--allow-empty", "-F", "msg")
+        (st.sb.dev / "msg").unlink()
+        git(st.sb.dev, "push", "-q", "origin", branch)
+        r = st.deploy()
+        assert r.status == "reverted", r
+        for root in (tmp_path, Path.cwd()):
+            assert not list(root.rglob("PWNED*"))
+        j = st.journal()
+        start = j.last("rollback.start", "svc")
+        # two commits went live at once → the tree of the last known-good deploy
+        assert start is not None and len(start.data["reverted"]) == 2 and start.data["strategy"] == "last-good"
+        g = Git(st.sb.bare)
+        tip = st.sb.tip(branch)
+        assert g.tree(tip) == good_tree
+        msg = g.message(tip)
+        assert "$(touch PWNED2)" in msg and "non-utf8 subject" in msg
+        assert not (st.sb.worktree / "file with spaces 'and' $(quotes).txt").exists()
+        json.dumps([e.to_dict() for e in j.query(service="svc")])
+    finally:
+        st.close()
+
+
+def test_pull_mode_deploys_only_when_the_branch_moved(tmp_path: Path) -> None:
+    st = make_stage(tmp_path, repo="file://" + str(tmp_path / "sb" / "git" / "svc.git"))
+    try:
+        assert st.settings.service("svc").pull_mode
+        assert st.deploy().status == "healthy"
+        n = len(st.types())
+        assert st.deploy().status == "nothing" and len(st.types()) == n
+        bad = st.good(mode="crash")
+        r = st.deploy()
+        assert r.status == "reverted" and r.revert is not None
+        tip = st.sb.tip()
+        assert tip == r.revert.revert_sha and Git(st.sb.bare).is_ancestor(bad, tip)  # pushed, not forced
+        assert st.deploy().status == "nothing"  # the revert is what is deployed: no loop
+    finally:
+        st.close()
+
+
+def test_status_shows_verdict_freeze_quarantine_outbox(st: Stage, opskit) -> None:  # type: ignore[no-untyped-def]
+    st.good(mode="crash")
+    st.deploy()
+    r = opskit("status", "--json", env=env_for(st))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    s = data["services"][0]
+    assert s["name"] == "svc" and s["deployed"]["subject"].startswith("Auto-revert: svc:")
+    assert s["last_verdict"]["status"] == "healthy" and s["last_verdict"]["kind"] == "revert"
+    assert s["quarantined"] == 1 and s["frozen"] is None and s["in_progress"] is None
+    assert isinstance(data["outbox"], dict)
+    text = "\n".join(render(collect(st.settings, Journal(st.settings.state_dir))))
+    assert "quarantined: 1 tree(s)" in text and "frozen:      no" in text
+    assert os.environ["OPSKIT_STATE_DIR"] == str(st.settings.state_dir)
