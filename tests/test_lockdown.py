@@ -215,8 +215,11 @@ def test_worktree_merge_commit_refused(tmp_path: Path, state_dir: Path) -> None:
     assert rev(h.sb.worktree) == head
 
 
-def test_break_glass_commits_and_journals(tmp_path: Path, state_dir: Path) -> None:
-    h = hooked_service(tmp_path, state_dir)
+def test_break_glass_commits_journals_and_notifies(tmp_path: Path, state_dir: Path) -> None:
+    inbox = tmp_path / "inbox.txt"
+    h = hooked_service(tmp_path, state_dir, extra=(
+        'notify = ["ops"]\n[notify.ops]\ntype = "command"\n'
+        f'command = "cat >> \'{inbox}\'"\n'))
     head = stage(h)
     reason = "db down $(touch PWNED) `id` 'q' \"dq\""
     r = git(h.sb.worktree, "commit", "-m", "msg $(touch PWNED2) \"x\" 'y'", check=False,
@@ -228,6 +231,8 @@ def test_break_glass_commits_and_journals(tmp_path: Path, state_dir: Path) -> No
     assert ev.data["hook"] == "pre-commit" and ev.data["ref"] == "refs/heads/master"
     assert git(h.sb.worktree, "log", "-1", "--format=%s").stdout.strip() == "msg $(touch PWNED2) \"x\" 'y'"
     assert not list(tmp_path.rglob("PWNED*"))
+    assert "Break glass in the deployed worktree of svc by alice" in inbox.read_text()
+    assert reason in inbox.read_text()
 
 
 # --- hostile names ------------------------------------------------------------------------

@@ -261,10 +261,16 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
     try:
         from opskit import notify
 
-        notify.send(settings, journal,  # type: ignore[attr-defined,unused-ignore]
-                    f"Break glass in the deployed worktree of {service} by {user}: {reason} "
-                    f"(event #{ev.id}). The commit bypasses the pipeline.",
-                    title=f"{service}: lockdown break glass", level="warning", service=service)
+        # A short retry budget: the committer is waiting, and what is not delivered now
+        # stays in the outbox for `opskit notify --flush`.
+        report = notify.send(settings, journal,
+                             f"Break glass in the deployed worktree of {service} by {user}: "
+                             f"{reason} (event #{ev.id}). The commit bypasses the pipeline.",
+                             title=f"{service}: lockdown break glass", level="warning",
+                             service=service, event_id=ev.id, retry_for=3.0)
+        if not report.ok:
+            write(f"opskit: warning: the break-glass notification is queued, not delivered "
+                  f"({report.problem() or 'see opskit notify --flush'})")
     except Exception as e:  # notify is another module; its failure must not block an emergency
         from opskit.errors import redact
 
