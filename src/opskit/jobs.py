@@ -307,6 +307,7 @@ def _execute(argv: list[str], echo: Callable[[str], None]) -> tuple[int, float, 
         return 130, 0.0, [], "interrupted"
     except OpsError as e:
         code = 126 if "Permission denied" in e.message else 127  # what a shell would say
+        print(f"opskit: run-job: {e.message}", file=sys.stderr)  # cron's log must say why
         return code, 0.0, [e.message], e.message
     finally:
         if previous is not None:
@@ -435,8 +436,9 @@ def _check_job(settings: Settings, journal: Journal, notifier: Notifier | None, 
                        last_start=st.get("last_start"), last_status=st.get("last_status"))
     runs = int(st.get("runs", 0))
     last_start = parse_iso(st["last_start"]) if st.get("last_start") else None
+    future_start = None
     if last_start is not None and last_start > now + _FUTURE_SLACK:
-        reset = True  # a start "in the future": the clock went back since
+        future_start = st["last_start"]  # the clock went back since that run
         last_start = None
 
     # Still running past max_runtime: one report per run.
@@ -479,7 +481,7 @@ def _check_job(settings: Settings, journal: Journal, notifier: Notifier | None, 
         journal.kv_delete(CHECK, f"incident:{name}")
         incident = None
     if watch is not None:
-        missed = _missed(journal, watch, now, last_start, reset, status)
+        missed = _missed(journal, watch, now, last_start, future_start, reset, status)
         if missed and incident is None:
             expected, late = missed
             ev = journal.append("job.missed", service, {
@@ -517,14 +519,22 @@ def _check_job(settings: Settings, journal: Journal, notifier: Notifier | None, 
 
 
 def _missed(journal: Journal, watch: Watch, now: dt.datetime, last_start: dt.datetime | None,
-            reset: bool, status: JobStatus) -> tuple[dt.datetime, float] | None:
+            future_start: str | None, reset: bool, status: JobStatus) -> tuple[dt.datetime, float] | None:
+    """The run this job owes: the first one due after max(last start, when we began watching).
+
+    "Began watching" is the first sight of this schedule (for a job with a run on record, its
+    last start), reset to now when the schedule changes or the clock went back — a run
+    recorded "in the future" is ignored from the moment it is first noticed.
+    """
     tz = schedule.zone(watch.timezone)
     sig = [watch.schedule, watch.timezone]
 
     def seen_update(old: Any) -> Any:
-        if (old is None or old.get("sig") != sig or reset
-                or parse_iso(old["since"]) > now + _FUTURE_SLACK):
-            return {"sig": sig, "since": iso(now)}
+        if old is None:
+            return {"sig": sig, "since": iso(last_start or now)}
+        if (old.get("sig") != sig or reset or parse_iso(old["since"]) > now + _FUTURE_SLACK
+                or (future_start and old.get("ignore_start") != future_start)):
+            return {"sig": sig, "since": iso(now), "ignore_start": future_start}
         return old
 
     seen = kv_update(journal, CHECK, f"seen:{watch.name}", seen_update)
