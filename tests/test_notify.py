@@ -51,7 +51,7 @@ def test_down_receiver_queues_then_flush_delivers_exactly_once(opskit, write_con
     assert len(err) == 1 and "Connection refused" in err[0] and "--flush" in err[0]
     rows = outbox_rows(state_dir)
     assert [(x["status"], x["message"]) for x in rows] == [("queued", "web is down")]
-    assert rows[0]["attempts"] >= 2  # retried inside retry_for before giving up
+    assert rows[0]["attempts"] >= 1  # retries inside retry_for: see the backoff tests (FakeClock)
 
     receiver.restart()
     r = opskit("--config", str(path), "notify", "--flush")
@@ -207,6 +207,36 @@ def test_flush_journals_a_repeated_failure_once(write_config, receiver, state_di
     for _ in range(3):
         notify.flush(s, j, retry_for=0)
     assert [e.type for e in j.query(type_prefix="notify")] == ["notify.failed"]
+
+
+def test_every_new_message_gets_its_own_failed_event(write_config, receiver, state_dir) -> None:
+    s, _ = discord_settings(write_config, receiver)
+    j = Journal(state_dir)
+    receiver.stop()
+    first = notify.send(s, j, "one", retry_for=0)
+    second = notify.send(s, j, "two", retry_for=0)
+    assert second.queued == ["ops"] and "Connection refused" in second.errors["ops"]
+    events = j.query(type_prefix="notify")
+    assert [e.data["outbox_id"] for e in events] == first.outbox_ids + second.outbox_ids
+    assert events[1].data["error"] == "waiting behind an older message: Connection refused"
+
+
+def test_soak_random_faults_deliver_everything_once_in_order(write_config, receiver, state_dir) -> None:
+    s, _ = discord_settings(write_config, receiver, retry_for=2, timeout=0.2)
+    j = Journal(state_dir)
+    receiver.hang_seconds = 0.3
+    receiver.set_failure_rate(0.3, seed=11)
+    clock = RecordingClock()  # backoff waits cost no real time; hangs cost their 0.2 s timeout
+    for i in range(40):
+        notify.send(s, j, f"soak {i:02d}", clock=clock)
+    for _ in range(20):
+        if notify.flush(s, j, clock=clock).ok:
+            break
+    texts = [m.body["content"].split(" ", 1)[1] for m in receiver.messages]
+    assert texts == [f"soak {i:02d}" for i in range(40)]
+    statuses = {code for _, code in receiver.requests}
+    assert {429, 500} <= statuses  # the faults really happened
+    assert {r["status"] for r in outbox_rows(state_dir)} == {"delivered"}
 
 
 # --- concurrency -----------------------------------------------------------------------------

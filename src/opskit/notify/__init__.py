@@ -100,13 +100,15 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
     # for the next flush.
     queued = [outbox.enqueue(journal, clock, name, level=level, title=title, message=message,
                              service=service, event_id=event_id) for name in names]
-    courier = Courier(settings, journal, clock, retry_for, journal_repeats=True)
+    courier = Courier(settings, journal, clock, retry_for, fresh={new_id for new_id, _ in queued})
     for name, (_, rows) in zip(names, queued, strict=True):
         courier.deliver_rows(name, rows)
 
     report = NotifyReport([new_id for new_id, _ in queued], [], [], [])
     for name, (new_id, _) in zip(names, queued, strict=True):
         result = courier.results.get(new_id)
+        if result is None:  # never tried: an older message of this channel failed first
+            courier.waiting(new_id, name, service)
         status = result.status if result else "queued"
         error = result.error if result else courier.stalled.get(name)
         if status == "delivered":
@@ -134,7 +136,7 @@ def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
     """Retry the queue, oldest first, each message exactly once, per-channel order kept."""
     from opskit.notify.deliver import Courier
 
-    courier = Courier(settings, journal, clock, retry_for, journal_repeats=False)
+    courier = Courier(settings, journal, clock, retry_for)
     busy = 0
     for name in outbox.channels_with_work(journal):
         if name in courier.stalled:

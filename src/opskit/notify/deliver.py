@@ -42,9 +42,9 @@ class Courier:
     journal: Journal
     clock: Clock
     retry_for: float | None = None
-    # send() journals every failure; flush (every 5 minutes from cron) only a changed one,
-    # so a long outage is one event per message, not one per cron run.
-    journal_repeats: bool = True
+    # A new message's failure is always journaled; an old one's only when the error
+    # changed, so a long outage is one event per message, not one per cron run.
+    fresh: set[int] = field(default_factory=set)
     results: dict[int, RowResult] = field(default_factory=dict)
     stalled: dict[str, str] = field(default_factory=dict)  # channel → why it stopped
 
@@ -117,7 +117,7 @@ class Courier:
                              error=outcome.error, next_try=next_try):
             return
         self.results[row.id] = RowResult(row.id, row.channel, "queued", outcome.error)
-        if self.journal_repeats or outcome.error != row.last_error:
+        if row.id in self.fresh or outcome.error != row.last_error:
             self._failed(ch, row, "queued", outcome, attempts)
 
     def _broken(self, ch: ChannelSettings, row: outbox.Row, outcome: Outcome, attempts: int,
@@ -141,6 +141,13 @@ class Courier:
                                       message=row.message + note, service=row.service, event_id=row.event_id)
         result.fallback_id = new_id
         self.deliver_rows(fb, rows, visited | {ch.name})
+
+    def waiting(self, row_id: int, channel: str, service: str | None) -> None:
+        """Journal a new message that was not tried because an older one ahead of it failed."""
+        why = self.stalled.get(channel, "not delivered")
+        self.journal.append("notify.failed", service, {
+            "outbox_id": row_id, "channel": channel, "status": "queued", "attempts": 0,
+            "error": f"waiting behind an older message: {why}"})
 
     def _failed(self, ch: ChannelSettings | None, row: outbox.Row, status: str, outcome: Outcome,
                 attempts: int, fallback: str | None = None) -> None:
