@@ -180,6 +180,8 @@ def test_entries_are_absolute_wrapped_and_escaped(opskit, cron_user: CronUser, t
     for ln in jobs:
         words = shlex.split(" ".join(ln.split()[5:]).replace("\\%", "%"))
         name_at = words.index("run-job") + 1
+        assert words[name_at:name_at + 2] == ["--ok-exit", "1"]  # findings are not job failures
+        name_at += 2
         if words[name_at] == "--service":
             name_at += 2
         by_name[words[name_at]] = ln
@@ -204,7 +206,7 @@ def test_an_entry_runs_under_crons_bare_environment(opskit, cron_user: CronUser,
     lines = block_of(cron_user.read() or "").splitlines()
     env = {"HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "root"}
     env.update(ln.split("=", 1) for ln in lines if re.match(r"^[A-Z_]+=", ln))
-    line = next(ln for ln in lines if "run-job cron-check" in ln)
+    line = next(ln for ln in lines if " cron-check --" in ln)
     command = line.split(None, 5)[5]
     command = re.split(r"(?<!\\)%", command, maxsplit=1)[0].replace("\\%", "%")
     r = subprocess.run(["/bin/sh", "-c", command], check=False, env=env, cwd="/", capture_output=True, text=True,
@@ -261,7 +263,7 @@ def test_parse_crontab_finds_run_job_lines_and_warns_on_unreadable_ones() -> Non
     text = (
         "# c\nPATH=/bin\n"
         "15 2 * * * /x/opskit --config '/a b/c.toml' run-job my-backup -- /usr/bin/backup\n"
-        "@daily opskit run-job --service web nightly -- true\n"
+        "@daily opskit run-job --ok-exit 1 --service web nightly -- true\n"
         "@reboot opskit run-job boot -- true\n"
         "61 * * * * opskit run-job bad -- true\n"
         "* * * * opskit run-job short\n"

@@ -108,6 +108,16 @@ def test_cli_passes_output_and_exit_code_through_and_notifies_once(opskit, write
     assert evs[1]["data"]["exit_code"] == 7 and evs[1]["data"]["duration"] >= 0
 
 
+def test_ok_exit_codes_count_as_success(opskit, state_dir: Path) -> None:
+    r = opskit("run-job", "--ok-exit", "1", "scan", "--", "sh", "-c", "exit 1")
+    assert r.returncode == 1  # still passed through
+    r = opskit("run-job", "--ok-exit", "1", "scan", "--", "sh", "-c", "exit 3")
+    assert r.returncode == 3
+    j = Journal(state_dir)
+    assert types(j) == ["job.start", "job.ok", "job.start", "job.fail"]
+    assert j.query(type_prefix="job.ok")[0].data["exit_code"] == 1
+
+
 def test_cli_bad_input(opskit) -> None:
     r = opskit("run-job", "nightly")
     assert r.returncode == 2 and "no command given" in r.stderr

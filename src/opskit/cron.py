@@ -46,6 +46,7 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "cron" / "opskit.crontab"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_LINE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VALUE_OPTIONS = ("--service", "-s", "--ok-exit")  # run-job's options that take a value
 
 
 # --- the crontab itself ---------------------------------------------------------------------
@@ -173,8 +174,10 @@ def _cron_quote(arg: str, what: str) -> str:
 def render_line(entry: Entry, *, runner: Sequence[str], config: Path, log: Path) -> str:
     q = _cron_quote
     opskit = [q(a, "interpreter path") for a in runner] + ["--config", q(str(config), "config path")]
-    wrapper = [*opskit, "run-job"]
-    if entry.service:  # options before NAME: run-job stops parsing options at NAME
+    # Options go before NAME: run-job stops parsing options there. Exit 1 is a finding the
+    # command notified about itself (drift, a missed job, a failed deploy), not a broken job.
+    wrapper = [*opskit, "run-job", "--ok-exit", "1"]
+    if entry.service:
         wrapper += ["--service", q(entry.service, "service name")]
     wrapper.append(q(entry.name, "job name"))
     cmd = [*wrapper, "--", *opskit, *(q(a, "argument") for a in entry.args)]
@@ -244,11 +247,11 @@ def _run_job_target(command: str) -> tuple[str | None, str | None]:
     rest = words[words.index("run-job") + 1:]
     service = None
     while rest and rest[0].startswith("-") and rest[0] != "--":
-        opt = rest.pop(0)
-        if opt == "--service" and rest:
-            service = rest.pop(0)
-        elif opt.startswith("--service="):
-            service = opt.split("=", 1)[1]
+        opt, _, value = rest.pop(0).partition("=")
+        if opt in _VALUE_OPTIONS and not value and rest:
+            value = rest.pop(0)
+        if opt in ("--service", "-s"):
+            service = value
     if rest and rest[0] != "--" and _JOB_NAME.match(rest[0]):
         return rest[0], service
     return None, None

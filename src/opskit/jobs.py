@@ -219,9 +219,13 @@ def _cmd_text(argv: Sequence[str]) -> str:
 
 
 def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str], *,
-            service: str | None = None, clock: Clock = SYSTEM, notifier: Notifier | None = None,
-            echo: Callable[[str], None] | None = None) -> JobRun:
+            service: str | None = None, ok_codes: Sequence[int] = (0,), clock: Clock = SYSTEM,
+            notifier: Notifier | None = None, echo: Callable[[str], None] | None = None) -> JobRun:
     """Run argv as job `name`, journal it, notify on the first failure of a streak.
+
+    ok_codes: exit codes that mean the job did its work. opskit's own cron entries pass 1 too:
+    drift-scan, cron-check, notify --flush and deploy exit 1 for a finding they have already
+    notified about; only 2 (config) and 3 (crash) mean the job itself is broken.
 
     Returns CMD's exit code (127/126 when it cannot be started, 143 on SIGTERM, 130 on Ctrl-C).
     """
@@ -264,7 +268,7 @@ def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str]
 
     exit_code, duration, tail, why = _execute(argv, echo)
     end = clock.now()
-    ok = exit_code == 0
+    ok = exit_code in ok_codes
     out = Outcome(0, False, 0)
 
     def finish(old: Any) -> Any:

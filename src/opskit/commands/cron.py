@@ -103,6 +103,8 @@ def register(app: typer.Typer) -> None:
         cmd: list[str] = typer.Argument(None, metavar="-- CMD [ARGS]...", help="The command to run."),
         service: str = typer.Option(None, "--service", "-s",
                                     help="The service the job belongs to (its notify channels)."),
+        ok_exit: list[int] = typer.Option(None, "--ok-exit", metavar="CODE",
+                                          help="Another exit code that counts as success (repeatable)."),
     ) -> None:
         """Run CMD as job NAME: journal job.start/ok/fail, notify once per failure streak.
 
@@ -114,7 +116,8 @@ def register(app: typer.Typer) -> None:
         """
         from opskit.jobs import run_job as core
 
-        result = core(_common.settings(), _common.journal(), name, cmd or [], service=service)
+        result = core(_common.settings(), _common.journal(), name, cmd or [], service=service,
+                      ok_codes=(0, *(ok_exit or ())))
         _common.exit_with(result.exit_code)
 
     @app.command("cron-check")
