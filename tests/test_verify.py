@@ -233,3 +233,17 @@ def test_bad_arguments_exit_2(sandbox: Sandbox, opskit, tmp_path: Path) -> None:
     git(sandbox.dev, "checkout", "-q", "--detach")
     r = opskit("verify-push", "--repo", str(sandbox.dev))
     assert r.returncode == 2 and "--branch" in r.stderr
+
+
+def test_unverified_push_is_notified(sandbox: Sandbox, opskit, write_config, tmp_path: Path) -> None:
+    got = tmp_path / "got.txt"
+    conf = write_config(f'[opskit]\nnotify = ["t"]\n[notify.t]\ntype = "command"\n'
+                        f'command = "cat >> {got}"\n')
+    sandbox.commit({"app.txt": "v2\n"}, "v2")
+    r = opskit("--config", str(conf), "verify-push", "--repo", str(sandbox.dev), "--", "true")
+    assert r.returncode == 1
+    assert "unchanged" in got.read_text()
+    got.unlink()
+    r = opskit("--config", str(conf), "verify-push", "--repo", str(sandbox.dev), "--",
+               "git", "push", "origin", "master")
+    assert r.returncode == 0 and not got.exists()  # landed: nothing to shout about

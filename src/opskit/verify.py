@@ -325,13 +325,8 @@ def record(res: VerifyResult, settings: Settings, journal: Journal) -> VerifyRes
         try:
             from opskit import notify
 
-            send = getattr(notify, "send", None)
-            if send is None:
-                raise ImportError("opskit.notify.send")
-            send(settings, journal, f"{res.outcome}: {res.reason}", title=title,
-                 level="error", service=None)
-        except ImportError:
-            res.notes.append("notification skipped: opskit.notify.send is not available")
+            notify.send(settings, journal, f"{res.outcome}: {res.reason}", title=title,
+                        level="error", service=None, event_id=ev.id)
         except Exception as e:  # notify never raises on delivery; anything else is ours to show
             res.notes.append(f"notification failed: {strip_credentials(str(e))[:200]}")
     return res

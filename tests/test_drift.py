@@ -1,0 +1,327 @@
+"""drift-scan on real worktrees with opskit's real hooks installed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from opskit import config, drift, hooks
+from opskit.clock import FakeClock
+from opskit.config import Settings
+from opskit.journal import Journal
+from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
+
+
+@dataclass
+class Env:
+    sb: Sandbox
+    conf: Path
+    notes: Path  # what the `command` notify channel received
+    state_dir: Path
+
+    @property
+    def settings(self) -> Settings:
+        return config.load(self.conf)
+
+    def deployed(self, sha: str | None = None, service: str = "svc") -> str:
+        """What the pipeline does: record the commit it made live."""
+        sha = sha or rev(self.sb.worktree)
+        j = Journal(self.state_dir)
+        j.deploy_finish(j.deploy_start(service, sha, previous=None, chain=None), "healthy")
+        return sha
+
+
+def service_toml(name: str, sb: Sandbox) -> str:
+    return (f'[service.{name}]\nrepo = "{sb.bare}"\nworktree = "{sb.worktree}"\n'
+            f'drift_ignore = ["*.pid", "logs/"]\nnotify = ["t"]\n')
+
+
+@pytest.fixture
+def env(sandbox: Sandbox, write_config, tmp_path: Path, state_dir: Path) -> Env:
+    notes = tmp_path / "notes.txt"
+    (sandbox.worktree / ".gitignore").write_text("*.log\n")
+    git(sandbox.worktree, "add", ".gitignore")
+    git(sandbox.worktree, "commit", "-q", "--no-verify", "-m", "ignore logs")
+    git(sandbox.worktree, "push", "-q", "origin", "master")
+    conf = write_config(f'[notify.t]\ntype = "command"\ncommand = "cat >> {notes}; echo >> {notes}"\n'
+                        + service_toml("svc", sandbox))
+    e = Env(sandbox, conf, notes, state_dir)
+    hooks.install(e.settings, e.settings.service("svc"))
+    e.deployed()
+    return e
+
+
+def tree_sum(root: Path) -> str:
+    """Every file's path, mode and bytes outside .git, plus the refs: what a scan must not touch."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git")
+        for f in sorted(filenames):
+            p = Path(dirpath) / f
+            h.update(str(p.relative_to(root)).encode() + oct(p.lstat().st_mode).encode())
+            h.update(os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+    h.update(git(root, "for-each-ref").stdout.encode() + git(root, "rev-parse", "HEAD").stdout.encode())
+    return h.hexdigest()
+
+
+def scan_json(opskit, env: Env, *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    r = opskit("--config", str(env.conf), "drift-scan", "--json", *args)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def kinds(doc: dict, service: str = "svc") -> dict[str, list[str]]:  # type: ignore[type-arg]
+    [svc] = [s for s in doc["services"] if s["service"] == service]
+    out: dict[str, list[str]] = {}
+    for f in svc["findings"]:
+        out.setdefault(f["kind"], []).append(f.get("path") or f.get("detail", ""))
+    return out
+
+
+# --- what it finds --------------------------------------------------------------------------
+
+def test_clean_worktree_exits_0(env: Env, opskit) -> None:
+    r = opskit("--config", str(env.conf), "drift-scan")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "svc: clean"
+
+
+def test_edited_file_named_and_nothing_changed(env: Env, opskit) -> None:
+    wt = env.sb.worktree
+    (wt / "app.txt").write_text("hand-fixed on prod\n")
+    (wt / "notes.md").write_text("untracked\n")
+    (wt / "app.pid").write_text("123\n")  # drift_ignore *.pid
+    (wt / "logs").mkdir()
+    (wt / "logs" / "today").write_text("x\n")  # drift_ignore logs/
+    (wt / "debug.log").write_text("x\n")  # .gitignore
+    before = tree_sum(wt)
+    r = opskit("--config", str(env.conf), "drift-scan")
+    assert r.returncode == 1
+    assert "modified" in r.stdout and "app.txt" in r.stdout and "notes.md" in r.stdout
+    for quiet in ("app.pid", "logs/today", "debug.log"):
+        assert quiet not in r.stdout
+    code, doc = scan_json(opskit, env)
+    assert code == 1 and kinds(doc) == {"modified": ["app.txt"], "untracked": ["notes.md"]}
+    assert tree_sum(wt) == before  # no file changed without --heal
+
+
+def test_deleted_and_staged_files(env: Env, opskit) -> None:
+    wt = env.sb.worktree
+    (wt / "app.txt").unlink()
+    (wt / "new.txt").write_text("n\n")
+    git(wt, "add", "new.txt")
+    _, doc = scan_json(opskit, env)
+    assert kinds(doc) == {"deleted": ["app.txt"], "staged": ["new.txt"]}
+
+
+def test_commit_refused_but_no_verify_bypass_is_named(env: Env, opskit) -> None:
+    wt = env.sb.worktree
+    (wt / "app.txt").write_text("hotfix\n")
+    refused = git(wt, "commit", "-qam", "hotfix", check=False)
+    assert refused.returncode != 0  # the lockdown hook works
+    git(wt, "commit", "-q", "--no-verify", "-am", "hotfix on prod")
+    sha = rev(wt)
+    r = opskit("--config", str(env.conf), "drift-scan")
+    assert r.returncode == 1
+    assert f"bypass               {sha[:12]} hotfix on prod" in r.stdout
+    _, doc = scan_json(opskit, env)
+    k = kinds(doc)
+    assert k["bypass"] == [f"{sha[:12]} hotfix on prod"] and "1 ahead, 0 behind" in k["ahead"][0]
+
+
+def test_detached_and_behind(env: Env, opskit) -> None:
+    wt = env.sb.worktree
+    git(wt, "checkout", "-q", "--detach")
+    _, doc = scan_json(opskit, env)
+    assert list(kinds(doc)) == ["detached"]
+    git(wt, "checkout", "-q", "master")
+    git(env.sb.dev, "pull", "-q", "origin", "master")
+    env.sb.commit({"app.txt": "v2\n"}, "v2")
+    # canonical moved (fetched in: its pre-receive hook would rightly refuse a direct push),
+    # and the pipeline has not deployed it
+    git(env.sb.bare, "fetch", "-q", str(env.sb.dev), "master:master")
+    _, doc = scan_json(opskit, env)
+    assert list(kinds(doc)) == ["behind"] and "0 ahead, 1 behind" in kinds(doc)["behind"][0]
+
+
+def test_never_deployed_is_one_finding(sandbox: Sandbox, write_config, opskit) -> None:
+    conf = write_config(service_toml("svc", sandbox).replace('notify = ["t"]\n', ""))
+    s = config.load(conf)
+    hooks.install(s, s.service("svc"))
+    r = opskit("--config", str(conf), "drift-scan", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and list(kinds(doc)) == ["never-deployed"]
+
+
+def test_hooks_missing_modified_and_switched_off(env: Env, opskit) -> None:
+    wt_hooks = env.sb.worktree / ".git" / "hooks"
+    (wt_hooks / "pre-commit").unlink()
+    with open(env.sb.bare / "hooks" / "pre-receive", "a") as f:
+        f.write("# tweaked by hand\n")
+    _, doc = scan_json(opskit, env)
+    k = kinds(doc)
+    assert k == {"hook-missing": [str(wt_hooks / "pre-commit")],
+                 "hook-modified": [str(env.sb.bare / "hooks" / "pre-receive")]}
+    git(env.sb.worktree, "config", "core.hooksPath", "/dev/null")
+    _, doc = scan_json(opskit, env)
+    assert any("core.hooksPath=/dev/null" in d for d in kinds(doc)["hooks-path"])
+
+
+def test_hooks_never_installed_is_drift(sandbox: Sandbox, write_config, opskit, state_dir) -> None:
+    conf = write_config(service_toml("svc", sandbox).replace('notify = ["t"]\n', ""))
+    j = Journal(state_dir)
+    j.deploy_finish(j.deploy_start("svc", rev(sandbox.worktree), previous=None, chain=None), "healthy")
+    r = opskit("--config", str(conf), "drift-scan")
+    assert r.returncode == 1 and "hooks-not-installed" in r.stdout
+
+
+def test_many_services_in_parallel(env: Env, tmp_path: Path, write_config, opskit) -> None:
+    extra = {f"s{i}": make_sandbox(tmp_path / f"s{i}") for i in range(4)}
+    text = env.conf.read_text() + "".join(service_toml(n, sb) for n, sb in extra.items())
+    conf = write_config(text, name="many.toml")
+    s = config.load(conf)
+    for n, sb in extra.items():
+        env.deployed(rev(sb.worktree), service=n)
+    for svc in s.services.values():  # the hooks name the config file they load
+        hooks.install(s, svc)
+    (extra["s2"].worktree / "stray.txt").write_text("x\n")
+    r = opskit("--config", str(conf), "drift-scan", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1
+    drifted = {x["service"]: x["drift"] for x in doc["services"]}
+    assert drifted == {"svc": False, "s0": False, "s1": False, "s2": True, "s3": False}
+    assert kinds(doc, "s2") == {"untracked": ["stray.txt"]}
+    r = opskit("--config", str(conf), "drift-scan", "s0", "s1")
+    assert r.returncode == 0 and r.stdout.splitlines() == ["s0: clean", "s1: clean"]
+
+
+def test_running_deploy_is_skipped(env: Env, opskit) -> None:
+    (env.sb.worktree / "app.txt").write_text("being deployed\n")
+    j = Journal(env.state_dir)
+    with subprocess.Popen(["sleep", "30"]) as holder:
+        did = j.deploy_start("svc", rev(env.sb.worktree), previous=None, chain=None)
+        j.conn.execute("UPDATE deploys SET pid = ? WHERE id = ?", (holder.pid, did))
+        r = opskit("--config", str(env.conf), "drift-scan")
+        holder.kill()
+    assert r.returncode == 0 and "skipped: deploy" in r.stdout
+    r = opskit("--config", str(env.conf), "drift-scan")  # its holder is gone: scanned again
+    assert r.returncode == 1 and "app.txt" in r.stdout
+
+
+# --- bad input: exit 2 --------------------------------------------------------------------
+
+def test_not_a_git_repo_exit_2(env: Env, tmp_path: Path, write_config, opskit) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    conf = write_config(env.conf.read_text().replace(str(env.sb.worktree), str(plain)), name="bad.toml")
+    r = opskit("--config", str(conf), "drift-scan")
+    assert r.returncode == 2
+    assert "not a git checkout" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = opskit("--config", str(env.conf), "drift-scan", "nosuch")
+    assert r.returncode == 2 and "unknown service 'nosuch'" in r.stderr
+
+
+def test_unreadable_hooks_folder_exit_2(env: Env, monkeypatch) -> None:
+    def denied(*_: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    # As root nothing is unreadable, so the read itself is made to fail.
+    monkeypatch.setattr(drift, "_fast_hook_states", denied)
+    report = drift.scan(env.settings, Journal(env.state_dir), notify=False)
+    assert report.exit_code == 2 and "hooks folder unreadable" in (report.services[0].error or "")
+
+
+# --- heal ---------------------------------------------------------------------------------
+
+def test_heal_saves_every_byte_then_restores(env: Env, opskit) -> None:
+    wt = env.sb.worktree
+    deployed = rev(wt)
+    git(wt, "commit", "-q", "--no-verify", "--allow-empty", "-m", "bypass commit")
+    bypass = rev(wt)
+    (wt / "app.txt").write_text("hand edit\n")
+    (wt / "sub").mkdir()
+    (wt / "sub" / "new.bin").write_bytes(bytes(range(256)) * 3)
+    (wt / "link").symlink_to("app.txt")
+    (wt / "app.pid").write_text("42\n")  # ignored drift: stays
+    r = opskit("--config", str(env.conf), "drift-scan", "--heal")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "healed: drifted state saved in refs/opskit/drift/" in r.stdout
+    [ref] = git(wt, "for-each-ref", "--format=%(refname)", "refs/opskit/drift/").stdout.split()
+    assert git(wt, "show", f"{ref}:app.txt").stdout == "hand edit\n"
+    blob = subprocess.run(["git", "show", f"{ref}:sub/new.bin"], cwd=wt, capture_output=True,
+                          check=True).stdout
+    assert blob == bytes(range(256)) * 3
+    assert git(wt, "cat-file", "-p", f"{ref}:link").stdout == "app.txt"
+    assert git(wt, "merge-base", "--is-ancestor", bypass, ref, check=False).returncode == 0
+    # restored: on the branch, at the deployed commit, drift files gone, ignored ones kept
+    assert git(wt, "symbolic-ref", "--short", "HEAD").stdout.strip() == "master"
+    assert rev(wt) == deployed and (wt / "app.txt").read_text() == "v1\n"
+    assert not (wt / "sub").exists() and not (wt / "link").is_symlink()
+    assert (wt / "app.pid").read_text() == "42\n"
+    r = opskit("--config", str(env.conf), "drift-scan")
+    assert r.returncode == 0, r.stdout
+    ev = Journal(env.state_dir).last("drift.healed")
+    assert ev is not None and ev.data["ref"] == ref and ev.data["previous_head"] == bypass
+    assert sorted(ev.data["removed"]) == ["link", "sub/new.bin"]
+
+
+def test_heal_without_a_deploy_changes_nothing(sandbox: Sandbox, write_config, opskit) -> None:
+    conf = write_config(service_toml("svc", sandbox).replace('notify = ["t"]\n', ""))
+    s = config.load(conf)
+    hooks.install(s, s.service("svc"))
+    (sandbox.worktree / "app.txt").write_text("edit\n")
+    before = tree_sum(sandbox.worktree)
+    r = opskit("--config", str(conf), "drift-scan", "--heal")
+    assert r.returncode == 1 and "cannot heal" in r.stdout
+    assert tree_sum(sandbox.worktree) == before
+
+
+# --- notifications only on state change ----------------------------------------------------
+
+def test_notifies_on_change_and_renotifies_after_drift_renotify(env: Env) -> None:
+    clock = FakeClock()
+    j = Journal(env.state_dir, clock)
+    s = env.settings
+
+    def scan() -> drift.ServiceDrift:
+        return drift.scan(s, j, clock=clock).services[0]
+
+    def received() -> int:
+        return env.notes.read_text().count("svc:") if env.notes.exists() else 0
+
+    assert scan().change is None and received() == 0  # clean, nothing to say
+    (env.sb.worktree / "app.txt").write_text("edit\n")
+    assert scan().change == "detected" and received() == 1
+    assert "app.txt" in env.notes.read_text()
+    for _ in range(5):  # the hourly cron run, same drift: silence
+        clock.advance(3600)
+        assert scan().change is None
+    assert received() == 1
+    clock.advance(3600 * 19)  # 24 h since the notification (drift_renotify default)
+    assert scan().change == "reminder" and received() == 2
+    (env.sb.worktree / "stray.txt").write_text("x\n")  # the drift changed: say so now
+    clock.advance(60)
+    assert scan().change == "detected" and received() == 3
+    (env.sb.worktree / "stray.txt").unlink()
+    git(env.sb.worktree, "checkout", "-q", "--", "app.txt")
+    assert scan().change == "cleared" and received() == 4
+    types = [e.type for e in j.query(type_prefix="drift.")]
+    assert types == ["drift.detected", "drift.detected", "drift.detected", "drift.cleared"]
+    assert j.kv_get("drift", "svc") is None
+
+
+def test_no_notify_is_a_look_only(env: Env, opskit) -> None:
+    (env.sb.worktree / "app.txt").write_text("edit\n")
+    r = opskit("--config", str(env.conf), "drift-scan", "--no-notify")
+    assert r.returncode == 1
+    j = Journal(env.state_dir)
+    assert j.query(type_prefix="drift.") == [] and j.kv_get("drift", "svc") is None
+    assert not env.notes.exists()
+    r = opskit("--config", str(env.conf), "drift-scan")  # the scheduled scan still alerts
+    assert r.returncode == 1 and "app.txt" in env.notes.read_text()
