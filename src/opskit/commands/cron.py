@@ -27,7 +27,8 @@ def _print_change(result: CronResult, as_json: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    cron_app = typer.Typer(help="Manage opskit's marked block in the crontab.", no_args_is_help=True)
+    cron_app = typer.Typer(help="Manage opskit's marked block in the crontab.\n\n"
+                           "Example: opskit cron install && opskit cron show", no_args_is_help=True)
     app.add_typer(cron_app, name="cron")
 
     @cron_app.command("install")
