@@ -9,7 +9,6 @@ exceptions carry the full webhook URL, so we describe failures in our own words
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -234,6 +233,8 @@ def retry_after(resp: httpx.Response) -> float | None:
         return max(0.0, float(header))
     except ValueError:
         pass
+    import email.utils  # rare path: keep it off the import of opskit.notify
+
     try:
         when = email.utils.parsedate_to_datetime(header)
     except (TypeError, ValueError):
