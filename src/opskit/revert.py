@@ -256,20 +256,22 @@ def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None,
                         bad=bad, reverted=plan.reverted if plan else [], event_id=start_id, plan=plan)
 
 
-def _land(svc: ServiceSettings, canon: Git, new: str, tip: str) -> None:
+def land_commit(svc: ServiceSettings, canon: Git, new: str, tip: str, *, what: str = "revert") -> None:
+    """Move `branch` from tip to new in the canonical repo and check it there. Shared by the
+    auto-revert and the feature-branch chain's merge (issue 5): one way to land a commit."""
     ref = f"refs/heads/{svc.branch}"
     if svc.pull_mode:
         r = canon.push(svc.repo, f"{new}:{ref}")  # never forced: a moved remote refuses it
         if not r.ok:
-            raise OpsError(f"push of the revert to {svc.repo} refused: "
+            raise OpsError(f"push of the {what} to {svc.repo} refused: "
                            f"{text((r.stderr.strip().splitlines() or ['?'])[-1])}")
         landed = canon.ls_remote(svc.repo, svc.branch)
     else:
         # Compare-and-swap: if someone pushed meanwhile, fail rather than overwrite their work.
-        canon.update_ref(ref, new, old=tip, message=f"opskit auto-revert of {short(tip)}")
+        canon.update_ref(ref, new, old=tip, message=f"opskit {what} onto {short(tip)}")
         landed = canon.branch_tip(svc.branch)
     if landed != new:
-        raise OpsError(f"the revert {short(new)} did not land: {svc.branch} is at {short(landed)}")
+        raise OpsError(f"the {what} {short(new)} did not land: {svc.branch} is at {short(landed)}")
 
 
 def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None = None, stage: str = "manual",
@@ -308,7 +310,7 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
     plan.tree = tree
     try:
         new = canon.commit_tree(tree, [plan.tip], _message(plan, reason, start.id, stage))
-        _land(svc, canon, new, plan.tip)
+        land_commit(svc, canon, new, plan.tip)
     except OpsError as e:
         return _fail(run, bad, f"could not land the revert: {e}", status="failed", start_id=start.id, plan=plan,
                      freeze_it=False)
@@ -383,5 +385,5 @@ def _resolve(canon: Git, svc: ServiceSettings, commit: str | None) -> str:
     return head
 
 
-__all__: Sequence[str] = ["auto_revert", "revert_locked", "is_frozen", "is_revert_commit", "freeze",
+__all__: Sequence[str] = ["auto_revert", "revert_locked", "land_commit", "is_frozen", "is_revert_commit", "freeze",
                           "unfreeze", "make_plan", "RevertPlan", "RevertResult"]
