@@ -23,6 +23,7 @@ from opskit.notify.base import Outcome
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
 MIN_ATTEMPT_TIMEOUT = 1.0
+CLAIM_REFRESH = 60.0  # well inside outbox.CLAIM_STALE
 KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",
          "ntfy": "ntfy", "apprise": "apprise_"}
 
@@ -93,7 +94,16 @@ class Courier:
             delay = min(delay * 2, BACKOFF_MAX)
             if self.clock.monotonic() + wait > deadline:
                 return outcome, attempts, wait
-            self.clock.sleep(wait)
+            self._sleep(wait, claimed)
+
+    def _sleep(self, seconds: float, claimed: list[int]) -> None:
+        """Wait, refreshing our claim so a long 429 wait never looks like a dead sender."""
+        while seconds > 0:
+            step = min(seconds, CLAIM_REFRESH)
+            self.clock.sleep(step)
+            seconds -= step
+            if seconds > 0:
+                outbox.touch(self.journal, self.clock, claimed)
 
     def _delivered(self, ch: ChannelSettings, row: outbox.Row, outcome: Outcome, attempts: int) -> None:
         if not outbox.finish(self.journal, self.clock, row.id, "delivered", attempts=attempts,
