@@ -247,3 +247,10 @@ def test_unverified_push_is_notified(sandbox: Sandbox, opskit, write_config, tmp
     r = opskit("--config", str(conf), "verify-push", "--repo", str(sandbox.dev), "--",
                "git", "push", "origin", "master")
     assert r.returncode == 0 and not got.exists()  # landed: nothing to shout about
+
+
+def test_missing_command_is_rejected_and_journaled(sandbox: Sandbox, opskit, state_dir) -> None:
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "no-such-push-tool", "x")
+    assert r.returncode == 1 and said(r.stdout, "rejected") and "exited 127" in r.stdout
+    [ev] = events(state_dir)
+    assert ev["data"]["outcome"] == "rejected" and ev["data"]["cmd_exit"] == 127

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from opskit import gitrepo, proc
 from opskit.clock import SYSTEM, Clock
-from opskit.errors import GitError, UsageError, redact
+from opskit.errors import GitError, OpsError, UsageError, redact
 from opskit.gitrepo import Git
 
 if TYPE_CHECKING:
@@ -220,7 +220,10 @@ def wrap_push(t: Target, cmd: Sequence[str], *, expect: str | None = None, conta
         if output is not None:
             output(strip_credentials(line))
 
-    run = proc.run(cmd, cwd=t.repo.path, timeout=None, stream=emit)
+    try:
+        run = proc.run(cmd, cwd=t.repo.path, timeout=None, stream=emit)
+    except OpsError as e:  # not found / not executable: a failed push all the same, journaled
+        run = proc.Result(argv=cmd, returncode=127, tail=[e.message])
     tail = [strip_credentials(ln) for ln in run.tail[-TAIL_KEEP:]]
     expected = expect or t.repo.branch_tip(t.branch) or t.repo.head()
     if expected is None:
@@ -262,6 +265,13 @@ def wrap_push(t: Target, cmd: Sequence[str], *, expect: str | None = None, conta
         res.reason = f"{where} moved {short(before)} → {short(after)}"
         if not run.ok:
             res.notes.append(f"{cmd_said} although the push landed")
+    elif not run.ok:
+        res.outcome = REJECTED
+        res.reason = f"{cmd_said}; {where} " + (
+            "unchanged" if after == before else f"now at {short(after)}")
+        last = next((ln for ln in reversed(tail) if ln.strip()), "")
+        if last:
+            res.reason += f": {last.strip()[:200]}"
     elif landed:
         # The commit was already the remote tip before CMD: nothing new was pushed. That is
         # what the seed incident looked like too, so it fails unless the operator says a
@@ -270,13 +280,6 @@ def wrap_push(t: Target, cmd: Sequence[str], *, expect: str | None = None, conta
         res.reason = f"{where} was already at {short(after)} before the command; nothing new pushed"
         if not allow_noop:
             res.reason += " (pass --allow-noop to accept an up-to-date remote)"
-    elif not run.ok:
-        res.outcome = REJECTED
-        res.reason = f"{cmd_said}; {where} " + (
-            "unchanged" if after == before else f"now at {short(after)}")
-        last = next((ln for ln in reversed(tail) if ln.strip()), "")
-        if last:
-            res.reason += f": {last.strip()[:200]}"
     elif after is None:
         res.outcome = BRANCH_MISSING
         res.reason = (f"{cmd_said} but {t.display} has no branch {t.branch}"
