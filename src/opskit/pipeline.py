@@ -422,14 +422,13 @@ def deploy(settings: Settings, journal: Journal, service: str, sha: str | None =
 
 def run_chain(settings: Settings, journal: Journal, service: str, ref: str, sha: str, *,
               chain: str, clock: Clock = SYSTEM, write: Write = print) -> int:
-    """Feature-branch chain: test → review → merge → deploy (issue 5).
+    """Feature-branch chain: test → review → merge → deploy (issue 5; lives in opskit.chain)."""
+    from opskit import chain as chain_mod
 
-    TODO(issue 5): build the test/review/merge steps, then run
-    `run_steps(run, [*feature_steps, *deploy_steps()])` under ServiceLock like deploy() does.
-    """
-    write(f"{service}: {text(ref)} received ({short(sha)}); the test → review → merge chain "
-          "is not built yet (issue 5), nothing deployed")
-    return int(ExitCode.OK)
+    result = chain_mod.start(settings, journal, service, ref, sha, chain=chain, clock=clock, write=write)
+    if result.status != "background":
+        write(f"{service}: {result.status}: {result.reason}")
+    return result.exit_code
 
 
 def on_post_receive(config_path: Path, service: str, updates: list[tuple[str, str, str]],

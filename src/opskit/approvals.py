@@ -1,0 +1,259 @@
+"""Parked changes: the human in the loop of the feature-branch chain (issue 5 item 2).
+
+A review that exits 3 (or a failed test with `test_failure = "human"`) parks the change
+here instead of merging it. A human decides with `opskit approve ID` (chain.approve resumes
+at the merge step) or `opskit reject ID --reason T` (reject() below). Each decision moves a
+row out of `parked` with one compare-and-swap UPDATE, so two people deciding at once cannot
+both win, and a change is never merged twice.
+
+A change that waits longer than the service's `approval_timeout` is reminded about once
+(`remind_overdue`, run by cron-check): the seed's human route failed because nobody was
+told anything was waiting; an hourly nag would fail the same way, by being muted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from opskit.clock import SYSTEM, Clock, iso, parse_iso
+from opskit.config import Settings
+from opskit.errors import OpsError, UsageError, redact
+from opskit.journal import Journal
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS approvals (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    service     TEXT NOT NULL,
+    chain       TEXT NOT NULL,
+    branch      TEXT NOT NULL,
+    sha         TEXT NOT NULL,
+    base        TEXT,
+    created     TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'parked',  -- parked | approved | rejected | superseded
+    cause       TEXT,                            -- why it waits for a human
+    event_id    INTEGER,                         -- the review.needs-human event
+    decided_by  TEXT,
+    decided_at  TEXT,
+    reason      TEXT,
+    reminded_at TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, service, id);
+"""
+
+DECIDED = ("approved", "rejected", "superseded")
+_ready: set[str] = set()
+_ready_lock = threading.Lock()
+
+
+def _db(journal: Journal) -> Journal:
+    """The table is ours, created on first use (the journal's schema belongs to others)."""
+    key = f"{os.getpid()}:{journal.path}"
+    with _ready_lock:
+        if key not in _ready:
+            journal.conn.executescript(SCHEMA)
+            _ready.add(key)
+    return journal
+
+
+@dataclass(frozen=True)
+class Parked:
+    id: int
+    service: str
+    chain: str
+    branch: str
+    sha: str
+    base: str | None
+    created: str
+    status: str
+    cause: str | None
+    event_id: int | None
+    decided_by: str | None
+    decided_at: str | None
+    reason: str | None
+    reminded_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """`#3 svc feature/x 4d62098a (parked since …: review asked for a human)`"""
+        when = self.created if self.status == "parked" else (self.decided_at or self.created)
+        who = f" by {self.decided_by}" if self.decided_by else ""
+        why = self.cause if self.status == "parked" else self.reason
+        return (f"#{self.id} {self.service} {self.branch} {self.sha[:10]} ({self.status}{who} since {when}"
+                + (f": {why}" if why else "") + ")")
+
+
+def _row(r: Any) -> Parked:
+    return Parked(**{k: r[k] for k in Parked.__dataclass_fields__})
+
+
+def who() -> str:
+    """The human deciding: the one behind sudo when there is one."""
+    user = os.environ.get("SUDO_USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): still say something true
+        return f"uid {os.getuid()}"
+
+
+def park(journal: Journal, *, service: str, chain: str, branch: str, sha: str, base: str | None,
+         cause: str, clock: Clock = SYSTEM) -> Parked:
+    with _db(journal).tx() as c:
+        cur = c.execute(
+            "INSERT INTO approvals (service, chain, branch, sha, base, created, cause) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (service, chain, branch, sha, base, iso(clock.now()), redact(cause)))
+        new_id = cur.lastrowid
+    assert new_id is not None
+    found = get(journal, new_id)
+    assert found is not None
+    return found
+
+
+def set_event(journal: Journal, approval_id: int, event_id: int) -> None:
+    with _db(journal).tx() as c:
+        c.execute("UPDATE approvals SET event_id = ? WHERE id = ?", (event_id, approval_id))
+
+
+def get(journal: Journal, approval_id: int) -> Parked | None:
+    r = _db(journal).conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+    return _row(r) if r else None
+
+
+def pending(journal: Journal, service: str | None = None, *, include_decided: bool = False,
+            limit: int = 200) -> list[Parked]:
+    sql = "SELECT * FROM approvals WHERE 1=1"
+    args: list[Any] = []
+    if service:
+        sql += " AND service = ?"
+        args.append(service)
+    if not include_decided:
+        sql += " AND status = 'parked'"
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    rows = [_row(r) for r in _db(journal).conn.execute(sql, args)]
+    rows.reverse()
+    return rows
+
+
+def decide(journal: Journal, approval_id: int, status: str, *, by: str, reason: str | None = None,
+           clock: Clock = SYSTEM) -> Parked:
+    """parked → status, atomically. Unknown id: UsageError (exit 2); decided: OpsError (exit 1)."""
+    assert status in DECIDED
+    with _db(journal).tx() as c:
+        cur = c.execute(
+            "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ? "
+            "WHERE id = ? AND status = 'parked'",
+            (status, by, iso(clock.now()), redact(reason) if reason else None, approval_id))
+        changed = cur.rowcount
+    row = get(journal, approval_id)
+    if row is None:
+        raise UsageError(f"no parked change #{approval_id}; `opskit pending` lists the ones waiting")
+    if not changed:
+        raise OpsError(f"change #{approval_id} was already decided: {row.describe()}")
+    return row
+
+
+def mark(journal: Journal, approval_id: int, status: str, reason: str) -> None:
+    """Record how an approved change ended when it could not be merged after all."""
+    with _db(journal).tx() as c:
+        c.execute("UPDATE approvals SET status = ?, reason = ? WHERE id = ?", (status, redact(reason), approval_id))
+
+
+def supersede(journal: Journal, service: str, branch: str, *, by_chain: str, by_sha: str,
+              clock: Clock = SYSTEM) -> list[Parked]:
+    """A newer push of `branch` ends the changes of it still parked (issue 5: a later push
+    supersedes a chain still waiting). Returns the rows it ended."""
+    reason = f"superseded by a newer push of {branch} ({by_sha[:10]}, chain {by_chain})"
+    ids = [int(r[0]) for r in _db(journal).conn.execute(
+        "SELECT id FROM approvals WHERE service = ? AND branch = ? AND status = 'parked' AND chain != ?",
+        (service, branch, by_chain))]
+    ended = []
+    for i in ids:
+        try:
+            ended.append(decide(journal, i, "superseded", by="opskit", reason=reason, clock=clock))
+        except OpsError:  # decided by someone else in the meantime
+            continue
+    return ended
+
+
+# --- reject ----------------------------------------------------------------------------------
+
+def reject(settings: Settings, journal: Journal, approval_id: int, reason: str, *,
+           clock: Clock = SYSTEM, by: str | None = None) -> Parked:
+    """End a parked change: journal review.fail with who and why, notify, nothing merged."""
+    if not reason or not reason.strip():
+        raise UsageError('reject needs a reason: opskit reject ID --reason "what is wrong"')
+    row = decide(journal, approval_id, "rejected", by=by or who(), reason=reason.strip(), clock=clock)
+    ev = journal.append("review.fail", row.service,
+                        {"approval": row.id, "branch": row.branch, "decided_by": row.decided_by,
+                         "reason": row.reason, "human": True, "verdict": "rejected"},
+                        chain=row.chain, sha=row.sha)
+    notify(settings, journal, row.service,
+           f"{row.service}: change #{row.id} ({row.branch} {row.sha[:10]}) was REJECTED by {row.decided_by}.\n"
+           f"Reason: {row.reason}\nNothing was merged. Event #{ev.id}.",
+           title=f"{row.service}: {row.branch} rejected", level="warning", event_id=ev.id, clock=clock)
+    return row
+
+
+# --- reminders -------------------------------------------------------------------------------
+
+def remind_overdue(settings: Settings, journal: Journal, clock: Clock = SYSTEM) -> int:
+    """Remind once about each change parked longer than its service's approval_timeout.
+    Returns how many reminders went out (cron-check calls this every 5 minutes)."""
+    now = clock.now()
+    sent = 0
+    for row in pending(journal, limit=10_000):
+        if row.reminded_at:
+            continue
+        svc = settings.services.get(row.service)
+        timeout = svc.approval_timeout if svc is not None else 24 * 3600.0
+        age = (now - parse_iso(row.created)).total_seconds()
+        if age < timeout:
+            continue
+        with journal.tx() as c:  # claim it: two cron-checks at once remind once
+            claimed = c.execute("UPDATE approvals SET reminded_at = ? WHERE id = ? AND reminded_at IS NULL "
+                                "AND status = 'parked'", (iso(now), row.id)).rowcount
+        if not claimed:
+            continue
+        waited = _age(age)
+        ev = journal.append("review.reminded", row.service,
+                            {"approval": row.id, "branch": row.branch, "waiting": waited, "since": row.created,
+                             "cause": row.cause}, chain=row.chain, sha=row.sha)
+        notify(settings, journal, row.service,
+               f"{row.service}: change #{row.id} ({row.branch} {row.sha[:10]}) has waited {waited} for a human "
+               f"({row.cause or 'review asked for one'}).\n"
+               f"Decide: `opskit approve {row.id}` or `opskit reject {row.id} --reason \"…\"`",
+               title=f"{row.service}: still waiting for approval", level="warning", event_id=ev.id, clock=clock)
+        sent += 1
+    return sent
+
+
+def _age(seconds: float) -> str:
+    d = dt.timedelta(seconds=int(seconds))
+    hours = d.days * 24 + d.seconds // 3600
+    return f"{hours}h{(d.seconds % 3600) // 60:02d}m"
+
+
+def notify(settings: Settings, journal: Journal, service: str, message: str, *, title: str, level: str,
+           event_id: int | None, clock: Clock = SYSTEM) -> bool:
+    """Through the outbox; a notification problem never undoes a decision. True: delivered."""
+    try:
+        from opskit import notify as notify_mod
+
+        return notify_mod.send(settings, journal, message, title=title, level=level, service=service,
+                               event_id=event_id, clock=clock).ok
+    except Exception:  # the message stays in the outbox (or the journal says what happened)
+        return False
+
+
+__all__: Sequence[str] = ["Parked", "park", "get", "pending", "decide", "mark", "supersede", "reject",
+                          "remind_overdue", "who", "SCHEMA"]
