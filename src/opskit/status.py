@@ -135,3 +135,15 @@ def render(data: dict[str, Any]) -> list[str]:
                 lines.append(f"  {name}: {s[name]}")
     lines.append(_waiting(data.get("outbox")))
     return lines
+
+
+# --- feature-branch chains and parked changes (issue 5 item 4) -------------------------------
+# Registered here so `opskit status` shows them without importing the chain on every status.
+
+def _chain_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> Any:
+    from opskit.chain import status_section
+
+    return status_section(settings, journal, svc)
+
+
+SECTIONS["chain"] = _chain_section

@@ -1,0 +1,109 @@
+"""opskit pending, approve, reject: the human in the feature-branch chain (issue 5 item 2)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import typer
+
+from opskit.commands import _common
+
+
+def _writer(as_json: bool) -> Callable[[str], None]:
+    # Progress goes to stderr under --json so stdout stays one JSON object.
+    out = sys.stderr if as_json else sys.stdout
+
+    def write(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    return write
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pending")
+    def pending(
+        service: str = typer.Argument(None, help="Only this service (default: all)."),
+        all_: bool = typer.Option(False, "--all", help="Include decided changes (approved, rejected, superseded)."),
+        as_json: bool = typer.Option(False, "--json", help="One JSON object a line."),
+    ) -> None:
+        """List changes parked for a human decision (review exit 3, or a failed test with test_failure = "human").
+
+        Example: opskit pending primerouter --json
+        """
+        from opskit import approvals
+
+        if service:
+            _common.settings().service(service)  # unknown service: exit 2 naming the known ones
+        rows = approvals.pending(_common.journal(), service, include_decided=all_)
+        if as_json:
+            for row in rows:
+                _common.print_json(row.to_dict())
+        elif not rows:
+            print("nothing parked" + (f" for {service}" if service else ""))
+        else:
+            for row in rows:
+                print(row.describe())
+            if any(r.status == "parked" for r in rows):
+                print('decide: opskit approve ID   |   opskit reject ID --reason "…"')
+        _common.exit_with(0)
+
+    @app.command("approve")
+    def approve(
+        approval_id: int = typer.Argument(..., metavar="ID", help="The parked change's id (opskit pending)."),
+        lock_wait: float = typer.Option(1800.0, "--lock-wait", min=0, help="Seconds to wait for a running deploy."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    ) -> None:
+        """Approve a parked change: merge it and deploy it now (gate and auto-revert as usual).
+
+        Exits with the deploy's code: 0 deployed and healthy, 1 failed or reverted.
+
+        Example: opskit approve 3
+        """
+        from opskit.chain import approve as run_approve
+
+        result = run_approve(_common.settings(), _common.journal(), approval_id, write=_writer(as_json),
+                             lock_wait=lock_wait)
+        if as_json:
+            _common.print_json(result.to_dict())
+        else:
+            print(f"{result.service}: change #{approval_id}: {result.status}: {result.reason}")
+        _common.exit_with(result.exit_code)
+
+    @app.command("reject")
+    def reject(
+        approval_id: int = typer.Argument(..., metavar="ID", help="The parked change's id (opskit pending)."),
+        reason: str = typer.Option(..., "--reason", help="Why; journaled and sent to the team."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    ) -> None:
+        """Reject a parked change: nothing is merged; the decision is journaled and announced.
+
+        Example: opskit reject 3 --reason "touches the billing schema; needs a migration first"
+        """
+        from opskit import approvals
+
+        row = approvals.reject(_common.settings(), _common.journal(), approval_id, reason)
+        if as_json:
+            _common.print_json(row.to_dict())
+        else:
+            print(f"{row.service}: change #{row.id} ({row.branch} {row.sha[:10]}) rejected by {row.decided_by}")
+        _common.exit_with(0)
+
+    @app.command("chain-run", hidden=True)
+    def chain_run(
+        service: str = typer.Argument(...),
+        ref: str = typer.Option(..., "--ref"),
+        sha: str = typer.Option(..., "--sha"),
+        chain: str = typer.Option(..., "--chain"),
+    ) -> None:
+        """Run a feature-branch chain in this process (post-receive starts it with background = true).
+
+        Example: opskit chain-run primerouter --ref refs/heads/feature/x --sha 4d62098 --chain p-1a2b3c4d
+        """
+        from opskit.chain import run_now
+
+        result = run_now(_common.settings(), _common.journal(), service, ref, sha, chain=chain,
+                         write=_writer(False))
+        print(f"{service}: {result.status}: {result.reason}")
+        _common.exit_with(result.exit_code)
