@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,13 @@ from opskit.health import ProbeResult, gate, parse_expect_status, probe_once, ru
 from opskit.journal import Journal
 from opskit.sandbox import free_port
 from tests.support.health import refused_url, spec, start_service_fixture  # noqa: F401
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def trailing_failures(probes: list[ProbeResult]) -> int:
@@ -90,8 +97,8 @@ def test_hang_is_bounded_by_timeout(start_service) -> None:
     v = run_gate(spec(url=svc.url, timeout=0.3, startup=0.5, period=0.25), clock=FakeClock())
     wall = time.monotonic() - t0
     assert not v.healthy and "timed out after 0.3s" in v.reason
-    assert len(v.probes) == 3 and wall < 3.0
-    assert all(0.25 < p.elapsed < 1.0 for p in v.probes)
+    assert len(v.probes) == 3 and wall < 5.0
+    assert all(0.25 < p.elapsed < 1.5 for p in v.probes)
 
 
 def test_slow_within_and_over_timeout(start_service) -> None:
@@ -198,10 +205,10 @@ def test_fail_fast_in_real_time(start_service) -> None:
     v = run_gate(spec(url=svc.url, window=60, period=0.2, failures=3, timeout=0.5))
     wall = time.monotonic() - t0
     assert not v.healthy and trailing_failures(v.probes) == 3
-    assert 0.9 < wall < 4.0, wall
+    assert 0.9 < wall < 6.0, wall
     t0 = time.monotonic()
     v = run_gate(spec(url=refused_url(), window=60, startup=0.5, period=0.2))
-    assert not v.healthy and time.monotonic() - t0 < 2.0
+    assert not v.healthy and time.monotonic() - t0 < 3.0
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -276,7 +283,8 @@ def test_cli_refused_exits_1_in_about_startup(opskit, state_dir: Path) -> None:
     r = opskit("health-gate", "--url", refused_url(), "--startup", "3", "--period", "0.5")
     wall = time.monotonic() - t0
     assert r.returncode == 1, r.stderr
-    assert "refused" in r.stdout and 2.9 < wall < 5.5, (r.stdout, wall)
+    # ~3 s of gate plus interpreter start-up (slow when the machine is busy).
+    assert "refused" in r.stdout and 2.9 < wall < 7.0, (r.stdout, wall)
     assert journal_types(state_dir) == ["health.fail"]
 
 
@@ -286,14 +294,19 @@ def test_cli_healthy_window_exits_0_after_about_window(opskit, start_service, st
     r = opskit("health-gate", "--url", svc.url, "--window", "2", "--period", "0.5")
     wall = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
-    assert 1.9 < wall < 4.5 and "healthy" in r.stdout
+    assert 1.9 < wall < 6.5 and "healthy" in r.stdout
     assert journal_types(state_dir) == ["health.pass"]
 
 
-def test_cli_dying_server_fails_after_exactly_failures_json(opskit, start_service) -> None:
-    svc = start_service("die-after=1")
-    r = opskit("health-gate", "--url", svc.url, "--window", "20", "--period", "0.2",
-               "--failures", "3", "--timeout", "0.5", "--json")
+def test_cli_dying_server_fails_after_exactly_failures_json(start_service) -> None:
+    svc = start_service()
+    p = subprocess.Popen([sys.executable, "-m", "opskit", "health-gate", "--url", svc.url,
+                          "--window", "20", "--period", "0.2", "--failures", "3", "--timeout", "1",
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: "GET /health -> 200" in svc.log())  # healthy in the gate's eyes first
+    svc.set_mode("die-after=0.3")  # then the process dies
+    stdout, stderr = p.communicate(timeout=30)
+    r = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
     assert r.returncode == 1, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -301,7 +314,7 @@ def test_cli_dying_server_fails_after_exactly_failures_json(opskit, start_servic
     assert set(out) == {"healthy", "reason", "target", "duration", "event_id", "probes"}
     assert out["healthy"] is False and isinstance(out["event_id"], int)
     assert set(out["probes"][0]) == {"at", "ok", "detail", "status", "elapsed"}
-    oks = [p["ok"] for p in out["probes"]]
+    oks = [probe["ok"] for probe in out["probes"]]
     assert oks[0] and oks[-3:] == [False, False, False] and oks[-4] is True
     assert "3 consecutive" in out["reason"] and out["duration"] < 5
 
@@ -347,12 +360,15 @@ def test_cli_bad_args_exit_2_one_line_nothing_journaled(opskit, state_dir: Path,
     assert journal_types(state_dir) == []
 
 
-def test_cli_ctrl_c_exits_130_and_journals_nothing(state_dir: Path) -> None:
-    p = subprocess.Popen([sys.executable, "-m", "opskit", "health-gate", "--url", refused_url(),
-                          "--startup", "30", "--period", "0.2"],
+def test_cli_ctrl_c_exits_130_and_journals_nothing(state_dir: Path, start_service) -> None:
+    svc = start_service("hang")
+    p = subprocess.Popen([sys.executable, "-m", "opskit", "health-gate", "--url", svc.url,
+                          "--startup", "30", "--timeout", "20"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ))
-    time.sleep(1.2)
+                         # A shell that started us in the background ignores SIGINT, and the
+                         # child would inherit that: give it the terminal's default back.
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for(lambda: "hanging" in svc.log())  # the gate is mid-probe
     p.send_signal(signal.SIGINT)
     p.communicate(timeout=10)
     # typer turns KeyboardInterrupt into Exit(130) itself (typer/core.py), so no message here.

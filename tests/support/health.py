@@ -55,7 +55,7 @@ def refused_url() -> str:
 
 def spec(**fields: Any) -> HealthSettings:
     """A HealthSettings with small test-friendly numbers unless given."""
-    base: dict[str, Any] = {"window": 2.0, "period": 0.5, "timeout": 1.0, "failures": 3,
+    base: dict[str, Any] = {"window": 2.0, "period": 0.5, "timeout": 2.0, "failures": 3,
                             "startup": 3.0}
     base.update(fields)
     return HealthSettings(**base)

@@ -173,6 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError) as e:
             self._send(400, json.dumps({"error": str(e)}), "application/json")
             return
+        if mode.kind not in ("exit", "crash"):
+            # Switched before answering: a request sent after this answer sees the new mode.
+            state.set(mode)
         self._send(200, json.dumps({"mode": str(mode)}), "application/json", mode=mode)
         if mode.kind in ("exit", "crash"):
             try:
@@ -181,7 +184,6 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             state.exit(0 if mode.kind == "exit" else 1, f"control: {mode}: exiting")
-        state.set(mode)
 
     def _answer(self) -> None:
         state = self.server.state
