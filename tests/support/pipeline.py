@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from opskit.sandbox.receiver import Receiver
 from opskit.sandbox.service import deploy_command, stop
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
 
-FAST_HEALTH = {"window": 1.0, "period": 0.2, "timeout": 0.5, "failures": 2, "startup": 2.0}
+FAST_HEALTH = {"window": 0.8, "period": 0.2, "timeout": 0.5, "failures": 2, "startup": 2.0}
 
 
 def toml_value(v: Any) -> str:
@@ -145,6 +146,20 @@ def deployed_stage(tmp: Path, **kw: Any) -> Stage:
     st = make_stage(tmp, **kw)
     r = st.deploy()
     assert r.ok and r.status == "healthy", r
+    return st
+
+
+def seeded_stage(tmp: Path, **kw: Any) -> Stage:
+    """Like deployed_stage, but the first deploy is recorded instead of gated: the service is
+    started by its deploy command and the commit written down as the last known-good. Saves a
+    gate per test where the first deploy is not what is tested."""
+    st = make_stage(tmp, **kw)
+    svc = st.settings.service(st.service)
+    assert svc.deploy is not None
+    subprocess.run(["/bin/sh", "-c", svc.deploy], cwd=st.sb.worktree, check=True, capture_output=True, timeout=30)
+    j = st.journal()
+    did = j.deploy_start(st.service, st.sb.tip(), previous=None, chain="seed")
+    j.deploy_finish(did, "healthy")
     return st
 
 
