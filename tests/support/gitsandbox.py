@@ -1,6 +1,7 @@
 """Real git repos for tests: a bare canonical repo, the deployed worktree, a dev clone.
 
-Mirrors the production layout (ARCHITECTURE §1): /srv/git/<svc>.git and /srv/<svc>.
+The layout is built by opskit.sandbox.repos (shared with `opskit demo`); this adds the
+subprocess-level helpers tests assert on (CompletedProcess with stdout/stderr).
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
+from opskit.sandbox.repos import Repos, build
 
 
 def git(cwd: Path, *args: str, check: bool = True, input: str | None = None,
@@ -25,31 +27,8 @@ def rev(cwd: Path, ref: str = "HEAD") -> str:
     return git(cwd, "rev-parse", ref).stdout.strip()
 
 
-@dataclass
-class Sandbox:
-    root: Path
-    bare: Path
-    worktree: Path
-    dev: Path
-    branch: str = "master"
-
-    def commit(self, files: Mapping[str, str | bytes | None], message: str = "change",
-               repo: Path | None = None) -> str:
-        """Write files (None deletes) in the dev clone (or `repo`) and commit them."""
-        where = repo or self.dev
-        for name, content in files.items():
-            p = where / name
-            if content is None:
-                git(where, "rm", "-q", "--", name)
-                continue
-            p.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                p.write_bytes(content)
-            else:
-                p.write_text(content)
-            git(where, "add", "--", name)
-        git(where, "commit", "-q", "-m", message)
-        return rev(where)
+class Sandbox(Repos):
+    """opskit.sandbox.repos.Repos with the tests' subprocess-level push (its stderr is asserted on)."""
 
     def push(self, *refspecs: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return git(self.dev, "push", "origin", *refspecs, check=check)
@@ -61,16 +40,5 @@ class Sandbox:
 def make_sandbox(root: Path, name: str = "svc", files: Mapping[str, str] | None = None,
                  branch: str = "master") -> Sandbox:
     """bare repo with one commit on `branch`, the deployed worktree, and a dev clone."""
-    root.mkdir(parents=True, exist_ok=True)
-    bare = root / "git" / f"{name}.git"
-    bare.parent.mkdir(parents=True, exist_ok=True)
-    git(root, "init", "-q", "--bare", "-b", branch, str(bare))
-    dev = root / "dev"
-    git(root, "clone", "-q", str(bare), str(dev))
-    git(dev, "checkout", "-q", "-b", branch)
-    sb = Sandbox(root=root, bare=bare, worktree=root / "srv" / name, dev=dev, branch=branch)
-    sb.commit(dict(files or {"app.txt": "v1\n"}), "initial")
-    git(dev, "push", "-q", "origin", branch)
-    sb.worktree.parent.mkdir(parents=True, exist_ok=True)
-    git(root, "clone", "-q", "-b", branch, str(bare), str(sb.worktree))
-    return sb
+    r = build(root, name, files, branch)
+    return Sandbox(root=r.root, bare=r.bare, worktree=r.worktree, dev=r.dev, branch=r.branch)
