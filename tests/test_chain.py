@@ -1,0 +1,218 @@
+"""The feature-branch chain on real git: pushes through installed hooks, a real service (issue 5 item 1)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from opskit.chain import ChainResult, run_now
+from opskit.gitrepo import Git
+from opskit.lock import ServiceLock
+from tests.support.chain import ChainStage, cs, make_chain_stage, order  # noqa: F401 - cs is a fixture
+from tests.support.gitsandbox import git
+
+CHAIN_TYPES = ("push.received", "test.pass", "review.pass", "merge.complete", "deploy.complete", "health.pass")
+
+
+def test_feature_push_is_tested_reviewed_merged_deployed(cs: ChainStage) -> None:
+    before = cs.tip()
+    head = cs.feature("feature/x", {"app.txt": "v2\n"}, message="make it v2")
+    p = cs.push("feature/x")
+    assert "remote:" in p.stderr and "merged feature/x into master" in p.stderr, p.stderr
+    assert "3 passed" in p.stderr and "healthy" in p.stderr
+    g = Git(cs.sb.bare)
+    tip = cs.tip()
+    # a real merge commit: first parent the old tip, so `git revert -m 1` undoes exactly it
+    assert g.parents(tip) == [before, head]
+    msg = g.message(tip)
+    push_ev = cs.last("push.received")
+    assert msg.startswith("Merge feature/x into master") and f"Opskit-Chain: {push_ev.chain}" in msg
+    assert cs.st.worktree_head() == tip and (cs.sb.worktree / "app.txt").read_text() == "v2\n"
+    with urllib.request.urlopen(f"http://127.0.0.1:{cs.st.port}/health", timeout=2) as resp:
+        assert resp.status == 200
+    # the CLI's event stream shows every step, all with the push's chain id
+    events = cs.json_lines("events", "--json", "--service", "svc")
+    mine = [e for e in events if e.get("chain") == push_ev.chain]
+    types = [e["type"] for e in mine]
+    assert order(types, *CHAIN_TYPES), types
+    assert all(e.get("commit") for e in mine)  # every step carries the commit it is about
+    assert next(e for e in mine if e["type"] == "merge.complete")["commit"] == tip
+    assert next(e for e in mine if e["type"] == "test.pass")["commit"] == head
+    # test and review ran in throwaway checkouts, never in production, and were cleaned up
+    for what in ("test", "review"):
+        where = (cs.probe / f"{what}.pwd").read_text().strip()
+        assert where != str(cs.sb.worktree) and not Path(where).exists()
+    env = dict(ln.split("=", 1) for ln in (cs.probe / "review.env").read_text().splitlines())
+    assert env["OPSKIT_HEAD"] == head and env["OPSKIT_BASE"] == before and env["OPSKIT_BRANCH"] == "feature/x"
+    assert env["OPSKIT_RANGE"] == f"{before}..{head}" and env["OPSKIT_CHAIN"] == push_ev.chain
+    assert env["OPSKIT_SERVICE"] == "svc"
+    assert cs.worktrees_left() == []
+    # status --json: nothing in progress any more, nothing parked
+    status = cs.json_lines("status", "--json")[0]["services"][0]
+    assert status["chain"] == {"in_progress": [], "parked": []}
+
+
+def test_feature_whose_service_will_not_start_is_reverted(cs: ChainStage) -> None:
+    before = cs.tip()
+    cs.feature("feature/bad", {"service.mode": "crash\n", "app.txt": "v3\n"}, message="crash it")
+    p = cs.push("feature/bad")
+    assert "health gate failed" in p.stderr, p.stderr
+    g = Git(cs.sb.bare)
+    tip = cs.tip()
+    merge = cs.last("merge.complete").data["merge"]
+    assert g.parents(tip) == [merge] and g.is_ancestor(merge, tip)
+    assert g.tree(tip) == g.tree(f"{merge}^1") == g.tree(before)  # the revert undoes exactly the merge
+    assert cs.st.worktree_head() == tip
+    chain = cs.last("push.received").chain
+    types = [e.type for e in cs.events(chain=chain)]
+    assert order(types, "merge.complete", "deploy.complete", "health.fail", "rollback.start", "rollback.complete")
+    assert cs.st.receiver is not None
+    assert "reverted" in cs.st.receiver.wait_for(1)[0].body["content"]
+
+
+def test_failing_test_stops_the_chain(cs: ChainStage) -> None:
+    before = cs.tip()
+    cs.feature("feature/f", {"test.fail": "1\n"})
+    p = cs.push("feature/f")
+    assert "test failed" in p.stderr
+    assert cs.tip() == before and cs.st.worktree_head() == before  # branch and production untouched
+    ev = cs.last("test.fail")
+    assert "assert 1 == 2" in ev.data["tail"] and ev.data["exit"] == 1
+    assert not cs.events("review") and not cs.events("merge")
+    assert cs.st.receiver is not None
+    msg = cs.st.receiver.wait_for(1)[0].body["content"]
+    assert "feature/f" in msg and "assert 1 == 2" in msg
+
+
+def test_hanging_test_is_bounded_by_test_timeout(tmp_path: Path) -> None:
+    c = make_chain_stage(tmp_path, test_timeout=1.5)
+    try:
+        before = c.tip()
+        c.feature("feature/h", {"test.hang": "1\n"})
+        t0 = time.monotonic()
+        c.push("feature/h")
+        assert time.monotonic() - t0 < 10
+        ev = c.last("test.fail")
+        assert ev.data["timed_out"] is True and "timed out after 1.5s" in ev.data["reason"]
+        assert "hanging" in ev.data["tail"] and c.tip() == before
+    finally:
+        c.st.close()
+
+
+def test_test_printing_megabytes_keeps_only_the_tail(cs: ChainStage) -> None:
+    cs.feature("feature/spam", {"test.spam": "1\n"})
+    p = cs.push("feature/spam")
+    ev = cs.last("test.fail")
+    tail = ev.data["tail"].splitlines()
+    assert tail[-1] == "LAST LINE" and len(tail) <= 40
+    assert p.stderr.count("spam line") <= 201 and "output continues" in p.stderr  # the pusher is spared too
+
+
+def test_review_missing_or_not_executable(tmp_path: Path) -> None:
+    c = make_chain_stage(tmp_path, review="./ci/review.sh")
+    try:
+        before = c.tip()
+        c.feature("feature/r", {"app.txt": "r\n"})
+        c.push("feature/r")
+        ev = c.last("review.fail")
+        assert "not found" in ev.data["reason"] and ev.data["exit"] == 127 and c.tip() == before
+        c.feature("feature/r", {"ci/review.sh": "#!/bin/sh\nexit 0\n"})  # committed without +x
+        c.push("feature/r")
+        ev = c.last("review.fail")
+        assert "not executable" in ev.data["reason"] and ev.data["exit"] == 126 and c.tip() == before
+        assert not c.events("merge")
+    finally:
+        c.st.close()
+
+
+def test_review_rejects(cs: ChainStage) -> None:
+    before = cs.tip()
+    cs.feature("feature/no", {"review.exit": "1\n"})
+    p = cs.push("feature/no")
+    assert "review rejected" in p.stderr
+    ev = cs.last("review.fail")
+    assert ev.data["verdict"] == "rejected" and "reviewing" in ev.data["tail"]
+    assert cs.tip() == before
+
+
+def test_merge_conflict_leaves_nothing_half_merged(cs: ChainStage) -> None:
+    base = cs.tip()
+    cs.feature("feature/a", {"app.txt": "from a\n"})
+    cs.push("feature/a")
+    landed = cs.tip()
+    assert landed != base
+    cs.feature("feature/b", {"app.txt": "from b\n"}, base=base)
+    p = cs.push("feature/b")
+    assert "conflicts" in p.stderr
+    ev = cs.last("merge.fail")
+    assert ev.data["conflicts"] == ["app.txt"] and "app.txt" in ev.data["reason"]
+    assert cs.tip() == landed and cs.st.worktree_head() == landed
+    assert cs.worktrees_left() == []
+    assert not (cs.sb.bare / "MERGE_HEAD").exists()
+
+
+def test_ff_only(tmp_path: Path) -> None:
+    c = make_chain_stage(tmp_path, merge="ff")
+    try:
+        base = c.tip()
+        a = c.feature("feature/a", {"a.txt": "a\n"})
+        c.push("feature/a")
+        assert c.tip() == a  # fast-forwarded: no merge commit
+        c.feature("feature/b", {"b.txt": "b\n"}, base=base)
+        c.push("feature/b")
+        ev = c.last("merge.fail")
+        assert "cannot fast-forward" in ev.data["reason"] and "rebase" in ev.data["reason"]
+        assert c.tip() == a
+    finally:
+        c.st.close()
+
+
+def test_later_push_supersedes_a_chain_waiting_for_the_lock(cs: ChainStage) -> None:
+    settings = cs.st.settings
+    lock = ServiceLock(settings.state_dir, "svc", wait=5)
+    lock.acquire()
+    try:
+        first = cs.feature("feature/x", {"x.txt": "1\n"})
+        p1 = cs.push_async("feature/x")
+        cs.wait_chain_step("waiting for the lock", 1)
+        second = cs.feature("feature/x", {"x.txt": "2\n"})
+        p2 = cs.push_async("feature/x")
+        cs.wait_chain_step("waiting for the lock", 2)
+    finally:
+        lock.release()
+    out1 = p1.communicate(timeout=60)[1]
+    out2 = p2.communicate(timeout=60)[1]
+    assert "superseded" in out1, out1
+    g = Git(cs.sb.bare)
+    assert g.parents(cs.tip())[1] == second  # the newer push was merged, the older one never on its own
+    sup = cs.last("push.superseded")
+    assert sup.sha == first and sup.data["by"] == second and not sup.data["deleted"]
+    assert [e.data["head"] for e in cs.events("merge.complete")] == [second]
+    assert "healthy" in out2
+
+
+def test_branch_deleted_while_its_chain_waits(cs: ChainStage) -> None:
+    settings = cs.st.settings
+    before = cs.tip()
+    head = cs.feature("feature/gone", {"g.txt": "1\n"})
+    lock = ServiceLock(settings.state_dir, "svc", wait=5)
+    lock.acquire()
+    results: list[ChainResult] = []
+    try:
+        # a fetch into the bare repo runs no receive hook: the chain under test is the only one
+        git(cs.sb.bare, "fetch", "-q", str(cs.sb.dev), "refs/heads/feature/gone:refs/heads/feature/gone")
+        t = threading.Thread(target=lambda: results.append(run_now(
+            settings, cs.st.journal(), "svc", "refs/heads/feature/gone", head, chain="p-test", write=lambda _: None)))
+        t.start()
+        cs.wait_chain_step("waiting for the lock", 1)
+        git(cs.sb.bare, "update-ref", "-d", "refs/heads/feature/gone")
+    finally:
+        lock.release()
+    t.join(30)
+    (r,) = results
+    assert r.status == "deleted" and r.exit_code == 1 and "deleted" in r.reason
+    ev = cs.last("push.superseded")
+    assert ev.data["deleted"] is True and ev.chain == "p-test"
+    assert cs.tip() == before and not cs.events("merge")
