@@ -10,7 +10,7 @@ from pathlib import Path
 from opskit.chain import ChainResult, run_now
 from opskit.gitrepo import Git
 from opskit.lock import ServiceLock
-from tests.support.chain import ChainStage, cs, make_chain_stage, order  # noqa: F401 - cs is a fixture
+from tests.support.chain import ChainStage, chain_stage_fixture, make_chain_stage, order  # noqa: F401 - a fixture
 from tests.support.gitsandbox import git
 
 CHAIN_TYPES = ("push.received", "test.pass", "review.pass", "merge.complete", "deploy.complete", "health.pass")

@@ -123,8 +123,9 @@ def make_chain_stage(tmp: Path, **extra: Any) -> ChainStage:
     return ChainStage(st=st, probe=probe)
 
 
-@pytest.fixture
-def cs(tmp_path: Path) -> Iterator[ChainStage]:
+@pytest.fixture(name="cs")
+def chain_stage_fixture(tmp_path: Path) -> Iterator[ChainStage]:
+    """A deployed, hooked service with test and review configured (import chain_stage_fixture)."""
     c = make_chain_stage(tmp_path)
     try:
         yield c
@@ -138,4 +139,4 @@ def order(types: list[str], *wanted: str) -> bool:
     return all(any(t == w for t in it) for w in wanted)
 
 
-__all__ = ["ChainStage", "make_chain_stage", "cs", "order", "rev"]
+__all__ = ["ChainStage", "make_chain_stage", "chain_stage_fixture", "order", "rev"]
