@@ -212,7 +212,10 @@ class _Prober:
         except httpx.TimeoutException:
             return False, f"timed out after {_seconds(spec.timeout)}", None
         except httpx.ConnectError as e:
-            return False, _connect_error(e), None
+            detail = _connect_error(e)
+            if "not known" in detail or "name resolution" in detail.lower():
+                detail = f"cannot resolve {httpx.URL(spec.url).host}: {detail}"
+            return False, detail, None
         except httpx.RemoteProtocolError:
             return False, "connection closed without a response", None
         except httpx.HTTPError as e:
