@@ -72,7 +72,8 @@ _MASK = "***"
 _PATTERNS = [
     re.compile(r"(https?://[^/\s]*(?:discord(?:app)?\.com|slack\.com)/api/webhooks?/)[^\s'\"]+"),
     re.compile(r"(https?://hooks\.slack\.com/)[^\s'\"]+"),
-    re.compile(r"(https?://)[^/\s:@]+:[^/\s@]+@"),
+    # user:password@ and a bare token@ (https://TOKEN@host/...) in any URL scheme git speaks
+    re.compile(r"((?:https?|ssh|git|ftp)s?://)[^/\s@]+(?=@)"),
 ]
 
 
