@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"opskit: {e.message}", file=sys.stderr)
         return int(e.exit_code)
     except typer.Exit as e:
+        # typer turns Ctrl-C into Exit(130) itself; still say what happened.
+        if e.exit_code == ExitCode.INTERRUPTED:
+            print("opskit: interrupted", file=sys.stderr)
         return int(e.exit_code)
     except typer.Abort:
         print("opskit: interrupted", file=sys.stderr)
