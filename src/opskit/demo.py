@@ -654,15 +654,16 @@ def run_demo(*, keep: bool = False, out: Narrator | None = None, parent: str | N
             say.step("7. Timeline (seconds since the merge)")
             say.timeline(result.timeline)
     except KeyboardInterrupt:
-        say.info("interrupted: stopping the service and the receiver, removing the sandbox")
+        say.info("interrupted: stopping the service and the receiver"
+                 + (f"; the sandbox stays at {root}" if keep else ", removing the sandbox"))
         raise
     finally:
         with _no_interrupts():
             problems = _cleanup(sb, keep)
-    gone = [pid for pid in result.service_pids if _alive(pid)]
-    _fact(say, result, "cleaned_up", not problems and not gone,
+    running = [pid for pid in result.service_pids if _alive(pid)]
+    _fact(say, result, "cleaned_up", not problems and not running,
           ("service stopped, receiver stopped" + (f", sandbox kept at {root}" if keep else ", sandbox removed"))
-          if not problems and not gone else "; ".join(problems + [f"pid {p} still running" for p in gone]))
+          if not problems and not running else "; ".join(problems + [f"pid {p} still running" for p in running]))
     result.timings["total"] = time.monotonic() - started
     return result
 
