@@ -226,9 +226,10 @@ def _environment(root: Path, state_dir: Path, webhook_url: str) -> dict[str, str
         "GIT_AUTHOR_NAME": "Dana Developer", "GIT_AUTHOR_EMAIL": "dana@primerouter.invalid",
         "GIT_COMMITTER_NAME": "Dana Developer", "GIT_COMMITTER_EMAIL": "dana@primerouter.invalid",
         "OPSKIT_STATE_DIR": str(state_dir),
-        # Set here, not only in the .env: a real DISCORD_WEBHOOK_URL in the user's environment
-        # would win over the .env (python-dotenv never overrides) and page their real channel.
-        "DISCORD_WEBHOOK_URL": webhook_url,
+        # A variable only the demo uses, set here as well as in the .env: with a shared name
+        # (DISCORD_WEBHOOK_URL) the user's real webhook would win over the .env (python-dotenv
+        # never overrides) and page their real channel, even from a --keep'd sandbox later.
+        "OPSKIT_DEMO_WEBHOOK_URL": webhook_url,
     })
     return env
 
@@ -249,7 +250,7 @@ notify = ["ops"]
 
 [notify.ops]
 type = "discord"
-url = "${{DISCORD_WEBHOOK_URL}}"       # from .env beside this file; never printed
+url = "${{OPSKIT_DEMO_WEBHOOK_URL}}"  # from .env beside this file; never printed
 retry_for = 5
 timeout = 2
 
@@ -301,7 +302,7 @@ def _setup(sb: Sandbox, out: _Redacted, result: DemoResult) -> None:
     out.info(f"service:          {sb.health_url} (started by the deploy command)")
     sb.config.parent.mkdir(parents=True, exist_ok=True)
     sb.config.write_text(config_text(sb, repos))
-    (sb.config.parent / ".env").write_text(f"DISCORD_WEBHOOK_URL={sb.webhook_url}\n")
+    (sb.config.parent / ".env").write_text(f"OPSKIT_DEMO_WEBHOOK_URL={sb.webhook_url}\n")
     out.info(f"config:           {sb.config} (+ .env)")
 
     out.info(f"$ opskit hooks install {SERVICE}")
