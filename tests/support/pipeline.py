@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from opskit import config
+from opskit import config, proc
 from opskit.config import Settings
 from opskit.journal import Journal
 from opskit.pipeline import DeployResult, deploy
@@ -156,7 +155,7 @@ def seeded_stage(tmp: Path, **kw: Any) -> Stage:
     st = make_stage(tmp, **kw)
     svc = st.settings.service(st.service)
     assert svc.deploy is not None
-    subprocess.run(["/bin/sh", "-c", svc.deploy], cwd=st.sb.worktree, check=True, capture_output=True, timeout=30)
+    proc.run(proc.shell_argv(svc.deploy), cwd=st.sb.worktree, check=True, timeout=30)  # not fooled by `cmd &`
     j = st.journal()
     did = j.deploy_start(st.service, st.sb.tip(), previous=None, chain="seed")
     j.deploy_finish(did, "healthy")
