@@ -216,3 +216,22 @@ def test_branch_deleted_while_its_chain_waits(cs: ChainStage) -> None:
     ev = cs.last("push.superseded")
     assert ev.data["deleted"] is True and ev.chain == "p-test"
     assert cs.tip() == before and not cs.events("merge")
+
+
+def test_background_chain_returns_at_once(tmp_path: Path) -> None:
+    c = make_chain_stage(tmp_path, background=True, test="sleep 1; echo 3 passed")
+    try:
+        before = c.tip()
+        head = c.feature("feature/bg", {"bg.txt": "1\n"})
+        t0 = time.monotonic()
+        p = c.push("feature/bg")
+        assert time.monotonic() - t0 < 2.5 and "in the background" in p.stderr, p.stderr
+        chain = c.last("push.received").chain
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not c.events("health", chain=chain):
+            time.sleep(0.1)
+        assert Git(c.sb.bare).parents(c.tip()) == [before, head]
+        assert order([e.type for e in c.events(chain=chain)], *CHAIN_TYPES)
+        assert "deployed" in (c.st.settings.state_dir / "logs" / "svc.log").read_text()
+    finally:
+        c.st.close()

@@ -168,6 +168,13 @@ def mark(journal: Journal, approval_id: int, status: str, reason: str) -> None:
         c.execute("UPDATE approvals SET status = ?, reason = ? WHERE id = ?", (status, redact(reason), approval_id))
 
 
+def reopen(journal: Journal, approval_id: int, reason: str) -> None:
+    """Back to parked: an approval that never got to merge (the lock stayed busy)."""
+    with _db(journal).tx() as c:
+        c.execute("UPDATE approvals SET status = 'parked', decided_by = NULL, decided_at = NULL, reason = ? "
+                  "WHERE id = ?", (redact(reason), approval_id))
+
+
 def supersede(journal: Journal, service: str, branch: str, *, by_chain: str, by_sha: str,
               clock: Clock = SYSTEM) -> list[Parked]:
     """A newer push of `branch` ends the changes of it still parked (issue 5: a later push
@@ -255,5 +262,5 @@ def notify(settings: Settings, journal: Journal, service: str, message: str, *, 
         return False
 
 
-__all__: Sequence[str] = ["Parked", "park", "get", "pending", "decide", "mark", "supersede", "reject",
+__all__: Sequence[str] = ["Parked", "park", "get", "pending", "decide", "mark", "reopen", "supersede", "reject",
                           "remind_overdue", "who", "SCHEMA"]

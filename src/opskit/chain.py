@@ -18,9 +18,10 @@ A failing step stops the chain, journals why with the output tail, notifies, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 from opskit import approvals, proc
 from opskit.clock import SYSTEM, Clock, iso
 from opskit.config import ServiceSettings, Settings
-from opskit.errors import ExitCode, LockBusy, OpsError, UsageError
+from opskit.errors import ExitCode, LockBusy, OpsError, UsageError, redact
 from opskit.gitrepo import OPSKIT_IDENT, Git
 from opskit.journal import Event, Journal
 from opskit.lock import ServiceLock
@@ -119,36 +120,60 @@ def run_now(settings: Settings, journal: Journal, service: str, ref: str, sha: s
             clock: Clock = SYSTEM, write: Write = print, lock_wait: float = LOCK_WAIT) -> ChainResult:
     """The whole chain in this process (the hook in the foreground, or `chain-run` detached)."""
     ctx = _context(settings, journal, service, ref, sha, chain=chain, clock=clock, write=write)
-    try:
+    with _crash_recorded(ctx):
         for name, step in (("test", _test), ("review", _review)):
             _progress(ctx, name)
             step(ctx)
             if ctx.stopped is not None:
                 return ctx.stopped
         return _land_and_deliver(ctx, lock_wait)
-    finally:
-        _progress(ctx, None)
 
 
 def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Clock = SYSTEM,
             write: Write = print, lock_wait: float = LOCK_WAIT, by: str | None = None) -> ChainResult:
     """`opskit approve ID`: record who decided, then resume the chain at the merge step."""
+    found = approvals.get(journal, approval_id)
+    if found is None:
+        raise UsageError(f"no parked change #{approval_id}; `opskit pending` lists the ones waiting")
+    # Everything that can refuse (service gone from the config, repo missing) before the decision.
+    ctx = _context(settings, journal, found.service, f"refs/heads/{found.branch}", found.sha, chain=found.chain,
+                   clock=clock, write=write, base=found.base)
     row = approvals.decide(journal, approval_id, "approved", by=by or approvals.who(), clock=clock)
-    ctx = _context(settings, journal, row.service, f"refs/heads/{row.branch}", row.sha, chain=row.chain,
-                   clock=clock, write=write, base=row.base)
     ctx.approval = row
     ctx.run.emit("review.pass", {"approval": row.id, "branch": text(row.branch), "decided_by": row.decided_by,
                                  "human": True, "verdict": "approved", "cause": row.cause})
     ctx.run.say(f"{row.service}: change #{row.id} ({text(row.branch)} {short(row.sha)}) approved by "
                 f"{row.decided_by}; merging")
-    try:
+    with _crash_recorded(ctx):
         result = _land_and_deliver(ctx, lock_wait)
+    if result.status in ("superseded", "deleted"):
+        approvals.mark(journal, row.id, "superseded", result.reason)
+    elif result.status == "busy":  # never got to try: the human may approve it again later
+        approvals.reopen(journal, row.id, result.reason)
+    elif result.status == "merge-failed":
+        approvals.mark(journal, row.id, "approved", result.reason)
+    return result
+
+
+@contextlib.contextmanager
+def _crash_recorded(ctx: _Ctx) -> Iterator[None]:
+    """A crash or Ctrl-C in test, review or merge leaves an event saying where it stopped
+    (ARCHITECTURE §6); deliver() records its own. Progress is cleared either way."""
+    try:
+        yield
+    except BaseException as e:
+        step = str(ctx.run.notes.get("chain_step") or "")
+        if step in ("test", "review", "merge", "current", "waiting for the lock"):
+            kind = step if step in ("test", "review") else "merge"
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else redact(f"{type(e).__name__}: {e}")[:300]
+            try:
+                ctx.run.emit(f"{kind}.fail", {"branch": text(ctx.branch), "step": step, "reason": why,
+                                              "crashed": True}, sha=ctx.head)
+            except Exception:
+                pass
+        raise
     finally:
         _progress(ctx, None)
-    if result.status in ("superseded", "deleted", "merge-failed", "busy"):
-        approvals.mark(journal, row.id, "superseded" if result.status in ("superseded", "deleted") else "approved",
-                       result.reason)
-    return result
 
 
 # --- context, progress, background ------------------------------------------------------------
@@ -177,6 +202,7 @@ def _progress_key(ctx: _Ctx) -> str:
 
 def _progress(ctx: _Ctx, step: str | None) -> None:
     """Where each chain is, for `opskit status` (kv scope `chain`); None: it ended."""
+    ctx.run.notes["chain_step"] = step
     try:
         if step is None:
             ctx.run.journal.kv_delete("chain", _progress_key(ctx))
