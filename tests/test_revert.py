@@ -16,7 +16,7 @@ from opskit.revert import auto_revert, is_frozen
 from opskit.sandbox import free_port
 from opskit.status import collect, render
 from tests.support.gitsandbox import git
-from tests.support.pipeline import Stage, deployed_stage, env_for, make_stage
+from tests.support.pipeline import Stage, deployed_stage, env_for, make_stage, seeded_stage
 
 
 @pytest.fixture
@@ -212,3 +212,19 @@ def test_status_shows_verdict_freeze_quarantine_outbox(st: Stage, opskit) -> Non
     text = "\n".join(render(collect(st.settings, Journal(st.settings.state_dir))))
     assert "quarantined: 1 tree(s)" in text and "frozen:      no" in text
     assert os.environ["OPSKIT_STATE_DIR"] == str(st.settings.state_dir)
+
+
+def test_failed_deploy_of_an_older_commit_restores_the_last_good_without_a_commit(tmp_path: Path) -> None:
+    st = seeded_stage(tmp_path)
+    try:
+        broken = st.good(mode="crash", message="broke it")
+        fixed = st.good(mode="healthy", message="fixed it")
+        assert st.deploy(fixed).ok
+        r = st.deploy(broken)  # a human "rolls back" to a commit that never worked
+        assert r.status == "reverted" and r.revert is not None and r.revert.revert_sha == fixed
+        assert st.sb.tip() == fixed  # no revert commit undoing good work on the branch
+        assert st.worktree_head() == fixed
+        done = st.journal().last("rollback.complete", "svc")
+        assert done is not None and done.data["strategy"] == "redeploy-last-good"
+    finally:
+        st.close()

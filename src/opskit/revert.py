@@ -290,6 +290,15 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
         return _fail(run, bad, f"{short(bad)} is itself an auto-revert and it failed too ({reason}); "
                      "refusing to revert a revert", status="frozen", start_id=None, plan=None, freeze_it=True)
     try:
+        good = _last_good(run.journal, svc.name, bad)
+        tip = _tip(svc, canon)
+        if (good is not None and tip is not None and canon.rev_parse(good) is not None
+                and (canon.is_ancestor(bad, good) or not canon.is_ancestor(bad, tip))):
+            # `deploy --sha` of an older commit, or of one not on the branch: the branch does not
+            # carry it as new work, so a revert commit would undo good work. Put back what was good.
+            return _restore_last_good(run, canon, bad=bad, good=good, reason=reason, bad_deploy_id=bad_deploy_id,
+                                      stage=stage, no_deploy=no_deploy, trigger_event=trigger_event,
+                                      off_branch=not canon.is_ancestor(bad, tip))
         plan = make_plan(svc, run.journal, canon, bad)
     except OpsError as e:
         return _fail(run, bad, str(e), status="failed", start_id=None, plan=None, freeze_it=False)
@@ -340,6 +349,39 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
         f"Re-land: fix the cause and push again; the same tree is refused until "
         f"`opskit quarantine release {svc.name} {plan.bad_tree[:12]}`.",
     ]), title=f"{svc.name}: auto-reverted {short(bad)}", level="error", event_id=done.id)
+    return result
+
+
+def _restore_last_good(run: Run, canon: Git, *, bad: str, good: str, reason: str, bad_deploy_id: int | None,
+                       stage: str, no_deploy: bool, trigger_event: int | None, off_branch: bool) -> RevertResult:
+    svc = run.svc
+    start = run.emit("rollback.start", {"bad": bad, "reverted": [bad], "good": good, "strategy": "redeploy-last-good",
+                                        "reason": reason, "stage": stage, "trigger_event": trigger_event}, sha=bad)
+    run.say(f"{short(bad)} is not new work on {svc.branch}: no revert commit needed, "
+            f"redeploying the last good deploy {short(good)}")
+    if off_branch:  # a commit that never reached the branch: keep its tree from coming back by push
+        run.journal.quarantine_add(svc.name, canon.tree(bad), bad, start.id, reason)
+    result = RevertResult(service=svc.name, ok=True, status="landed", reason=reason, exit_code=int(ExitCode.OK),
+                          bad=bad, revert_sha=good, reverted=[bad], event_id=start.id)
+    if not no_deploy:
+        d = deliver(run, good, kind="revert", previous=bad)
+        if not d.ok:
+            return _fail(run, bad, f"the last good deploy {short(good)} failed too ({d.stage}): {d.reason}",
+                         status="frozen", start_id=start.id, plan=None, freeze_it=True, extra={"revert": good})
+        result.status = "reverted"
+    if bad_deploy_id is not None:
+        run.journal.deploy_finish(bad_deploy_id, "reverted", reason)
+    done = run.emit("rollback.complete", {"reverted": [bad], "bad": bad, "revert": good, "reason": reason,
+                                          "strategy": "redeploy-last-good", "deployed": not no_deploy,
+                                          "rollback_event": start.id}, sha=good)
+    run.say(f"✔ rolled back: {svc.name} runs the last good deploy {short(good)} again")
+    notify(run, "\n".join([
+        f"{svc.name}: deploy of {short(bad)} {text(canon.subject(bad))} failed and was rolled back.",
+        f"Why: {text(reason)}",
+        f"Now live: {short(good)} (the last good deploy)" + (", healthy." if not no_deploy else ", NOT redeployed."),
+        f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
+        f"The branch was not changed ({short(bad)} is not new work on {svc.branch}).",
+    ]), title=f"{svc.name}: rolled back {short(bad)}", level="error", event_id=done.id)
     return result
 
 
