@@ -17,7 +17,7 @@ def _park(cs: ChainStage, name: str = "feature/h", **files: str) -> approvals.Pa
     cs.feature(name, {"review.exit": "3\n", **files})
     p = cs.push(name)
     assert "parked as change #" in p.stderr, p.stderr
-    (row,) = [r for r in approvals.pending(cs.st.journal()) if r.branch == name]
+    (row,) = [r for r in approvals.pending(cs.st.journal()) if r.raw_branch == name]
     return row
 
 
@@ -150,3 +150,14 @@ def test_approval_timeout_comes_from_the_service(tmp_path: Path) -> None:
         assert approvals.remind_overdue(s, j, clock) == 1
     finally:
         c.st.close()
+
+
+def test_parked_branch_with_non_utf8_name_is_approved_exactly(cs: ChainStage) -> None:
+    name = "feature/odd-'$(x)'-\udcfe"
+    row = _park(cs, name=name)
+    assert row.branch == "feature/odd-'$(x)'-\ufffd" and row.raw_branch == name
+    listed = cs.json_lines("pending", "--json")
+    assert listed[0]["branch"] == row.branch and "ref" not in listed[0]
+    p = cs.cli("approve", str(row.id))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert Git(cs.sb.bare).parents(cs.tip())[1] == row.sha

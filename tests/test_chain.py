@@ -235,3 +235,27 @@ def test_background_chain_returns_at_once(tmp_path: Path) -> None:
         assert "deployed" in (c.st.settings.state_dir / "logs" / "svc.log").read_text()
     finally:
         c.st.close()
+
+
+def test_nothing_is_merged_while_the_service_is_frozen(cs: ChainStage) -> None:
+    before = cs.tip()
+    cs.st.journal().kv_set("frozen", "svc", {"reason": "revert failed too", "event_id": 1, "since": "x"})
+    cs.feature("feature/z", {"z.txt": "1\n"})
+    p = cs.push("feature/z")
+    assert "frozen" in p.stderr
+    assert cs.tip() == before and not cs.events("merge")
+    assert cs.last("deploy.fail").data["frozen"] is True
+
+
+def test_branch_names_are_data_not_shell(cs: ChainStage) -> None:
+    pwned = cs.probe / "pwned"
+    name = f"feature/it's-$(touch${{IFS}}{pwned})-`id`-ü\udcff"
+    head = cs.feature(name, {"odd.txt": "1\n"}, message="odd $(name) 'quotes'")
+    cs.push(name)
+    g = Git(cs.sb.bare)
+    assert g.parents(cs.tip())[1] == head
+    subject = g.subject(cs.tip())
+    assert "$(touch${IFS}" in subject and "`id`" in subject and "ü" in subject
+    assert not pwned.exists()
+    env = (cs.probe / "review.env").read_bytes()
+    assert b"OPSKIT_BRANCH=feature/it's-$(touch" in env and b"\xc3\xbc\xff" in env  # the exact bytes

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     service     TEXT NOT NULL,
     chain       TEXT NOT NULL,
-    branch      TEXT NOT NULL,
+    branch      TEXT NOT NULL,                   -- printable (non-UTF-8 bytes replaced)
+    ref         BLOB NOT NULL,                   -- the branch name's exact bytes (git allows any)
     sha         TEXT NOT NULL,
     base        TEXT,
     created     TEXT NOT NULL,
@@ -67,6 +68,7 @@ class Parked:
     service: str
     chain: str
     branch: str
+    ref: bytes
     sha: str
     base: str | None
     created: str
@@ -79,7 +81,14 @@ class Parked:
     reminded_at: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["ref"]  # bytes are not JSON; `branch` is its printable form
+        return out
+
+    @property
+    def raw_branch(self) -> str:
+        """The branch name as git needs it back (surrogate-escaped bytes)."""
+        return self.ref.decode("utf-8", "surrogateescape")
 
     def describe(self) -> str:
         """`#3 svc feature/x 4d62098a (parked since …: review asked for a human)`"""
@@ -92,6 +101,14 @@ class Parked:
 
 def _row(r: Any) -> Parked:
     return Parked(**{k: r[k] for k in Parked.__dataclass_fields__})
+
+
+def _printable(branch: str) -> str:
+    return branch.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _bytes(branch: str) -> bytes:
+    return branch.encode("utf-8", "surrogateescape")
 
 
 def who() -> str:
@@ -109,8 +126,9 @@ def park(journal: Journal, *, service: str, chain: str, branch: str, sha: str, b
          cause: str, clock: Clock = SYSTEM) -> Parked:
     with _db(journal).tx() as c:
         cur = c.execute(
-            "INSERT INTO approvals (service, chain, branch, sha, base, created, cause) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (service, chain, branch, sha, base, iso(clock.now()), redact(cause)))
+            "INSERT INTO approvals (service, chain, branch, ref, sha, base, created, cause) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (service, chain, _printable(branch), _bytes(branch), sha, base, iso(clock.now()), redact(cause)))
         new_id = cur.lastrowid
     assert new_id is not None
     found = get(journal, new_id)
@@ -179,10 +197,10 @@ def supersede(journal: Journal, service: str, branch: str, *, by_chain: str, by_
               clock: Clock = SYSTEM) -> list[Parked]:
     """A newer push of `branch` ends the changes of it still parked (issue 5: a later push
     supersedes a chain still waiting). Returns the rows it ended."""
-    reason = f"superseded by a newer push of {branch} ({by_sha[:10]}, chain {by_chain})"
+    reason = f"superseded by a newer push of {_printable(branch)} ({by_sha[:10]}, chain {by_chain})"
     ids = [int(r[0]) for r in _db(journal).conn.execute(
-        "SELECT id FROM approvals WHERE service = ? AND branch = ? AND status = 'parked' AND chain != ?",
-        (service, branch, by_chain))]
+        "SELECT id FROM approvals WHERE service = ? AND ref = ? AND status = 'parked' AND chain != ?",
+        (service, _bytes(branch), by_chain))]
     ended = []
     for i in ids:
         try:

@@ -136,7 +136,7 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
     if found is None:
         raise UsageError(f"no parked change #{approval_id}; `opskit pending` lists the ones waiting")
     # Everything that can refuse (service gone from the config, repo missing) before the decision.
-    ctx = _context(settings, journal, found.service, f"refs/heads/{found.branch}", found.sha, chain=found.chain,
+    ctx = _context(settings, journal, found.service, f"refs/heads/{found.raw_branch}", found.sha, chain=found.chain,
                    clock=clock, write=write, base=found.base)
     row = approvals.decide(journal, approval_id, "approved", by=by or approvals.who(), clock=clock)
     ctx.approval = row
@@ -354,7 +354,7 @@ def _announce_stop(ctx: _Ctx, what: str, reason: str, tail: str, ev: Event, *, l
 
 def _park(ctx: _Ctx, cause: str, tail: str, review: dict[str, Any] | None = None) -> None:
     run, svc = ctx.run, ctx.svc
-    row = approvals.park(run.journal, service=svc.name, chain=run.chain, branch=text(ctx.branch), sha=ctx.head,
+    row = approvals.park(run.journal, service=svc.name, chain=run.chain, branch=ctx.branch, sha=ctx.head,
                          base=ctx.base, cause=cause, clock=run.clock)
     ev = run.emit("review.needs-human", {**(review or {}), "branch": text(ctx.branch), "approval": row.id,
                                          "cause": cause, "tail": tail[-TAIL_CHARS:],

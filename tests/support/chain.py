@@ -32,7 +32,7 @@ TEST_CMD = ('pwd > {probe}/test.pwd; '
             'if [ -e test.spam ]; then yes "spam line" | head -n 200000; echo "LAST LINE"; exit 1; fi; '
             'if [ -e test.fail ]; then echo "FAILED test_thing: assert 1 == 2"; exit 1; fi; '
             'echo "3 passed"')
-REVIEW_CMD = ('env | grep ^OPSKIT_ | sort > {probe}/review.env; pwd > {probe}/review.pwd; '
+REVIEW_CMD = ('env | grep -a ^OPSKIT_ | LC_ALL=C sort > {probe}/review.env; pwd > {probe}/review.pwd; '
               'echo "reviewing $OPSKIT_RANGE"; exit "$(cat review.exit 2>/dev/null || echo 0)"')
 
 
