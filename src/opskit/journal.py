@@ -186,7 +186,8 @@ class Journal:
     # --- events -------------------------------------------------------------------------------
     def append(self, type: str, service: str | None = None, data: dict[str, Any] | None = None,
                *, chain: str | None = None, sha: str | None = None) -> Event:
-        payload = redact(json.dumps(data or {}, default=str, ensure_ascii=False))
+        payload = _clean(redact(json.dumps(data or {}, default=str, ensure_ascii=False)))
+        service = _clean(service) if service is not None else None
         ts = self.now()
         with self.tx() as c:
             cur = c.execute(
@@ -355,6 +356,16 @@ class Journal:
                 (self.now(), by, service, tree_prefix + "%", tree_prefix + "%"),
             )
             return cur.rowcount
+
+
+def _clean(text: str) -> str:
+    """Text that SQLite can store: git output read with surrogateescape (a non-UTF-8 branch
+    name or file name) has lone surrogates; they become U+FFFD instead of crashing the write."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def parse_since(text: str, clock: Clock = SYSTEM) -> dt.datetime:
