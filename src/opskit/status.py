@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from opskit.clock import SYSTEM
 from opskit.config import ServiceSettings, Settings
 from opskit.errors import OpsError
 from opskit.gitrepo import Git
@@ -85,13 +86,36 @@ def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -
 def collect(settings: Settings, journal: Journal, services: list[str] | None = None) -> dict[str, Any]:
     names = services or sorted(settings.services)
     out: dict[str, Any] = {"services": [service_status(settings, journal, settings.service(n)) for n in names]}
-    try:
-        from opskit.notify import outbox_summary
-    except ImportError:  # notify lands separately; status still works without it
-        out["outbox"] = None
-    else:
-        out["outbox"] = outbox_summary(journal)
+    from opskit.notify import broken_channels, outbox_summary
+
+    out["outbox"] = outbox_summary(journal)
+    out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
+    out["cron_check"] = _guarded(lambda: _cron_check(settings, journal))
     return out
+
+
+def _guarded(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as e:  # one broken section must not hide the rest of the screen
+        return {"error": str(e)[:200]}
+
+
+def _cron_check(settings: Settings, journal: Journal) -> Any:
+    # Who watches the watcher: cron-check notices silent jobs, status notices a silent cron-check.
+    from opskit.jobs import cron_check_health
+
+    return cron_check_health(journal, settings, SYSTEM)
+
+
+def _drift_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> Any:
+    state = journal.kv_get("drift", svc.name)
+    if not state:
+        return "clean at the last scan" if journal.last("drift.", svc.name) else "never scanned"
+    return f"{state.get('count')} finding(s) since {state.get('since')} (opskit drift-scan {svc.name})"
+
+
+SECTIONS["drift"] = _drift_section
 
 
 def _waiting(outbox: dict[str, dict[str, int]] | None) -> str:
@@ -134,6 +158,12 @@ def render(data: dict[str, Any]) -> list[str]:
             if s.get(name) is not None:
                 lines.append(f"  {name}: {s[name]}")
     lines.append(_waiting(data.get("outbox")))
+    for name, info in sorted((data.get("broken_channels") or {}).items()):
+        lines.append(f"channel {name} is BROKEN since {info.get('since')}: {info.get('error') or info.get('status')} "
+                     "(fix its url; messages wait in the outbox or went to its fallback)")
+    cc = data.get("cron_check")
+    if isinstance(cc, dict) and cc.get("message"):
+        lines.append(f"cron-check: {cc['message']}")
     return lines
 
 
