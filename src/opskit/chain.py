@@ -120,6 +120,7 @@ def run_now(settings: Settings, journal: Journal, service: str, ref: str, sha: s
             clock: Clock = SYSTEM, write: Write = print, lock_wait: float = LOCK_WAIT) -> ChainResult:
     """The whole chain in this process (the hook in the foreground, or `chain-run` detached)."""
     ctx = _context(settings, journal, service, ref, sha, chain=chain, clock=clock, write=write)
+    clear_stale(journal)
     with _crash_recorded(ctx):
         for name, step in (("test", _test), ("review", _review)):
             _progress(ctx, name)
@@ -507,8 +508,9 @@ def _merge_commit(ctx: _Ctx, tip: str) -> str:
              + ".", "", f"Opskit-Chain: {run.chain}", f"Opskit-Branch: {text(ctx.branch)}",
              f"Opskit-Head: {ctx.head}"]
     with ctx.bare.temp_worktree(tip, prefix="opskit-merge-") as wt:
-        # --no-verify: the repo's hooks guard pushes and the production worktree, not our merge.
-        r = wt.run("merge", "--no-ff", "--no-verify", "--no-edit", "-m", "\n".join(lines), "--end-of-options",
+        # No hooks at all: the repo's hooks guard pushes and the production worktree, not our merge
+        # (--no-verify alone still lets a post-merge hook run).
+        r = wt.run("-c", "core.hooksPath=/dev/null", "merge", "--no-ff", "--no-verify", "--no-edit", "-m", "\n".join(lines), "--end-of-options",
                    ctx.head, check=False, env={**OPSKIT_IDENT, "GIT_MERGE_AUTOEDIT": "no"})
         if not r.ok:
             files = [text(f) for f in wt.out("diff", "--name-only", "--diff-filter=U").splitlines()]
