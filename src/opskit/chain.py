@@ -389,6 +389,8 @@ def _land_and_deliver(ctx: _Ctx, lock_wait: float) -> ChainResult:
                 if name == "deploy":  # frozen and interrupted checks first: no merge while frozen
                     steps += [("current", lambda r: _still_current(ctx)), ("merge", lambda r: _merge(ctx))]
                 steps.append((name, step))
+            if not any(name == "merge" for name, _ in steps):  # pipeline.deploy_steps() changed shape
+                raise OpsError(f"{svc.name}: the pipeline has no 'deploy' step to merge before; nothing merged")
             result = run_steps(run, [(n, _tracked(ctx, n, s)) for n, s in steps])
     except LockBusy as e:
         ev = run.emit("merge.fail", {"branch": text(ctx.branch), "reason": str(e), "step": "lock"})
