@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -12,6 +16,7 @@ from opskit.gitrepo import Git
 from opskit.lock import ServiceLock
 from tests.support.chain import ChainStage, chain_stage_fixture, make_chain_stage, order  # noqa: F401 - a fixture
 from tests.support.gitsandbox import git
+from tests.support.pipeline import env_for
 
 CHAIN_TYPES = ("push.received", "test.pass", "review.pass", "merge.complete", "deploy.complete", "health.pass")
 
@@ -74,16 +79,18 @@ def test_feature_whose_service_will_not_start_is_reverted(cs: ChainStage) -> Non
 
 def test_failing_test_stops_the_chain(cs: ChainStage) -> None:
     before = cs.tip()
-    cs.feature("feature/f", {"test.fail": "1\n"})
+    assert cs.st.receiver is not None
+    secret = cs.st.receiver.url("discord")  # a test that prints the webhook URL must not leak it
+    cs.feature("feature/f", {"test.fail": f"calling {secret}\n"})
     p = cs.push("feature/f")
-    assert "test failed" in p.stderr
+    assert "test failed" in p.stderr and "calling" in p.stderr and secret not in p.stderr
     assert cs.tip() == before and cs.st.worktree_head() == before  # branch and production untouched
     ev = cs.last("test.fail")
     assert "assert 1 == 2" in ev.data["tail"] and ev.data["exit"] == 1
+    assert "calling ***" in ev.data["tail"] and secret not in ev.data["tail"]
     assert not cs.events("review") and not cs.events("merge")
-    assert cs.st.receiver is not None
     msg = cs.st.receiver.wait_for(1)[0].body["content"]
-    assert "feature/f" in msg and "assert 1 == 2" in msg
+    assert "feature/f" in msg and "assert 1 == 2" in msg and secret not in msg
 
 
 def test_hanging_test_is_bounded_by_test_timeout(tmp_path: Path) -> None:
@@ -223,14 +230,28 @@ def test_background_chain_returns_at_once(tmp_path: Path) -> None:
     try:
         before = c.tip()
         head = c.feature("feature/bg", {"bg.txt": "1\n"})
-        p = c.push("feature/bg")
-        # the push came back while the chain was still testing (its test alone takes 2 s)
-        assert "in the background" in p.stderr, p.stderr
-        assert c.tip() == before and not c.events("test.pass")
-        chain = c.last("push.received").chain
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not c.events("health", chain=chain):
-            time.sleep(0.1)
+        # `opskit events --follow` from another terminal sees the chain as it happens
+        follow = subprocess.Popen([sys.executable, "-m", "opskit", "events", "--follow", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                  env={**os.environ, **env_for(c.st)})
+        try:
+            p = c.push("feature/bg")
+            # the push came back while the chain was still testing (its test alone takes 2 s)
+            assert "in the background" in p.stderr, p.stderr
+            assert c.tip() == before and not c.events("test.pass")
+            chain = c.last("push.received").chain
+            seen: list[str] = []
+            assert follow.stdout is not None
+            for line in follow.stdout:  # bounded by the chain's end (or the test's timeout)
+                ev = json.loads(line)
+                if ev.get("chain") == chain:
+                    seen.append(ev["type"])
+                if ev["type"].startswith("health."):
+                    break
+        finally:
+            follow.kill()
+            follow.wait(10)
+        assert order(seen, *CHAIN_TYPES[1:]), seen
         assert Git(c.sb.bare).parents(c.tip()) == [before, head]
         assert order([e.type for e in c.events(chain=chain)], *CHAIN_TYPES)
         assert "deployed" in (c.st.settings.state_dir / "logs" / "svc.log").read_text()

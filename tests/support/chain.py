@@ -4,7 +4,7 @@ The stage (tests/support/pipeline.py) gives a real bare repo, worktree, dev clon
 service restarted by the deploy command and a Discord stand-in. On top, the test and review
 commands read files of the pushed commit, so each test steers the chain by what it commits:
 
-    test.fail   → the test exits 1       test.hang → it sleeps past test_timeout
+    test.fail   → the test prints it, exits 1   test.hang → it sleeps past test_timeout
     test.spam   → it prints 200 000 lines, then fails
     review.exit → the review's exit code (default 0)
 """
@@ -30,7 +30,7 @@ from tests.support.pipeline import Stage, env_for, seeded_stage
 TEST_CMD = ('pwd > {probe}/test.pwd; '
             'if [ -e test.hang ]; then echo hanging; sleep 60; fi; '
             'if [ -e test.spam ]; then yes "spam line" | head -n 200000; echo "LAST LINE"; exit 1; fi; '
-            'if [ -e test.fail ]; then echo "FAILED test_thing: assert 1 == 2"; exit 1; fi; '
+            'if [ -e test.fail ]; then cat test.fail; echo "FAILED test_thing: assert 1 == 2"; exit 1; fi; '
             'echo "3 passed"')
 REVIEW_CMD = ('env | grep -a ^OPSKIT_ | LC_ALL=C sort > {probe}/review.env; pwd > {probe}/review.pwd; '
               'echo "reviewing $OPSKIT_RANGE"; exit "$(cat review.exit 2>/dev/null || echo 0)"')
