@@ -14,6 +14,7 @@ from pathlib import Path
 from opskit.chain import ChainResult, run_now
 from opskit.gitrepo import Git
 from opskit.lock import ServiceLock
+from opskit.status import collect, render
 from tests.support.chain import ChainStage, chain_stage_fixture, make_chain_stage, order  # noqa: F401 - a fixture
 from tests.support.gitsandbox import git
 from tests.support.pipeline import env_for
@@ -187,6 +188,11 @@ def test_later_push_supersedes_a_chain_waiting_for_the_lock(cs: ChainStage) -> N
         second = cs.feature("feature/x", {"x.txt": "2\n"})
         p2 = cs.push_async("feature/x")
         cs.wait_chain_step("waiting for the lock", 2)
+        # opskit status shows both chains, at which step and since when
+        shown = collect(settings, cs.st.journal())["services"][0]["chain"]["in_progress"]
+        assert sorted(p["sha"] for p in shown) == sorted([first, second])
+        assert all(p["step"] == "waiting for the lock" and p["alive"] and p["since"] for p in shown)
+        assert "feature/x" in "\n".join(render(collect(settings, cs.st.journal())))
     finally:
         lock.release()
     out1 = p1.communicate(timeout=60)[1]
