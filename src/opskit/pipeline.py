@@ -55,7 +55,7 @@ def short(sha: str | None) -> str:
 class DeployResult:
     service: str
     ok: bool
-    status: str  # healthy | nothing | reverted | failed | frozen
+    status: str  # healthy | nothing | superseded | reverted | failed | frozen
     sha: str | None
     reason: str
     exit_code: int
@@ -177,8 +177,29 @@ def deployed_head(svc: ServiceSettings) -> str | None:
 
 
 def last_deployed(journal: Journal, service: str) -> str | None:
+    """The commit the last deploy reached a verdict on. A deploy killed on the way (row still
+    'running' or 'interrupted') or a failed one whose rollback was killed before it ended is
+    not done: the next run (cron's `opskit deploy`) must report it and deploy again, not say
+    "already deployed" over a commit nobody watched (issue 6, kill at every step)."""
     rows = journal.deploys(service, limit=1)
-    return str(rows[0]["sha"]) if rows else None
+    if not rows:
+        return None
+    row = rows[0]
+    if row["status"] in ("running", "interrupted"):
+        return None
+    if row["status"] == "failed" and open_rollback(journal, service, row) is not None:
+        return None
+    return str(row["sha"])
+
+
+def open_rollback(journal: Journal, service: str, row: Any) -> Event | None:
+    """The rollback.start of a failed deploy's chain that no rollback.complete|fail ended."""
+    if not row["chain"]:
+        return None
+    events = journal.query(service=service, type_prefix="rollback.", chain=str(row["chain"]))
+    if events and events[-1].type == "rollback.start" and events[-1].data.get("bad") == row["sha"]:
+        return events[-1]
+    return None
 
 
 def canonical_tip(svc: ServiceSettings) -> str | None:
@@ -342,6 +363,34 @@ def step_report_interrupted(run: Run) -> None:
         run.say(f"warning: {reason}; marked interrupted (event {ev.id}), the lock is recovered")
         notify(run, f"{run.service}: {reason}. The next deploy takes over; check `opskit status`.",
                title=f"{run.service}: deploy interrupted", level="warning", event_id=ev.id)
+    _report_interrupted_rollback(run)
+
+
+def _report_interrupted_rollback(run: Run) -> None:
+    """A failed deploy whose rollback died mid-way (SIGKILL between rollback.start and its end):
+    close it with rollback.fail in its own chain, so it is reported once and the journal says
+    where the branch was left (the revert landed or not; revert.land_commit is one CAS)."""
+    rows = run.journal.deploys(run.service, limit=1)
+    if not rows or rows[0]["status"] != "failed":
+        return
+    row = rows[0]
+    start = open_rollback(run.journal, run.service, row)
+    if start is None:
+        return
+    try:
+        tip = canonical_tip(run.svc)
+    except OpsError:
+        tip = None
+    landed = tip is not None and tip != row["sha"]
+    reason = (f"the rollback of {short(row['sha'])} (event {start.id}) was interrupted "
+              + (f"after {run.svc.branch} moved to {short(tip)}" if landed
+                 else f"before its revert landed ({run.svc.branch} is still at {short(tip)})"))
+    ev = run.journal.append("rollback.fail", run.service, {
+        "bad": row["sha"], "reason": reason, "status": "interrupted", "interrupted": True,
+        "rollback_event": start.id, "tip": tip, "landed": landed}, chain=row["chain"], sha=row["sha"])
+    run.say(f"warning: {reason} (event {ev.id}); this run deploys the branch tip again")
+    notify(run, f"{run.service}: {reason}. This run deploys {run.svc.branch} again; check `opskit status`.",
+           title=f"{run.service}: rollback interrupted", level="warning", event_id=ev.id)
 
 
 def step_deliver(run: Run) -> None:
@@ -389,8 +438,16 @@ def _pid_alive(pid: int) -> bool:
 
 def deploy(settings: Settings, journal: Journal, service: str, sha: str | None = None, *,
            chain: str | None = None, clock: Clock = SYSTEM, write: Write = print,
-           lock_wait: float = 600.0) -> DeployResult:
-    """Deploy sha (or the branch tip when it moved since the last deploy) with gate and revert."""
+           lock_wait: float = 600.0, newest_only: bool | None = None) -> DeployResult:
+    """Deploy sha (or the branch tip when it moved since the last deploy) with gate and revert.
+
+    newest_only (default: for push chains, ids `p-…`, also when the hook runs it in the
+    background): a pushed sha that is no longer the branch tip once the lock is ours is
+    superseded, not deployed — 20 pushes waiting on the lock must not put older commits live
+    after newer ones; the push that brought the tip deploys it. A human's `--sha` is obeyed.
+    """
+    if newest_only is None:
+        newest_only = bool(chain and chain.startswith("p-"))
     svc = settings.service(service)
     run = Run(settings=settings, journal=journal, svc=svc, chain=chain or new_chain_id(), clock=clock, write=write)
     if sha is None:
@@ -415,6 +472,14 @@ def deploy(settings: Settings, journal: Journal, service: str, sha: str | None =
             target = wt.rev_parse(sha)
             if target is None:
                 raise UsageError(f"{service}: commit {sha!r} is not in {svc.repo}; push it first or fix the SHA")
+            tip = wt.rev_parse(f"refs/remotes/origin/{svc.branch}")
+            if newest_only and tip is not None and tip != target and wt.is_ancestor(target, tip):
+                run.sha = target
+                reason = (f"{svc.branch} moved to {short(tip)} while this push waited for the deploy lock; "
+                          f"the newer push deploys it, {short(target)} is not deployed on its own")
+                run.emit("push.superseded", {"branch": svc.branch, "by": tip, "reason": reason})
+                run.say(f"superseded: {reason}")
+                return run.finish("superseded", reason, ok=True)
         run.sha = target
         run.previous = wt.head()
         return run_steps(run, deploy_steps())
