@@ -109,8 +109,8 @@ def test_newer_push_supersedes_a_parked_change(cs: ChainStage) -> None:
 def test_approve_after_the_branch_was_deleted(cs: ChainStage) -> None:
     before = cs.tip()
     row = _park(cs)
-    # hooks install sets receive.denyDeletes, so a pusher cannot delete it: an admin can
-    git(cs.sb.bare, "update-ref", "-d", "refs/heads/feature/h")
+    # the developer deletes the branch by push while its change waits for a human
+    git(cs.sb.dev, "push", "-q", "origin", ":feature/h")
     p = cs.cli("approve", str(row.id), "--json")
     assert p.returncode == 1
     out = json.loads(p.stdout)

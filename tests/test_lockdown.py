@@ -133,6 +133,22 @@ def test_force_push_and_deletion_refused(tmp_path: Path, state_dir: Path) -> Non
     assert rules == [("non-fast-forward", rewritten), ("delete", ZERO)]
 
 
+def test_other_branches_can_be_rebased_and_deleted(tmp_path: Path, state_dir: Path) -> None:
+    # Only the deploy branch is protected: a repo-wide receive.denyNonFastForwards or
+    # denyDeletes would stop developers from rebasing or deleting their own branches.
+    h = hooked_service(tmp_path, state_dir)
+    git(h.sb.dev, "checkout", "-q", "-b", "topic/x")
+    h.sb.commit({"t.txt": "1\n"}, "topic 1")
+    h.sb.push("topic/x")
+    git(h.sb.dev, "commit", "-q", "--amend", "-m", "topic 1, reworded")
+    r = h.sb.push("--force", "topic/x", check=False)
+    assert r.returncode == 0, r.stderr
+    assert rev(h.sb.bare, "refs/heads/topic/x") == rev(h.sb.dev)
+    r = h.sb.push(":topic/x", check=False)
+    assert r.returncode == 0, r.stderr
+    assert git(h.sb.bare, "rev-parse", "--verify", "-q", "refs/heads/topic/x", check=False).returncode != 0
+
+
 def test_frozen_service_refuses_pushes_until_unfrozen(tmp_path: Path, state_dir: Path) -> None:
     h = hooked_service(tmp_path, state_dir, extra="direct_push = true\n")
     h.journal().kv_set("frozen", "svc", {"reason": "revert redeploy failed", "event_id": 12,

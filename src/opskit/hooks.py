@@ -28,8 +28,9 @@ WORKTREE_HOOKS = ("pre-commit", "pre-merge-commit")
 CHAIN_SUFFIX = ".pre-opskit"  # also in hookmain, which must not import this module
 MARKER_RE = re.compile(r"^# opskit-hook: (?P<name>[\w.-]+) v(?P<version>\d+)$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"@(PYTHON|CONFIG|SERVICE)@")
-# Belt and braces with pre-receive: git refuses these even if the hook is removed.
-RECEIVE_CONFIG = {"receive.denyNonFastForwards": "true", "receive.denyDeletes": "true"}
+# No receive.denyNonFastForwards / denyDeletes: they would apply to every ref, and feature
+# branches are rebased and deleted all the time. pre-receive protects the deploy branch, and
+# drift-scan reports a missing or modified pre-receive hook.
 
 
 @dataclass
@@ -231,11 +232,6 @@ def install(settings: Settings, service: ServiceSettings, *, hooks_path_ok: bool
             report.changes.append(_install_one(t, folder / name,
                                                render(name, python, config_path(settings),
                                                       service.name)))
-        if t.where == "repo":
-            for key, value in RECEIVE_CONFIG.items():
-                if t.git.config_get(key) != value:
-                    t.git.config_set(key, value)
-                    report.notes.append(f"set {key}={value} in {t.git.path}")
     if service.pull_mode:
         report.notes.append(f"pull mode ({service.repo} is remote): only the worktree hooks are "
                             "installed; the canonical repo's own protections apply to pushes")
@@ -293,11 +289,6 @@ def uninstall(settings: Settings, service: ServiceSettings) -> HooksReport:
                 change = _uninstall_one(t, folder / name)
                 if change.action != "absent" or folder == folders[0]:
                     report.changes.append(change)
-        if t.where == "repo":
-            kept = [k for k, v in RECEIVE_CONFIG.items() if t.git.config_get(k) == v]
-            if kept:
-                report.notes.append(f"kept {', '.join(kept)} in {t.git.path} "
-                                    "(unset with git config --unset KEY if you must)")
     report.states = hook_states(settings, service)
     return report
 
@@ -323,11 +314,4 @@ def status(settings: Settings, service: ServiceSettings) -> HooksReport:
     report.hooks_path = hooks_path_override(service)
     if service.pull_mode:
         report.notes.append(f"pull mode ({service.repo} is remote): only worktree hooks apply")
-    else:
-        repo = Git(service.repo)
-        if repo.is_repo():
-            for key, value in RECEIVE_CONFIG.items():
-                got = repo.config_get(key)
-                if got != value:
-                    report.notes.append(f"{key} is {got or 'unset'} (install sets {value})")
     return report
