@@ -161,3 +161,17 @@ def test_parked_branch_with_non_utf8_name_is_approved_exactly(cs: ChainStage) ->
     p = cs.cli("approve", str(row.id))
     assert p.returncode == 0, p.stdout + p.stderr
     assert Git(cs.sb.bare).parents(cs.tip())[1] == row.sha
+
+
+def test_cron_check_sends_the_reminder_once(cs: ChainStage) -> None:
+    from opskit import jobs
+
+    row = _park(cs)
+    created = dt.datetime.fromisoformat(row.created.replace("Z", "+00:00"))
+    clock = FakeClock(created + dt.timedelta(hours=25))
+    s, j = cs.st.settings, cs.st.journal()
+    first = jobs.cron_check(s, j, clock, crontab_text="")
+    assert first.approvals_reminded == 1
+    clock.advance(300)
+    assert jobs.cron_check(s, j, clock, crontab_text="").approvals_reminded == 0
+    assert len(cs.events("review.reminded")) == 1

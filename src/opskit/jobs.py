@@ -360,6 +360,7 @@ class CheckReport:
     jobs: list[JobStatus]
     warnings: list[str]
     clock_back_seconds: float | None
+    approvals_reminded: int = 0
 
     @property
     def ok(self) -> bool:
@@ -367,7 +368,8 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts": self.ts, "ok": self.ok, "jobs": [j.to_dict() for j in self.jobs],
-                "warnings": self.warnings, "clock_back_seconds": self.clock_back_seconds}
+                "warnings": self.warnings, "clock_back_seconds": self.clock_back_seconds,
+                "approvals_reminded": self.approvals_reminded}
 
 
 _READ = object()
@@ -425,9 +427,14 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
     for name in sorted(set(watches) | set(states)):
         statuses.append(_check_job(settings, journal, notifier, name, watches.get(name), now,
                                    reset=back is not None))
+    # Parked changes are the human side of the same promise: nothing waits unnoticed. cron-check
+    # is the one job that runs every few minutes, so it sends the once-only reminders (issue 5).
+    from opskit.approvals import remind_overdue
+
+    reminded = remind_overdue(settings, journal, clock)
     journal.kv_set(CHECK, "last", {"ts": iso(now), "pid": os.getpid(), "jobs": len(statuses),
                                    "problems": sum(1 for s in statuses if s.problems)})
-    return CheckReport(iso(now), statuses, warnings, back)
+    return CheckReport(iso(now), statuses, warnings, back, reminded)
 
 
 def _check_job(settings: Settings, journal: Journal, notifier: Notifier | None, name: str,
