@@ -46,17 +46,49 @@ def _global(
     _common.STATE.config_path = config
 
 
+# `opskit --help` lists commands in this order with these one-liners (ARCHITECTURE §3);
+# a command module not named here is still registered, after these, with its docstring.
+_ORDER = ["health", "deploy", "verify", "drift", "notify", "chain", "events", "hooks", "quarantine",
+          "cron", "status", "doctor", "demo"]
+_ONE_LINE = {
+    "health-gate": "Probe a service until there is a verdict: healthy or not.",
+    "deploy": "Run the pipeline: deploy, gate, auto-revert on failure.",
+    "auto-revert": "Revert a bad deploy, land it, redeploy, re-gate, notify.",
+    "unfreeze": "Allow deploys again after a failed rollback froze the service.",
+    "verify-push": "Prove that a push landed, by asking the remote itself.",
+    "drift-scan": "Find dirty or bypassed production state (--heal restores).",
+    "notify": "Deliver a notification durably (--flush retries the queue).",
+    "pending": "List changes parked for a human decision.",
+    "approve": "Approve a parked change: merge and deploy it now.",
+    "reject": "Reject a parked change; journaled and announced.",
+    "events": "Read the event journal (--follow streams it).",
+    "hooks": "Install, remove or check opskit's git hooks for a service.",
+    "quarantine": "List or release trees refused after an auto-revert.",
+    "cron": "Install, remove or show opskit's block in the crontab.",
+    "run-job": "Run a job and journal how it went; notify when it fails.",
+    "cron-check": "Find jobs that missed their schedule, overran or failed.",
+    "status": "One screen: what runs where, and is it all right.",
+    "doctor": "Check the set-up and say what to fix.",
+    "demo": "The whole self-healing loop in a throw-away sandbox.",
+}
+
+
 def _register() -> None:
     import importlib
     import pkgutil
 
     import opskit.commands as pkg
 
-    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if mod.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"opskit.commands.{mod.name}")
-        module.register(app)
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    for name in names:
+        importlib.import_module(f"opskit.commands.{name}").register(app)
+    for cmd in app.registered_commands:
+        if cmd.name in _ONE_LINE:
+            cmd.short_help = _ONE_LINE[cmd.name]
+    for group in app.registered_groups:
+        if group.name in _ONE_LINE:
+            group.short_help = _ONE_LINE[group.name]
 
 
 _register()
@@ -92,7 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         print("opskit: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     except ClickException as e:
-        e.show()
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `opskit`: the help is the answer
+            e.show()
+            return int(ExitCode.USAGE)
+        # One line, like every other opskit error, instead of click's usage block.
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        print(f"opskit: {e.format_message()}{hint}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:
         print("opskit: interrupted", file=sys.stderr)
