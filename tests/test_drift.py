@@ -325,3 +325,27 @@ def test_no_notify_is_a_look_only(env: Env, opskit) -> None:
     assert not env.notes.exists()
     r = opskit("--config", str(env.conf), "drift-scan")  # the scheduled scan still alerts
     assert r.returncode == 1 and "app.txt" in env.notes.read_text()
+
+
+def test_repo_info_read_from_files_matches_git(sandbox, tmp_path) -> None:
+    # drift-scan reads hooks folder and branch tip from files in the common layout; it must
+    # agree with git, and step aside (None) whenever config could redirect hooks.
+    from opskit import drift
+    from opskit.gitrepo import Git
+    from tests.support.gitsandbox import git, rev
+
+    bare = Git(sandbox.bare)
+    info = drift._read_repo_info(sandbox.bare, "master")
+    assert info is not None and info.tip == rev(sandbox.bare, "refs/heads/master")
+    assert info.hooks == (sandbox.bare / "hooks").resolve()
+    git(sandbox.bare, "pack-refs", "--all")
+    assert not (sandbox.bare / "refs" / "heads" / "master").exists()
+    packed = drift._read_repo_info(sandbox.bare, "master")
+    assert packed is not None and packed.tip == bare.branch_tip("master")
+    assert drift._read_repo_info(sandbox.bare, "nope") is None
+    wt = drift._read_repo_info(sandbox.worktree, None)
+    assert wt is not None and wt.hooks == (sandbox.worktree / ".git" / "hooks").resolve()
+    git(sandbox.worktree, "config", "core.hooksPath", str(tmp_path / "elsewhere"))
+    assert drift._read_repo_info(sandbox.worktree, None) is None
+    git(sandbox.bare, "config", "include.path", str(tmp_path / "extra.cfg"))
+    assert drift._read_repo_info(sandbox.bare, "master") is None
