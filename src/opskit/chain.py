@@ -547,24 +547,24 @@ class _Section(dict[str, Any]):
 
 
 def status_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> dict[str, Any]:
-    from opskit.status import _pid_alive
+    from opskit.proc import pid_alive
 
     in_progress = []
     for key, value in journal.kv_all("chain").items():
         if not isinstance(value, dict) or value.get("service") != svc.name:
             continue
-        in_progress.append({**value, "alive": _pid_alive(int(value.get("pid") or 0)), "key": key})
+        in_progress.append({**value, "alive": pid_alive(int(value.get("pid") or 0)), "key": key})
     parked = [p.to_dict() for p in approvals.pending(journal, svc.name)]
     return _Section(in_progress=in_progress, parked=parked)
 
 
 def clear_stale(journal: Journal) -> int:
     """Forget progress entries whose process is gone (a SIGKILLed chain)."""
-    from opskit.status import _pid_alive
+    from opskit.proc import pid_alive
 
     n = 0
     for key, value in journal.kv_all("chain").items():
-        if isinstance(value, dict) and not _pid_alive(int(value.get("pid") or 0)):
+        if isinstance(value, dict) and not pid_alive(int(value.get("pid") or 0)):
             journal.kv_delete("chain", key)
             n += 1
     return n

@@ -661,7 +661,7 @@ def run_demo(*, keep: bool = False, out: Narrator | None = None, parent: str | N
     finally:
         with _no_interrupts():
             problems = _cleanup(sb, keep)
-    running = [pid for pid in result.service_pids if _alive(pid)]
+    running = [pid for pid in result.service_pids if proc.pid_alive(pid)]
     _fact(say, result, "cleaned_up", not problems and not running,
           ("service stopped, receiver stopped" + (f", sandbox kept at {root}" if keep else ", sandbox removed"))
           if not problems and not running else "; ".join(problems + [f"pid {p} still running" for p in running]))
@@ -680,17 +680,3 @@ def _no_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has let go of everything; in a container without a reaping init it lingers
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

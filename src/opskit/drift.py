@@ -169,13 +169,9 @@ class Deploys:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # our own stale row cannot be running a deploy concurrently
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from opskit.proc import pid_alive
+
+    return pid_alive(pid)
 
 
 # --- scanning one service -------------------------------------------------------------------

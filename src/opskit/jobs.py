@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from opskit import proc, schedule
 from opskit.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.errors import OpsError, UsageError, redact
+from opskit.proc import pid_alive
 from opskit.journal import kv_update
 
 if TYPE_CHECKING:
@@ -99,13 +100,8 @@ def _proc_ticks(pid: int) -> int | None:
 def _alive(pid: int, entry: dict[str, Any]) -> bool:
     ticks = _proc_ticks(pid)
     if ticks is None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not os.path.isdir("/proc")  # no /proc: trust kill(0); with /proc, ticks said gone
+        # no /proc: trust kill(0); with /proc, the missing start time says it is gone
+        return not os.path.isdir("/proc") and pid_alive(pid)
     return entry.get("ticks") in (None, ticks)
 
 

@@ -353,7 +353,7 @@ def step_report_interrupted(run: Run) -> None:
     """We hold the lock, so any deploy still marked running died mid-way (SIGKILL, reboot)."""
     for row in run.journal.running_deploys(run.service):
         where = row["step"] or "start"
-        alive = _pid_alive(int(row["pid"] or 0))
+        alive = proc.pid_alive(int(row["pid"] or 0))
         reason = (f"deploy {short(row['sha'])} (pid {row['pid']}, started {row['started']}) was interrupted "
                   f"at step '{where}'" + ("" if not alive else " (its pid is alive but no longer holds the lock)"))
         run.journal.deploy_finish(int(row["id"]), "interrupted", reason)
@@ -420,18 +420,6 @@ def deploy_steps() -> list[tuple[str, Step]]:
     """The steps after the lock; a feature-branch chain puts test/review/merge in front."""
     return [("frozen", step_check_frozen), ("interrupted", step_report_interrupted),
             ("deploy", step_deliver), ("revert", step_auto_revert)]
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- entry points ----------------------------------------------------------------------------

@@ -287,3 +287,23 @@ def spawn_detached(argv: Sequence[str], *, log: str | os.PathLike[str],
             start_new_session=True, close_fds=True,
         )
     return child.pid
+
+
+# --- is a process still there? -------------------------------------------------------------
+
+def pid_alive(pid: int | None) -> bool:
+    """True while pid runs. A zombie counts as gone: it has let go of its locks and ports, and
+    in a container whose init never reaps, it lingers (lock holders, claims, services)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

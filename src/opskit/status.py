@@ -6,7 +6,6 @@ own section by registering a function in SECTIONS (drift, jobs, chains) without 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from opskit.errors import OpsError
 from opskit.gitrepo import Git
 from opskit.journal import Journal
 from opskit.lock import is_held, read_holder
+from opskit.proc import pid_alive
 
 # name → fn(settings, journal, service) -> dict | None, merged into each service's entry.
 SECTIONS: dict[str, Callable[[Settings, Journal, ServiceSettings], Any]] = {}
@@ -35,16 +35,6 @@ def _deployed(svc: ServiceSettings) -> dict[str, Any]:
     return {"sha": head, "short": head[:10], "subject": _text(wt.subject(head)), "branch": wt.current_branch()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
-
-
 def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -> dict[str, Any]:
     try:
         deployed = _deployed(svc)
@@ -56,7 +46,7 @@ def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -
     in_progress = None
     if running:
         r = running[0]
-        live = _pid_alive(int(r["pid"] or 0)) and is_held(settings.state_dir, svc.name)
+        live = pid_alive(int(r["pid"] or 0)) and is_held(settings.state_dir, svc.name)
         in_progress = {"sha": r["sha"], "kind": r["kind"], "step": r["step"], "since": r["started"],
                        "pid": r["pid"], "alive": live}
         if live:

@@ -6,6 +6,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -81,6 +82,17 @@ def err_console() -> Console:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def progress_writer(as_json: bool) -> Callable[[str], None]:
+    """Where step-by-step progress goes: stderr under --json, so stdout stays one JSON object."""
+    out = sys.stderr if as_json else sys.stdout
+
+    def write(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    return write
 
 
 def exit_with(code: int) -> NoReturn:

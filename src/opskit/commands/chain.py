@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 
 import typer
 
 from opskit.commands import _common
-
-
-def _writer(as_json: bool) -> Callable[[str], None]:
-    # Progress goes to stderr under --json so stdout stays one JSON object.
-    out = sys.stderr if as_json else sys.stdout
-
-    def write(line: str) -> None:
-        out.write(line + "\n")
-        out.flush()
-
-    return write
 
 
 def register(app: typer.Typer) -> None:
@@ -63,7 +50,7 @@ def register(app: typer.Typer) -> None:
         """
         from opskit.chain import approve as run_approve
 
-        result = run_approve(_common.settings(), _common.journal(), approval_id, write=_writer(as_json),
+        result = run_approve(_common.settings(), _common.journal(), approval_id, write=_common.progress_writer(as_json),
                              lock_wait=lock_wait)
         if as_json:
             _common.print_json(result.to_dict())
@@ -104,6 +91,6 @@ def register(app: typer.Typer) -> None:
         from opskit.chain import run_now
 
         result = run_now(_common.settings(), _common.journal(), service, ref, sha, chain=chain,
-                         write=_writer(False))
+                         write=_common.progress_writer(False))
         print(f"{service}: {result.status}: {result.reason}")
         _common.exit_with(result.exit_code)

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 
 import typer
 
 from opskit.commands import _common
-
-
-def _writer(as_json: bool) -> Callable[[str], None]:
-    # Progress goes to stderr under --json so stdout stays one JSON object.
-    out = sys.stderr if as_json else sys.stdout
-
-    def write(line: str) -> None:
-        out.write(line + "\n")
-        out.flush()
-
-    return write
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from opskit.pipeline import deploy as run_deploy
 
         result = run_deploy(_common.settings(), _common.journal(), service, sha, chain=chain,
-                            write=_writer(as_json), lock_wait=lock_wait)
+                            write=_common.progress_writer(as_json), lock_wait=lock_wait)
         if as_json:
             _common.print_json(result.to_dict())
         elif result.status == "nothing":
@@ -66,7 +53,7 @@ def register(app: typer.Typer) -> None:
         from opskit.revert import auto_revert as run_revert
 
         result = run_revert(_common.settings(), _common.journal(), service, commit=commit, reason=reason,
-                            dry_run=dry_run, no_deploy=no_deploy, write=_writer(as_json), lock_wait=lock_wait)
+                            dry_run=dry_run, no_deploy=no_deploy, write=_common.progress_writer(as_json), lock_wait=lock_wait)
         if as_json:
             _common.print_json(result.to_dict())
         elif not dry_run:

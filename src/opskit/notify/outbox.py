@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from opskit.clock import Clock, iso, parse_iso
 from opskit.errors import redact
 from opskit.journal import Journal
+from opskit.proc import pid_alive
 from opskit.notify.base import Message
 
 # A live process that has not touched its claim for this long is assumed hung (or its
@@ -54,18 +55,6 @@ class Row:
         return Message(outbox_id=self.id, channel=self.channel, level=self.level, title=self.title,
                        text=self.message, service=self.service, event_id=self.event_id,
                        created=self.created)
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def held_elsewhere(row: Row, now: dt.datetime) -> bool:

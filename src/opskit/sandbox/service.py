@@ -38,6 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from opskit.proc import pid_alive  # stdlib-only, like this module
+
 HOST = "127.0.0.1"
 DEFAULT_BODY = "ok"
 # Only processes whose command line carries this are ever signalled from a pidfile: a stale
@@ -295,21 +297,6 @@ def _remove_own_pidfile(pidfile: Path) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has released its port; in a container whose init never reaps, it lingers.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _is_ours(pid: int) -> bool:
     try:
         return _MARKER.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -334,10 +321,10 @@ def kill_pid(pid: int, grace: float = 3.0) -> bool:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             _reap(pid)
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return True
             time.sleep(0.02)
-    return not _alive(pid)
+    return not pid_alive(pid)
 
 
 def stop(pidfile: Path) -> int | None:
@@ -347,7 +334,7 @@ def stop(pidfile: Path) -> int | None:
     except (OSError, ValueError):
         return None
     stopped: int | None = None
-    if pid > 0 and _alive(pid) and _is_ours(pid):
+    if pid > 0 and pid_alive(pid) and _is_ours(pid):
         kill_pid(pid)
         stopped = pid
     try:
