@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,8 @@ from opskit.gitrepo import Git
 from opskit.pipeline import on_post_receive
 from opskit.status import collect
 from tests.support.gitsandbox import git, rev
-from tests.support.pipeline import Stage, deployed_stage, env_for, seeded_stage
-
-
-@pytest.fixture
-def st(tmp_path: Path) -> Iterator[Stage]:
-    s = deployed_stage(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
+from tests.support.pipeline import Stage, env_for, seeded_stage
+from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture
 
 
 def _order(types: list[str], *wanted: str) -> bool:

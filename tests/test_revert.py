@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 from opskit.gitrepo import Git
 from opskit.journal import Journal
@@ -17,15 +15,7 @@ from opskit.sandbox import free_port
 from opskit.status import collect, render
 from tests.support.gitsandbox import git
 from tests.support.pipeline import Stage, deployed_stage, env_for, make_stage, seeded_stage
-
-
-@pytest.fixture
-def st(tmp_path: Path) -> Iterator[Stage]:
-    s = deployed_stage(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
+from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture
 
 
 def _worktrees(bare: Path) -> list[str]:

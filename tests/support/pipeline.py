@@ -140,6 +140,16 @@ def stage(tmp_path: Path) -> Iterator[Stage]:
         st.close()
 
 
+@pytest.fixture(name="st")
+def deployed_stage_fixture(tmp_path: Path) -> Iterator[Stage]:
+    """`st`: a stage whose first good commit is deployed and healthy."""
+    s = deployed_stage(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
 def deployed_stage(tmp: Path, **kw: Any) -> Stage:
     """A stage whose first commit is deployed and healthy (the last known-good)."""
     st = make_stage(tmp, **kw)
