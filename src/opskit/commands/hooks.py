@@ -36,7 +36,8 @@ def _show(report: HooksReport, as_json: bool, changes: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    hooks_app = typer.Typer(help="Install, remove and check opskit's git hooks.",
+    hooks_app = typer.Typer(help="Install, remove and check opskit's git hooks.\n\n"
+                            "Example: opskit --config /etc/opskit/opskit.toml hooks install primerouter",
                             no_args_is_help=True)
     app.add_typer(hooks_app, name="hooks")
 

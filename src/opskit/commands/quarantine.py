@@ -18,7 +18,8 @@ def _user() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    q_app = typer.Typer(help="Trees refused on push because their deploy was auto-reverted.",
+    q_app = typer.Typer(help="Trees refused on push because their deploy was auto-reverted.\n\n"
+                        "Example: opskit quarantine list primerouter",
                         no_args_is_help=True)
     app.add_typer(q_app, name="quarantine")
 
