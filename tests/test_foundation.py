@@ -134,3 +134,36 @@ def test_internal_error_writes_traceback(state_dir: Path, monkeypatch, capsys) -
     assert len(err.strip().splitlines()) == 1 and "ABCDEFSECRET" not in err
     logs = list(state_dir.glob("crash-*.log"))
     assert logs and "ABCDEFSECRET" not in logs[0].read_text()
+
+
+def _all_commands() -> list[list[str]]:
+    import typer
+
+    from opskit import cli
+
+    root = typer.main.get_command(cli.app)
+    out: list[list[str]] = []
+    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
+        if cmd.hidden:  # internal entry points (e.g. the detached chain runner)
+            continue
+        out.append([name])
+        for sub in getattr(cmd, "commands", {}):
+            out.append([name, sub])
+    return out
+
+
+def test_every_command_help_has_an_example_and_a_one_line_summary(capsys) -> None:
+    from opskit import cli
+
+    commands = _all_commands()
+    assert len(commands) >= 25
+    for words in commands:
+        assert cli.main([*words, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "Example" in text, f"opskit {' '.join(words)} --help has no example"
+    assert cli.main(["--help"]) == 0
+    listing = capsys.readouterr().out.split("Commands:")[1]
+    assert "..." not in listing  # one whole line each, not a truncated docstring
+    for words in commands:
+        if len(words) == 1:
+            assert f"  {words[0]} " in listing
