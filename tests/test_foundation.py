@@ -167,3 +167,16 @@ def test_every_command_help_has_an_example_and_a_one_line_summary(capsys) -> Non
     for words in commands:
         if len(words) == 1:
             assert f"  {words[0]} " in listing
+
+
+def test_readme_config_example_is_valid(tmp_path, monkeypatch) -> None:
+    # The README's opskit.toml is what newcomers copy: it must load as written.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = tmp_path / "opskit.toml"
+    cfg.write_text(block)
+    monkeypatch.setenv("DISCORD_WEBHOOK_URL", "https://discord.com/api/webhooks/1/abcdefgh")
+    s = config.load(cfg)
+    svc = s.service("primerouter")
+    assert svc.health.url == "http://127.0.0.1:9400/health" and svc.health.window == 60
+    assert s.jobs["backup"].timezone == "Europe/Berlin"
