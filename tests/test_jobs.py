@@ -309,7 +309,9 @@ def test_dst_daily_0230_berlin(write_config, state_dir: Path) -> None:
 
 def test_still_running_past_max_runtime(write_config, state_dir: Path) -> None:
     s = settings_with(write_config, '[jobs.etl]\nschedule = "0 * * * *"\nmax_runtime = 600\n')
-    clock, notes = FakeClock(dt.datetime.now(UTC).replace(microsecond=0)), Notes()
+    # Minute 1 of the hour: the hourly run expected at :00 must not fall due (plus grace)
+    # inside the test's 15 minutes, whatever the wall clock says when the suite runs.
+    clock, notes = FakeClock(dt.datetime.now(UTC).replace(minute=1, second=0, microsecond=0)), Notes()
     j = Journal(state_dir, clock)
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
