@@ -300,3 +300,22 @@ def test_post_receive_survives_a_broken_pipeline(tmp_path: Path, monkeypatch: py
     out = capsysbinary.readouterr().out.decode()
     assert "the push landed but the pipeline failed" in out and "boom" in out
     assert "SECRETTOKEN" not in out and len(out.strip().splitlines()) == 1
+
+
+def test_ref_name_with_unicode_line_separator_is_not_the_deploy_branch(tmp_path: Path, state_dir: Path) -> None:
+    # Git allows U+2028 in ref names; str.splitlines() would read `refs/heads/master\u2028x` as
+    # a *new* `refs/heads/master` and deploy unrelated history past the force-push rule.
+    from opskit.gitrepo import read_hook_lines
+
+    weird = "refs/heads/master\u2028x"
+    assert list(read_hook_lines(f"{'0' * 40} {'a' * 40} {weird}\n")) == [("0" * 40, "a" * 40, weird)]
+
+    h = hooked_service(tmp_path, state_dir, extra="direct_push = true\n")
+    deployed = rev(h.sb.worktree)
+    git(h.sb.dev, "checkout", "-q", "--orphan", "evil")
+    git(h.sb.dev, "rm", "-q", "-rf", ".")
+    h.sb.commit({"evil.txt": "unrelated history\n"}, "evil")
+    r = git(h.sb.dev, "push", "origin", "HEAD:" + weird, check=False)
+    assert r.returncode == 0, r.stderr  # an ordinary other branch: accepted, never deployed
+    assert rev(h.sb.worktree) == deployed
+    assert h.sb.tip() != rev(h.sb.dev)

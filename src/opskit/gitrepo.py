@@ -170,7 +170,7 @@ class Git:
         if not r.ok:
             msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
             raise GitError(f"git ls-remote {remote}: {msg}")
-        for line in r.stdout.splitlines():
+        for line in r.stdout.split("\n"):  # not splitlines(): see read_hook_lines
             sha, _, ref = line.partition("\t")
             if ref == f"refs/heads/{branch}":
                 return sha
@@ -264,7 +264,9 @@ class _TempWorktree:
 
 def read_hook_lines(text: str) -> Iterator[tuple[str, str, str]]:
     """pre-receive / post-receive stdin: `old new ref` per line (STYLE §6)."""
-    for line in text.splitlines():
+    # split("\n"), not splitlines(): git allows U+2028 and U+0085 in ref names, and
+    # splitlines() would cut `refs/heads/master\u2028x` into a fake `refs/heads/master`.
+    for line in text.split("\n"):
         parts = line.split(" ", 2)
         if len(parts) == 3:
             yield parts[0], parts[1], parts[2]
@@ -332,7 +334,7 @@ def ls_remote_heads(repo: Git, remote: str, timeout: float = 30.0) -> dict[str, 
         msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
         raise GitError(f"git ls-remote {remote}: {msg}")
     heads: dict[str, str] = {}
-    for line in r.stdout.splitlines():
+    for line in r.stdout.split("\n"):  # not splitlines(): see read_hook_lines
         sha, _, ref = line.partition("\t")
         if ref.startswith("refs/heads/"):
             heads[ref[len("refs/heads/"):]] = sha
