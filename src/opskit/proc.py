@@ -123,7 +123,8 @@ def run(
     """
     argv = [os.fspath(a) for a in argv]
     if isinstance(input, str):
-        input = input.encode()
+        # surrogateescape: text we read from git or crontab -l may hold non-UTF-8 bytes
+        input = input.encode("utf-8", "surrogateescape")
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
