@@ -16,9 +16,12 @@ import pytest
 from opskit import demo
 from tests.conftest import RunOpskit
 
-FACTS = ["hooks_installed", "first_deploy_healthy", "push_showed_loop", "gate_failed_refused", "tip_is_revert",
-         "worktree_at_revert", "service_healthy", "notified", "events_in_order", "repush_quarantined",
-         "secret_kept", "under_a_minute", "cleaned_up"]
+FACTS = ["hooks_installed", "first_deploy_healthy", "push_showed_loop", "tested_and_reviewed", "merged_by_opskit",
+         "gate_failed_refused", "tip_is_revert", "worktree_at_revert", "service_healthy", "notified", "one_chain",
+         "events_in_order", "repush_quarantined", "secret_kept", "under_a_minute", "cleaned_up"]
+# The loop's shape in the timeline: the developer pushes a feature branch, opskit does the rest.
+LOOP = ("push.received", "test.pass", "review.pass", "merge.complete", "deploy.complete", "health.fail",
+        "rollback.start", "health.pass", "rollback.complete", "notify.sent", "lockdown.blocked")
 # A real webhook in the user's environment: the demo must never post to it.
 USER_WEBHOOK = "http://127.0.0.1:9/discord/111/USER-REAL-TOKEN-must-not-be-used"
 
@@ -67,19 +70,29 @@ def test_demo_json_checks_the_whole_loop_and_cleans_up(tmp_path: Path, state_dir
     assert all(f["ok"] for f in facts.values()), [f for f in facts.values() if not f["ok"]]
     assert out["ok"] is True and out["exit_code"] == 0
     assert "Connection refused" in facts["gate_failed_refused"]["detail"]
-    # the loop's shape, in time order
+    # the loop's shape, in time order: nobody pushed master, opskit merged and reverted
     types = [m["type"] for m in out["timeline"] if m["type"]]
     it = iter(types)
-    assert all(any(t == w for t in it) for w in ("push.received", "deploy.complete", "health.fail",
-                                                 "rollback.start", "health.pass", "rollback.complete",
-                                                 "notify.sent", "lockdown.blocked")), types
+    assert all(any(t == w for t in it) for w in LOOP), types
     ats = [m["at"] for m in out["timeline"]]
     assert ats == sorted(ats) and ats[0] == 0.0
-    assert 0 < out["timings"]["merge_to_rollback_complete"] < 60
-    assert set(out["commits"]) == {"good", "merge", "revert"}
-    print(f"opskit demo --json took {took:.1f}s; merge → rollback.complete "
-          f"{out['timings']['merge_to_rollback_complete']:.1f}s")
-    assert took < 60
+    assert "git push origin feature/phase2-humanrail-channel" in out["timeline"][0]["what"]
+    assert 0 < out["timings"]["push_to_rollback_complete"] < 60
+    commits = out["commits"]
+    assert set(commits) == {"good", "feature", "merge", "revert"} and len(set(commits.values())) == 4
+    # one chain id from the push to the rollback, and the merge is opskit's: parents master, feature
+    chain = out["chain"]
+    assert chain and chain.startswith("p-") and f"chain {chain}:" in facts["one_chain"]["detail"]
+    assert f"Opskit-Chain: {chain}" in facts["merged_by_opskit"]["detail"]
+    assert f"first parent {commits['good'][:10]}" in facts["merged_by_opskit"]["detail"]
+    assert f"second {commits['feature'][:10]}" in facts["merged_by_opskit"]["detail"]
+    assert f"tree == {commits['merge'][:10]}^1" in facts["tip_is_revert"]["detail"]
+    # the re-push pre-receive refuses is a feature branch carrying the merge's (quarantined) tree
+    assert "pre-receive refused" in facts["repush_quarantined"]["detail"]
+    assert f"the tree of {commits['merge'][:10]}, quarantined" in facts["repush_quarantined"]["detail"]
+    print(f"opskit demo --json took {took:.1f}s; push → rollback.complete "
+          f"{out['timings']['push_to_rollback_complete']:.1f}s")
+    assert took < 45
     # nothing left behind: no service process, no sandbox, nothing in the user's journal
     assert out["service_pids"] and not [pid for pid in out["service_pids"] if _alive(pid)]
     assert not Path(out["sandbox"]).exists()
@@ -122,13 +135,34 @@ def test_ctrl_c_cleans_up_and_exits_130(tmp_path: Path, state_dir: Path) -> None
 
 
 def test_a_loop_that_does_not_heal_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo's checks can fail: a merge that stays healthy is never reverted, and the demo
-    says exactly which facts did not happen (exit 1), still cleaning up."""
+    """The demo's checks can fail: a feature that stays healthy is tested, reviewed, merged and
+    never reverted, and the demo says exactly which facts did not happen (exit 1), still
+    cleaning up."""
     monkeypatch.setitem(demo.FEATURE_FILES, "service.mode", "healthy\n")
     result = demo.run_demo(parent=str(tmp_path))
     assert not result.ok and result.exit_code == 1
     failed = {f.name for f in result.failed}
-    assert {"gate_failed_refused", "tip_is_revert", "notified", "repush_quarantined"} <= failed
-    assert {"hooks_installed", "first_deploy_healthy", "service_healthy", "cleaned_up"}.isdisjoint(failed)
+    assert {"gate_failed_refused", "tip_is_revert", "notified", "one_chain", "events_in_order",
+            "repush_quarantined", "under_a_minute"} <= failed
+    assert {"hooks_installed", "first_deploy_healthy", "tested_and_reviewed", "merged_by_opskit",
+            "service_healthy", "cleaned_up"}.isdisjoint(failed)
+    assert result.commits["revert"] == result.commits["merge"]  # master stayed at opskit's merge
+    assert not Path(result.sandbox).exists()
+    assert not [pid for pid in result.service_pids if _alive(pid)]
+
+
+def test_a_chain_stopped_by_its_test_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain facts can fail too: a feature whose test fails (a mode the service does not
+    know) is never merged; the demo names the chain's facts as not happened (exit 1)."""
+    monkeypatch.setitem(demo.FEATURE_FILES, "service.mode", "humanrail-mode\n")
+    result = demo.run_demo(parent=str(tmp_path))
+    assert not result.ok and result.exit_code == 1
+    failed = {f.name: f.detail for f in result.failed}
+    assert {"tested_and_reviewed", "merged_by_opskit", "gate_failed_refused", "tip_is_revert", "one_chain",
+            "repush_quarantined"} <= set(failed)
+    assert "test.fail" in failed["tested_and_reviewed"]
+    assert {"hooks_installed", "first_deploy_healthy", "worktree_at_revert", "service_healthy",
+            "cleaned_up"}.isdisjoint(failed)
+    assert "merge" not in result.commits and result.commits["revert"] == result.commits["good"]
     assert not Path(result.sandbox).exists()
     assert not [pid for pid in result.service_pids if _alive(pid)]

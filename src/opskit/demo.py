@@ -3,11 +3,14 @@
 A newcomer's first command. Everything a user would set up is set up the way the README
 says — an opskit.toml (with the webhook URL in a .env beside it), `opskit hooks install`,
 `opskit deploy` — but inside a temp dir with its own state dir, so the user's journal,
-crontab and git config are never touched. Then the seed incident is replayed: a feature
-branch whose service will not start is merged into master and pushed; post-receive
-deploys it, the gate sees `Connection refused`, the merge is reverted, redeployed and
-announced on a local stand-in for Discord. The demo then CHECKS each fact the issue's
-"Done when" names and returns them: a demo that only prints would hide a broken loop.
+crontab and git config are never touched. Then the seed incident is replayed through the
+feature-branch chain (direct_push = false): the developer only pushes a feature branch
+whose service will not start; post-receive runs its tests (which pass: they import the
+service code without starting it, as on the night), the review, opskit's own merge into
+master, the deploy; the gate sees `Connection refused`, exactly that merge is reverted,
+redeployed and announced on a local stand-in for Discord, and re-pushing the reverted
+tree is refused. The demo then CHECKS each fact the issue's "Done when" names and returns
+them: a demo that only prints would hide a broken loop.
 
 Real processes all the way: the opskit commands run as subprocesses of this interpreter
 and the hooks are the installed ones, so the demo proves the product, not a mock of it.
@@ -19,6 +22,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -44,6 +48,8 @@ from opskit.sandbox.service import deploy_command, kill_pid, stop
 SERVICE = "primerouter"
 BRANCH = "master"
 FEATURE = "feature/phase2-humanrail-channel"
+# Where the developer re-lands the reverted work unchanged (a revert of the revert).
+RELAND = f"{FEATURE}-reland"
 # Tight gate settings so the whole loop takes seconds, not the seed's minutes.
 HEALTH = {"window": 3, "period": 0.5, "timeout": 1, "failures": 2, "startup": 3}
 CMD_TIMEOUT = 120.0
@@ -65,7 +71,7 @@ class Fact:
 
 @dataclass
 class Mark:
-    at: float  # seconds since the merge
+    at: float  # seconds since the feature branch was pushed
     what: str
     type: str | None = None  # the journal event type, when it came from one
 
@@ -80,10 +86,11 @@ class DemoResult:
     facts: list[Fact] = field(default_factory=list)
     timeline: list[Mark] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    commits: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, str] = field(default_factory=dict)  # good, feature, merge, revert
+    chain: str | None = None  # the feature push's chain id, shared by every step of the loop
     service_pids: list[int] = field(default_factory=list)
     port: int | None = None
-    merged_at: float | None = field(default=None, repr=False)  # monotonic time of the merge
+    pushed_at: float | None = field(default=None, repr=False)  # monotonic time of the feature push
 
     @property
     def ok(self) -> bool:
@@ -100,7 +107,7 @@ class DemoResult:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "exit_code": self.exit_code, "sandbox": self.sandbox, "kept": self.kept,
                 "service": SERVICE, "port": self.port, "service_pids": self.service_pids,
-                "commits": self.commits, "timings": {k: round(v, 2) for k, v in self.timings.items()},
+                "commits": self.commits, "chain": self.chain, "timings": {k: round(v, 2) for k, v in self.timings.items()},
                 "facts": [f.to_dict() for f in self.facts], "timeline": [m.to_dict() for m in self.timeline]}
 
 
@@ -198,9 +205,10 @@ class Sandbox:
         argv = [sys.executable, "-m", "opskit", "--config", str(self.config), *args]
         return proc.run(argv, cwd=self.root, env=self.env, timeout=CMD_TIMEOUT, stream=stream, capture=capture)
 
-    def push(self, stream: Callable[[str], None] | None = None) -> proc.Result:
+    def push(self, ref: str, stream: Callable[[str], None] | None = None) -> proc.Result:
+        """`git push origin REF` from the developer's clone, through the installed hooks."""
         assert self.repos is not None
-        return proc.run(["git", "-C", str(self.repos.dev), "push", "origin", BRANCH], env=self.env,
+        return proc.run(["git", "-C", str(self.repos.dev), "push", "origin", ref], env=self.env,
                         timeout=CMD_TIMEOUT, stream=stream)
 
     def service_pid(self) -> int | None:
@@ -241,6 +249,7 @@ def config_text(sb: Sandbox, repos: Repos) -> str:
         return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
 
     deploy = deploy_command(sb.port, sb.pidfile, sb.service_log)
+    test = f"{shlex.quote(sys.executable)} ci/test.py"  # the interpreter opskit runs on
     h = HEALTH
     return f"""\
 # opskit.toml for the demo sandbox: the keys the README documents.
@@ -260,9 +269,13 @@ worktree = {q(repos.worktree)}
 branch = "{BRANCH}"
 deploy = {q(deploy)}   # restart the service, like systemctl restart
 deploy_timeout = 30
-direct_push = true                   # pushes to master are deployed by post-receive
-feature_branches = ["feature/*"]
-merge = "merge"
+direct_push = false                  # push a feature branch; opskit merges it
+feature_branches = ["feature/*"]     # post-receive: test → review → merge → deploy → gate
+test = {q(test)}   # in a throw-away checkout
+test_timeout = 30
+review = "sh ci/review.sh"           # exit 0 approves
+review_timeout = 30
+merge = "merge"                      # a merge commit, revertable with -m 1
 drift_ignore = ["*.pid", "logs/"]
 
 [service.{SERVICE}.health]
@@ -277,11 +290,36 @@ expect_body = "ok"
 """
 
 
+TEST_PY = '''\
+"""primerouter's tests: the service code imports and its settings parse.
+
+Nothing is started, so a change that only breaks start-up passes them, as phase 2 did.
+"""
+from pathlib import Path
+
+from opskit.sandbox import service  # the code `deploy` restarts; importing it starts nothing
+
+mode = service.parse_mode(Path("service.mode").read_text())
+channels = Path("channels.txt").read_text().split()
+assert channels and len(set(channels)) == len(channels), f"bad channels.txt: {channels}"
+print(f"test_import: {service.__name__} imports")
+print(f"test_settings: mode {mode!s}, channels {', '.join(channels)}")
+print("2 passed")
+'''
+REVIEW_SH = """\
+#!/bin/sh
+# primerouter's review gate, run by opskit on the pushed range: 0 approves, 1 rejects, 3 asks a human.
+echo "reviewing $OPSKIT_BRANCH ($OPSKIT_RANGE)"
+git diff --stat "$OPSKIT_RANGE" --
+exit 0
+"""
 FIRST_FILES = {
     "README.md": "primerouter: routes prime traffic to its channels\n",
     "channels.txt": "telegram\nemail\n",
     # The sandbox service reads its behaviour from this file in the deployed worktree.
     "service.mode": "healthy\n",
+    "ci/test.py": TEST_PY,
+    "ci/review.sh": REVIEW_SH,
 }
 FEATURE_FILES = {
     "channels.txt": "telegram\nemail\nhumanrail\n",
@@ -379,11 +417,28 @@ class _Watcher(threading.Thread):
         return self.seen
 
 
+def _tail_line(tail: object) -> str:
+    lines = [ln.strip() for ln in str(tail or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 def _describe_event(ev: Event) -> str:
     d = ev.data
     sha = str(ev.sha or "")[:10]
     if ev.type == "push.received":
-        return f"push.received: {d.get('ref', '')} → {str(d.get('new', ''))[:10]}; post-receive runs the pipeline"
+        action = str(d.get("action", ""))
+        what = {"chain": "post-receive starts the chain", "deploy": "post-receive runs the pipeline"}.get(
+            action, f"action: {action}")
+        return f"push.received: {d.get('ref', '')} → {str(d.get('new', ''))[:10]}; {what}"
+    if ev.type == "test.pass":
+        return (f"test.pass: the repo's tests passed in a throw-away checkout of {sha} "
+                f"({_tail_line(d.get('tail'))}, {d.get('duration', '?')}s)")
+    if ev.type == "review.pass":
+        return (f"review.pass: {d.get('command', '')} approved "
+                f"{str(d.get('base') or '')[:10]}..{str(d.get('head') or '')[:10]}")
+    if ev.type == "merge.complete":
+        return (f"merge.complete: opskit merged {d.get('branch', '')} into {d.get('into', '')} "
+                f"→ {str(d.get('merge') or '')[:10]}")
     if ev.type == "deploy.start":
         what = "redeploy of the revert" if d.get("kind") == "revert" else "deploy"
         return f"deploy.start: {what} {sha}: {d.get('subject', '')}"
@@ -403,26 +458,22 @@ def _describe_event(ev: Event) -> str:
 
 
 def _incident(sb: Sandbox, out: _Redacted, result: DemoResult) -> tuple[str, list[str], proc.Result]:
-    """Merge the bad feature into master and push; the push returns after the verdict."""
+    """The developer pushes the bad feature branch, nothing else; the push returns after the
+    chain's verdict (post-receive runs it in the foreground)."""
     repos = sb.repos
     assert repos is not None
     dev = repos.git(repos.dev)
-    out.step(f"3. 03:53 — {FEATURE} is merged into {BRANCH} and pushed")
+    out.step(f"3. 03:53 — {FEATURE} is pushed; opskit tests, reviews and merges it into {BRANCH}")
     dev.run("checkout", "-q", "-b", FEATURE)
-    repos.commit(FEATURE_FILES, "phase 2: humanrail channel")
-    dev.run("checkout", "-q", BRANCH)
+    head = repos.commit(FEATURE_FILES, "phase 2: humanrail channel")
+    result.commits["feature"] = head
+    mode = FEATURE_FILES.get("service.mode", "").strip()
+    out.info(f"$ git commit -am 'phase 2: humanrail channel'   → {head[:10]} (service.mode: {mode})")
     j = Journal(sb.state_dir)
     last = j.last()
     j.close()
-    t0 = result.merged_at = time.monotonic()
-    dev.run("merge", "-q", "--no-ff", "-m", f"Merge branch '{FEATURE}'", FEATURE)
-    merge = dev.out("rev-parse", "HEAD")
-    result.commits["merge"] = merge
-    result.timeline.append(Mark(0.0, f"merge of {FEATURE} into {BRANCH} ({merge[:10]})"))
-    out.info(f"$ git merge --no-ff {FEATURE}   → {merge[:10]}")
-    out.info(f"$ git push origin {BRANCH}")
-    watcher = _Watcher(sb.state_dir, t0, last.id if last else 0)
-    watcher.start()
+    out.info(f"$ git push origin {FEATURE}   (direct_push = false: {BRANCH} is opskit's to merge into)")
+    watcher = _Watcher(sb.state_dir, time.monotonic(), last.id if last else 0)
     lines: list[str] = []
 
     def show(line: str) -> None:
@@ -430,20 +481,22 @@ def _incident(sb: Sandbox, out: _Redacted, result: DemoResult) -> tuple[str, lis
         lines.append(line)
         out.output(line)
 
-    result.timeline.append(Mark(time.monotonic() - t0, f"git push origin {BRANCH}"))
+    result.pushed_at = watcher.t0
+    result.timeline.append(Mark(0.0, f"git push origin {FEATURE} ({head[:10]})"))
+    watcher.start()
     try:
-        push = sb.push(stream=show)
+        push = sb.push(FEATURE, stream=show)
     finally:
         seen = watcher.finish()
     result.timeline.extend(Mark(at, _describe_event(ev), ev.type) for at, ev in seen)
     done = next((at for at, ev in seen if ev.type == "rollback.complete"), None)
     result.timings["push"] = push.duration
     if done is not None:
-        result.timings["merge_to_rollback_complete"] = done
+        result.timings["push_to_rollback_complete"] = done
     pid = sb.service_pid()
     if pid and pid not in result.service_pids:
         result.service_pids.append(pid)
-    return merge, lines, push
+    return head, lines, push
 
 
 def _order(types: Sequence[str], *wanted: str) -> bool:
@@ -452,7 +505,15 @@ def _order(types: Sequence[str], *wanted: str) -> bool:
     return all(any(t == w for t in it) for w in wanted)
 
 
-def _check(sb: Sandbox, out: _Redacted, result: DemoResult, merge: str, lines: list[str],
+# The chain of one push, in order; every one of these events carries the push's chain id.
+CHAIN = ("push.received", "test.pass", "review.pass", "merge.complete", "deploy.complete", "health.fail",
+         "rollback.start", "health.pass", "rollback.complete")
+# What the pusher must have seen in the remote: lines.
+PUSH_OUTPUT = ("test passed", "review approved", f"merged {FEATURE} into {BRANCH}", "health gate failed",
+               "Connection refused", "rolled back")
+
+
+def _check(sb: Sandbox, out: _Redacted, result: DemoResult, head: str, lines: list[str],
            push: proc.Result) -> None:
     repos = sb.repos
     assert repos is not None and sb.receiver is not None
@@ -460,36 +521,75 @@ def _check(sb: Sandbox, out: _Redacted, result: DemoResult, merge: str, lines: l
     out.step("4. What happened — checked, not assumed")
     text = "\n".join(lines)
     remote = [ln for ln in lines if ln.startswith("remote:")]
-    want = ["health gate failed", "Connection refused", "rolled back"]
-    missing = [w for w in want if w not in text]
+    missing = [w for w in PUSH_OUTPUT if w not in text]
     _fact(out, result, "push_showed_loop", push.ok and bool(remote) and not missing,
-          f"the pusher saw {len(remote)} remote: lines: deploy, gate failing, revert, redeploy, gate passing"
+          f"the pusher saw {len(remote)} remote: lines: test, review, opskit's merge, deploy, gate failing, "
+          "revert, redeploy, gate passing"
           if push.ok and remote and not missing else
           f"push {push.describe()}; missing from its output: {', '.join(missing) or 'remote: lines'}")
 
     j = Journal(sb.state_dir)
     try:
-        merge_events = [e for e in j.query(service=SERVICE) if e.sha == merge]
-        fail = next((e for e in merge_events if e.type == "health.fail"), None)
+        pushed = next((e for e in j.query(service=SERVICE, type_prefix="push.received")
+                       if e.data.get("ref") == f"refs/heads/{FEATURE}" and e.sha == head), None)
+        chain = result.chain = pushed.chain if pushed else None
+        mine = j.query(service=SERVICE, chain=chain) if chain else []
+        first: dict[str, Event] = {}
+        for e in mine:
+            first.setdefault(e.type, e)
+
+        tested, reviewed = first.get("test.pass"), first.get("review.pass")
+        ok = tested is not None and reviewed is not None and tested.sha == head and reviewed.sha == head
+        stop = next((e for e in mine if e.type in ("test.fail", "test.skipped", "review.fail", "review.skipped",
+                                                   "review.needs-human")), None)
+        _fact(out, result, "tested_and_reviewed", ok,
+              f"ci/test.py passed on {head[:10]} (\"{_tail_line(tested.data.get('tail'))}\": it imports the "
+              f"service, never starts it, so the bad change passes, as in the seed); ci/review.sh approved"
+              if ok and tested is not None else
+              (f"no push.received for {FEATURE} {head[:10]}" if chain is None else
+               f"chain {chain}: no test.pass and review.pass for {head[:10]}"
+               + (f" ({stop.type}: {stop.data.get('reason', '')})" if stop else "")))
+
+        mc = first.get("merge.complete")
+        merge = str(mc.data.get("merge") or "") if mc else ""
+        good = result.commits.get("good", "")
+        merged = bool(merge) and bare.parents(merge) == [good, head]
+        by = bare.out("log", "-1", "--format=%cn", merge) if merged else ""
+        merged = merged and by == "opskit" and f"Opskit-Chain: {chain}" in bare.message(merge)
+        if merge:
+            result.commits["merge"] = merge
+        failed_merge = first.get("merge.fail")
+        _fact(out, result, "merged_by_opskit", merged,
+              f"{merge[:10]} \"{_clip(bare.subject(merge), 56)}\" committed by opskit: first parent {good[:10]} "
+              f"({BRANCH}), second {head[:10]} ({FEATURE}), trailer Opskit-Chain: {chain}" if merged else
+              (f"{merge[:10]} is not opskit's merge of {good[:10]} and {head[:10]} (committer {by or '?'})"
+               if merge else "no merge commit: " + (str(failed_merge.data.get("reason", "")) if failed_merge
+                                                     else f"no merge.complete in chain {chain}")))
+
+        fail = next((e for e in mine if e.type == "health.fail" and e.sha == merge), None) if merge else None
         reason = str(fail.data.get("reason", "")) if fail else ""
         _fact(out, result, "gate_failed_refused", fail is not None and "refused" in reason.lower(),
-              f"health.fail #{fail.id}: {reason}" if fail else f"no health.fail for {merge[:10]}")
+              f"health.fail #{fail.id}: {reason}" if fail else
+              f"no health.fail for {merge[:10] if merge else 'a merge'}")
 
         tip = bare.branch_tip(BRANCH) or ""
         result.commits["revert"] = tip
-        first_parent = bare.parents(merge)[0]
-        is_revert = (tip != merge and bare.parents(tip) == [merge] and bare.is_ancestor(merge, tip)
-                     and bare.tree(tip) == bare.tree(first_parent)
-                     and bare.message(tip).startswith(f"Auto-revert: {SERVICE}:"))
+        is_revert = False
+        if merge:
+            first_parent = bare.parents(merge)[0]
+            is_revert = (tip != merge and bare.parents(tip) == [merge] and bare.is_ancestor(merge, tip)
+                         and bare.tree(tip) == bare.tree(first_parent)
+                         and bare.message(tip).startswith(f"Auto-revert: {SERVICE}:"))
         _fact(out, result, "tip_is_revert", is_revert,
               f"{BRANCH} is at {tip[:10]} \"{_clip(bare.subject(tip), 48)}\": tree == {merge[:10]}^1, "
               f"{merge[:10]} still an ancestor (history not rewritten)" if is_revert else
-              f"{BRANCH} is at {tip[:10]}, not an auto-revert of {merge[:10]}")
+              f"{BRANCH} is at {tip[:10]}, not an auto-revert of "
+              + (merge[:10] if merge else "a merge (nothing was merged)"))
 
         wt = repos.git(repos.worktree)
-        head, branch = wt.head(), wt.current_branch()
-        _fact(out, result, "worktree_at_revert", head == tip and branch == BRANCH,
-              f"{repos.worktree} runs {str(head)[:10]} on {branch}")
+        wt_head, branch = wt.head(), wt.current_branch()
+        _fact(out, result, "worktree_at_revert", wt_head == tip and branch == BRANCH,
+              f"{repos.worktree} runs {str(wt_head)[:10]} on {branch}")
 
         from opskit import health
 
@@ -500,10 +600,11 @@ def _check(sb: Sandbox, out: _Redacted, result: DemoResult, merge: str, lines: l
         # The hook sends before the push returns; only a slow delivery needs the wait.
         got = sb.receiver.wait_for(1, timeout=5.0 if is_revert else 0.5)
         content = str(got[0].body.get("content", "")) if got and isinstance(got[0].body, dict) else ""
-        named = SERVICE in content and "refused" in content.lower()
-        _fact(out, result, "notified", len(got) == 1 and named,
-              "one Discord message naming the service and the reason" if len(got) == 1 and named else
-              f"{len(got)} message(s) arrived" + ("" if named or not got else ", without the service or the reason"))
+        unnamed = [w for w in (SERVICE, "refused") if w not in content.lower()]
+        _fact(out, result, "notified", len(got) == 1 and not unnamed,
+              "one Discord message naming the service and the reason" if len(got) == 1 and not unnamed else
+              f"{len(got)} message(s) arrived" + (f", without {' or '.join(map(repr, unnamed))} in it"
+                                                  if got and unnamed else ""))
         if got:
             embeds = got[0].body.get("embeds") if isinstance(got[0].body, dict) else None
             title = str(embeds[0].get("title", "")) if isinstance(embeds, list) and embeds else "Discord"
@@ -511,12 +612,26 @@ def _check(sb: Sandbox, out: _Redacted, result: DemoResult, merge: str, lines: l
 
         r = sb.opskit("events", "--service", SERVICE, "--json", capture=True)
         events = [_event(json.loads(ln)) for ln in r.stdout.splitlines() if ln.strip()]
-        chain = fail.chain if fail else None
-        types = [e.type for e in events if chain is None or e.chain == chain]
-        in_order = _order(types, "deploy.complete", "health.fail", "rollback.start", "rollback.complete")
+        # Everything from the push to the end of its rollback is one chain (notifications carry none).
+        end = next((e.id for e in events if e.type == "rollback.complete" and pushed and e.id > pushed.id), None)
+        loop = [e for e in events if pushed and pushed.id <= e.id <= (end or e.id)
+                and not e.type.startswith("notify.")]
+        strays = [f"{e.type} #{e.id} ({e.chain or 'no chain'})" for e in loop if e.chain != chain]
+        absent = [t for t in CHAIN if t not in {e.type for e in loop}]
+        _fact(out, result, "one_chain", r.ok and bool(loop) and not strays and not absent,
+              f"chain {chain}: all {len(loop)} events from push.received to rollback.complete carry it"
+              if r.ok and loop and not strays and not absent else
+              f"chain {chain}: " + "; ".join(filter(None, [
+                  f"missing {', '.join(absent)}" if absent else "",
+                  f"other chains: {', '.join(strays[:4])}" if strays else "",
+                  "" if r.ok else f"`opskit events` {r.describe()}"])))
+
+        types = [e.type for e in events if chain is not None and e.chain == chain]
+        in_order = _order(types, *CHAIN)
         _fact(out, result, "events_in_order", r.ok and in_order,
-              "`opskit events --json`: deploy.complete → health.fail → rollback.start → rollback.complete"
-              if r.ok and in_order else f"`opskit events` {r.describe()}; types: {', '.join(types)}")
+              "`opskit events --json`: " + " → ".join(CHAIN)
+              if r.ok and in_order else f"chain {chain}: {' → '.join(types) or 'no events'}"
+              + ("" if r.ok else f"; `opskit events` {r.describe()}"))
         out.step(f"5. opskit events --service {SERVICE}")
         out.events(events)
 
@@ -524,7 +639,7 @@ def _check(sb: Sandbox, out: _Redacted, result: DemoResult, merge: str, lines: l
             _quarantine(sb, out, result, bare, tip, merge, j)
         else:
             _fact(out, result, "repush_quarantined", False,
-                  f"nothing was reverted, so the tree of {merge[:10]} is not quarantined")
+                  f"nothing was reverted, so the tree of {merge[:10] if merge else head[:10]} is not quarantined")
 
         secret_seen = [where for where, blob in (
             ("push output", text), ("events", r.stdout),
@@ -535,40 +650,47 @@ def _check(sb: Sandbox, out: _Redacted, result: DemoResult, merge: str, lines: l
               else f"the webhook URL leaked into: {', '.join(secret_seen)}")
     finally:
         j.close()
-    took = result.timings.get("merge_to_rollback_complete")
+    took = result.timings.get("push_to_rollback_complete")
     _fact(out, result, "under_a_minute", took is not None and took < LOOP_BUDGET,
-          f"merge → rollback.complete in {took:.1f}s" if took is not None else "no rollback.complete")
+          f"push → rollback.complete in {took:.1f}s" if took is not None else "no rollback.complete")
 
 
 def _quarantine(sb: Sandbox, out: _Redacted, result: DemoResult, bare: Git, tip: str, merge: str,
                 j: Journal) -> None:
-    """Someone re-lands the reverted work unchanged (a revert of the revert): refused."""
+    """Someone re-lands the reverted work unchanged (a revert of the revert, on a new feature
+    branch, since direct pushes to master are off): pre-receive refuses it by its tree."""
     repos = sb.repos
     assert repos is not None
-    out.step("6. The same bad tree pushed again")
+    out.step("6. The reverted tree pushed again")
     dev = repos.git(repos.dev)
     dev.run("fetch", "-q", "origin")
-    dev.run("reset", "-q", "--hard", f"origin/{BRANCH}")
+    dev.run("checkout", "-q", "-B", RELAND, f"origin/{BRANCH}")
     dev.run("revert", "--no-edit", tip)
     again = dev.out("rev-parse", "HEAD")
     same_tree = dev.tree(again) == bare.tree(merge)
-    out.info(f"$ git revert --no-edit {tip[:10]} && git push origin {BRANCH}")
+    out.info(f"$ git checkout -b {RELAND} origin/{BRANCH} && git revert --no-edit {tip[:10]}")
+    out.info(f"  → {again[:10]}, whose tree is {merge[:10]}'s" if same_tree else
+             f"  → {again[:10]}, whose tree is NOT {merge[:10]}'s")
+    out.info(f"$ git push origin {RELAND}")
     before = j.last()
-    r = sb.push(stream=lambda line: out.output(line.rstrip()))
-    after_tip = bare.branch_tip(BRANCH)
-    blocked = [e for e in j.query(service=SERVICE, type_prefix="lockdown.blocked",
-                                  after_id=before.id if before else None)
-               if e.data.get("rule") == "quarantine"]
-    ok = same_tree and not r.ok and after_tip == tip and bool(blocked)
-    if blocked and result.merged_at is not None:
-        result.timeline.append(Mark(time.monotonic() - result.merged_at,
-                                    f"lockdown.blocked: re-push of the same tree refused (quarantine), "
-                                    f"event #{blocked[0].id}", "lockdown.blocked"))
+    r = sb.push(RELAND, stream=lambda line: out.output(line.rstrip()))
+    after = j.query(service=SERVICE, after_id=before.id if before else None)
+    blocked = [e for e in after if e.type == "lockdown.blocked" and e.data.get("rule") == "quarantine"
+               and e.data.get("ref") == f"refs/heads/{RELAND}" and e.data.get("hook") == "pre-receive"]
+    started = [e for e in after if e.type == "push.received"]
+    created, after_tip = bare.branch_tip(RELAND), bare.branch_tip(BRANCH)
+    ok = same_tree and not r.ok and bool(blocked) and not started and created is None and after_tip == tip
+    if blocked and result.pushed_at is not None:
+        result.timeline.append(Mark(time.monotonic() - result.pushed_at,
+                                    f"lockdown.blocked: push of the reverted tree to {RELAND} refused "
+                                    f"(quarantine), event #{blocked[0].id}", "lockdown.blocked"))
     _fact(out, result, "repush_quarantined", ok,
-          f"push of {again[:10]} (tree of {merge[:10]}) refused, lockdown.blocked #{blocked[0].id}" if ok else
-          f"re-push {r.describe()}; {BRANCH} at {str(after_tip)[:10]}; blocked events: {len(blocked)}")
+          f"pre-receive refused {again[:10]} on {RELAND} (the tree of {merge[:10]}, quarantined): "
+          f"lockdown.blocked #{blocked[0].id}; no branch created, no chain started" if ok else
+          f"re-push {r.describe()}; {RELAND} {'created' if created else 'not created'}, {BRANCH} at "
+          f"{str(after_tip)[:10]}; quarantine refusals: {len(blocked)}; chains started: {len(started)}")
     # Put the dev clone back where the canonical repo is, as the developer would.
-    dev.run("reset", "-q", "--hard", f"origin/{BRANCH}")
+    dev.run("checkout", "-q", "-B", BRANCH, f"origin/{BRANCH}")
 
 
 def _clip(text: str, n: int) -> str:
@@ -645,14 +767,14 @@ def run_demo(*, keep: bool = False, out: Narrator | None = None, parent: str | N
             sb.env = _environment(root, state_dir, sb.webhook_url)
             _setup(sb, say, result)
             result.timings["setup_and_first_deploy"] = time.monotonic() - started
-            merge, lines, push = _incident(sb, say, result)
-            _check(sb, say, result, merge, lines, push)
+            head, lines, push = _incident(sb, say, result)
+            _check(sb, say, result, head, lines, push)
         except _Stop:
             pass
         except OpsError as e:
             _fact(say, result, "demo_ran", False, f"the demo could not go on: {e.message}")
         if result.timeline:
-            say.step("7. Timeline (seconds since the merge)")
+            say.step("7. Timeline (seconds since the push)")
             say.timeline(result.timeline)
     except KeyboardInterrupt:
         say.info("interrupted: stopping the service and the receiver"

@@ -64,10 +64,11 @@ def register(app: typer.Typer) -> None:
         keep: bool = typer.Option(False, "--keep", help="Keep the sandbox folder and print its path."),
         as_json: bool = typer.Option(False, "--json", help="Print the checked facts and timings as JSON."),
     ) -> None:
-        """Run the whole self-healing loop in a throw-away sandbox: a bad merge is pushed, its
-        health gate fails, it is reverted, redeployed, announced, and re-pushing it is refused.
-        Checks each of those facts; exit 0 only if the loop worked. Touches none of your
-        state, config or crontab.
+        """Run the whole self-healing loop in a throw-away sandbox: a bad feature branch is
+        pushed, tested, reviewed and merged by opskit; its health gate fails, the merge is
+        reverted, redeployed, announced, and re-pushing its tree is refused. Checks each of
+        those facts; exit 0 only if the loop worked. Touches none of your state, config or
+        crontab.
 
         Example: opskit demo
         """
