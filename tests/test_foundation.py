@@ -42,6 +42,11 @@ def test_dotenv_never_overrides_real_env(write_config, monkeypatch) -> None:
     s = config.load(p)
     assert s.state_dir == Path("/tmp/from-env")
     assert s.channel("ops").url.reveal() == "http://127.0.0.1:1/from-dotenv"  # type: ignore[union-attr]
+    # .env values serve ${VAR} only: every command opskit runs (deploy, and test/review running
+    # a pushed branch's code) inherits os.environ, so the webhook URL must not be put there.
+    import os
+
+    assert "A_URL" not in os.environ
 
 
 @pytest.mark.parametrize("text, key", [
@@ -55,6 +60,10 @@ def test_dotenv_never_overrides_real_env(write_config, monkeypatch) -> None:
     ('[service.web]\nworktree = "/w"\n', "service.web.repo"),
     ('[cron]\ndrift_scan = "61 * * * *"\n', "cron.drift_scan"),
     ('[service.web\n', "invalid TOML"),
+    ('[service.web]\nrepo = "/r"\nworktree = "/w"\ndeploy_timeout = nan\n', "service.web.deploy_timeout"),
+    ('[service.web]\nrepo = "/r"\nworktree = "/w"\n[service.web.health]\nwindow = inf\n', "service.web.health.window"),
+    ('[service.web]\nrepo = "/r"\nworktree = "~nosuchuser-opskit/x"\n', "service.web.worktree"),
+    ('[opskit]\nstate_dir = "~nosuchuser-opskit/state"\n', "opskit.state_dir"),
 ])
 def test_bad_config_names_file_and_key(write_config, text: str, key: str) -> None:
     p = write_config(text)
@@ -180,3 +189,15 @@ def test_readme_config_example_is_valid(tmp_path, monkeypatch) -> None:
     svc = s.service("primerouter")
     assert svc.health.url == "http://127.0.0.1:9400/health" and svc.health.window == 60
     assert s.jobs["backup"].timezone == "Europe/Berlin"
+
+
+@pytest.mark.parametrize("args", [
+    ["notify", "--retry-for", "nan", "hi"],
+    ["deploy", "web", "--lock-wait", "inf"],
+    ["verify-push", "--wait", "nan", "--expect", "HEAD"],
+    ["verify-push", "--timeout", "inf", "--expect", "HEAD"],
+])
+def test_cli_durations_must_be_finite(opskit, args: list[str]) -> None:
+    r = opskit(*args)
+    assert r.returncode == 2
+    assert "finite number of seconds" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -6,6 +6,7 @@ costs one line of reading, not a traceback.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -215,15 +216,22 @@ def load_file(path: Path) -> Settings:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML ({e}); fix the syntax") from None
-    _load_dotenv(path.parent / ".env")
-    return _Parser(path).settings(data)
+    return _Parser(path, _environment(path.parent / ".env")).settings(data)
 
 
-def _load_dotenv(env_file: Path) -> None:
+def _environment(env_file: Path) -> dict[str, str]:
+    """What `${VAR}` may name: the real environment, over the .env beside the config.
+
+    The .env is read into this mapping only, never into os.environ: every command opskit runs
+    (deploy, and test/review running code from a pushed branch) inherits os.environ, and the
+    webhook URLs and tokens kept in .env must not reach them.
+    """
+    values: dict[str, str] = {}
     if env_file.is_file():
-        from dotenv import load_dotenv  # imported only when there is a .env to read
+        from dotenv import dotenv_values  # imported only when there is a .env to read
 
-        load_dotenv(env_file, override=False)
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    return {**values, **os.environ}
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -232,8 +240,9 @@ _Conv = Callable[[str, Any], Any]
 
 
 class _Parser:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, env: Mapping[str, str]) -> None:
         self.path = path
+        self.env = env
 
     def fail(self, key: str, problem: str, fix: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {problem}; {fix}")
@@ -242,10 +251,10 @@ class _Parser:
     def interpolate(self, key: str, value: str) -> str:
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
-            if name not in os.environ:
+            if name not in self.env:
                 raise self.fail(key, f"${{{name}}} is not set",
                                 f"export {name} or put it in {self.path.parent / '.env'}")
-            return os.environ[name]
+            return self.env[name]
 
         return _VAR.sub(sub, value)
 
@@ -271,9 +280,18 @@ class _Parser:
     def positive(self, key: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(key, f"expected a number of seconds, got {_typename(value)}", "write a number, e.g. 30")
+        if not math.isfinite(value):  # TOML allows nan and inf; a timeout of either never ends
+            raise self.fail(key, f"must be a finite number, got {value}", "write a number of seconds, e.g. 30")
         if value <= 0:
             raise self.fail(key, f"must be greater than 0, got {value}", "use a positive number")
         return float(value)
+
+    def path_value(self, key: str, value: str) -> Path:
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:  # ~nosuchuser/…
+            raise self.fail(key, f"{value!r} names a user this machine does not have",
+                            "write an absolute path") from None
 
     def count(self, key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -362,7 +380,8 @@ class _Parser:
             "notify": self.strings,
             "drift_renotify": self.positive,
         })
-        state_dir = Path(base["state_dir"]).expanduser() if "state_dir" in base else default_state_dir()
+        state_dir = self.path_value("opskit.state_dir", base["state_dir"]) if "state_dir" in base \
+            else default_state_dir()
 
         channels: dict[str, ChannelSettings] = {}
         notify_tables = data.get("notify", {})
@@ -462,7 +481,7 @@ class _Parser:
             if required not in fields:
                 raise self.fail(f"{key}.{required}", "is missing",
                                 f"add {required} = \"…\" (see ARCHITECTURE §4)")
-        fields["worktree"] = Path(fields["worktree"]).expanduser()
+        fields["worktree"] = self.path_value(f"{key}.worktree", fields["worktree"])
         health = HealthSettings(**self.health(f"{key}.health", health_raw))
         return ServiceSettings(name=name, health=health, **fields)
 

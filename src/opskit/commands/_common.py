@@ -95,6 +95,19 @@ def progress_writer(as_json: bool) -> Callable[[str], None]:
     return write
 
 
+def seconds(option: str, value: float | None, *, positive: bool = False) -> float | None:
+    """A duration from the command line: finite, and >= 0 (> 0 with positive=True).
+    typer parses 'nan' and 'inf' as floats, and a wait of either never ends."""
+    if value is None:
+        return None
+    import math
+
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        usage(f"{option} {value}: must be a finite number of seconds"
+              f"{' greater than 0' if positive else ', 0 or more'}")
+    return value
+
+
 def exit_with(code: int) -> NoReturn:
     raise typer.Exit(int(code))
 

@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit approve 3
         """
+        _common.seconds("--lock-wait", lock_wait)
         from opskit.chain import approve as run_approve
 
         result = run_approve(_common.settings(), _common.journal(), approval_id, write=_common.progress_writer(as_json),

@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit deploy primerouter --sha 4d62098
         """
+        _common.seconds("--lock-wait", lock_wait)
         from opskit.pipeline import deploy as run_deploy
 
         result = run_deploy(_common.settings(), _common.journal(), service, sha, chain=chain,
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit auto-revert primerouter --reason "HTTP 503 after deploy" --dry-run
         """
+        _common.seconds("--lock-wait", lock_wait)
         from opskit.revert import auto_revert as run_revert
 
         result = run_revert(_common.settings(), _common.journal(), service, commit=commit, reason=reason,

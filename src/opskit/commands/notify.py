@@ -35,8 +35,7 @@ def register(app: typer.Typer) -> None:
         from opskit import notify as core
         from opskit.errors import UsageError
 
-        if retry_for is not None and retry_for < 0:
-            raise UsageError(f"--retry-for {retry_for}: must be 0 or more seconds")
+        _common.seconds("--retry-for", retry_for)
         if show is not None:
             row = core.show(_common.journal(), show)
             if as_json:

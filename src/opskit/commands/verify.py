@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit verify-push --remote origin -- git push origin master
         """
+        _common.seconds("--wait", wait)
+        _common.seconds("--timeout", timeout, positive=True)
         from opskit.verify import verify_push as core
 
         def passthrough(line: str) -> None:
