@@ -201,3 +201,32 @@ def test_cli_durations_must_be_finite(opskit, args: list[str]) -> None:
     r = opskit(*args)
     assert r.returncode == 2
     assert "finite number of seconds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_takes_the_child_process_group_down(tmp_path: Path) -> None:
+    # systemd or a cron timeout sends SIGTERM: the command opskit runs must not live on
+    # (a deploy command outliving its lock would run beside the next deploy).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    p = subprocess.Popen([sys.executable, "-m", "opskit", "run-job", "t", "--", "sh", "-c",
+                          f"echo $$ > {pidfile}; sleep 30"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=20) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the job's child outlived opskit")

@@ -108,7 +108,17 @@ def _crash_log(exc: BaseException) -> Path | None:
         return None
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM (systemd, kill, a cron timeout) unwinds like Ctrl-C: proc.run kills the child's
+    # process group on the way out, so no deploy command is left running without its lock.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="opskit", standalone_mode=False)

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 HOOKS = ("pre-receive", "post-receive", "pre-commit", "pre-merge-commit")
 CHAIN_SUFFIX = ".pre-opskit"
+# A displaced hook that hangs must not hang every push and commit: after this it counts as a
+# refusal (pre-receive, pre-commit) or a failure (post-receive), like any non-zero exit.
+CHAINED_TIMEOUT = 600.0
 
 
 class _Args:
@@ -102,8 +105,11 @@ def run_chained(args: _Args, stdin: bytes | None, write: Callable[[str], None]) 
     from opskit import proc
 
     # The hook's own environment on purpose: a chained pre-receive needs GIT_QUARANTINE_PATH.
-    r = proc.run([chained, *args.rest], env=os.environ, input=stdin, timeout=None, stream=write)
-    return r.returncode if not r.timed_out else 1
+    r = proc.run([chained, *args.rest], env=os.environ, input=stdin, timeout=CHAINED_TIMEOUT, stream=write)
+    if r.timed_out:
+        write(f"opskit: {os.path.basename(chained)} did not finish within {CHAINED_TIMEOUT:.0f}s; stopped it")
+        return 1
+    return r.returncode
 
 
 # --- pre-receive --------------------------------------------------------------------------

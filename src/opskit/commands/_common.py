@@ -80,7 +80,10 @@ def err_console() -> Console:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+    from opskit.errors import redact
+
+    # Result objects can carry a repo URL with a token in it (pull mode): mask on the way out.
+    sys.stdout.write(redact(json.dumps(obj, default=str, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 
