@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from opskit import hooks
+from opskit.errors import OpsError
 from opskit.gitrepo import Git
 from opskit.pipeline import on_post_receive
 from opskit.status import collect
@@ -250,3 +251,23 @@ def test_feature_push_is_journaled_and_left_to_the_chain(tmp_path: Path) -> None
     assert rc in (0, 1) and out  # the chain itself (opskit.chain) is tested with issue 5
     ev = st.journal().last("push.received", "svc")
     assert ev is not None and ev.data["action"] == "chain"
+
+
+def test_git_failure_inside_deliver_is_notified_and_retried(st: Stage) -> None:
+    """A leftover .git/index.lock (a killed git) makes the checkout fail: the deploy is journaled
+    and notified, and its row is not a verdict — the next run deploys the commit once fixed."""
+    j = st.journal()
+    box = list(j.conn.execute("SELECT id FROM outbox"))
+    new = st.good(files={"app.txt": "v2\n"})
+    lock = st.sb.worktree / ".git" / "index.lock"
+    lock.write_text("")
+    with pytest.raises(OpsError):
+        st.deploy()
+    fail = j.last("deploy.fail", "svc")
+    assert fail is not None and fail.data["crashed"] is True and fail.data["step"] == "worktree"
+    assert {r["status"] for r in j.deploys("svc") if r["sha"] == new} == {"interrupted"}
+    titles = [r[0] for r in j.conn.execute("SELECT title FROM outbox WHERE id > ?", (box[-1][0] if box else 0,))]
+    assert len(titles) == 1 and "crashed" in titles[0]
+    lock.unlink()  # the operator removes the stale lock; cron's next `opskit deploy` deploys it
+    r = st.deploy()
+    assert r.ok and r.status == "healthy" and r.sha == new and st.worktree_head() == new

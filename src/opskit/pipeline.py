@@ -318,15 +318,41 @@ def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = 
         return d
     except BaseException as e:
         # A crash or Ctrl-C inside a step: leave a record of where it stopped (ARCHITECTURE §6).
-        why = "interrupted" if isinstance(e, KeyboardInterrupt) else redact(f"{type(e).__name__}: {e}")[:300]
+        # The row ends 'interrupted', never 'failed': the commit got no verdict, so the next run
+        # (cron's `opskit deploy`) must deploy it again, not call it "already deployed".
+        ctrl_c = isinstance(e, KeyboardInterrupt)
+        why = "interrupted" if ctrl_c else redact(f"{type(e).__name__}: {e}")[:300]
+        ev: Event | None = None
         try:
-            run.emit("deploy.fail", {"sha": sha, "previous": previous, "step": d.stage, "kind": kind,
-                                     "deploy_id": deploy_id, "reason": why,
-                                     "interrupted": isinstance(e, KeyboardInterrupt)}, sha=sha)
-            journal.deploy_finish(deploy_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", why)
+            ev = run.emit("deploy.fail", {"sha": sha, "previous": previous, "step": d.stage, "kind": kind,
+                                          "deploy_id": deploy_id, "reason": why, "interrupted": ctrl_c,
+                                          "crashed": not ctrl_c}, sha=sha)
+            journal.deploy_finish(deploy_id, "interrupted", why)
         except Exception:
             pass
+        # A git or OS failure mid-deploy (a leftover .git/index.lock, a full disk): someone must
+        # know. The revert's own redeploy is announced by revert.py, which freezes the service.
+        if isinstance(e, Exception) and not (kind == "revert" and isinstance(e, OpsError)):
+            what = "revert" if kind == "revert" else "deploy"
+            notify(run, f"{svc.name}: the {what} of {short(sha)} stopped at step '{d.stage}': {why}\n"
+                        f"It did not reach a verdict; the next `opskit deploy {svc.name}` tries again once "
+                        f"the cause is fixed. Event: #{ev.id if ev else '?'}",
+                   title=f"{svc.name}: {what} of {short(sha)} crashed", level="error",
+                   event_id=ev.id if ev else None)
+            mark_notified(e)
         raise
+
+
+def mark_notified(e: BaseException) -> None:
+    """Note on the exception that it was announced already (on_post_receive must not repeat it)."""
+    try:
+        e._opskit_notified = True  # type: ignore[attr-defined]
+    except Exception:
+        pass
+
+
+def was_notified(e: BaseException) -> bool:
+    return bool(getattr(e, "_opskit_notified", False))
 
 
 # --- steps ---------------------------------------------------------------------------------
