@@ -21,9 +21,16 @@ import pytest
 from opskit import config, cron, schedule
 from opskit.errors import UsageError
 from opskit.journal import Journal
-from tests.support.crontab import CronUser, cron_account_fixture, cron_user_fixture  # noqa: F401  (fixtures)
+from tests.support.crontab import (  # noqa: F401  (fixtures)
+    CronUser,
+    cron_account_fixture,
+    cron_environments,
+    cron_user_fixture,
+)
 
 UTC = dt.timezone.utc
+# A crontab line that sets a variable for every entry after it (crontab(5)).
+ENV_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=", re.MULTILINE)
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 
 FOREIGN = (
@@ -94,6 +101,76 @@ def test_reinstall_replaces_block_in_place(opskit, cron_user: CronUser, tmp_path
     assert "\n17 */2 * * * " in text and "\n7 * * * * " not in text
     assert opskit("--config", str(cfg), "cron", "uninstall").returncode == 0
     assert cron_user.read() == "A=1\n# after\n5 4 * * * /bin/true\n"
+
+
+def test_user_line_after_the_block_keeps_its_own_environment(opskit, cron_user: CronUser,
+                                                              tmp_path: Path) -> None:
+    """Regression: the block used to hold PATH=… and OPSKIT_STATE_DIR=… lines, which cron applies
+    to every entry after them: a job the user added below the block ran with opskit's PATH, and
+    `cron uninstall` silently switched it back."""
+    cron_user.write("PATH=/home/me/bin:/usr/bin:/bin\n")
+    cfg = conf(tmp_path, cron_user.name)
+    assert opskit("--config", str(cfg), "cron", "install").returncode == 0
+    cron_user.write((cron_user.read() or "") + "0 * * * * mytool\n")  # added by hand later
+    text = cron_user.read() or ""
+    assert not ENV_LINE.findall(block_of(text))
+    mine = {"PATH": "/home/me/bin:/usr/bin:/bin"}
+    assert cron_environments(text)["mytool"] == mine
+    # A reinstall (with other schedules) and an uninstall do not change it either.
+    cfg.write_text(cfg.read_text().replace("[cron]\n", '[cron]\ndrift_scan = "17 */2 * * *"\n'))
+    assert opskit("--config", str(cfg), "cron", "install").returncode == 0
+    assert cron_environments(cron_user.read() or "")["mytool"] == mine
+    assert opskit("--config", str(cfg), "cron", "uninstall").returncode == 0
+    assert cron_user.read() == "PATH=/home/me/bin:/usr/bin:/bin\n0 * * * * mytool\n"
+    assert cron_environments(cron_user.read() or "")["mytool"] == mine
+
+
+OLD_BLOCK = (  # what opskit cron install wrote before the settings moved into each entry
+    "# >>> opskit (managed by `opskit cron install`; edits inside are replaced) >>>\n"
+    "# Schedules come from [cron] in /etc/opskit/opskit.toml; change them there and rerun `opskit cron install`.\n"
+    "# Output is appended to /var/lib/opskit/logs/cron.log. `opskit cron uninstall` removes this block and nothing else.\n"
+    "PATH=/opt/opskit/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    "OPSKIT_STATE_DIR=/var/lib/opskit\n"
+    "7 * * * * /opt/opskit/bin/opskit --config /etc/opskit/opskit.toml run-job --ok-exit 1 drift-scan -- "
+    "/opt/opskit/bin/opskit --config /etc/opskit/opskit.toml drift-scan >> /var/lib/opskit/logs/cron.log 2>&1\n"
+    "# <<< opskit <<<\n"
+)
+
+
+def test_block_in_the_old_format_is_read_and_replaced(opskit, cron_user: CronUser, tmp_path: Path) -> None:
+    before, after = "MAILTO=me@example.invalid\n", "0 * * * * mytool\n"
+    cron_user.write(before + OLD_BLOCK + after)
+    cfg = conf(tmp_path, cron_user.name)
+    r = opskit("--config", str(cfg), "cron", "show", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(e["name"], e["schedule"]) for e in json.loads(r.stdout)["entries"]] == [("drift-scan", "7 * * * *")]
+    r = opskit("--config", str(cfg), "cron", "install", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["action"] == "updated"
+    text = cron_user.read() or ""
+    assert text.startswith(before + cron.BEGIN) and text.endswith(cron.END + "\n" + after)
+    assert text.count(cron.BEGIN) == 1 and "/opt/opskit" not in text
+    assert not ENV_LINE.findall(block_of(text))
+    assert cron_environments(text)["mytool"] == {"MAILTO": "me@example.invalid"}
+    assert opskit("--config", str(cfg), "cron", "uninstall").returncode == 0
+    assert cron_user.read() == before + after
+
+
+def test_non_utf8_bytes_outside_the_block_are_kept(opskit, cron_user: CronUser, tmp_path: Path) -> None:
+    before = b"# caf\xe9 (Latin-1)\n5 4 * * * /bin/echo \xff\xfe\n"
+    after = b"# na\xefve\n"
+    cron_user.write_bytes(before)
+    cfg = conf(tmp_path, cron_user.name)
+    r = opskit("--config", str(cfg), "cron", "install")
+    assert r.returncode == 0, r.stderr
+    cron_user.write_bytes(cron_user.read_bytes() + after)
+    cfg.write_text(cfg.read_text().replace("[cron]\n", '[cron]\ndrift_scan = "17 */2 * * *"\n'))
+    assert opskit("--config", str(cfg), "cron", "install").returncode == 0
+    raw = cron_user.read_bytes()
+    assert raw.startswith(before + cron.BEGIN.encode()) and raw.endswith(cron.END.encode() + b"\n" + after)
+    assert b"\n17 */2 * * * " in raw
+    assert opskit("--config", str(cfg), "cron", "uninstall").returncode == 0
+    assert cron_user.read_bytes() == before + after
 
 
 def test_no_crontab_at_all_install_then_uninstall_removes_it(opskit, cron_user: CronUser,
@@ -171,14 +248,17 @@ def test_entries_are_absolute_wrapped_and_escaped(opskit, cron_user: CronUser, t
     assert block in r.stdout  # the dry run showed exactly what got installed
     lines = block.splitlines()
     assert lines[0] == cron.BEGIN and lines[-1] == cron.END
-    env = dict(ln.split("=", 1) for ln in lines if re.match(r"^[A-Z_]+=", ln))
+    assert not ENV_LINE.findall(block)  # cron would apply it to every line after the block
     venv_bin = str(Path(os.path.abspath(sys.executable)).parent)
-    assert env["PATH"].startswith(venv_bin + ":") and "/usr/bin" in env["PATH"]
-    assert env["OPSKIT_STATE_DIR"] == str(state_dir)
-    jobs = [ln for ln in lines if ln and not ln.startswith("#") and "=" not in ln.split()[0]]
+    jobs = [ln for ln in lines if ln and not ln.startswith("#")]
     by_name = {}
     for ln in jobs:
-        words = shlex.split(" ".join(ln.split()[5:]).replace("\\%", "%"))
+        words = shlex.split(ln.split(None, 5)[5].replace("\\%", "%"))
+        # The settings are the command's own, inline: PATH='…' OPSKIT_STATE_DIR='…' /abs/opskit …
+        env = dict(w.split("=", 1) for w in words[:2])
+        assert list(env) == ["PATH", "OPSKIT_STATE_DIR"]
+        assert env["PATH"].startswith(venv_bin + ":") and "/usr/bin" in env["PATH"]
+        assert env["OPSKIT_STATE_DIR"] == str(state_dir)
         name_at = words.index("run-job") + 1
         assert words[name_at:name_at + 2] == ["--ok-exit", "1"]  # findings are not job failures
         name_at += 2
@@ -191,7 +271,7 @@ def test_entries_are_absolute_wrapped_and_escaped(opskit, cron_user: CronUser, t
     assert by_name["deploy-api"].startswith("* * * * * ")
     for ln in jobs:
         assert "%" not in ln.replace("\\%", "")  # every % escaped
-        words = shlex.split(" ".join(ln.split()[5:]).replace("\\%", "%"))
+        words = shlex.split(ln.split(None, 5)[5].replace("\\%", "%"))[2:]
         assert words[0] == str(Path(venv_bin) / "opskit") and Path(words[0]).is_absolute()
         assert words[1:3] == ["--config", str(cfg)]
         assert words[-3:] == [">>", str(state_dir / "logs" / "cron.log"), "2>&1"]
@@ -199,14 +279,21 @@ def test_entries_are_absolute_wrapped_and_escaped(opskit, cron_user: CronUser, t
 
 
 def test_an_entry_runs_under_crons_bare_environment(opskit, cron_user: CronUser, tmp_path: Path,
-                                                    state_dir: Path) -> None:
-    """Execute the cron-check line exactly as cron would: % rule, /bin/sh, env from the block only."""
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Execute the cron-check line exactly as cron would: % rule, /bin/sh, cron's bare environment.
+
+    The settings the entry needs (PATH, a state dir with a space and a %) travel in the line itself.
+    """
+    state_dir = tmp_path / "state 100%d"
+    monkeypatch.setenv("OPSKIT_STATE_DIR", str(state_dir))
     cfg = conf(tmp_path, cron_user.name, dirname="cfg%d")
     assert opskit("--config", str(cfg), "cron", "install").returncode == 0
-    lines = block_of(cron_user.read() or "").splitlines()
-    env = {"HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "root"}
-    env.update(ln.split("=", 1) for ln in lines if re.match(r"^[A-Z_]+=", ln))
+    text = cron_user.read() or ""
+    lines = block_of(text).splitlines()
+    assert not ENV_LINE.findall(block_of(text))
     line = next(ln for ln in lines if " cron-check --" in ln)
+    assert cron_environments(text)[line.split(None, 5)[5]] == {}  # nothing from the crontab itself
+    env = {"HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "root"}  # no PATH, no OPSKIT_STATE_DIR
     command = line.split(None, 5)[5]
     command = re.split(r"(?<!\\)%", command, maxsplit=1)[0].replace("\\%", "%")
     r = subprocess.run(["/bin/sh", "-c", command], check=False, env=env, cwd="/", capture_output=True, text=True,
@@ -238,6 +325,10 @@ def test_show_lists_entries_with_next_run(opskit, cron_user: CronUser, tmp_path:
         nxt = dt.datetime.fromisoformat(e["next_run"].replace("Z", "+00:00"))
         assert now - dt.timedelta(seconds=5) < nxt <= now + dt.timedelta(hours=1, seconds=5)
         assert nxt == dt.datetime.fromisoformat(e["next_run_local"])
+    venv_bin = str(Path(os.path.abspath(sys.executable)).parent)
+    for e in data["entries"]:  # the inline settings are listed apart from the command
+        assert e["command"].startswith(shlex.quote(str(Path(venv_bin) / "opskit")) + " --config ")
+        assert e["env"]["PATH"].startswith(venv_bin + ":") and "OPSKIT_STATE_DIR" in e["env"]
     flush = next(e for e in data["entries"] if e["name"] == "notify-flush")
     nxt = dt.datetime.fromisoformat(flush["next_run"].replace("Z", "+00:00"))
     assert nxt.minute % 5 == 0 and nxt - now <= dt.timedelta(minutes=5, seconds=5)
@@ -268,10 +359,18 @@ def test_parse_crontab_finds_run_job_lines_and_warns_on_unreadable_ones() -> Non
         "61 * * * * opskit run-job bad -- true\n"
         "* * * * opskit run-job short\n"
         "0 * * * * echo 100\\% done % stdin run-job fake\n"
+        "*/5 * * * * PATH='/o p\\%t/bin:/bin' OPSKIT_STATE_DIR=/var/lib/opskit '/o p\\%t/bin/opskit' --config "
+        "/c.toml run-job --ok-exit 1 --service api deploy-api -- '/o p\\%t/bin/opskit' deploy api >> /l 2>&1\n"
+        "0 1 * * * X='a run-job b' /bin/true\n"
     )
     lines, warnings = cron.parse_crontab(text)
     jobs = {ln.job: ln for ln in lines if ln.job}
-    assert set(jobs) == {"my-backup", "nightly", "boot"}
+    assert set(jobs) == {"my-backup", "nightly", "boot", "deploy-api"}
+    inline = jobs["deploy-api"]
+    assert inline.schedule == "*/5 * * * *" and inline.service == "api"
+    assert inline.env == (("PATH", "/o p%t/bin:/bin"), ("OPSKIT_STATE_DIR", "/var/lib/opskit"))
+    assert inline.program.startswith("'/o p\\%t/bin/opskit' --config /c.toml run-job ")
+    assert jobs["my-backup"].env == () and jobs["my-backup"].program == jobs["my-backup"].command
     assert jobs["my-backup"].schedule == "15 2 * * *"
     assert jobs["nightly"].schedule == "0 0 * * *" and jobs["nightly"].service == "web"
     assert jobs["boot"].schedule == ""

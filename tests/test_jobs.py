@@ -350,10 +350,14 @@ def test_schedules_from_the_crontab(write_config, state_dir: Path) -> None:
         "*/5 * * * * /opt/opskit run-job shared -- true\n"  # the config wins
         "61 * * * * /opt/opskit run-job broken -- true\n"
         "0 * * * * /bin/echo not a job of ours\n"
+        # opskit's own entries set PATH and OPSKIT_STATE_DIR inline, before the command
+        "*/10 * * * * PATH='/o p\\%t/bin:/bin' OPSKIT_STATE_DIR=/var/lib/opskit '/o p\\%t/bin/opskit' "
+        "--config /c.toml run-job --ok-exit 1 drift-scan -- '/o p\\%t/bin/opskit' drift-scan >> /l 2>&1\n"
     )
     watches, warnings = jobs.watched_jobs(s, crontab)
     assert {n: (w.schedule, w.source) for n, w in watches.items()} == {
-        "shared": ("0 4 * * *", "config"), "my-backup": ("15 2 * * *", "crontab")}
+        "shared": ("0 4 * * *", "config"), "my-backup": ("15 2 * * *", "crontab"),
+        "drift-scan": ("*/10 * * * *", "crontab")}
     assert len(warnings) == 1 and "line 3" in warnings[0] and "not watched" in warnings[0]
     clock, notes = FakeClock(), Notes()
     rep = check(s, Journal(state_dir, clock), clock, notes, crontab)

@@ -6,8 +6,12 @@ split at the markers and put back together byte for byte. The one exception is a
 newline at the very end, which Debian's crontab refuses to install ("missing newline
 before EOF"), so one is added.
 
-Entries run under cron's bare environment, so every path in them is absolute and the
-block sets PATH itself. Each entry is wrapped in `opskit run-job NAME --` so cron-check
+Entries run under cron's bare environment, so every path in them is absolute and each
+entry sets PATH (and OPSKIT_STATE_DIR) inline for its own command: `PATH=… '/abs/opskit' …`.
+The block holds no NAME=value line, because cron applies such a line to every entry after
+it, so the user's own lines below the block would run with opskit's PATH (and change back
+on uninstall). Blocks written with such lines by older versions are still recognised by
+their markers and replaced. Each entry is wrapped in `opskit run-job NAME --` so cron-check
 can tell when it stopped running (issue 5 item 3).
 
 run-job and cron-check themselves live in opskit.jobs.
@@ -45,6 +49,9 @@ _END_PREFIX = "# <<< opskit"
 TEMPLATE = Path(__file__).resolve().parents[2] / "cron" / "opskit.crontab"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_LINE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
+# One leading `NAME=value ` of a command as cron hands it to /bin/sh (before the first
+# unescaped %): the per-entry settings opskit's entries start with.
+_ASSIGNMENT = re.compile(r"""([A-Za-z_][A-Za-z0-9_]*)=((?:'[^']*'|"(?:[^"\\]|\\.)*"|\\.|[^\s'"\\;&|<>()`%])*)(?:\s+|$)""")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VALUE_OPTIONS = ("--service", "-s", "--ok-exit")  # run-job's options that take a value
 
@@ -171,8 +178,11 @@ def _cron_quote(arg: str, what: str) -> str:
     return shlex.quote(arg).replace("%", "\\%")
 
 
-def render_line(entry: Entry, *, runner: Sequence[str], config: Path, log: Path) -> str:
+def render_line(entry: Entry, *, runner: Sequence[str], config: Path, log: Path,
+                environment: Sequence[tuple[str, str]] = ()) -> str:
+    """One entry; `environment` is set inline for this command only, never as a crontab line."""
     q = _cron_quote
+    settings = [f"{name}={q(value, name)}" for name, value in environment]
     opskit = [q(a, "interpreter path") for a in runner] + ["--config", q(str(config), "config path")]
     # Options go before NAME: run-job stops parsing options there. Exit 1 is a finding the
     # command notified about itself (drift, a missed job, a failed deploy), not a broken job.
@@ -180,7 +190,7 @@ def render_line(entry: Entry, *, runner: Sequence[str], config: Path, log: Path)
     if entry.service:
         wrapper += ["--service", q(entry.service, "service name")]
     wrapper.append(q(entry.name, "job name"))
-    cmd = [*wrapper, "--", *opskit, *(q(a, "argument") for a in entry.args)]
+    cmd = [*settings, *wrapper, "--", *opskit, *(q(a, "argument") for a in entry.args)]
     return f"{entry.schedule} {' '.join(cmd)} >> {q(str(log), 'log path')} 2>&1"
 
 
@@ -208,17 +218,18 @@ def render_block(settings: Settings, *, runner: Sequence[str] | None = None,
             raise UsageError(f"schedule {e.schedule!r} for {e.name} is invalid ({problem}); "
                              "fix it in [cron]")
     bindir = str(Path(runner[0]).parent)
-    environment = [f"PATH={bindir}:{SYSTEM_PATH}"]
+    environment = [("PATH", f"{bindir}:{SYSTEM_PATH}")]
     if env.get("OPSKIT_STATE_DIR"):
-        value = os.path.abspath(env["OPSKIT_STATE_DIR"])
-        _cron_quote(value, "OPSKIT_STATE_DIR")
-        environment.append(f"OPSKIT_STATE_DIR={value}")
-    lines = [render_line(e, runner=runner, config=config, log=log) for e in entries]
+        environment.append(("OPSKIT_STATE_DIR", os.path.abspath(env["OPSKIT_STATE_DIR"])))
+    lines = [render_line(e, runner=runner, config=config, log=log, environment=environment) for e in entries]
     _cron_quote(str(config), "config path")
-    text = _template().substitute(config=str(config), log=str(log),
-                                  environment="\n".join(environment), entries="\n".join(lines))
+    text = _template().substitute(config=str(config), log=str(log), entries="\n".join(lines))
     if not text.endswith("\n"):
         text += "\n"
+    for n, line in enumerate(_lines(text), start=1):
+        if _ENV_LINE.match(line):  # a hand-edited template; cron would apply it to the user's lines
+            raise OpsError(f"crontab template {TEMPLATE} line {n} sets a variable ({line.strip()!r}), "
+                           "which cron would apply to every line after the block; remove it or reinstall opskit")
     return text, entries
 
 
@@ -228,10 +239,33 @@ def render_block(settings: Settings, *, runner: Sequence[str] | None = None,
 class CronLine:
     lineno: int
     schedule: str  # five fields (macros expanded); "" for @reboot
-    command: str
+    command: str  # as written, inline NAME=value settings included
     job: str | None  # the run-job NAME, when the line is wrapped
     service: str | None
     in_block: bool
+    env: tuple[tuple[str, str], ...] = ()  # the command's leading NAME=value settings, unquoted
+    program: str = ""  # the command after those settings, as written
+
+
+def split_assignments(command: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """(the leading `NAME=value` settings, the rest as written) of a crontab command.
+
+    opskit's entries carry PATH and OPSKIT_STATE_DIR this way; values come back shell-unquoted
+    with cron's \\% turned into %. A value the shell would expand ($HOME) is kept as written.
+    """
+    env: list[tuple[str, str]] = []
+    pos = 0
+    while m := _ASSIGNMENT.match(command, pos):
+        if m.end() == pos:
+            break
+        raw = m.group(2).replace("\\%", "%")
+        try:
+            words = shlex.split(raw) if raw else [""]
+        except ValueError:
+            break
+        env.append((m.group(1), words[0] if len(words) == 1 else raw))
+        pos = m.end()
+    return tuple(env), command[pos:]
 
 
 def _run_job_target(command: str) -> tuple[str | None, str | None]:
@@ -295,8 +329,10 @@ def parse_crontab(text: str) -> tuple[list[CronLine], list[str]]:
                 warnings.append(f"{where} line {n}: schedule {expr!r} cannot be read ({problem}); "
                                 "not watched")
                 continue
+        command = command.strip()
         job, service = _run_job_target(command)
-        found.append(CronLine(n, expr, command.strip(), job, service, inside))
+        env, program = split_assignments(command)
+        found.append(CronLine(n, expr, command, job, service, inside, env, program))
     return found, warnings
 
 
@@ -378,13 +414,14 @@ def uninstall(settings: Settings, journal: Journal | None = None, *, dry_run: bo
 class ShownEntry:
     name: str | None
     schedule: str
-    command: str
+    command: str  # without the inline settings, which are in env
     next_run: dt.datetime | None
     line: int
+    env: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self, tz: dt.tzinfo) -> dict[str, Any]:
         return {"name": self.name, "schedule": self.schedule, "command": self.command,
-                "line": self.line,
+                "env": self.env, "line": self.line,
                 "next_run": iso(self.next_run) if self.next_run else None,
                 "next_run_local": self.next_run.astimezone(tz).isoformat() if self.next_run else None}
 
@@ -416,7 +453,7 @@ def show(settings: Settings, clock: Clock = SYSTEM, text: str | None = None) -> 
         if not ln.in_block:
             continue
         nxt = schedule.next_run(ln.schedule, now, tz) if ln.schedule else None
-        entries.append(ShownEntry(ln.job, ln.schedule, ln.command, nxt, ln.lineno))
+        entries.append(ShownEntry(ln.job, ln.schedule, ln.program or ln.command, nxt, ln.lineno, dict(ln.env)))
     return ShowResult(_user_name(settings), parts.block is not None, str(tz), entries,
                       [w for w in warnings if w.startswith("opskit block")], tz)
 

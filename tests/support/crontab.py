@@ -8,6 +8,7 @@ with the reason.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -53,8 +54,42 @@ class CronUser:
         # Debian's `crontab -l` drops the three header lines `crontab` writes; keep them.
         (SPOOL / self.name).write_text(HEADER + text)
 
+    def read_bytes(self) -> bytes:
+        r = subprocess.run(["crontab", "-u", self.name, "-l"], check=True, capture_output=True, timeout=30)
+        return r.stdout
+
+    def write_bytes(self, data: bytes) -> None:
+        subprocess.run(["crontab", "-u", self.name, "-"], input=data, check=True, capture_output=True, timeout=30)
+
     def clear(self) -> None:
         _crontab("-u", self.name, "-r")
+
+
+_CRON_ENV = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+def cron_environments(text: str) -> dict[str, dict[str, str]]:
+    """Each job line's command -> the NAME=value lines cron applies to it (crontab(5)).
+
+    cron reads the table top to bottom; an assignment line holds for every entry after it,
+    wherever that entry is. Values in matching quotes lose them, as cron does.
+    """
+    env: dict[str, str] = {}
+    out: dict[str, dict[str, str]] = {}
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _CRON_ENV.match(line)
+        if m:
+            value = m.group(2)
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            env[m.group(1)] = value
+            continue
+        fields = stripped.split(None, 1 if stripped.startswith("@") else 5)
+        out[fields[-1]] = dict(env)
+    return out
 
 
 # Test modules import cron_user_fixture; the fixture itself is called cron_user, so a test's
