@@ -218,3 +218,30 @@ def test_failed_deploy_of_an_older_commit_restores_the_last_good_without_a_commi
         assert done is not None and done.data["strategy"] == "redeploy-last-good"
     finally:
         st.close()
+
+
+def test_git_failure_in_the_revert_redeploy_freezes_and_notifies(tmp_path: Path) -> None:
+    """The bad deploy leaves .git/index.lock behind (a killed git, a full disk): the revert lands
+    but its redeploy cannot check out. The rollback ends (rollback.fail), the service is frozen
+    and a human is told, instead of the error escaping with the bad commit live and unreported."""
+    st = deployed_stage(tmp_path, deploy="{restart}; if grep -q crash service.mode; then touch .git/index.lock; fi")
+    try:
+        j = st.journal()
+        box = [r[0] for r in j.conn.execute("SELECT id FROM outbox")]
+        bad = st.good(mode="crash")
+        r = st.deploy()
+        assert r.status == "failed" and r.revert is not None and r.revert.status == "frozen"
+        assert "could not be deployed" in r.revert.reason and "git checkout" in r.revert.reason
+        types = st.types()
+        assert types.count("rollback.start") == 1 and types.count("rollback.fail") == 1
+        assert types.index("rollback.fail") < types.index("service.frozen") and "rollback.complete" not in types
+        fail = j.last("rollback.fail", "svc")
+        assert fail is not None and fail.data["bad"] == bad and fail.data["crashed"] is True
+        frozen = is_frozen(j, "svc")
+        assert frozen and frozen["event_id"] == fail.id
+        new = [(row[1], row[2]) for row in j.conn.execute("SELECT id, title, level FROM outbox") if row[0] not in box]
+        assert [lvl for _, lvl in new] == ["critical"] and "rollback failed" in new[0][0]
+        (st.sb.worktree / ".git" / "index.lock").unlink()
+        assert st.deploy().status == "frozen"  # refused until a human unfreezes, not "nothing"
+    finally:
+        st.close()

@@ -328,7 +328,11 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
     result = RevertResult(service=svc.name, ok=True, status="landed", reason=reason, exit_code=int(ExitCode.OK),
                           bad=bad, revert_sha=new, reverted=plan.reverted, event_id=start.id, plan=plan)
     if not no_deploy:
-        d = deliver(run, new, kind="revert", previous=bad)
+        try:
+            d = deliver(run, new, kind="revert", previous=bad)
+        except OpsError as e:  # git or the OS failed mid-redeploy: the bad commit may still be live
+            return _fail(run, bad, f"the revert {short(new)} could not be deployed: {e}", status="frozen",
+                         start_id=start.id, plan=plan, freeze_it=True, extra={"revert": new, "crashed": True})
         if not d.ok:
             return _fail(run, bad, f"the revert {short(new)} failed too ({d.stage}): {d.reason}", status="frozen",
                          start_id=start.id, plan=plan, freeze_it=True, extra={"revert": new})
@@ -364,7 +368,12 @@ def _restore_last_good(run: Run, canon: Git, *, bad: str, good: str, reason: str
     result = RevertResult(service=svc.name, ok=True, status="landed", reason=reason, exit_code=int(ExitCode.OK),
                           bad=bad, revert_sha=good, reverted=[bad], event_id=start.id)
     if not no_deploy:
-        d = deliver(run, good, kind="revert", previous=bad)
+        try:
+            d = deliver(run, good, kind="revert", previous=bad)
+        except OpsError as e:
+            return _fail(run, bad, f"the last good deploy {short(good)} could not be deployed: {e}",
+                         status="frozen", start_id=start.id, plan=None, freeze_it=True,
+                         extra={"revert": good, "crashed": True})
         if not d.ok:
             return _fail(run, bad, f"the last good deploy {short(good)} failed too ({d.stage}): {d.reason}",
                          status="frozen", start_id=start.id, plan=None, freeze_it=True, extra={"revert": good})
