@@ -287,3 +287,40 @@ def test_branch_names_are_data_not_shell(cs: ChainStage) -> None:
     assert not pwned.exists()
     env = (cs.probe / "review.env").read_bytes()
     assert b"OPSKIT_BRANCH=feature/it's-$(touch" in env and b"\xc3\xbc\xff" in env  # the exact bytes
+
+
+def test_a_failing_ref_does_not_drop_the_other_refs_of_the_push(tmp_path: Path) -> None:
+    """One push updates master and a feature branch; the deploy of master fails (git cannot check
+    out: a stale .git/index.lock). The feature branch is still handled, the failure is journaled
+    and notified once, and the hook's exit code says something failed."""
+    from opskit import approvals
+    from opskit.pipeline import on_post_receive
+    from tests.support.gitsandbox import rev
+
+    cs = make_chain_stage(tmp_path, direct_push=True)
+    try:
+        old_master = cs.tip()
+        git(cs.sb.dev, "checkout", "-q", "master")
+        new_master = cs.sb.commit({"app.txt": "v2\n"}, "good")
+        git(cs.sb.bare, "fetch", "-q", str(cs.sb.dev), "master:master")  # lands without running hooks
+        cs.feature("feature/y", {"review.exit": "3\n"}, base=new_master)
+        feat = rev(cs.sb.dev)
+        git(cs.sb.bare, "fetch", "-q", str(cs.sb.dev), "feature/y:feature/y")
+        j = cs.st.journal()
+        last_box = max([r[0] for r in j.conn.execute("SELECT id FROM outbox")], default=0)
+        (cs.sb.worktree / ".git" / "index.lock").write_text("")
+        out: list[str] = []
+        code = on_post_receive(cs.st.config_path, "svc", [(old_master, new_master, "refs/heads/master"),
+                                                          ("0" * 40, feat, "refs/heads/feature/y")], out.append)
+        assert code == 1
+        fails = cs.events("push.fail")
+        assert [(e.data["ref"], e.data["action"], e.sha) for e in fails] == [("refs/heads/master", "deploy", new_master)]
+        assert "git checkout" in fails[0].data["reason"] and any("the deploy failed" in ln for ln in out)
+        # the feature branch of the same push still ran its chain (here: parked for a human)
+        assert [e.data["ref"] for e in cs.events("push.received")][-2:] == ["refs/heads/master", "refs/heads/feature/y"]
+        assert cs.last("review.needs-human").sha == feat
+        assert [p.sha for p in approvals.pending(j)] == [feat]
+        titles = [r[0] for r in j.conn.execute("SELECT title FROM outbox WHERE id > ? ORDER BY id", (last_box,))]
+        assert len(titles) == 2 and "crashed" in titles[0] and "approval needed" in titles[1]  # no duplicate
+    finally:
+        cs.st.close()

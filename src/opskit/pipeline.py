@@ -536,18 +536,38 @@ def on_post_receive(config_path: Path, service: str, updates: list[tuple[str, st
             action = "ignored"
         journal.append("push.received", service, {"ref": text(ref), "old": old, "new": new, "action": action},
                        chain=chain, sha=None if new == ZERO else new)
-        if action == "deploy":
-            if svc.background:
-                code = max(code, _spawn_background(settings, svc, new, chain, write))
-            else:
-                result = deploy(settings, journal, service, new, chain=chain, write=write)
-                write(f"{service}: {result.status}: {result.reason}")
-                code = max(code, result.exit_code)
-        elif action == "chain":
-            code = max(code, run_chain(settings, journal, service, ref, new, chain=chain, write=write))
-        elif action.startswith("ignored (direct_push"):
-            write(f"{service}: push to {svc.branch} not deployed: direct_push is off for this service")
+        try:
+            if action == "deploy":
+                if svc.background:
+                    code = max(code, _spawn_background(settings, svc, new, chain, write))
+                else:
+                    result = deploy(settings, journal, service, new, chain=chain, write=write)
+                    write(f"{service}: {result.status}: {result.reason}")
+                    code = max(code, result.exit_code)
+            elif action == "chain":
+                code = max(code, run_chain(settings, journal, service, ref, new, chain=chain, write=write))
+            elif action.startswith("ignored (direct_push"):
+                write(f"{service}: push to {svc.branch} not deployed: direct_push is off for this service")
+        except OpsError as e:
+            # One ref's failure (the lock stayed busy, git failed) must not drop the other refs
+            # of the same push, and must not pass unnoticed: the push itself has landed.
+            _ref_failed(settings, journal, svc, ref, new, action, chain, e, write)
+            code = max(code, int(ExitCode.FAILED))
     return code
+
+
+def _ref_failed(settings: Settings, journal: Journal, svc: ServiceSettings, ref: str, new: str, action: str,
+                chain: str, e: OpsError, write: Write) -> None:
+    run = Run(settings=settings, journal=journal, svc=svc, chain=chain, write=write, sha=new)
+    why = redact(str(e))[:500]
+    what = "deploy" if action == "deploy" else "feature-branch chain"
+    ev = run.emit("push.fail", {"ref": text(ref), "new": new, "action": action, "reason": why,
+                                "error": type(e).__name__})
+    run.say(f"{svc.name}: {text(ref)} {short(new)}: the {what} failed: {why} (event {ev.id})")
+    if not was_notified(e):
+        notify(run, f"{svc.name}: the push of {text(ref)} ({short(new)}) landed, but its {what} failed: {why}\n"
+                    f"Nothing else was done for this ref; see `opskit events --service {svc.name}`. Event: #{ev.id}",
+               title=f"{svc.name}: {what} of {text(ref)} failed", level="error", event_id=ev.id)
 
 
 def _spawn_background(settings: Settings, svc: ServiceSettings, sha: str, chain: str, write: Write) -> int:
