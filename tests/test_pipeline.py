@@ -18,7 +18,7 @@ from opskit.gitrepo import Git
 from opskit.pipeline import on_post_receive
 from opskit.status import collect
 from tests.support.gitsandbox import git, rev
-from tests.support.pipeline import Stage, env_for, seeded_stage
+from tests.support.pipeline import Stage, env_for, make_stage, seeded_stage
 from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture
 
 
@@ -271,3 +271,26 @@ def test_git_failure_inside_deliver_is_notified_and_retried(st: Stage) -> None:
     lock.unlink()  # the operator removes the stale lock; cron's next `opskit deploy` deploys it
     r = st.deploy()
     assert r.ok and r.status == "healthy" and r.sha == new and st.worktree_head() == new
+
+
+def test_tracked_file_matching_drift_ignore_is_saved_before_checkout(tmp_path: Path) -> None:
+    """drift_ignore spares untracked files; a hand edit to a TRACKED file matching it would be
+    discarded by the checkout, so it is saved to refs/opskit/dirty/* like any other change."""
+    st = make_stage(tmp_path, extra={"drift_ignore": ["*.local", "*.log"]})
+    try:
+        st.sb.commit({"settings.local": "default\n"}, "add settings")
+        st.sb.push(st.sb.branch)
+        assert st.deploy().ok
+        (st.sb.worktree / "settings.local").write_text("hand-tuned on prod at 3am\n")
+        (st.sb.worktree / "server.log").write_text("untracked and ignored\n")
+        st.good(files={"app.txt": "v2\n"})
+        r = st.deploy()
+        assert r.ok and r.saved_ref and r.saved_ref.startswith("refs/opskit/dirty/")
+        assert git(st.sb.worktree, "show", f"{r.saved_ref}:settings.local").stdout == "hand-tuned on prod at 3am\n"
+        assert (st.sb.worktree / "settings.local").read_text() == "default\n"  # the deploy put the commit's back
+        assert (st.sb.worktree / "server.log").exists()  # untracked ignored files are left alone
+        # only ignored untracked files: nothing to save
+        st.good(files={"app.txt": "v3\n"})
+        assert st.deploy().saved_ref is None
+    finally:
+        st.close()

@@ -237,7 +237,9 @@ def move_worktree(run: Run, sha: str) -> str | None:
     wt = Git(svc.worktree)
     if wt.rev_parse(sha) is None:  # e.g. the revert just landed in the canonical repo
         wt = fetch_worktree(svc)
-    dirty = [e for e in wt.status() if not _ignored(e.path, svc.drift_ignore)]
+    # drift_ignore spares untracked files (logs, caches) only: `checkout --force` leaves those
+    # alone, but it discards every change to a tracked file, so each one is saved first.
+    dirty = [e for e in wt.status() if e.code != "??" or not _ignored(e.path, svc.drift_ignore)]
     saved: str | None = None
     if dirty:
         stamp = run.clock.now().astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
