@@ -125,11 +125,22 @@ def test_pipeline_killed_at_each_step(kit: Kit, step: str) -> None:
     result = json.loads(out)
     new = [e for e in j.query(service="svc") if e.id > events_before[-1].id]
     reported = [e for e in new if e.data.get("interrupted")]
-    assert len(reported) == 1, f"the next run did not report the interrupted {step}: {[e.type for e in new]}\n{err}"
-    kind = {"deploy": "deploy.fail", "gate": "deploy.fail", "redeploy": "deploy.fail"}.get(step, "rollback.fail")
-    assert reported[0].type == kind and "interrupted" in reported[0].data["reason"]
-    if kind == "deploy.fail":
+    # A kill during the revert's redeploy interrupts two things: the revert's deploy and the
+    # rollback it was part of (left open at rollback.start); each is reported once.
+    kinds = {"deploy": ["deploy.fail"], "gate": ["deploy.fail"],
+             "redeploy": ["deploy.fail", "rollback.fail"]}.get(step, ["rollback.fail"])
+    assert [e.type for e in reported] == kinds, \
+        f"the next run did not report the interrupted {step}: {[e.type for e in new]}\n{err}"
+    assert all("interrupted" in e.data["reason"] for e in reported)
+    if kinds[0] == "deploy.fail":
         assert reported[0].data["step"] == {"gate": "health"}.get(step, "deploy")
+    for e in reported[1:]:  # the rollback is closed in its own chain, saying the revert had landed
+        assert e.data["bad"] == kit.bad and e.data["landed"] is True and e.data["tip"] == tip
+        assert e.chain == next(x for x in events_before if x.type == "rollback.start").chain
+        titles = [r[0] for r in j.conn.execute("SELECT title FROM outbox WHERE event_id = ?", (e.id,))]
+        assert titles == ["svc: rollback interrupted"]
+    rollback = [e.type for e in j.query(service="svc", type_prefix="rollback.")]
+    assert rollback.count("rollback.start") == rollback.count("rollback.complete") + rollback.count("rollback.fail")
     # Consistent, and the journal says which commit the service is on.
     final_tip, final_head = _consistent(kit)
     assert final_head == final_tip

@@ -398,13 +398,14 @@ def _report_interrupted_rollback(run: Run) -> None:
     """A failed deploy whose rollback died mid-way (SIGKILL between rollback.start and its end):
     close it with rollback.fail in its own chain, so it is reported once and the journal says
     where the branch was left (the revert landed or not; revert.land_commit is one CAS)."""
-    rows = run.journal.deploys(run.service, limit=1)
-    if not rows or rows[0]["status"] != "failed":
+    # Not just the newest row: a kill during the revert's own redeploy leaves the revert row
+    # (kind 'revert', now 'interrupted') on top of the failed deploy whose rollback it was.
+    found = next(((row, start) for row in run.journal.deploys(run.service, limit=50)
+                  if row["kind"] == "deploy" and row["status"] == "failed"
+                  and (start := open_rollback(run.journal, run.service, row)) is not None), None)
+    if found is None:
         return
-    row = rows[0]
-    start = open_rollback(run.journal, run.service, row)
-    if start is None:
-        return
+    row, start = found
     try:
         tip = canonical_tip(run.svc)
     except OpsError:
