@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from opskit.chain import ChainResult, run_now
 from opskit.gitrepo import Git
 from opskit.lock import ServiceLock
@@ -324,3 +326,37 @@ def test_a_failing_ref_does_not_drop_the_other_refs_of_the_push(tmp_path: Path) 
         assert len(titles) == 2 and "crashed" in titles[0] and "approval needed" in titles[1]  # no duplicate
     finally:
         cs.st.close()
+
+
+def test_approve_that_cannot_merge_leaves_the_change_parked(cs: ChainStage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Approving while the service is frozen (or when the chain crashes before the merge landed)
+    must not use the decision up: after `opskit unfreeze` the human approves it again and it merges."""
+    from opskit import approvals, chain
+    from opskit.errors import OpsError
+    from opskit.revert import unfreeze
+
+    head = cs.feature("feature/h", {"review.exit": "3\n", "app.txt": "h\n"})
+    cs.push("feature/h")
+    (row,) = approvals.pending(cs.st.journal())
+    before = cs.tip()
+    cs.st.journal().kv_set("frozen", "svc", {"reason": "earlier rollback failed", "since": "now"})
+    p = cs.cli("approve", str(row.id))
+    assert p.returncode == 1 and "frozen" in p.stdout + p.stderr
+    parked = approvals.get(cs.st.journal(), row.id)
+    assert cs.tip() == before and parked is not None and parked.status == "parked"
+    unfreeze(cs.st.settings, cs.st.journal(), "svc", who="ops")
+
+    def boom(ctx: object) -> None:
+        raise OpsError("git died")
+
+    with monkeypatch.context() as m:
+        m.setattr(chain, "_still_current", boom)
+        with pytest.raises(OpsError):
+            chain.approve(cs.st.settings, cs.st.journal(), row.id, write=lambda _: None, by="ops")
+    again = approvals.get(cs.st.journal(), row.id)
+    assert again is not None and again.status == "parked" and "git died" in (again.reason or "")
+    p = cs.cli("approve", str(row.id))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, head]
+    done = approvals.get(cs.st.journal(), row.id)
+    assert done is not None and done.status == "approved"

@@ -145,11 +145,19 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
                                  "human": True, "verdict": "approved", "cause": row.cause})
     ctx.run.say(f"{row.service}: change #{row.id} ({text(row.branch)} {short(row.sha)}) approved by "
                 f"{row.decided_by}; merging")
-    with _crash_recorded(ctx):
-        result = _land_and_deliver(ctx, lock_wait)
+    try:
+        with _crash_recorded(ctx):
+            result = _land_and_deliver(ctx, lock_wait)
+    except BaseException as e:
+        if ctx.merge is None:  # nothing landed: the decision must not be used up by a crash
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            approvals.reopen(journal, row.id, f"the approval did not get to merge ({why})")
+        raise
     if result.status in ("superseded", "deleted"):
         approvals.mark(journal, row.id, "superseded", result.reason)
-    elif result.status == "busy":  # never got to try: the human may approve it again later
+    elif result.status in ("busy", "frozen") and ctx.merge is None:
+        # never got to merge (the lock stayed busy, the service is frozen): the human may
+        # approve it again later, e.g. after `opskit unfreeze`
         approvals.reopen(journal, row.id, result.reason)
     elif result.status == "merge-failed":
         approvals.mark(journal, row.id, "approved", result.reason)
