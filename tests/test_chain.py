@@ -360,3 +360,28 @@ def test_approve_that_cannot_merge_leaves_the_change_parked(cs: ChainStage, monk
     assert Git(cs.sb.bare).parents(cs.tip()) == [before, head]
     done = approvals.get(cs.st.journal(), row.id)
     assert done is not None and done.status == "approved"
+
+
+def test_test_and_review_get_an_allowlisted_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """test and review run code from the pushed, unreviewed branch: they must not see the webhook
+    URLs and tokens in opskit's environment (redact() masks only the literal value)."""
+    monkeypatch.setenv("DISCORD_WEBHOOK_URL", "https://discord.com/api/webhooks/1/SeCrEtToKeN")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "k3y")
+    monkeypatch.setenv("LC_TIME", "C")
+    names = "env | cut -d= -f1 | LC_ALL=C sort | tr '\\n' ' '; echo; printenv DISCORD_WEBHOOK_URL | rev; echo end"
+    c = make_chain_stage(tmp_path, test=names, review=names)
+    try:
+        head = c.feature("feature/env", {"app.txt": "e\n"})
+        c.push("feature/env")
+        for what in ("test.pass", "review.pass"):
+            tail = c.last(what).data["tail"]
+            assert "NeKoTtErCeS" not in tail and "AWS_SECRET" not in tail and "DISCORD" not in tail, tail
+            seen = set(tail.splitlines()[0].split())
+            assert {"PATH", "HOME", "LC_TIME", "GIT_AUTHOR_NAME", "GIT_COMMITTER_EMAIL", "OPSKIT_HEAD",
+                    "OPSKIT_RANGE", "OPSKIT_CHAIN"} <= seen, seen
+            assert not {n for n in seen if n.startswith("OPSKIT_")} - {
+                "OPSKIT_SERVICE", "OPSKIT_BRANCH", "OPSKIT_BASE", "OPSKIT_HEAD", "OPSKIT_RANGE", "OPSKIT_CHAIN"}
+            assert "OPSKIT_STATE_DIR" not in seen and "GIT_CONFIG_NOSYSTEM" not in seen
+        assert Git(c.sb.bare).parents(c.tip())[1] == head  # the chain still merged
+    finally:
+        c.st.close()
