@@ -282,6 +282,95 @@ def test_heal_without_a_deploy_changes_nothing(sandbox: Sandbox, write_config, o
     assert tree_sum(sandbox.worktree) == before
 
 
+def _drift_ref(wt: Path) -> str:
+    [ref] = git(wt, "for-each-ref", "--format=%(refname)", "refs/opskit/drift/").stdout.split()
+    return ref
+
+
+def _blob(wt: Path, spec: str) -> bytes:
+    return subprocess.run(["git", "cat-file", "blob", spec], cwd=wt, capture_output=True, check=True).stdout
+
+
+def test_heal_keeps_the_staged_version_too(env: Env, opskit) -> None:
+    # `git add` then edit again (MM), and a staged-only file: the index holds a version the
+    # worktree does not. Saved like `git stash`: ref^1 = HEAD, ref^2 = the index on HEAD.
+    wt = env.sb.worktree
+    head = rev(wt)
+    (wt / "app.txt").write_text("STAGED fix the operator git-added\n")
+    (wt / "forced.log").write_text("staged although .gitignore'd\n")
+    git(wt, "add", "app.txt")
+    git(wt, "add", "-f", "forced.log")
+    staged = rev(wt, ":app.txt")
+    (wt / "app.txt").write_text("later worktree edit\n")
+    r = opskit("--config", str(env.conf), "drift-scan", "--heal")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ref = _drift_ref(wt)
+    assert rev(wt, f"{ref}^1") == head and rev(wt, f"{ref}^2^") == head
+    assert rev(wt, f"{ref}^2:app.txt") == staged
+    assert _blob(wt, f"{ref}:app.txt") == b"later worktree edit\n"
+    assert _blob(wt, f"{ref}^2:forced.log") == _blob(wt, f"{ref}:forced.log") == b"staged although .gitignore'd\n"
+    # reachable from the ref alone (not only from a reflog or the old index): survives gc
+    assert staged in git(wt, "rev-list", "--objects", ref).stdout
+    assert (wt / "app.txt").read_text() == "v1\n" and not (wt / "forced.log").exists()
+
+
+def test_heal_saves_raw_bytes_and_modes(env: Env, opskit) -> None:
+    # `git add` would run `* text=auto` and store LF; the saved tree must hold what was on disk.
+    wt = env.sb.worktree
+    (wt / ".gitattributes").write_text("* text=auto\n")
+    (wt / "app.txt").write_bytes(b"edited on production\r\nwith CRLF\r\n")
+    (wt / "run.sh").write_bytes(b"#!/bin/sh\r\necho hi\r\n")
+    (wt / "run.sh").chmod(0o755)
+    (wt / "link").symlink_to("no such target")
+    r = opskit("--config", str(env.conf), "drift-scan", "--heal")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ref = _drift_ref(wt)
+    assert _blob(wt, f"{ref}:app.txt") == b"edited on production\r\nwith CRLF\r\n"
+    assert _blob(wt, f"{ref}:run.sh") == b"#!/bin/sh\r\necho hi\r\n"
+    modes = {ln.split("\t")[1]: ln.split()[0] for ln in git(wt, "ls-tree", ref).stdout.splitlines()}
+    assert modes["run.sh"] == "100755" and modes["link"] == "120000" and modes["app.txt"] == "100644"
+    assert _blob(wt, f"{ref}:link") == b"no such target"
+    assert (wt / "app.txt").read_text() == "v1\n" and not (wt / "run.sh").exists()
+
+
+def test_heal_keeps_every_stage_of_a_conflict(env: Env, opskit) -> None:
+    # An unmerged index (a merge or stash pop that stopped): base, ours and theirs are saved.
+    wt = env.sb.worktree
+    base, ours, theirs = (git(wt, "hash-object", "-w", "--stdin", input=t).stdout.strip()
+                          for t in ("v1\n", "ours\n", "theirs\n"))
+    stages = "".join(f"100644 {oid} {n}\tapp.txt\n" for n, oid in ((1, base), (2, ours), (3, theirs)))
+    git(wt, "update-index", "--index-info", input=f"0 {'0' * 40}\tapp.txt\n" + stages)
+    (wt / "app.txt").write_text("<<<<<<< ours\nours\n=======\ntheirs\n>>>>>>> theirs\n")
+    assert git(wt, "status", "--porcelain").stdout == "UU app.txt\n"
+    r = opskit("--config", str(env.conf), "drift-scan", "--heal")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ref = _drift_ref(wt)
+    assert rev(wt, f"{ref}^2:app.txt") == ours
+    assert [rev(wt, f"{ref}^3:stage{n}/app.txt") for n in (1, 2, 3)] == [base, ours, theirs]
+    assert _blob(wt, f"{ref}:app.txt").startswith(b"<<<<<<< ours")
+    assert git(wt, "status", "--porcelain").stdout == ""
+
+
+def test_heal_waits_for_no_deploy(env: Env) -> None:
+    # A heal moves the worktree: never while a deploy, revert or chain holds the lock.
+    from opskit.lock import ServiceLock
+
+    wt = env.sb.worktree
+    (wt / "app.txt").write_text("hand edit\n")
+    (wt / "stray.txt").write_text("x\n")
+    before = tree_sum(wt)
+    with ServiceLock(env.state_dir, "svc", wait=0, what="deploy"):
+        report = drift.scan(env.settings, Journal(env.state_dir), heal=True, lock_wait=0)
+        assert tree_sum(wt) == before  # nothing saved, nothing restored
+    [rep] = report.services
+    assert report.exit_code == 1 and rep.healed is None
+    assert rep.heal_error is not None and "cannot heal" in rep.heal_error and "lock held by pid" in rep.heal_error
+    assert Journal(env.state_dir).last("drift.healed") is None
+    report = drift.scan(env.settings, Journal(env.state_dir), heal=True, lock_wait=0)
+    assert report.exit_code == 0 and report.services[0].healed is not None
+    assert (wt / "app.txt").read_text() == "v1\n"
+
+
 # --- notifications only on state change ----------------------------------------------------
 
 def test_notifies_on_change_and_renotifies_after_drift_renotify(env: Env) -> None:

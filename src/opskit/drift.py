@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from opskit import gitrepo
 from opskit.clock import SYSTEM, Clock, iso, parse_iso
-from opskit.errors import GitError, OpsError, UsageError, redact
+from opskit.errors import GitError, LockBusy, OpsError, UsageError, redact
 from opskit.gitrepo import Git, StatusEntry
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ HEAD_KINDS = ("ahead", "behind", "diverged", "detached", "wrong-branch", "bypass
 HEALABLE = set(FILE_KINDS) | {"ahead", "diverged", "detached", "wrong-branch", "bypass"}
 MAX_EVENT_FINDINGS = 200
 REMOTE_TIMEOUT = 30.0
+# A heal takes the service's deploy lock; a deploy can hold it for minutes, and the next
+# scheduled scan heals then, so a heal does not queue behind one for long.
+HEAL_LOCK_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -461,8 +464,9 @@ def heal_target(journal: Journal, service: str) -> str | None:
 
 def heal_service(svc: ServiceSettings, rep: ServiceDrift, journal: Journal,
                  clock: Clock = SYSTEM) -> dict[str, Any]:
-    """Save the drifted state (every byte, untracked files included) to a ref, check the
-    ref really holds it, then put the worktree back ON its branch at the last deployed
+    """Save the drifted state (every byte as on disk, untracked files included, and what the
+    index holds as the commit's second parent, like `git stash`) to a ref, check the ref
+    really holds it, then put the worktree back ON its branch at the last deployed
     commit and remove the untracked files that were drift. Raises OpsError on any doubt,
     before the worktree is touched."""
     target = heal_target(journal, svc.name)
@@ -502,31 +506,64 @@ def _free_ref(wt: Git, ref: str) -> str:
 
 
 def _verify_saved(wt: Git, saved: str, head: str | None, entries: Sequence[StatusEntry]) -> None:
-    """Every dirty path's bytes are in the saved tree and HEAD is in its history."""
-    if head is not None and saved != head and wt.parents(saved)[:1] != [head]:
-        raise OpsError(f"heal aborted: saved state {short(saved)} is not on top of HEAD {short(head)}")
+    """Both versions of every dirty path are in the saved commit, checked against the files
+    and the real index themselves: its tree holds each worktree file's raw bytes and mode
+    (no filter applied), its index parent every staged entry, HEAD is its first parent."""
+    if saved != head:
+        parents = wt.parents(saved)
+        base = [head] if head is not None else []
+        if parents[:len(base)] != base:
+            raise OpsError(f"heal aborted: saved state {short(saved)} is not on top of HEAD {short(head)}")
+        rest = parents[len(base):]
+        if not rest or wt.parents(rest[0]) != base:
+            raise OpsError(f"heal aborted: saved state {short(saved)} has no commit of the index")
+        _verify_index(wt, rest[0], rest[1] if len(rest) > 1 else None)
+    _verify_worktree(wt, saved, entries)
+
+
+def _verify_index(wt: Git, index_commit: str, stages: str | None) -> None:
+    tree = gitrepo.tree_blobs(wt, index_commit)
+    staged = gitrepo.tree_blobs(wt, stages) if stages is not None else {}
+    for mode, oid, stage, path in gitrepo.index_entries(wt):
+        if stage:
+            ok = staged.get(f"stage{stage}/{path}") == (mode, oid)
+        else:  # an intent-to-add entry (`git add -N`) has the empty blob and no bytes
+            ok = tree.get(path) == (mode, oid) or (path not in tree and oid == _blob_id(b"", oid))
+        if not ok:
+            raise OpsError(f"heal aborted: the staged version of {path} is not in the saved state; run again")
+
+
+def _blob_id(data: bytes, like: str) -> str:
+    algo = hashlib.sha256 if len(like) == 64 else hashlib.sha1
+    return algo(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _verify_worktree(wt: Git, saved: str, entries: Sequence[StatusEntry]) -> None:
     blobs = gitrepo.tree_blobs(wt, saved)
     root = Path(wt.path)
     regular: list[str] = []
-    for e in entries:
-        p = root / e.path
-        present = p.is_symlink() or p.exists()
-        if not present:
-            if e.path in blobs:
-                raise OpsError(f"heal aborted: {e.path} is gone but the saved state still has it")
+    for rel in dict.fromkeys(e.path.rstrip("/") for e in entries):
+        p = root / rel
+        try:
+            st = p.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            if rel in blobs:
+                raise OpsError(f"heal aborted: {rel} is gone but the saved state still has it") from None
             continue
-        if e.path not in blobs:
-            if p.is_dir() and not p.is_symlink():
-                continue  # a nested repository or an empty folder: git keeps no bytes for it
-            raise OpsError(f"heal aborted: {e.path} is not in the saved state {short(saved)}")
-        mode, oid = blobs[e.path]
+        mode = gitrepo.worktree_mode(st)
+        if mode is None:  # a nested repository (kept as a gitlink), an empty folder, a fifo
+            if rel in blobs and blobs[rel][0] != "160000":
+                raise OpsError(f"heal aborted: {rel} changed while it was being saved; run again")
+            continue
+        if rel not in blobs:
+            raise OpsError(f"heal aborted: {rel} is not in the saved state {short(saved)}")
+        if blobs[rel][0] != mode:
+            raise OpsError(f"heal aborted: {rel} is saved with mode {blobs[rel][0]}, the file has {mode}")
         if mode == "120000":
-            target = os.fsencode(os.readlink(p))
-            got = hashlib.sha1(b"blob %d\0" % len(target) + target).hexdigest()
-            if got != oid:
-                raise OpsError(f"heal aborted: symlink {e.path} differs from the saved state")
-        elif mode != "160000":
-            regular.append(e.path)
+            if _blob_id(os.fsencode(os.readlink(p)), blobs[rel][1]) != blobs[rel][1]:
+                raise OpsError(f"heal aborted: symlink {rel} differs from the saved state")
+        else:
+            regular.append(rel)
     for path, got in zip(regular, gitrepo.hash_files(wt, regular), strict=True):
         if blobs[path][1] != got:
             raise OpsError(f"heal aborted: {path} changed while it was being saved; run again")
@@ -623,12 +660,14 @@ def track_state(settings: Settings, journal: Journal, rep: ServiceDrift, clock: 
 # --- the command's one call -----------------------------------------------------------------
 
 def scan(settings: Settings, journal: Journal, names: Sequence[str] = (), *, heal: bool = False,
-         notify: bool = True, clock: Clock = SYSTEM, workers: int | None = None) -> ScanReport:
+         notify: bool = True, clock: Clock = SYSTEM, workers: int | None = None,
+         lock_wait: float = HEAL_LOCK_WAIT) -> ScanReport:
     """Scan the named services (all when none), in parallel; heal if asked; track state.
 
     notify=False is a look only: no events, no notifications and no change to the stored
     drift state, so the next scheduled scan still alerts on what this one saw. A heal is
-    always journaled."""
+    always journaled. Each heal holds the service's deploy lock (waiting up to lock_wait
+    seconds): a deploy busy with the worktree makes that service's heal fail, untouched."""
     services = [settings.service(n) for n in dict.fromkeys(names)] if names else list(
         settings.services.values())
     if not services:
@@ -643,7 +682,7 @@ def scan(settings: Settings, journal: Journal, names: Sequence[str] = (), *, hea
         for svc, rep in zip(services, reports, strict=True):
             if rep.error or rep.skipped or not any(f.kind in HEALABLE for f in rep.findings):
                 continue
-            _heal_one(settings, journal, svc, rep, clock, notify)
+            _heal_one(settings, journal, svc, rep, clock, notify, lock_wait)
         deploys = Deploys.load(journal)
         for i, (svc, rep) in enumerate(zip(services, reports, strict=True)):
             if rep.healed is not None:
@@ -657,9 +696,18 @@ def scan(settings: Settings, journal: Journal, names: Sequence[str] = (), *, hea
 
 
 def _heal_one(settings: Settings, journal: Journal, svc: ServiceSettings, rep: ServiceDrift,
-              clock: Clock, send: bool) -> None:
+              clock: Clock, send: bool, lock_wait: float = HEAL_LOCK_WAIT) -> None:
+    from opskit.lock import ServiceLock
+
     try:
-        rep.healed = heal_service(svc, rep, journal, clock)
+        # Save and restore under the lock every deploy, revert and chain takes: the
+        # worktree must not move under a deploy, nor a deploy start mid-heal.
+        with ServiceLock(settings.state_dir, svc.name, wait=lock_wait, clock=clock, what="heal"):
+            rep.healed = heal_service(svc, rep, journal, clock)
+    except LockBusy as e:
+        rep.heal_error = f"cannot heal: {e.message}"
+        rep.notes.append(rep.heal_error)
+        return
     except OpsError as e:
         rep.heal_error = e.message
         rep.notes.append(e.message)

@@ -212,22 +212,29 @@ class Git:
         """Commit the worktree's current state (tracked changes, staged or not, and untracked
         files) onto `ref` without touching the worktree or the real index. None if clean.
 
+        Laid out like `git stash`: the saved commit's tree is the worktree's raw bytes (no
+        clean/text/eol filter applied, modes kept, a symlink stored as its target); its
+        first parent is HEAD, its second a commit of the real index's tree on top of HEAD, so
+        a staged version that differs from the file is kept too. Unmerged index entries go,
+        stage by stage (stage1/<path>, stage2/<path>, stage3/<path>), into a parentless
+        third parent; the index commit holds stage 2 ("ours") for such a path.
+
         Nothing is lost before a heal or a deploy over dirty files (ARCHITECTURE §6).
         """
         entries = self.status(ignore_untracked=not include_untracked)
         if not entries:
             return None
         head = self.head()
+        base = [head] if head else []
+        first = next((ln for ln in message.splitlines() if ln.strip()), "opskit saved state")
         with tempfile.TemporaryDirectory(prefix="opskit-idx-") as tmp:
-            idx = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            if head:
-                self.run("read-tree", head, env=idx)
-            # -A picks up modifications, deletions and untracked files; .gitignore is honoured.
-            self.run("add", "-A", "--", ".", env=idx)
-            tree = self.out("write-tree", env=idx)
-        parents = [head] if head else []
+            index_tree, stages = _index_trees(self, Path(tmp))
+            parents = [*base, self.commit_tree(index_tree, base, f"index: {first}\n")]
+            if stages is not None:
+                parents.append(self.commit_tree(stages, [], f"conflict stages: {first}\n"))
+            tree = _worktree_tree(self, index_tree, [e.path for e in entries], Path(tmp))
         sha = self.commit_tree(tree, parents, message)
-        self.update_ref(ref, sha, message=message)
+        self.update_ref(ref, sha, message=first)
         return sha
 
     def add_worktree(self, path: Path, sha: str) -> None:
@@ -382,19 +389,113 @@ def tree_blobs(repo: Git, rev: str) -> dict[str, tuple[str, str]]:
     return blobs
 
 
-def hash_files(repo: Git, paths: Sequence[str]) -> list[str]:
-    """The blob ids `git add` would store for these worktree files (filters applied)."""
+def hash_files(repo: Git, paths: Sequence[str], write: bool = False) -> list[str]:
+    """The blob ids of these worktree files' raw bytes: no clean/text/eol filter applied, so
+    a CRLF file under `* text=auto` hashes as CRLF. write=True stores the blobs too."""
     if not paths:
         return []
-    plain = [p for p in paths if "\n" not in p]
+    args = ["hash-object", "--no-filters", *(["-w"] if write else [])]
+    # --stdin-paths reads one path a line and C-unquotes a line starting with `"`
+    plain = [p for p in paths if "\n" not in p and not p.startswith('"')]
     hashed: dict[str, str] = {}
     if plain:
-        out = repo.run("hash-object", "--stdin-paths", input="\n".join(plain) + "\n").stdout
+        out = repo.run(*args, "--stdin-paths", input="\n".join(plain) + "\n").stdout
         hashed.update(zip(plain, out.split(), strict=True))
     for p in paths:
-        if p not in hashed:  # a newline in the name cannot go through --stdin-paths
-            hashed[p] = repo.out("hash-object", "--", p)
+        if p not in hashed:
+            hashed[p] = repo.out(*args, "--", p)
     return [hashed[p] for p in paths]
+
+
+def index_entries(repo: Git) -> list[tuple[str, str, int, str]]:
+    """(mode, object id, stage, path) of every entry of the real index, unmerged ones too."""
+    raw = repo.run("ls-files", "--stage", "-z", "--full-name").stdout
+    found: list[tuple[str, str, int, str]] = []
+    for item in raw.split("\0"):
+        if not item:
+            continue
+        meta, _, path = item.partition("\t")
+        mode, oid, stage = meta.split(" ")
+        found.append((mode, oid, int(stage), path))
+    return found
+
+
+def worktree_mode(st: os.stat_result) -> str | None:
+    """The tree mode git records for a worktree entry (None: a folder, fifo, socket...)."""
+    import stat
+
+    if stat.S_ISLNK(st.st_mode):
+        return "120000"
+    if stat.S_ISREG(st.st_mode):
+        return "100755" if st.st_mode & stat.S_IXUSR else "100644"
+    return None
+
+
+def _index_trees(repo: Git, tmp: Path) -> tuple[str, str | None]:
+    """(tree of the real index, tree of its unmerged stages or None), from a copy of the
+    index so the real one is never written. An unmerged path takes stage 2 in the first."""
+    real = Path(repo.out("rev-parse", "--git-path", "index"))
+    real = real if real.is_absolute() else repo.path / real
+    copy = tmp / "index-copy"
+    if real.exists():
+        copy.write_bytes(real.read_bytes())
+    env = {"GIT_INDEX_FILE": str(copy)}
+    unmerged = [e for e in index_entries(repo) if e[2] != 0]
+    if not unmerged:
+        return repo.out("write-tree", env=env), None
+    null = "0" * len(unmerged[0][1])
+    ours = {path: (mode, oid) for mode, oid, stage, path in unmerged if stage == 2}
+    resolve = []
+    for path in dict.fromkeys(e[3] for e in unmerged):
+        mode, oid = ours.get(path, ("0", null))  # mode 0 drops the path: deleted on our side
+        resolve.append(f"{mode} {oid} 0\t{path}\0")
+    repo.run("update-index", "-z", "--index-info", input="".join(resolve), env=env)
+    stages_env = {"GIT_INDEX_FILE": str(tmp / "index-stages")}
+    repo.run("update-index", "-z", "--index-info", env=stages_env,
+             input="".join(f"{mode} {oid}\tstage{stage}/{path}\0" for mode, oid, stage, path in unmerged))
+    return repo.out("write-tree", env=env), repo.out("write-tree", env=stages_env)
+
+
+def _worktree_tree(repo: Git, index_tree: str, paths: Sequence[str], tmp: Path) -> str:
+    """index_tree with every one of `paths` set to the worktree's raw bytes and mode (a
+    symlink's target as its blob, a nested repository as a gitlink to its HEAD) or removed
+    when the worktree has no file there. Blobs are written with --no-filters."""
+    import stat
+
+    env = {"GIT_INDEX_FILE": str(tmp / "index-worktree")}
+    repo.run("read-tree", index_tree, env=env)
+    gone: list[str] = []
+    entries: list[tuple[str, str, str]] = []  # (mode, oid or "", path)
+    to_hash: list[str] = []  # what hash-object reads: worktree paths, or a file holding a link target
+    for path in dict.fromkeys(p.rstrip("/") for p in paths):
+        full = repo.path / path
+        try:
+            st = full.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            gone.append(path)
+            continue
+        mode = worktree_mode(st)
+        if mode == "120000":
+            holder = tmp / f"link-{len(to_hash)}"
+            holder.write_bytes(os.fsencode(os.readlink(full)))
+            to_hash.append(str(holder))
+        elif mode is not None:
+            to_hash.append(path)
+        elif stat.S_ISDIR(st.st_mode) and (full / ".git").exists():
+            sub = Git(full, env=repo.env, timeout=repo.timeout).head()
+            if sub is not None:
+                entries.append(("160000", sub, path))
+            continue
+        else:  # a folder (its files are listed on their own), fifo or socket: no bytes to keep
+            gone.append(path)
+            continue
+        entries.append((mode, "", path))
+    oids = iter(hash_files(repo, to_hash, write=True))
+    lines = [f"0 {'0' * len(index_tree)}\t{p}\0" for p in gone]
+    lines += [f"{mode} {oid or next(oids)}\t{p}\0" for mode, oid, p in entries]
+    if lines:
+        repo.run("update-index", "-z", "--index-info", input="".join(lines), env=env)
+    return repo.out("write-tree", env=env)
 
 
 def force_checkout_branch(repo: Git, branch: str, sha: str) -> None:
