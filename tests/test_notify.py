@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -292,6 +293,56 @@ def test_live_fresh_claim_is_left_alone(write_config, receiver, state_dir) -> No
         holder.wait()
     assert not outbox.pid_alive(holder.pid)
     assert notify.flush(s, j).delivered == 1
+
+
+class TakeoverClock(RecordingClock):
+    """Real time, except that the first retry wait plays out "more than CLAIM_STALE went by":
+    any claim held on channel b is aged past CLAIM_STALE and cron's `notify --flush` runs meanwhile."""
+
+    def __init__(self, journal: Journal, during_wait: Callable[[], subprocess.CompletedProcess[str]]) -> None:
+        super().__init__()
+        self.set(dt.datetime.now(dt.timezone.utc))  # the flush subprocess judges staleness by the real clock
+        self.journal, self.during_wait = journal, during_wait
+        self.flushes: list[subprocess.CompletedProcess[str]] = []
+        self.b_claimed: list[int] = []  # b's rows held by us while the wait began
+
+    def sleep(self, seconds: float) -> None:
+        if not self.flushes:
+            old = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=outbox.CLAIM_STALE + 1))
+            with self.journal.tx() as c:
+                self.b_claimed = [r[0] for r in c.execute(
+                    "SELECT id FROM outbox WHERE channel = 'b' AND status = 'sending'")]
+                c.execute("UPDATE outbox SET claimed_at = ? WHERE status = 'sending' AND channel = 'b'",
+                          (old.strftime("%Y-%m-%dT%H:%M:%SZ"),))
+            self.flushes.append(self.during_wait())
+        super().sleep(seconds)
+
+
+@pytest.mark.parametrize("slow", ["earlier channel", "same channel"])
+def test_rows_taken_over_while_send_waits_are_posted_exactly_once(opskit, write_config, receiver, state_dir,
+                                                                  slow) -> None:
+    # "earlier channel": send() to a then b; a sits behind a 429 for longer than CLAIM_STALE, so
+    # b's rows must not be claimed (and so go stale) before send() gets to b. "same channel": b's
+    # own 429 wait outlasts its claim; the flush takes the row over and send() must not POST it again.
+    s, path = load(write_config, config_toml(["a", "b"],
+                                             channel_toml("a", "webhook", receiver.url("webhook", "a"), retry_for=600),
+                                             channel_toml("b", "webhook", receiver.url("webhook", "b"), retry_for=600)))
+    j = Journal(state_dir)
+    clock = TakeoverClock(j, lambda: opskit("--config", str(path), "notify", "--flush", "--json"))
+    channels = ["a", "b"] if slow == "earlier channel" else ["b"]
+    receiver.fail_next(1, 429, retry_after=30)  # the first POST: a's, or b's
+    report = notify.send(s, j, "exactly once", channels=channels, clock=clock)
+    [flush] = clock.flushes
+    # b is claimed only when send() gets to it, not while a's wait runs.
+    assert len(clock.b_claimed) == (0 if slow == "earlier channel" else 1)
+    assert flush.returncode == 0, flush.stderr
+    assert json.loads(flush.stdout)["delivered"] == 1  # the flush really delivered b's message
+    posted = [m.path for m in receiver.messages]
+    assert posted.count("/webhook/b") == 1, receiver.requests
+    assert sorted(posted) == [f"/webhook/{c}" for c in channels]
+    assert report.ok and report.delivered == channels, report
+    assert {r["status"] for r in outbox_rows(state_dir)} == {"delivered"}
+    assert [e.type for e in j.query(type_prefix="notify")] == ["notify.sent"] * len(channels)
 
 
 # --- permanent failures ----------------------------------------------------------------------

@@ -98,36 +98,55 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
     title = title.strip() if title and title.strip() else None
     # Every row is durable before the first byte goes out: a crash mid-send leaves them
     # for the next flush.
-    queued = [outbox.enqueue(journal, clock, name, level=level, title=title, message=message,
-                             service=service, event_id=event_id) for name in names]
-    courier = Courier(settings, journal, clock, retry_for, fresh={new_id for new_id, _ in queued})
-    for name, (_, rows) in zip(names, queued, strict=True):
+    new_ids = [outbox.enqueue(journal, clock, name, level=level, title=title, message=message,
+                              service=service, event_id=event_id) for name in names]
+    courier = Courier(settings, journal, clock, retry_for, fresh=set(new_ids))
+    for name, new_id in zip(names, new_ids, strict=True):
+        # Claimed only now, not up front: a slow earlier channel (minutes of 429s) must not
+        # let this channel's claim go stale, or a concurrent flush takes the rows over.
+        rows, _ = outbox.claim_channel(journal, clock, name, fresh=new_id)
         courier.deliver_rows(name, rows)
 
-    report = NotifyReport([new_id for new_id, _ in queued], [], [], [])
-    for name, (new_id, _) in zip(names, queued, strict=True):
-        result = courier.results.get(new_id)
-        if result is None:  # never tried: an older message of this channel failed first
-            courier.waiting(new_id, name, service)
-        status = result.status if result else "queued"
-        error = result.error if result else courier.stalled.get(name)
+    report = NotifyReport(list(new_ids), [], [], [])
+
+    def outcome(row_id: int, channel: str) -> tuple[str, str | None, int | None]:
+        """(delivered | queued | broken, why, fallback row id) for one row of this send."""
+        result = courier.results.get(row_id)
+        if result is not None:
+            return result.status, result.error, result.fallback_id
+        if row_id in courier.claimed and row_id not in courier.lost:
+            # Never tried: an older message of this channel failed first.
+            if row_id in courier.fresh:
+                courier.waiting(row_id, channel, service)
+            return "queued", courier.stalled.get(channel), None
+        # Another opskit process (a flush) has it, or took it over: report where it stands.
+        row = outbox.get(journal, row_id)
+        if row is None:
+            return "queued", None, None
+        if row.status == "delivered":
+            return "delivered", None, None
+        if row.status == "sending":
+            return "queued", "being sent by another opskit process", None
+        return row.status, row.last_error, None
+
+    for name, new_id in zip(names, new_ids, strict=True):
+        status, error, fallback_id = outcome(new_id, name)
         if status == "delivered":
             report.delivered.append(name)
             continue
         (report.broken if status == "broken" else report.queued).append(name)
-        report.errors[name] = error or "not delivered"
+        report.errors[name] = error or courier.stalled.get(name) or "not delivered"
         # A broken channel's message went on to its fallback (and maybe that one's).
-        while result is not None and result.fallback_id is not None:
-            report.outbox_ids.append(result.fallback_id)
-            fb_channel = settings.channels[result.channel].fallback or "?"
-            result = courier.results.get(result.fallback_id)
-            fb_status = result.status if result else "queued"
-            if fb_status == "delivered":
-                report.delivered.append(fb_channel)
+        channel = name
+        while fallback_id is not None:
+            report.outbox_ids.append(fallback_id)
+            channel = settings.channels[channel].fallback or "?"
+            status, error, fallback_id = outcome(report.outbox_ids[-1], channel)
+            if status == "delivered":
+                report.delivered.append(channel)
                 continue
-            (report.broken if fb_status == "broken" else report.queued).append(fb_channel)
-            why = (result.error if result else None) or courier.stalled.get(fb_channel) or "not delivered"
-            report.errors.setdefault(fb_channel, why)
+            (report.broken if status == "broken" else report.queued).append(channel)
+            report.errors.setdefault(channel, error or courier.stalled.get(channel) or "not delivered")
     return report
 
 
@@ -155,7 +174,7 @@ def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
         delivered=sum(r.status == "delivered" for r in results),
         still_queued=int(still),
         broken=sum(r.status == "broken" for r in results),
-        busy=busy,
+        busy=busy + len(courier.lost),  # taken over mid-flush: the taker delivers them
         problems=list(dict.fromkeys(problems)),
     )
 

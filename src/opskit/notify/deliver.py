@@ -2,9 +2,11 @@
 
 Transient failures are retried with backoff inside the channel's retry_for (a 429's
 retry_after wins over our backoff); the first message that stays undelivered stops its
-channel so later ones do not overtake it. Permanent answers mark the channel broken and
-hand the message to the channel's fallback. Every outcome lands in the outbox row and in
-a notify.sent / notify.failed event; no URL or token ever does.
+channel so later ones do not overtake it. Before every POST the claim is refreshed and
+checked: a row another process took over (our claim went stale) is left to it, never sent
+twice. Permanent answers mark the channel broken and hand the message to the channel's
+fallback. Every outcome lands in the outbox row and in a notify.sent / notify.failed
+event; no URL or token ever does.
 """
 
 from __future__ import annotations
@@ -48,9 +50,14 @@ class Courier:
     fresh: set[int] = field(default_factory=set)
     results: dict[int, RowResult] = field(default_factory=dict)
     stalled: dict[str, str] = field(default_factory=dict)  # channel → why it stopped
+    claimed: set[int] = field(default_factory=set)  # every row handed to deliver_rows
+    # Rows we claimed but another process took over before we finished them (with the
+    # rest of their channel's claim): their outcome is that process's to record.
+    lost: set[int] = field(default_factory=set)
 
     def deliver_rows(self, channel: str, rows: list[outbox.Row], visited: frozenset[str] = frozenset()) -> None:
         ids = [r.id for r in rows]
+        self.claimed.update(ids)
         try:
             for i, row in enumerate(rows):
                 ch = self.settings.channels.get(channel)
@@ -60,6 +67,9 @@ class Courier:
                     self.stalled[channel] = why
                     break
                 outcome, attempts, wait = self._attempt(ch, row, ids[i:])
+                if outcome is None:  # taken over: the taker has the channel's queue, in order
+                    self.lost.update(ids[i:])
+                    break
                 if outcome.kind == "delivered":
                     self._delivered(ch, row, outcome, attempts)
                 elif outcome.kind == "transient":
@@ -73,7 +83,10 @@ class Courier:
             outbox.release(self.journal, ids)
 
     # --- one message ------------------------------------------------------------------------
-    def _attempt(self, ch: ChannelSettings, row: outbox.Row, claimed: list[int]) -> tuple[Outcome, int, float | None]:
+    def _attempt(self, ch: ChannelSettings, row: outbox.Row,
+                 claimed: list[int]) -> tuple[Outcome | None, int, float | None]:
+        """Deliver one row, retrying transient failures: (outcome, attempts, wait before the next
+        try), or (None, ...) when the row stopped being ours before a POST."""
         module = importlib.import_module(f"opskit.notify.{KINDS[ch.type]}")
         budget = self.retry_for if self.retry_for is not None else ch.retry_for
         deadline = self.clock.monotonic() + max(0.0, budget)
@@ -81,7 +94,8 @@ class Courier:
         attempts = 0
         msg = row.as_message()
         while True:
-            outbox.touch(self.journal, self.clock, claimed)
+            if row.id not in outbox.touch(self.journal, self.clock, claimed):
+                return None, attempts, None
             timeout = min(ch.timeout, max(MIN_ATTEMPT_TIMEOUT, deadline - self.clock.monotonic()))
             try:
                 outcome: Outcome = module.deliver(ch, msg, timeout)
@@ -94,16 +108,19 @@ class Courier:
             delay = min(delay * 2, BACKOFF_MAX)
             if self.clock.monotonic() + wait > deadline:
                 return outcome, attempts, wait
-            self._sleep(wait, claimed)
+            if not self._sleep(wait, row.id, claimed):
+                return None, attempts, None
 
-    def _sleep(self, seconds: float, claimed: list[int]) -> None:
-        """Wait, refreshing our claim so a long 429 wait never looks like a dead sender."""
+    def _sleep(self, seconds: float, row_id: int, claimed: list[int]) -> bool:
+        """Wait, refreshing our claim so a long 429 wait never looks like a dead sender.
+        False as soon as row_id is no longer ours: no point waiting to send it."""
         while seconds > 0:
             step = min(seconds, CLAIM_REFRESH)
             self.clock.sleep(step)
             seconds -= step
-            if seconds > 0:
-                outbox.touch(self.journal, self.clock, claimed)
+            if seconds > 0 and row_id not in outbox.touch(self.journal, self.clock, claimed):
+                return False
+        return True
 
     def _delivered(self, ch: ChannelSettings, row: outbox.Row, outcome: Outcome, attempts: int) -> None:
         if not outbox.finish(self.journal, self.clock, row.id, "delivered", attempts=attempts,
@@ -147,9 +164,10 @@ class Courier:
         if not usable or fb is None:
             return
         note = f"\n\n(sent via fallback: channel {ch.name!r} is broken: {outcome.error})"
-        new_id, rows = outbox.enqueue(self.journal, self.clock, fb, level=row.level, title=row.title,
-                                      message=row.message + note, service=row.service, event_id=row.event_id)
+        new_id = outbox.enqueue(self.journal, self.clock, fb, level=row.level, title=row.title,
+                                message=row.message + note, service=row.service, event_id=row.event_id)
         result.fallback_id = new_id
+        rows, _ = outbox.claim_channel(self.journal, self.clock, fb, fresh=new_id)
         self.deliver_rows(fb, rows, visited | {ch.name})
 
     def waiting(self, row_id: int, channel: str, service: str | None) -> None:

@@ -6,7 +6,10 @@ BEGIN IMMEDIATE transaction by setting status 'sending' and claimed_by to its pi
 claim is honoured while that pid lives and the claim is fresh; a dead pid's or stale
 claim is taken over. Order within a channel is kept by claiming a channel's whole queue
 or none of it: while another live process holds rows of a channel, nobody else sends
-on it. A claim is refreshed before every attempt, so a long flush never goes stale.
+on it. A channel is claimed just before it is delivered (never while other channels are
+worked through), the claim is refreshed before every attempt, and that refresh says
+which rows are still ours: a row taken over as stale is never sent again by its old
+holder.
 """
 
 from __future__ import annotations
@@ -91,52 +94,55 @@ def _get(c: sqlite3.Connection, ids: list[int]) -> list[Row]:
 
 
 def enqueue(journal: Journal, clock: Clock, channel: str, *, level: str, title: str | None,
-            message: str, service: str | None, event_id: int | None) -> tuple[int, list[Row]]:
-    """Write a new message and claim it for this process.
+            message: str, service: str | None, event_id: int | None) -> int:
+    """Write a new message, queued, and return its id: durable before anything is sent.
 
-    Returns the new row's id and the rows to deliver now, in order: the channel's older
-    queue first (so nothing is overtaken), then the new row. When another live process is
-    delivering on this channel, only the new row is returned: a fresh alert is not held
-    back behind someone else's backlog.
+    Nothing is claimed here: the caller claims the channel (claim_channel with fresh=id)
+    just before delivering it, so a claim never ages while other channels are worked on.
+    """
+    with journal.tx() as c:
+        cur = c.execute(
+            "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued')",
+            (channel, iso(clock.now()), level, title, message, service, event_id))
+    new_id = cur.lastrowid
+    assert new_id is not None
+    return new_id
+
+
+def claim_channel(journal: Journal, clock: Clock, channel: str, *,
+                  fresh: int | None = None) -> tuple[list[Row], int]:
+    """Claim a channel's whole open queue, oldest first, to deliver it now.
+
+    Returns (rows, 0), or (rows, n) when another live process holds the channel: n of its
+    rows are left to that process. Then rows is empty, except that `fresh` (a message
+    this process just wrote) is claimed alone if nobody has it yet: a fresh alert is not
+    held back behind someone else's backlog.
     """
     me, now = os.getpid(), clock.now()
-    stamp = iso(now)
-    with journal.tx() as c:
-        rows = _open_rows(c, channel)
-        busy = any(held_elsewhere(r, now) for r in rows)
-        cur = c.execute(
-            "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status, "
-            "claimed_by, claimed_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'sending', ?, ?)",
-            (channel, stamp, level, title, message, service, event_id, me, stamp))
-        new_id = cur.lastrowid
-        assert new_id is not None
-        ids = [] if busy else [r.id for r in rows]
-        _claim(c, ids, me, stamp)
-        claimed = _get(c, ids + [new_id])
-    return new_id, claimed
-
-
-def claim_channel(journal: Journal, clock: Clock, channel: str) -> tuple[list[Row], int]:
-    """Claim a channel's whole open queue: (rows, 0), or ([], n) when another process has it."""
-    me, now = os.getpid(), clock.now()
-    stamp = iso(now)
     with journal.tx() as c:
         rows = _open_rows(c, channel)
         if any(held_elsewhere(r, now) for r in rows):
-            return [], len(rows)
-        ids = [r.id for r in rows]
-        _claim(c, ids, me, stamp)
-        return _get(c, ids), 0
+            ids = [r.id for r in rows if r.id == fresh and not held_elsewhere(r, now)]
+        else:
+            ids = [r.id for r in rows]
+        _claim(c, ids, me, iso(now))
+        return _get(c, ids), len(rows) - len(ids)
 
 
-def touch(journal: Journal, clock: Clock, ids: list[int]) -> None:
-    """Refresh our claim on rows we are still working through."""
+def touch(journal: Journal, clock: Clock, ids: list[int]) -> set[int]:
+    """Refresh our claim on rows we are still working through; return the ids still ours.
+
+    A row missing from the answer was taken over (our claim went stale, or we were
+    presumed dead) or finished: it must not be sent again from here.
+    """
     if not ids:
-        return
+        return set()
     marks = ",".join("?" * len(ids))
+    mine = f"status = 'sending' AND claimed_by = ? AND id IN ({marks})"
     with journal.tx() as c:
-        c.execute(f"UPDATE outbox SET claimed_at = ? WHERE status = 'sending' AND claimed_by = ? "
-                  f"AND id IN ({marks})", [iso(clock.now()), os.getpid(), *ids])
+        c.execute(f"UPDATE outbox SET claimed_at = ? WHERE {mine}", [iso(clock.now()), os.getpid(), *ids])
+        return {r[0] for r in c.execute(f"SELECT id FROM outbox WHERE {mine}", [os.getpid(), *ids])}
 
 
 def finish(journal: Journal, clock: Clock, row_id: int, status: str, *, attempts: int,
