@@ -20,6 +20,7 @@ from opskit.status import collect
 from tests.support.gitsandbox import git, rev
 from tests.support.pipeline import Stage, env_for, make_stage, seeded_stage
 from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture
+from tests.support.reliability import kill_parked
 
 
 def _order(types: list[str], *wanted: str) -> bool:
@@ -187,7 +188,8 @@ def test_two_deploys_at_once_are_serialized(tmp_path: Path) -> None:
 
 
 def test_killed_mid_deploy_is_reported_and_lock_recovered(tmp_path: Path) -> None:
-    st = seeded_stage(tmp_path, deploy="if [ -e slow ]; then sleep 30; fi; {restart}")
+    parked = tmp_path / "parked.pid"
+    st = seeded_stage(tmp_path, deploy=f"if [ -e slow ]; then echo $$ > {parked}; sleep 30; fi; {{restart}}")
     try:
         bad = st.good(files={"slow": "1\n"})
         env = {**os.environ, **env_for(st)}
@@ -202,8 +204,10 @@ def test_killed_mid_deploy_is_reported_and_lock_recovered(tmp_path: Path) -> Non
             time.sleep(0.05)
         else:
             pytest.fail("the deploy never reached its deploy step")
-        os.killpg(p.pid, signal.SIGKILL)  # the pipeline and its deploy command, mid-deploy
+        os.killpg(p.pid, signal.SIGKILL)  # the pipeline, mid-deploy
         p.wait(10)
+        # and its deploy command, in a session of its own (proc.run), as a crash of the host would
+        kill_parked(parked)
         status = collect(st.settings, j)["services"][0]
         assert status["in_progress"] and not status["in_progress"]["alive"]
         good = st.sb.commit({"slow": None}, "remove slow")
@@ -293,4 +297,47 @@ def test_tracked_file_matching_drift_ignore_is_saved_before_checkout(tmp_path: P
         st.good(files={"app.txt": "v3\n"})
         assert st.deploy().saved_ref is None
     finally:
+        st.close()
+
+
+def test_killed_deploy_keeps_the_lock_until_its_orphaned_command_exits(tmp_path: Path) -> None:
+    """`opskit deploy` is SIGKILLed (OOM killer, a timeout) while its deploy command runs: that
+    command, in a session of its own, goes on. The next deploy must wait for it — not run a
+    second deploy command beside it — while a daemon it started in the background does not
+    hold the lock (the service it starts would otherwise block every later deploy)."""
+    from opskit.proc import pid_alive
+    from tests.support.reliability import kill_group, spawn_opskit, wait_until
+
+    marks, bg = tmp_path / "marks", tmp_path / "bg.pids"
+    st = seeded_stage(tmp_path, deploy=(
+        f'echo "start $OPSKIT_SHA" >> {marks}; '
+        f"if [ -e slow ]; then sleep 30 >/dev/null 2>&1 & echo $! >> {bg}; sleep 2; fi; "
+        f'echo "end $OPSKIT_SHA" >> {marks}; {{restart}}'))
+    try:
+        marks.write_text("")
+        slow = st.good(files={"slow": "1\n"})
+        p = spawn_opskit(["deploy", "svc"], env_for(st))
+        wait_until(lambda: f"start {slow}" in marks.read_text(), 20, "the deploy command to start")
+        kill_group(p.pid)  # opskit dies; its deploy command is orphaned mid-way
+        p.wait(10)
+        busy = subprocess.run([sys.executable, "-m", "opskit", "deploy", "svc", "--lock-wait", "0"], check=False,
+                              capture_output=True, text=True, env={**os.environ, **env_for(st)}, timeout=60)
+        assert busy.returncode == 1 and "held by pid" in busy.stdout + busy.stderr, busy
+        fixed = st.sb.commit({"slow": None}, "not slow")
+        st.sb.push("master")
+        lines: list[str] = []
+        r = st.deploy(lock_wait=20, lines=lines)
+        assert r.ok and r.sha == fixed, lines
+        assert [ln.split()[0] + " " + ln.split()[1] for ln in marks.read_text().splitlines()] == [
+            f"start {slow}", f"end {slow}", f"start {fixed}", f"end {fixed}"]  # one after the other
+        assert any("interrupted at step 'deploy'" in ln for ln in lines)
+        daemon = int(bg.read_text().split()[0])
+        assert pid_alive(daemon)  # still running, yet the lock was free once the command itself ended
+    finally:
+        for pid in (bg.read_text().split() if bg.exists() else []):
+            kill_group(int(pid))
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         st.close()

@@ -400,7 +400,8 @@ def _land_and_deliver(ctx: _Ctx, lock_wait: float) -> ChainResult:
     _progress(ctx, "waiting for the lock")
     try:
         with ServiceLock(run.settings.state_dir, svc.name, wait=lock_wait, clock=run.clock,
-                         what=f"chain {text(ctx.branch)} {short(ctx.head)}", on_wait=run.say):
+                         what=f"chain {text(ctx.branch)} {short(ctx.head)}", on_wait=run.say) as lock:
+            run.lock_fd = lock.fd
             steps: list[tuple[str, Callable[[Run], None]]] = []
             for name, step in deploy_steps():
                 if name == "deploy":  # frozen and interrupted checks first: no merge while frozen

@@ -85,6 +85,15 @@ class ServiceLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    @property
+    def fd(self) -> int:
+        """The locked descriptor. A child given it (proc.run pass_fds, proc.holding) keeps the
+        flock while it runs, even if we die first (SIGKILL, OOM): the next deploy waits for an
+        orphaned deploy command instead of running beside it. release() unlocks it for all."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.service}: the lock is not held")
+        return self._fd
+
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)

@@ -105,6 +105,7 @@ class Run:
     delivery: Delivery | None = None
     result: DeployResult | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    lock_fd: int | None = None  # the service lock's descriptor, held by the commands run under it
 
     @property
     def service(self) -> str:
@@ -256,6 +257,17 @@ def move_worktree(run: Run, sha: str) -> str | None:
     return saved
 
 
+def run_locked(run: Run, argv: Sequence[str], **kw: Any) -> proc.Result:
+    """proc.run for a command run under the service lock: it holds the lock while it runs, so
+    if we are killed (SIGKILL, OOM) the next deploy waits for it instead of running beside it.
+    What it starts in the background does not inherit the lock (proc.holding)."""
+    if run.lock_fd is None:
+        return proc.run(argv, **kw)
+    res = proc.run(proc.holding(run.lock_fd, argv), pass_fds=(run.lock_fd,), **kw)
+    res.argv = list(argv)  # say what the user configured, not the keeper around it
+    return res
+
+
 def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = None) -> Delivery:
     """Move the worktree to sha, run `deploy`, run the health gate; the deploys row tells
     where it is at every moment so a crash leaves a record of where it stopped."""
@@ -273,10 +285,10 @@ def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = 
                  sha=sha)
         run.say(f"{'reverting' if kind == 'revert' else 'deploying'} {svc.name} {short(sha)} {subject}")
         if svc.deploy:
-            res = proc.run(proc.shell_argv(svc.deploy), cwd=svc.worktree, timeout=svc.deploy_timeout,
-                           stream=lambda ln: run.say(f"  | {ln}"),
-                           env=proc.clean_env({"OPSKIT_SERVICE": svc.name, "OPSKIT_SHA": sha,
-                                               "OPSKIT_PREVIOUS": previous or ""}))
+            res = run_locked(run, proc.shell_argv(svc.deploy), cwd=svc.worktree, timeout=svc.deploy_timeout,
+                             stream=lambda ln: run.say(f"  | {ln}"),
+                             env=proc.clean_env({"OPSKIT_SERVICE": svc.name, "OPSKIT_SHA": sha,
+                                                 "OPSKIT_PREVIOUS": previous or ""}))
             data = {"sha": sha, "previous": previous, "step": "deploy", "kind": kind, "deploy_id": deploy_id,
                     "exit": res.returncode, "timed_out": res.timed_out, "duration": round(res.duration, 2),
                     "tail": res.tail_text()}
@@ -476,7 +488,8 @@ def deploy(settings: Settings, journal: Journal, service: str, sha: str | None =
             run.sha = tip
             return run.finish("nothing", f"{svc.branch} is at {short(tip)}, already deployed")
     with ServiceLock(settings.state_dir, service, wait=lock_wait, clock=clock,
-                     what=f"deploy {short(sha) if sha else svc.branch}", on_wait=run.say):
+                     what=f"deploy {short(sha) if sha else svc.branch}", on_wait=run.say) as lock:
+        run.lock_fd = lock.fd
         wt = fetch_worktree(svc)
         if sha is None:
             target = wt.rev_parse(f"refs/remotes/origin/{svc.branch}")

@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -114,12 +115,14 @@ def run(
     stream: Callable[[str], None] | None = None,
     tail_lines: int = TAIL_LINES,
     capture: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> Result:
     """Run argv to completion (or timeout) and return what happened.
 
     capture=True keeps stdout and stderr whole and apart (for git plumbing whose output we
     parse); otherwise stderr is merged into stdout and only the last `tail_lines` lines are
-    kept, each passed to `stream` as it arrives.
+    kept, each passed to `stream` as it arrives. pass_fds: descriptors the child inherits
+    (Popen's; every other one is closed), e.g. the service lock's (see `holding`).
     """
     argv = [os.fspath(a) for a in argv]
     if isinstance(input, str):
@@ -135,6 +138,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if capture else subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as e:
         raise OpsError(f"cannot run `{argv[0]}`: not found ({e.strerror})") from None
@@ -193,6 +197,31 @@ def run(
     if check and not result.ok:
         raise ProcError(result)
     return result
+
+
+# The keeper: a process that holds an inherited descriptor (a lock's) exactly as long as the
+# command it runs, without handing the descriptor on: a daemon the command starts in the
+# background (`./server &`) must not keep a deploy lock for its whole life. Exits as the command
+# did (same code, or killed by the same signal).
+_KEEPER = """import os, signal, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+while True:
+    try:
+        rc = p.wait()
+        break
+    except KeyboardInterrupt:
+        pass
+if rc < 0:
+    signal.signal(-rc, signal.SIG_DFL)
+    os.kill(os.getpid(), -rc)
+sys.exit(rc)
+"""
+
+
+def holding(fd: int, argv: Sequence[str]) -> list[str]:
+    """argv wrapped so that `fd` (pass it in `run(..., pass_fds=[fd])`) stays open until argv's
+    own process exits, even if we die first — and is not inherited by what argv starts."""
+    return [sys.executable, "-I", "-S", "-c", _KEEPER, str(fd), *[os.fspath(a) for a in argv]]
 
 
 def _feed(stdin: object, data: bytes) -> None:

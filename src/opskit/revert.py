@@ -413,7 +413,9 @@ def auto_revert(settings: Settings, journal: Journal, service: str, *, commit: s
         write("dry run: nothing was changed")
         return RevertResult(service=service, ok=True, status="planned", reason=why, exit_code=int(ExitCode.OK),
                             bad=bad, reverted=plan.reverted, plan=plan)
-    with ServiceLock(settings.state_dir, service, wait=lock_wait, clock=clock, what="auto-revert", on_wait=run.say):
+    with ServiceLock(settings.state_dir, service, wait=lock_wait, clock=clock, what="auto-revert",
+                     on_wait=run.say) as lock:
+        run.lock_fd = lock.fd
         frozen = is_frozen(journal, service)
         if frozen:
             raise OpsError(f"{service} is frozen ({frozen.get('reason')}); `opskit unfreeze {service}` first")

@@ -84,16 +84,26 @@ def kill_group(pid: int) -> None:
 
 def kill_parked(marker: Path) -> None:
     """The parked command runs in its own session (proc.run): kill it too, as a crash of the
-    whole host would, so it cannot wake up later and change what the test checks."""
+    whole host would, so it cannot wake up later and change what the test checks. Its group
+    (a deploy command's keeper holds the service lock: proc.holding) goes with it, and we wait
+    until the group's leader is gone, so the lock it held is free when this returns."""
     try:
         pid = int(marker.read_text().strip())
     except (OSError, ValueError):
         return
+    try:
+        leader = os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        leader = pid
+    kill_group(leader)
     kill_group(pid)
     try:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    from opskit.proc import pid_alive
+
+    wait_until(lambda: not pid_alive(leader) and not pid_alive(pid), 10, "the parked command to die")
 
 
 def spawn_opskit(args: list[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
