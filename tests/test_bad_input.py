@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from opskit import hooks
 from opskit.gitrepo import Git
 from opskit.journal import Journal
 from tests.support.gitsandbox import Sandbox, git, make_sandbox
 from tests.support.hooks import toml_str
-from tests.support.pipeline import Stage, seeded_stage
+from tests.support.pipeline import Stage, hooked_stage, seeded_stage
 
 
 @dataclass
@@ -142,10 +141,8 @@ BAD_BYTES = b"caf\xe9-\xff\xfe"  # not UTF-8
 
 @pytest.fixture
 def hooked(tmp_path: Path) -> Iterator[Stage]:
-    st = seeded_stage(tmp_path, health={"window": 0.3, "startup": 2.0},
+    st = hooked_stage(tmp_path, health={"window": 0.3, "startup": 2.0},
                       extra={"feature_branches": ["feature/*"], "merge": "merge"})
-    s = st.settings
-    hooks.install(s, s.service("svc"))
     try:
         yield st
     finally:

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from opskit import hooks
 from opskit.gitrepo import Git
 from opskit.journal import Journal
 from tests.support.gitsandbox import git
-from tests.support.pipeline import Stage, seeded_stage
+from tests.support.pipeline import Stage, hooked_stage
 from tests.support.reliability import Timer, wait_until
 
 PUSHES = 20
@@ -33,9 +32,7 @@ PUSHES = 20
 
 @pytest.fixture
 def hooked(tmp_path: Path) -> Iterator[Stage]:
-    st = seeded_stage(tmp_path, health={"window": 0.3, "period": 0.1, "startup": 2.0})
-    s = st.settings
-    hooks.install(s, s.service("svc"))
+    st = hooked_stage(tmp_path, health={"window": 0.3, "period": 0.1, "startup": 2.0})
     try:
         yield st
     finally:

@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 
-from opskit import hooks
 from opskit.journal import Event
 from tests.support.gitsandbox import git, rev
-from tests.support.pipeline import Stage, env_for, seeded_stage
+from tests.support.pipeline import Stage, env_for, hooked_stage
 
 TEST_CMD = ('pwd > {probe}/test.pwd; '
             'if [ -e test.hang ]; then echo hanging; sleep 60; fi; '
@@ -117,10 +116,7 @@ def make_chain_stage(tmp: Path, **extra: Any) -> ChainStage:
     for k in [k for k, v in cfg.items() if v is None]:
         del cfg[k]
     # A shorter watch than the pipeline tests': the chain's own steps are what is tested here.
-    st = seeded_stage(tmp, extra=cfg, health={"window": 0.6})
-    s = st.settings
-    hooks.install(s, s.service("svc"))
-    return ChainStage(st=st, probe=probe)
+    return ChainStage(st=hooked_stage(tmp, extra=cfg, health={"window": 0.6}), probe=probe)
 
 
 @pytest.fixture(name="cs")

@@ -172,5 +172,14 @@ def seeded_stage(tmp: Path, **kw: Any) -> Stage:
     return st
 
 
+def hooked_stage(tmp: Path, **kw: Any) -> Stage:
+    """A seeded stage with opskit's hooks installed: pushes go through pre- and post-receive."""
+    from opskit import hooks
+
+    st = seeded_stage(tmp, **kw)
+    hooks.install(st.settings, st.settings.service(st.service))
+    return st
+
+
 def env_for(stage: Stage) -> dict[str, str]:
     return {"OPSKIT_CONFIG": str(stage.config_path), "OPSKIT_STATE_DIR": os.environ["OPSKIT_STATE_DIR"]}
