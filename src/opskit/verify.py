@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,16 +165,27 @@ def _matches(t: Target, tip: str | None, expected: str, contains: bool, timeout:
     return tip == expected or (contains and _contains(t, tip, expected, timeout))
 
 
+def _rounds(clock: Clock, wait: float) -> Iterator[None]:
+    """One round at once, then more every POLL_PERIOD until `wait` seconds have passed:
+    the polling shared by the standalone check and the wrapper, for remotes that lag."""
+    deadline = clock.monotonic() + wait
+    while True:
+        yield
+        remaining = deadline - clock.monotonic()
+        if remaining <= 0:
+            return
+        clock.sleep(min(POLL_PERIOD, remaining))
+
+
 def check_remote(t: Target, expected: str, *, contains: bool = False, wait: float = 0.0,
                  timeout: float = 30.0, clock: Clock = SYSTEM) -> VerifyResult:
     """Standalone: is `expected` the remote tip (or, with contains, in its history)?
     Polls up to `wait` seconds for remotes that lag (mirrors, replicas)."""
-    deadline = clock.monotonic() + wait
     first: str | None = None
     tip: str | None = None
     seen = False
     error = ""
-    while True:
+    for _ in _rounds(clock, wait):
         try:
             tip = _heads(t, timeout).get(t.branch)
             if not seen:
@@ -186,10 +197,6 @@ def check_remote(t: Target, expected: str, *, contains: bool = False, wait: floa
                                     f"{t.display} {t.branch} {how}: {short(tip)}")
         except GitError as e:
             error = strip_credentials(e.message)
-        remaining = deadline - clock.monotonic()
-        if remaining <= 0:
-            break
-        clock.sleep(min(POLL_PERIOD, remaining))
     waited = f" after waiting {wait:g}s" if wait > 0 else ""
     if error:
         return VerifyResult(UNREACHABLE, t.display, t.branch, first, None, expected,
@@ -231,8 +238,7 @@ def wrap_push(t: Target, cmd: Sequence[str], *, expect: str | None = None, conta
 
     after_heads: dict[str, str] = {}
     error = ""
-    deadline = clock.monotonic() + wait
-    while True:
+    for _ in _rounds(clock, wait):
         try:
             after_heads = _heads(t, timeout)
             error = ""
@@ -241,10 +247,6 @@ def wrap_push(t: Target, cmd: Sequence[str], *, expect: str | None = None, conta
                 break
         except GitError as e:
             error = strip_credentials(e.message)
-        remaining = deadline - clock.monotonic()
-        if remaining <= 0:
-            break
-        clock.sleep(min(POLL_PERIOD, remaining))
 
     after = after_heads.get(t.branch)
     moved = {name: [before_heads.get(name), after_heads.get(name)]
