@@ -199,7 +199,9 @@ def test_killed_mid_deploy_is_reported_and_lock_recovered(tmp_path: Path) -> Non
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             running = j.running_deploys("svc")
-            if running and running[0]["step"] == "deploy":
+            # the deploy command itself is running (it wrote its pid), not only the step marked:
+            # killed before that, it would start later and hold the lock through its sleep
+            if running and running[0]["step"] == "deploy" and parked.exists() and parked.read_text().strip():
                 break
             time.sleep(0.05)
         else:
