@@ -55,8 +55,9 @@ def config_text(n: int) -> str:
 
 def build(env: dict[str, str], say: Callable[[str], None] = print) -> Path:
     """The cached fleet; returns the config path (rewritten per scale by use())."""
-    from opskit import config, hooks
-    from opskit.journal import Journal
+    from opskit.base import config
+    from opskit.wiring import hooks
+    from opskit.storage.journal import Journal
 
     conf = CACHE / "opskit.toml"
     if (CACHE / "complete").exists():
@@ -121,8 +122,9 @@ def run(rounds: int = 5, warmup: int = 1, scales: tuple[int, ...] = (10, 100, 30
 
 
 def _scale(res: Result, n: int, conf: Path, env: dict[str, str], rounds: int, warmup: int) -> None:
-    from opskit import config, drift
-    from opskit.journal import Journal
+    from opskit.base import config
+    from opskit.guard import drift
+    from opskit.storage.journal import Journal
 
     b = "3 drift-scan"
     conf.write_text(config_text(n))

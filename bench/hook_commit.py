@@ -58,7 +58,7 @@ def _repo(tmp: Path, name: str, env: dict[str, str]) -> Path:
 
 def _setup(tmp: Path, env: dict[str, str]) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT / "src"))
-    from opskit.hooks import render
+    from opskit.wiring.hooks import render
 
     repos = {name: _repo(tmp, name, env) for name in ("bare", "shell", "opskit", "framework")}
     hook = repos["shell"] / ".git" / "hooks" / "pre-commit"

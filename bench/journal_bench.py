@@ -31,7 +31,7 @@ TYPES = ["push.received", "deploy.start", "deploy.complete", "health.pass", "hea
 WRITER = """
 import sys, time
 sys.path.insert(0, {src!r})
-from opskit.journal import Journal
+from opskit.storage.journal import Journal
 state, n, go = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 j = Journal(state)
 time.sleep(max(0.0, go - time.time()))
@@ -44,7 +44,7 @@ print(t0, time.time())
 
 def one_writer(n: int) -> float:
     """Appends/s of n appends, each its own transaction, in a fresh journal."""
-    from opskit.journal import Journal
+    from opskit.storage.journal import Journal
 
     with tempfile.TemporaryDirectory(prefix="opskit-bench-j-") as t:
         j = Journal(Path(t))
@@ -60,7 +60,7 @@ def one_writer(n: int) -> float:
 def many_writers(procs: int, n: int) -> float:
     """Aggregate appends/s of `procs` processes appending n each, started together."""
     with tempfile.TemporaryDirectory(prefix="opskit-bench-j-") as t:
-        from opskit.journal import Journal
+        from opskit.storage.journal import Journal
 
         Journal(Path(t)).close()  # schema and WAL set up before the race
         go = time.time() + 1.0  # every interpreter is up and the journal open by then
@@ -83,7 +83,7 @@ def many_writers(procs: int, n: int) -> float:
 
 def big_journal(n: int) -> Path:
     """A state dir whose journal holds n events over 20 services (cached)."""
-    from opskit.journal import Journal
+    from opskit.storage.journal import Journal
 
     state = CACHE / f"journal-{n}"
     done = state / "complete"
@@ -108,7 +108,7 @@ def big_journal(n: int) -> Path:
 
 def run(rounds: int = 5, warmup: int = 1, sizes: tuple[int, ...] = (100_000, 1_000_000),
         appends: int = 3000) -> Result:
-    from opskit.journal import Journal
+    from opskit.storage.journal import Journal
 
     res = Result()
     b = "4 journal"

@@ -35,7 +35,7 @@ def _queue(db: Path, n: int) -> None:
 
 
 def run(rounds: int = 5, warmup: int = 1, n: int = 1000) -> Result:
-    from opskit.journal import Journal
+    from opskit.storage.journal import Journal
     from opskit.sandbox.receiver import Receiver
 
     res = Result()

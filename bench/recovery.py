@@ -50,7 +50,7 @@ class Watcher(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from opskit.journal import Journal
+        from opskit.storage.journal import Journal
 
         j = Journal(self.state_dir)
         while True:
@@ -103,7 +103,7 @@ class Sandbox:
     def bad_push(self, mode: str) -> tuple[float, float, list[tuple[float, Any]]]:
         """Commit a bad mode (and a unique file, so no tree repeats a quarantined one), push;
         (push start, push end, events seen)."""
-        from opskit.journal import Journal
+        from opskit.storage.journal import Journal
 
         self.n += 1
         self.repos.commit({"service.mode": mode + "\n", "round.txt": f"{self.n}\n"}, f"bad change {self.n}")

@@ -6,9 +6,9 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from opskit import approvals
-from opskit.clock import FakeClock
-from opskit.gitrepo import Git
+from opskit.chain import approvals
+from opskit.base.clock import FakeClock
+from opskit.git.repo import Git
 from tests.support.gitsandbox import git
 from tests.support.chain import ChainStage, chain_stage_fixture, make_chain_stage, order  # noqa: F401 - a fixture
 
@@ -164,7 +164,7 @@ def test_parked_branch_with_non_utf8_name_is_approved_exactly(cs: ChainStage) ->
 
 
 def test_cron_check_sends_the_reminder_once(cs: ChainStage) -> None:
-    from opskit import jobs
+    from opskit.jobs import runner as jobs
 
     row = _park(cs)
     created = dt.datetime.fromisoformat(row.created.replace("Z", "+00:00"))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit.gitrepo import Git
-from opskit.journal import Journal
+from opskit.git.repo import Git
+from opskit.storage.journal import Journal
 from tests.support.gitsandbox import Sandbox, git, make_sandbox
 from tests.support.hooks import toml_str
 from tests.support.pipeline import Stage, hooked_stage, seeded_stage

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from opskit.chain import ChainResult, run_now
-from opskit.gitrepo import Git
-from opskit.lock import ServiceLock
-from opskit.status import collect, render
+from opskit.chain.feature import ChainResult, run_now
+from opskit.git.repo import Git
+from opskit.base.lock import ServiceLock
+from opskit.views.status import collect, render
 from tests.support.chain import ChainStage, chain_stage_fixture, make_chain_stage, order  # noqa: F401 - a fixture
 from tests.support.gitsandbox import git
 from tests.support.pipeline import env_for
@@ -295,8 +295,8 @@ def test_a_failing_ref_does_not_drop_the_other_refs_of_the_push(tmp_path: Path) 
     """One push updates master and a feature branch; the deploy of master fails (git cannot check
     out: a stale .git/index.lock). The feature branch is still handled, the failure is journaled
     and notified once, and the hook's exit code says something failed."""
-    from opskit import approvals
-    from opskit.pipeline import on_post_receive
+    from opskit.chain import approvals
+    from opskit.deploy.pipeline import on_post_receive
     from tests.support.gitsandbox import rev
 
     cs = make_chain_stage(tmp_path, direct_push=True)
@@ -331,9 +331,10 @@ def test_a_failing_ref_does_not_drop_the_other_refs_of_the_push(tmp_path: Path) 
 def test_approve_that_cannot_merge_leaves_the_change_parked(cs: ChainStage, monkeypatch: pytest.MonkeyPatch) -> None:
     """Approving while the service is frozen (or when the chain crashes before the merge landed)
     must not use the decision up: after `opskit unfreeze` the human approves it again and it merges."""
-    from opskit import approvals, chain
-    from opskit.errors import OpsError
-    from opskit.revert import unfreeze
+    from opskit.chain import approvals
+    from opskit.chain import feature as chain
+    from opskit.base.errors import OpsError
+    from opskit.deploy.revert import unfreeze
 
     head = cs.feature("feature/h", {"review.exit": "3\n", "app.txt": "h\n"})
     cs.push("feature/h")

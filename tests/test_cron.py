@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from opskit import config, cron, schedule
-from opskit.errors import UsageError
-from opskit.journal import Journal
+from opskit.base import config
+from opskit.wiring import cron
+from opskit.base import schedule
+from opskit.base.errors import UsageError
+from opskit.storage.journal import Journal
 from tests.support.crontab import (  # noqa: F401  (fixtures)
     CronUser,
     cron_account_fixture,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit import demo
+from opskit.demo import scenario as demo
 from tests.conftest import RunOpskit
 
 FACTS = ["hooks_installed", "first_deploy_healthy", "push_showed_loop", "tested_and_reviewed", "merged_by_opskit",

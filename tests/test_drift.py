@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from opskit import config, drift, hooks
-from opskit.clock import FakeClock
-from opskit.config import Settings
-from opskit.journal import Journal
+from opskit.base import config
+from opskit.guard import drift
+from opskit.wiring import hooks
+from opskit.base.clock import FakeClock
+from opskit.base.config import Settings
+from opskit.storage.journal import Journal
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
 
 
@@ -353,7 +355,7 @@ def test_heal_keeps_every_stage_of_a_conflict(env: Env, opskit) -> None:
 
 def test_heal_waits_for_no_deploy(env: Env) -> None:
     # A heal moves the worktree: never while a deploy, revert or chain holds the lock.
-    from opskit.lock import ServiceLock
+    from opskit.base.lock import ServiceLock
 
     wt = env.sb.worktree
     (wt / "app.txt").write_text("hand edit\n")
@@ -419,8 +421,8 @@ def test_no_notify_is_a_look_only(env: Env, opskit) -> None:
 def test_repo_info_read_from_files_matches_git(sandbox, tmp_path) -> None:
     # drift-scan reads hooks folder and branch tip from files in the common layout; it must
     # agree with git, and step aside (None) whenever config could redirect hooks.
-    from opskit import drift
-    from opskit.gitrepo import Git
+    from opskit.guard import drift
+    from opskit.git.repo import Git
     from tests.support.gitsandbox import git, rev
 
     bare = Git(sandbox.bare)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from opskit import config
-from opskit.errors import ConfigError, ExitCode, redact
-from opskit.journal import Journal
+from opskit.base import config
+from opskit.base.errors import ConfigError, ExitCode, redact
+from opskit.storage.journal import Journal
 
 
 def test_exit_codes_are_the_contract() -> None:
@@ -136,7 +136,7 @@ def test_internal_error_writes_traceback(state_dir: Path, monkeypatch, capsys) -
     def boom() -> None:
         raise RuntimeError("token https://discord.com/api/webhooks/9/ABCDEFSECRET leaked?")
 
-    monkeypatch.setattr("opskit.journal.parse_since", lambda *a, **k: boom())
+    monkeypatch.setattr("opskit.storage.journal.parse_since", lambda *a, **k: boom())
     rc = cli.main(["events", "--since", "1h"])
     assert rc == 3
     err = capsys.readouterr().err

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from opskit.clock import FakeClock
-from opskit.config import HealthSettings
-from opskit.errors import UsageError
-from opskit.health import ProbeResult, gate, parse_expect_status, probe_once, run_gate, validate
-from opskit.journal import Journal
+from opskit.base.clock import FakeClock
+from opskit.base.config import HealthSettings
+from opskit.base.errors import UsageError
+from opskit.deploy.health import ProbeResult, gate, parse_expect_status, probe_once, run_gate, validate
+from opskit.storage.journal import Journal
 from opskit.sandbox import free_port
 from tests.support.health import refused_url, spec, start_service_fixture  # noqa: F401
 

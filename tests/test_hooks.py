@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit import hooks
-from opskit.errors import UsageError
+from opskit.wiring import hooks
+from opskit.base.errors import UsageError
 from tests.support.gitsandbox import git, rev
 from tests.support.hooks import Hooked, hooked_service, write_service_config
 

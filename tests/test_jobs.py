@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from opskit import config, jobs
-from opskit.clock import FakeClock, iso
-from opskit.config import Settings
-from opskit.journal import Journal
+from opskit.base import config
+from opskit.jobs import runner as jobs
+from opskit.base.clock import FakeClock, iso
+from opskit.base.config import Settings
+from opskit.storage.journal import Journal
 from tests.support.crontab import CronUser, cron_account_fixture, cron_user_fixture  # noqa: F401  (fixtures)
 
 UTC = dt.timezone.utc
@@ -415,6 +416,6 @@ def test_cron_check_health_says_when_it_stopped(write_config, state_dir: Path) -
     at(clock, "2026-04-26T10:11:01")
     h = jobs.cron_check_health(j, s, clock)
     assert h["overdue"] is True and "CRON-CHECK IS NOT RUNNING" in h["message"]
-    from opskit import cron  # the entry point the status command uses
+    from opskit.wiring import cron  # the entry point the status command uses
 
     assert cron.cron_check_health(j, s, clock)["overdue"] is True

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from opskit.clock import FakeClock
-from opskit.errors import LockBusy
-from opskit.lock import ServiceLock, is_held, read_holder
+from opskit.base.clock import FakeClock
+from opskit.base.errors import LockBusy
+from opskit.base.lock import ServiceLock, is_held, read_holder
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from opskit.lock import ServiceLock
+from opskit.base.lock import ServiceLock
 with ServiceLock(Path(sys.argv[1]), "web", wait=5, what="deploy abc1234"):
     print("held", flush=True)
     time.sleep(60)

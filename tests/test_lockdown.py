@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from opskit import config, hookmain
-from opskit.lockdown import ZERO, check_commit, check_ref_update
+from opskit import hookmain
+from opskit.base import config
+from opskit.guard.lockdown import ZERO, check_commit, check_ref_update
 from tests.support.gitsandbox import git, rev
 from tests.support.hooks import Hooked, hooked_service
 
@@ -289,12 +290,12 @@ def test_post_receive_runs_the_pipeline(tmp_path: Path, state_dir: Path) -> None
 
 def test_post_receive_survives_a_broken_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    import opskit.pipeline
+    import opskit.deploy.pipeline
 
     def explode(*a: object, **k: object) -> int:
         raise RuntimeError("boom https://discord.com/api/webhooks/1/SECRETTOKEN")
 
-    monkeypatch.setattr(opskit.pipeline, "on_post_receive", explode)
+    monkeypatch.setattr(opskit.deploy.pipeline, "on_post_receive", explode)
     args = hookmain.parse(["post-receive", "--config", str(tmp_path / "c.toml"), "--service", "svc"])
     assert hookmain.post_receive(args, f"{A} {B} refs/heads/master\n".encode()) == 0
     out = capsysbinary.readouterr().out.decode()
@@ -305,7 +306,7 @@ def test_post_receive_survives_a_broken_pipeline(tmp_path: Path, monkeypatch: py
 def test_ref_name_with_unicode_line_separator_is_not_the_deploy_branch(tmp_path: Path, state_dir: Path) -> None:
     # Git allows U+2028 in ref names; str.splitlines() would read `refs/heads/master\u2028x` as
     # a *new* `refs/heads/master` and deploy unrelated history past the force-push rule.
-    from opskit.gitrepo import read_hook_lines
+    from opskit.git.repo import read_hook_lines
 
     weird = "refs/heads/master\u2028x"
     assert list(read_hook_lines(f"{'0' * 40} {'a' * 40} {weird}\n")) == [("0" * 40, "a" * 40, weird)]

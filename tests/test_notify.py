@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from opskit import config, notify
-from opskit.config import Settings
-from opskit.errors import ConfigError, UsageError
-from opskit.journal import Journal
+from opskit import notify
+from opskit.base import config
+from opskit.base.config import Settings
+from opskit.base.errors import ConfigError, UsageError
+from opskit.storage.journal import Journal
 from opskit.notify import outbox
 from opskit.sandbox.receiver import Receiver
 from tests.support.notify import (

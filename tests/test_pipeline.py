@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from opskit import hooks
-from opskit.errors import OpsError
-from opskit.gitrepo import Git
-from opskit.pipeline import on_post_receive
-from opskit.status import collect
+from opskit.wiring import hooks
+from opskit.base.errors import OpsError
+from opskit.git.repo import Git
+from opskit.deploy.pipeline import on_post_receive
+from opskit.views.status import collect
 from tests.support.gitsandbox import git, rev
 from tests.support.pipeline import Stage, env_for, make_stage, seeded_stage
 from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture
@@ -254,7 +254,7 @@ def test_feature_push_is_journaled_and_left_to_the_chain(tmp_path: Path) -> None
     out: list[str] = []
     sha = st.sb.tip()
     rc = on_post_receive(st.config_path, "svc", [("0" * 40, sha, "refs/heads/feature/y")], out.append)
-    assert rc in (0, 1) and out  # the chain itself (opskit.chain) is tested with issue 5
+    assert rc in (0, 1) and out  # the chain itself (opskit.chain.feature) is tested with issue 5
     ev = st.journal().last("push.received", "svc")
     assert ev is not None and ev.data["action"] == "chain"
 
@@ -307,7 +307,7 @@ def test_killed_deploy_keeps_the_lock_until_its_orphaned_command_exits(tmp_path:
     command, in a session of its own, goes on. The next deploy must wait for it — not run a
     second deploy command beside it — while a daemon it started in the background does not
     hold the lock (the service it starts would otherwise block every later deploy)."""
-    from opskit.proc import pid_alive
+    from opskit.base.proc import pid_alive
     from tests.support.reliability import kill_group, spawn_opskit, wait_until
 
     marks, bg = tmp_path / "marks", tmp_path / "bg.pids"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit.gitrepo import Git
-from opskit.lock import is_held
+from opskit.git.repo import Git
+from opskit.base.lock import is_held
 from tests.support.gitsandbox import git
 from tests.support.pipeline import Stage, env_for, seeded_stage
 from tests.support.reliability import (

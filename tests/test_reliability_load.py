@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit.gitrepo import Git
-from opskit.journal import Journal
+from opskit.git.repo import Git
+from opskit.storage.journal import Journal
 from tests.support.gitsandbox import git
 from tests.support.pipeline import Stage, hooked_stage
 from tests.support.reliability import Timer, wait_until

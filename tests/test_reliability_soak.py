@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from opskit import config, notify
-from opskit.journal import Journal
+from opskit import notify
+from opskit.base import config
+from opskit.storage.journal import Journal
 from opskit.sandbox.receiver import Receiver
 from tests.support.notify import RecordingClock, channel_toml, config_toml, outbox_rows
 from tests.support.reliability import Timer

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 
-from opskit.gitrepo import Git
-from opskit.journal import Journal
+from opskit.git.repo import Git
+from opskit.storage.journal import Journal
 from opskit.notify import outbox_summary
-from opskit.revert import auto_revert, is_frozen
+from opskit.deploy.revert import auto_revert, is_frozen
 from opskit.sandbox import free_port
-from opskit.status import collect, render
+from opskit.views.status import collect, render
 from tests.support.gitsandbox import git
 from tests.support.pipeline import Stage, deployed_stage, env_for, make_stage, seeded_stage
 from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture

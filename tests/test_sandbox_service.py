@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit import proc
+from opskit.base import proc
 from opskit.sandbox import free_port
 from opskit.sandbox.service import deploy_command, parse_mode, wait_listening
 from tests.support.health import pidfiles_fixture, start_service_fixture  # noqa: F401  (fixtures)

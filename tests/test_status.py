@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from opskit.journal import Journal
+from opskit.storage.journal import Journal
 
 
 def test_status_shows_drift_broken_channel_and_silent_cron_check(opskit, write_config, sandbox, state_dir) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from opskit import config, verify
-from opskit.clock import FakeClock
-from opskit.journal import Journal
+from opskit.base import config
+from opskit.guard import verify
+from opskit.base.clock import FakeClock
+from opskit.storage.journal import Journal
 from tests.support.gitdaemon import git_daemon, silent_listener
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
 

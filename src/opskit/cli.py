@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer depends on click
     from click import ClickException  # type: ignore[no-redef]
 
 from opskit.commands import _common
-from opskit.errors import ExitCode, OpsError, redact
+from opskit.base.errors import ExitCode, OpsError, redact
 
 app = typer.Typer(
     name="opskit",

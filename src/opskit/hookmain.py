@@ -4,7 +4,7 @@
 
 Hooks are fast (ARCHITECTURE §6): this module imports `os` and `sys` at module level and
 nothing else; each hook imports what its own path needs, and the worktree refusal path
-imports only opskit.lockdown (itself `os` only). `-I` keeps the hook's working directory
+imports only opskit.guard.lockdown (itself `os` only). `-I` keeps the hook's working directory
 (the deployed worktree, which anyone with a shell there can write to) off sys.path and
 ignores PYTHON* variables, so nothing in the worktree can replace opskit's code.
 
@@ -86,7 +86,7 @@ def _err(line: str) -> None:
 
 
 def _describe(e: BaseException) -> str:
-    from opskit.errors import OpsError, redact
+    from opskit.base.errors import OpsError, redact
 
     text = str(e) if isinstance(e, OpsError) else f"{type(e).__name__}: {e}"
     return redact(text)[:300]
@@ -102,7 +102,7 @@ def run_chained(args: _Args, stdin: bytes | None, write: Callable[[str], None]) 
     chained = args.self_path + CHAIN_SUFFIX
     if not (os.path.isfile(chained) and os.access(chained, os.X_OK)):
         return 0
-    from opskit import proc
+    from opskit.base import proc
 
     # The hook's own environment on purpose: a chained pre-receive needs GIT_QUARANTINE_PATH.
     r = proc.run([chained, *args.rest], env=os.environ, input=stdin, timeout=CHAINED_TIMEOUT, stream=write)
@@ -119,9 +119,10 @@ def pre_receive(args: _Args, stdin: bytes) -> int:
     try:
         from pathlib import Path
 
-        from opskit import config, lockdown
-        from opskit.gitrepo import Git, read_hook_lines
-        from opskit.journal import Journal
+        from opskit.base import config
+        from opskit.guard import lockdown
+        from opskit.git.repo import Git, read_hook_lines
+        from opskit.storage.journal import Journal
 
         updates = list(read_hook_lines(stdin.decode("utf-8", "surrogateescape")))
         rc = run_chained(args, stdin, _out)
@@ -163,13 +164,13 @@ def post_receive(args: _Args, stdin: bytes) -> int:
     try:
         from pathlib import Path
 
-        from opskit.gitrepo import read_hook_lines
+        from opskit.git.repo import read_hook_lines
 
         updates = list(read_hook_lines(stdin.decode("utf-8", "surrogateescape")))
         import importlib
 
         # Imported by name: the pipeline is its own module, loaded only after a push landed.
-        pipeline = importlib.import_module("opskit.pipeline")
+        pipeline = importlib.import_module("opskit.deploy.pipeline")
     except Exception as e:
         _out(f"opskit: the push landed but the pipeline could not be loaded ({_describe(e)}); "
              f"nothing was tested or deployed. Deploy by hand: opskit deploy {args.service}")
@@ -186,7 +187,7 @@ def post_receive(args: _Args, stdin: bytes) -> int:
 # --- pre-commit / pre-merge-commit in the deployed worktree --------------------------------
 
 def worktree_hook(args: _Args) -> int:
-    from opskit import lockdown
+    from opskit.guard import lockdown
 
     try:
         rc = run_chained(args, None, _err)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from opskit.journal import Event
+from opskit.storage.journal import Event
 from tests.support.gitsandbox import git, rev
 from tests.support.pipeline import Stage, env_for, hooked_stage
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from opskit.config import HealthSettings
+from opskit.base.config import HealthSettings
 from opskit.sandbox import free_port
 from opskit.sandbox.service import ServiceProcess, stop
 

@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from opskit import config, hooks
-from opskit.config import Settings
-from opskit.journal import Event, Journal
+from opskit.base import config
+from opskit.wiring import hooks
+from opskit.base.config import Settings
+from opskit.storage.journal import Event, Journal
 from tests.support.gitsandbox import Sandbox, make_sandbox
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.clock import FakeClock
+from opskit.base.clock import FakeClock
 from opskit.sandbox.receiver import Receiver
 
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from opskit import config, proc
-from opskit.config import Settings
-from opskit.journal import Journal
-from opskit.pipeline import DeployResult, deploy
+from opskit.base import config
+from opskit.base import proc
+from opskit.base.config import Settings
+from opskit.storage.journal import Journal
+from opskit.deploy.pipeline import DeployResult, deploy
 from opskit.sandbox import free_port
 from opskit.sandbox.receiver import Receiver
 from opskit.sandbox.service import deploy_command, stop
@@ -174,7 +175,7 @@ def seeded_stage(tmp: Path, **kw: Any) -> Stage:
 
 def hooked_stage(tmp: Path, **kw: Any) -> Stage:
     """A seeded stage with opskit's hooks installed: pushes go through pre- and post-receive."""
-    from opskit import hooks
+    from opskit.wiring import hooks
 
     st = seeded_stage(tmp, **kw)
     hooks.install(st.settings, st.settings.service(st.service))

@@ -101,7 +101,7 @@ def kill_parked(marker: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    from opskit.proc import pid_alive
+    from opskit.base.proc import pid_alive
 
     wait_until(lambda: not pid_alive(leader) and not pid_alive(pid), 10, "the parked command to die")
 

@@ -14,8 +14,8 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from opskit.config import Settings
-    from opskit.journal import Journal
+    from opskit.base.config import Settings
+    from opskit.storage.journal import Journal
 
 
 @dataclass
@@ -26,7 +26,7 @@ class _State:
 
     def settings(self) -> Settings:
         if self._settings is None:
-            from opskit import config
+            from opskit.base import config
 
             self._settings = config.load(self.config_path)
         return self._settings
@@ -34,13 +34,13 @@ class _State:
     def state_dir(self) -> Path:
         if self._settings is not None:
             return self._settings.state_dir
-        from opskit import config
+        from opskit.base import config
 
         return config.default_state_dir()
 
     def journal(self) -> Journal:
         if self._journal is None:
-            from opskit.journal import Journal
+            from opskit.storage.journal import Journal
 
             self._journal = Journal(self.settings().state_dir)
         return self._journal
@@ -80,7 +80,7 @@ def err_console() -> Console:
 
 
 def print_json(obj: Any) -> None:
-    from opskit.errors import redact
+    from opskit.base.errors import redact
 
     # Result objects can carry a repo URL with a token in it (pull mode): mask on the way out.
     sys.stdout.write(redact(json.dumps(obj, default=str, ensure_ascii=False)) + "\n")
@@ -116,6 +116,6 @@ def exit_with(code: int) -> NoReturn:
 
 
 def usage(message: str) -> NoReturn:
-    from opskit.errors import UsageError
+    from opskit.base.errors import UsageError
 
     raise UsageError(message)

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit pending primerouter --json
         """
-        from opskit import approvals
+        from opskit.chain import approvals
 
         if service:
             _common.settings().service(service)  # unknown service: exit 2 naming the known ones
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         Example: opskit approve 3
         """
         _common.seconds("--lock-wait", lock_wait)
-        from opskit.chain import approve as run_approve
+        from opskit.chain.feature import approve as run_approve
 
         result = run_approve(_common.settings(), _common.journal(), approval_id, write=_common.progress_writer(as_json),
                              lock_wait=lock_wait)
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit reject 3 --reason "touches the billing schema; needs a migration first"
         """
-        from opskit import approvals
+        from opskit.chain import approvals
 
         row = approvals.reject(_common.settings(), _common.journal(), approval_id, reason)
         if as_json:
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit chain-run primerouter --ref refs/heads/feature/x --sha 4d62098 --chain p-1a2b3c4d
         """
-        from opskit.chain import run_now
+        from opskit.chain.feature import run_now
 
         result = run_now(_common.settings(), _common.journal(), service, ref, sha, chain=chain,
                          write=_common.progress_writer(False))

@@ -10,7 +10,7 @@ import typer
 from opskit.commands import _common
 
 if TYPE_CHECKING:
-    from opskit.cron import CronResult
+    from opskit.wiring.cron import CronResult
 
 
 def _print_change(result: CronResult, as_json: bool) -> None:
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit --config /etc/opskit/opskit.toml cron install --dry-run
         """
-        from opskit import cron
+        from opskit.wiring import cron
 
         settings = _common.settings()
         journal = None if dry_run else _common.journal()
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit cron uninstall
         """
-        from opskit import cron
+        from opskit.wiring import cron
 
         settings = _common.settings()
         journal = None if dry_run else _common.journal()
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit cron show --json
         """
-        from opskit import cron
+        from opskit.wiring import cron
 
         result = cron.show(_common.settings())
         if as_json:
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit run-job nightly-backup -- /usr/local/bin/backup.sh --full
         """
-        from opskit.jobs import run_job as core
+        from opskit.jobs.runner import run_job as core
 
         result = core(_common.settings(), _common.journal(), name, cmd or [], service=service,
                       ok_codes=(0, *(ok_exit or ())))
@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit cron-check --json
         """
-        from opskit.jobs import cron_check as core
+        from opskit.jobs.runner import cron_check as core
 
         report = core(_common.settings(), _common.journal())
         if as_json:

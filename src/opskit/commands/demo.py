@@ -12,8 +12,8 @@ from opskit.commands import _common
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from opskit.demo import Fact, Mark
-    from opskit.journal import Event
+    from opskit.demo.scenario import Fact, Mark
+    from opskit.storage.journal import Event
 
 
 class RichNarrator:
@@ -46,7 +46,7 @@ class RichNarrator:
             self._plain(f"  +{m.at:5.1f}s  {m.what}", style=style)
 
     def events(self, events: Sequence[Event]) -> None:
-        from opskit.events_view import render_events
+        from opskit.views.events import render_events
 
         render_events(events, as_json=False)
 
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit demo
         """
-        from opskit.demo import run_demo
+        from opskit.demo.scenario import run_demo
 
         con = _common.console()
         if not as_json:

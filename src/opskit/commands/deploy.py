@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         Example: opskit deploy primerouter --sha 4d62098
         """
         _common.seconds("--lock-wait", lock_wait)
-        from opskit.pipeline import deploy as run_deploy
+        from opskit.deploy.pipeline import deploy as run_deploy
 
         result = run_deploy(_common.settings(), _common.journal(), service, sha, chain=chain,
                             write=_common.progress_writer(as_json), lock_wait=lock_wait)
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         Example: opskit auto-revert primerouter --reason "HTTP 503 after deploy" --dry-run
         """
         _common.seconds("--lock-wait", lock_wait)
-        from opskit.revert import auto_revert as run_revert
+        from opskit.deploy.revert import auto_revert as run_revert
 
         result = run_revert(_common.settings(), _common.journal(), service, commit=commit, reason=reason,
                             dry_run=dry_run, no_deploy=no_deploy, write=_common.progress_writer(as_json), lock_wait=lock_wait)
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit unfreeze primerouter
         """
-        from opskit.revert import unfreeze as run_unfreeze
+        from opskit.deploy.revert import unfreeze as run_unfreeze
 
         was = run_unfreeze(_common.settings(), _common.journal(), service)
         if as_json:

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit drift-scan primerouter --json
         """
-        from opskit.drift import scan
+        from opskit.guard.drift import scan
 
         report = scan(_common.settings(), _common.journal(), services or (), heal=heal,
                       notify=not no_notify)

@@ -11,7 +11,7 @@ import typer
 from opskit.commands import _common
 
 if TYPE_CHECKING:
-    from opskit.health import ProbeResult
+    from opskit.deploy.health import ProbeResult
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?\s*$")
 _UNIT = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
@@ -66,8 +66,8 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit health-gate --url http://127.0.0.1:9400/health --window 30 --period 1
         """
-        from opskit.config import HealthSettings
-        from opskit.health import gate, override, parse_expect_status, validate
+        from opskit.base.config import HealthSettings
+        from opskit.deploy.health import gate, override, parse_expect_status, validate
 
         base = HealthSettings()
         cwd = None

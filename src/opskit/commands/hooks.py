@@ -9,7 +9,7 @@ import typer
 from opskit.commands import _common
 
 if TYPE_CHECKING:
-    from opskit.hooks import HooksReport
+    from opskit.wiring.hooks import HooksReport
 
 
 def _show(report: HooksReport, as_json: bool, changes: bool) -> None:
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit --config /etc/opskit/opskit.toml hooks install primerouter
         """
-        from opskit import hooks
+        from opskit.wiring import hooks
 
         settings = _common.settings()
         report = hooks.install(settings, settings.service(service), hooks_path_ok=hooks_path_ok)
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit hooks uninstall primerouter
         """
-        from opskit import hooks
+        from opskit.wiring import hooks
 
         settings = _common.settings()
         report = hooks.uninstall(settings, settings.service(service))
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit hooks status primerouter --json
         """
-        from opskit import hooks
+        from opskit.wiring import hooks
 
         settings = _common.settings()
         report = hooks.status(settings, settings.service(service))

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         Example: opskit notify --level error --title "deploy failed" --service web "health gate failed"
         """
         from opskit import notify as core
-        from opskit.errors import UsageError
+        from opskit.base.errors import UsageError
 
         _common.seconds("--retry-for", retry_for)
         if show is not None:

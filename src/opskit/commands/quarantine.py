@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit quarantine release primerouter 4b825dc6
         """
-        from opskit.lockdown import release_quarantine
+        from opskit.guard.lockdown import release_quarantine
 
         settings = _common.settings()
         svc = settings.service(service)

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit status --json
         """
-        from opskit.status import collect, render
+        from opskit.views.status import collect, render
 
         data = collect(_common.settings(), _common.journal(), services or None)
         if as_json:

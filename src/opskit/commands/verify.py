@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         """
         _common.seconds("--wait", wait)
         _common.seconds("--timeout", timeout, positive=True)
-        from opskit.verify import verify_push as core
+        from opskit.guard.verify import verify_push as core
 
         def passthrough(line: str) -> None:
             # With --json, stdout carries only the JSON object.

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from opskit.clock import SYSTEM, Clock
-from opskit.config import LEVELS, Settings
-from opskit.errors import UsageError
-from opskit.journal import Journal
+from opskit.base.clock import SYSTEM, Clock
+from opskit.base.config import LEVELS, Settings
+from opskit.base.errors import UsageError
+from opskit.storage.journal import Journal
 from opskit.notify import outbox
 
 __all__ = ["FlushReport", "NotifyReport", "broken_channels", "flush", "outbox_summary", "send", "show"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from opskit.config import ChannelSettings
+from opskit.base.config import ChannelSettings
 from opskit.notify.base import Message, Outcome
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from opskit.errors import redact
+from opskit.base.errors import redact
 
 if TYPE_CHECKING:
     import httpx

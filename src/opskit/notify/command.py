@@ -6,9 +6,9 @@ so they are permanent; any other failure is retried like a refused connection.
 
 from __future__ import annotations
 
-from opskit import proc
-from opskit.config import ChannelSettings
-from opskit.errors import OpsError
+from opskit.base import proc
+from opskit.base.config import ChannelSettings
+from opskit.base.errors import OpsError
 from opskit.notify.base import Message, Outcome, clip
 
 

@@ -15,10 +15,10 @@ import datetime as dt
 import importlib
 from dataclasses import dataclass, field
 
-from opskit.clock import Clock, iso
-from opskit.config import ChannelSettings, Settings
-from opskit.errors import redact
-from opskit.journal import Journal
+from opskit.base.clock import Clock, iso
+from opskit.base.config import ChannelSettings, Settings
+from opskit.base.errors import redact
+from opskit.storage.journal import Journal
 from opskit.notify import outbox
 from opskit.notify.base import Outcome
 

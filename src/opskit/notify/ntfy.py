@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 
-from opskit.config import ChannelSettings
+from opskit.base.config import ChannelSettings
 from opskit.notify.base import Message, Outcome, post
 
 PRIORITY = {"info": "3", "warning": "4", "error": "4", "critical": "5"}

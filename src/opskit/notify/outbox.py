@@ -19,10 +19,10 @@ import os
 import sqlite3
 from dataclasses import dataclass
 
-from opskit.clock import Clock, iso, parse_iso
-from opskit.errors import redact
-from opskit.journal import Journal
-from opskit.proc import pid_alive
+from opskit.base.clock import Clock, iso, parse_iso
+from opskit.base.errors import redact
+from opskit.storage.journal import Journal
+from opskit.base.proc import pid_alive
 from opskit.notify.base import Message
 
 # A live process that has not touched its claim for this long is assumed hung (or its

@@ -4,7 +4,7 @@
     ROOT/srv/NAME       the deployed worktree     (production: /srv/NAME), origin = the bare repo
     ROOT/dev            a developer's clone       (where merges are made and pushed from)
 
-Every git call goes through opskit.gitrepo (STYLE §4). `env` is the environment git runs
+Every git call goes through opskit.git.repo (STYLE §4). `env` is the environment git runs
 with (identity, an isolated global config); None means this process's, minus hook variables.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opskit import proc
-from opskit.gitrepo import Git
+from opskit.base import proc
+from opskit.git.repo import Git
 
 
 @dataclass

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from opskit.proc import pid_alive  # stdlib-only, like this module
+from opskit.base.proc import pid_alive  # stdlib-only, like this module
 
 HOST = "127.0.0.1"
 DEFAULT_BODY = "ok"

@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit.clock import SYSTEM, Clock
-from opskit.config import HealthSettings, check_hostport, check_url
-from opskit.errors import UsageError, redact
+from opskit.base.clock import SYSTEM, Clock
+from opskit.base.config import HealthSettings, check_hostport, check_url
+from opskit.base.errors import UsageError, redact
 
 if TYPE_CHECKING:
     import httpx
 
-    from opskit.journal import Journal
+    from opskit.storage.journal import Journal
 
 # Floating-point slack when comparing elapsed time with a deadline the loop aimed at exactly.
 _EPS = 1e-6
@@ -253,7 +253,7 @@ class _Prober:
 
     # -- cmd --
     def _cmd(self) -> tuple[bool, str, int | None]:
-        from opskit import proc
+        from opskit.base import proc
 
         assert self.spec.cmd
         result = proc.run(proc.shell_argv(self.spec.cmd), cwd=self.cwd, env=proc.clean_env(),

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from opskit.clock import SYSTEM, Clock, iso, parse_iso
-from opskit.config import Settings
-from opskit.errors import OpsError, UsageError, redact
-from opskit.journal import Journal
+from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
+from opskit.base.config import Settings
+from opskit.base.errors import OpsError, UsageError, redact
+from opskit.storage.journal import Journal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from opskit import proc
-from opskit.config import Settings, ServiceSettings
-from opskit.errors import OpsError, redact
+from opskit.base import proc
+from opskit.base.config import Settings, ServiceSettings
+from opskit.base.errors import OpsError, redact
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _git_version() -> Check:
 
 def _state_dir(path: Path) -> Check:
     def check() -> Check:
-        from opskit.journal import Journal
+        from opskit.storage.journal import Journal
 
         j = Journal(path)
         n = j.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
@@ -94,7 +94,7 @@ def _crontab_binary() -> Check:
 
 def _cron_block(settings: Settings) -> Check:
     def check() -> Check:
-        from opskit import cron
+        from opskit.wiring import cron
 
         fn = getattr(cron, "installed_entries", None)
         if fn is None:
@@ -114,7 +114,7 @@ def _channels(settings: Settings) -> Check:
 
 
 def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
-    from opskit.gitrepo import Git
+    from opskit.git.repo import Git
 
     name = f"service {svc.name}"
     out: list[Check] = []
@@ -142,7 +142,7 @@ def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
 
 
 def _hooks(settings: Settings, svc: ServiceSettings) -> Check:
-    from opskit import hooks
+    from opskit.wiring import hooks
 
     states = hooks.hook_states(settings, svc)
     bad = [f"{h.name} {h.state}" for h in states if h.state != "installed"]

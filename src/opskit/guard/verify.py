@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit import gitrepo, proc
-from opskit.clock import SYSTEM, Clock
-from opskit.errors import GitError, OpsError, UsageError, redact
-from opskit.gitrepo import Git
+from opskit.git import repo as gitrepo
+from opskit.base import proc
+from opskit.base.clock import SYSTEM, Clock
+from opskit.base.errors import GitError, OpsError, UsageError, redact
+from opskit.git.repo import Git
 
 if TYPE_CHECKING:
-    from opskit.config import Settings
-    from opskit.journal import Journal
+    from opskit.base.config import Settings
+    from opskit.storage.journal import Journal
 
 LANDED = "landed"
 UP_TO_DATE = "up-to-date"  # only with allow_noop: the expected commit was already there

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any, Protocol
 
-    from opskit.config import ServiceSettings, Settings
-    from opskit.journal import Journal
+    from opskit.base.config import ServiceSettings, Settings
+    from opskit.storage.journal import Journal
 
     class RefFacts(Protocol):
         """What check_ref_update needs to know about the repository; asked lazily, so a
@@ -155,7 +155,7 @@ class GitFacts:
         self._frozen: tuple[Mapping[str, Any] | None] | None = None
 
     def is_ancestor(self, old: str, new: str) -> bool:
-        from opskit.errors import GitError
+        from opskit.base.errors import GitError
 
         try:
             return bool(self.git.is_ancestor(old, new))
@@ -163,7 +163,7 @@ class GitFacts:
             return False  # an old tip git cannot walk from is not provably an ancestor
 
     def tree(self, sha: str) -> str | None:
-        from opskit.errors import GitError
+        from opskit.base.errors import GitError
 
         try:
             return str(self.git.tree(sha))
@@ -225,8 +225,8 @@ def record_blocked_commit(config_path: str, service: str, hook: str, cwd: str,
                           ref: str | None) -> None:
     """Journal a refused worktree commit. Runs in a forked child after the refusal was
     printed, so the committer does not wait for config + sqlite (~60 ms here)."""
-    from opskit import config as cfg
-    from opskit.journal import Journal
+    from opskit.base import config as cfg
+    from opskit.storage.journal import Journal
 
     settings = cfg.load_file(_path(config_path))
     Journal(settings.state_dir).append(
@@ -242,8 +242,8 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
     drift-scan as a bypass until it ships through the pipeline)."""
     import getpass
 
-    from opskit import config as cfg
-    from opskit.journal import Journal
+    from opskit.base import config as cfg
+    from opskit.storage.journal import Journal
 
     user = os.environ.get("USER") or os.environ.get("LOGNAME")
     if not user:
@@ -272,7 +272,7 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
             write(f"opskit: warning: the break-glass notification is queued, not delivered "
                   f"({report.problem() or 'see opskit notify --flush'})")
     except Exception as e:  # notify is another module; its failure must not block an emergency
-        from opskit.errors import redact
+        from opskit.base.errors import redact
 
         write(f"opskit: warning: the break-glass notification failed: "
               f"{redact(type(e).__name__ + ': ' + str(e))[:200]}")
@@ -311,7 +311,7 @@ def release_quarantine(settings: Settings, journal: Journal, service: ServiceSet
     commit of the canonical repo whose tree is quarantined. Returns the released rows."""
     import re
 
-    from opskit.errors import UsageError
+    from opskit.base.errors import UsageError
 
     ident = ident.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{4,64}", ident):
@@ -320,8 +320,8 @@ def release_quarantine(settings: Settings, journal: Journal, service: ServiceSet
     rows = [dict(r) for r in journal.quarantine_list(service.name)]
     hits = [r for r in rows if r["tree"].startswith(ident) or r["sha"].startswith(ident)]
     if not hits and not service.pull_mode:
-        from opskit.errors import GitError
-        from opskit.gitrepo import Git
+        from opskit.base.errors import GitError
+        from opskit.git.repo import Git
 
         try:
             tree: str | None = Git(service.repo).tree(ident)

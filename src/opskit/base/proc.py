@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from opskit.errors import OpsError, redact
+from opskit.base.errors import OpsError, redact
 
 TAIL_LINES = 40
 # After the command exits, how long we keep draining a pipe that a background child

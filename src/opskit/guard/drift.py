@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit import gitrepo
-from opskit.clock import SYSTEM, Clock, iso, parse_iso
-from opskit.errors import GitError, LockBusy, OpsError, UsageError, redact
-from opskit.gitrepo import Git, StatusEntry
+from opskit.git import repo as gitrepo
+from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
+from opskit.base.errors import GitError, LockBusy, OpsError, UsageError, redact
+from opskit.git.repo import Git, StatusEntry
 
 if TYPE_CHECKING:
-    from opskit.config import ServiceSettings, Settings
-    from opskit.journal import Journal
+    from opskit.base.config import ServiceSettings, Settings
+    from opskit.storage.journal import Journal
 
 KV_SCOPE = "drift"
 REF_PREFIX = "refs/opskit/drift/"
@@ -172,7 +172,7 @@ class Deploys:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # our own stale row cannot be running a deploy concurrently
-    from opskit.proc import pid_alive
+    from opskit.base.proc import pid_alive
 
     return pid_alive(pid)
 
@@ -386,7 +386,7 @@ def _relation(svc: ServiceSettings, wt: Git, head: str, tip: str) -> Finding:
 
 
 def _check_hooks(settings: Settings, svc: ServiceSettings, rep: ServiceDrift) -> None:
-    from opskit import hooks
+    from opskit.wiring import hooks
 
     try:
         states: Sequence[_HookState | hooks.HookState]
@@ -422,8 +422,8 @@ def _fast_hook_states(settings: Settings, svc: ServiceSettings,
                       rep: ServiceDrift) -> list[_HookState] | None:
     """hooks.hook_states costs ~10 git calls a service; this reads the same files with one
     rev-parse per repo. Anything unusual (core.hooksPath set, pull mode, a repo we could
-    not read) returns None and the caller asks opskit.hooks itself."""
-    from opskit import hooks
+    not read) returns None and the caller asks opskit.wiring.hooks itself."""
+    from opskit.wiring import hooks
 
     if svc.pull_mode or rep.repo_info is None or rep.repo_info.hooks_overridden:
         return None
@@ -697,7 +697,7 @@ def scan(settings: Settings, journal: Journal, names: Sequence[str] = (), *, hea
 
 def _heal_one(settings: Settings, journal: Journal, svc: ServiceSettings, rep: ServiceDrift,
               clock: Clock, send: bool, lock_wait: float = HEAL_LOCK_WAIT) -> None:
-    from opskit.lock import ServiceLock
+    from opskit.base.lock import ServiceLock
 
     try:
         # Save and restore under the lock every deploy, revert and chain takes: the

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from opskit import proc
-from opskit.errors import GitError, UsageError
+from opskit.base import proc
+from opskit.base.errors import GitError, UsageError
 
 ZERO = "0" * 40
 GIT_TIMEOUT = 120.0
@@ -503,7 +503,7 @@ def force_checkout_branch(repo: Git, branch: str, sha: str) -> None:
     repo.run("checkout", "--quiet", "--force", "-B", branch, sha, "--")
 
 
-# --- hooks: where a config value comes from (opskit.hooks) ---------------------------------
+# --- hooks: where a config value comes from (opskit.wiring.hooks) ---------------------------------
 
 def config_with_origin(repo: Git, key: str) -> tuple[str, str, str] | None:
     """(value, scope, origin) of `key` as git resolves it for this repo, e.g.

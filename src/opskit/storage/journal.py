@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opskit.clock import SYSTEM, Clock, iso, parse_iso
-from opskit.errors import UsageError, redact
+from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
+from opskit.base.errors import UsageError, redact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

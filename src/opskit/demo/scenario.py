@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from opskit import proc
-from opskit.config import HealthSettings
-from opskit.errors import ExitCode, OpsError, redact, register_secret
-from opskit.events_view import summarize
-from opskit.gitrepo import Git
-from opskit.journal import Event, Journal
+from opskit.base import proc
+from opskit.base.config import HealthSettings
+from opskit.base.errors import ExitCode, OpsError, redact, register_secret
+from opskit.views.events import summarize
+from opskit.git.repo import Git
+from opskit.storage.journal import Event, Journal
 from opskit.sandbox import free_port
 from opskit.sandbox.receiver import Receiver
 from opskit.sandbox.repos import Repos, build
@@ -591,7 +591,7 @@ def _check(sb: Sandbox, out: _Redacted, result: DemoResult, head: str, lines: li
         _fact(out, result, "worktree_at_revert", wt_head == tip and branch == BRANCH,
               f"{repos.worktree} runs {str(wt_head)[:10]} on {branch}")
 
-        from opskit import health
+        from opskit.deploy import health
 
         probe = health.probe_once(HealthSettings(url=sb.health_url, timeout=2.0, expect_status=(200,),
                                                  expect_body="ok"))

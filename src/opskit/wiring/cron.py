@@ -14,7 +14,7 @@ on uninstall). Blocks written with such lines by older versions are still recogn
 their markers and replaced. Each entry is wrapped in `opskit run-job NAME --` so cron-check
 can tell when it stopped running (issue 5 item 3).
 
-run-job and cron-check themselves live in opskit.jobs.
+run-job and cron-check themselves live in opskit.jobs.runner.
 """
 
 from __future__ import annotations
@@ -33,20 +33,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit import proc, schedule
-from opskit.clock import SYSTEM, Clock, iso
-from opskit.errors import OpsError, UsageError
+from opskit.base import proc
+from opskit.base import schedule
+from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.errors import OpsError, UsageError
+from opskit.wiring.templates import TEMPLATES
 
 if TYPE_CHECKING:
-    from opskit.config import Settings
-    from opskit.journal import Journal
+    from opskit.base.config import Settings
+    from opskit.storage.journal import Journal
 
 BEGIN = "# >>> opskit (managed by `opskit cron install`; edits inside are replaced) >>>"
 END = "# <<< opskit <<<"
 # Hand-edited markers still count: anything that starts like ours is ours.
 _BEGIN_PREFIX = "# >>> opskit"
 _END_PREFIX = "# <<< opskit"
-TEMPLATE = Path(__file__).resolve().parents[2] / "cron" / "opskit.crontab"
+TEMPLATE = TEMPLATES / "cron" / "opskit.crontab"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_LINE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 # One leading `NAME=value ` of a command as cron hands it to /bin/sh (before the first
@@ -460,7 +462,7 @@ def show(settings: Settings, clock: Clock = SYSTEM, text: str | None = None) -> 
 
 def cron_check_health(journal: Journal, settings: Settings, clock: Clock = SYSTEM) -> dict[str, Any]:
     """For `opskit status`: when cron-check last ran and whether that is too long ago."""
-    from opskit.jobs import cron_check_health as impl
+    from opskit.jobs.runner import cron_check_health as impl
 
     return impl(journal, settings, clock)
 

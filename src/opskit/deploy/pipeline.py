@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit import proc
-from opskit.clock import SYSTEM, Clock
-from opskit.config import ServiceSettings, Settings
-from opskit.errors import ExitCode, OpsError, UsageError, redact
-from opskit.gitrepo import ZERO, Git
-from opskit.journal import Event, Journal
-from opskit.lock import ServiceLock
+from opskit.base import proc
+from opskit.base.clock import SYSTEM, Clock
+from opskit.base.config import ServiceSettings, Settings
+from opskit.base.errors import ExitCode, OpsError, UsageError, redact
+from opskit.git.repo import ZERO, Git
+from opskit.storage.journal import Event, Journal
+from opskit.base.lock import ServiceLock
 
 if TYPE_CHECKING:
-    from opskit.revert import RevertResult
+    from opskit.deploy.revert import RevertResult
 
 Write = Callable[[str], None]
 FETCH_TIMEOUT = 120.0
@@ -313,7 +313,7 @@ def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = 
             d.ok, d.stage, d.reason = True, "done", "deployed (no health gate configured)"
             journal.deploy_finish(deploy_id, "healthy", d.reason)
             return d
-        from opskit import health
+        from opskit.deploy import health
 
         h = svc.health
         run.say(f"health gate: watching for {h.window:g}s (startup {h.startup:g}s, {h.failures} failures fail it)")
@@ -372,7 +372,7 @@ def was_notified(e: BaseException) -> bool:
 # --- steps ---------------------------------------------------------------------------------
 
 def step_check_frozen(run: Run) -> None:
-    from opskit.revert import is_frozen
+    from opskit.deploy.revert import is_frozen
 
     frozen = is_frozen(run.journal, run.service)
     if not frozen:
@@ -444,7 +444,7 @@ def step_deliver(run: Run) -> None:
 
 def step_auto_revert(run: Run) -> None:
     """The deploy failed: undo it (revert.py decides how, and when to freeze instead)."""
-    from opskit.revert import revert_locked
+    from opskit.deploy.revert import revert_locked
 
     d = run.delivery
     assert d is not None and run.sha is not None
@@ -517,8 +517,8 @@ def deploy(settings: Settings, journal: Journal, service: str, sha: str | None =
 
 def run_chain(settings: Settings, journal: Journal, service: str, ref: str, sha: str, *,
               chain: str, clock: Clock = SYSTEM, write: Write = print) -> int:
-    """Feature-branch chain: test → review → merge → deploy (issue 5; lives in opskit.chain)."""
-    from opskit import chain as chain_mod
+    """Feature-branch chain: test → review → merge → deploy (issue 5; lives in opskit.chain.feature)."""
+    from opskit.chain import feature as chain_mod
 
     result = chain_mod.start(settings, journal, service, ref, sha, chain=chain, clock=clock, write=write)
     if result.status != "background":
@@ -532,7 +532,7 @@ def on_post_receive(config_path: Path, service: str, updates: list[tuple[str, st
 
     A post-receive hook cannot undo a push; its exit code is only shown to the pusher.
     """
-    from opskit import config
+    from opskit.base import config
 
     settings = config.load(config_path)
     svc = settings.service(service)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from opskit.clock import SYSTEM
-from opskit.config import ServiceSettings, Settings
-from opskit.errors import OpsError
-from opskit.gitrepo import Git
-from opskit.journal import Journal
-from opskit.lock import is_held, read_holder
-from opskit.proc import pid_alive
+from opskit.base.clock import SYSTEM
+from opskit.base.config import ServiceSettings, Settings
+from opskit.base.errors import OpsError
+from opskit.git.repo import Git
+from opskit.storage.journal import Journal
+from opskit.base.lock import is_held, read_holder
+from opskit.base.proc import pid_alive
 
 # name → fn(settings, journal, service) -> dict | None, merged into each service's entry.
 SECTIONS: dict[str, Callable[[Settings, Journal, ServiceSettings], Any]] = {}
@@ -93,7 +93,7 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 def _cron_check(settings: Settings, journal: Journal) -> Any:
     # Who watches the watcher: cron-check notices silent jobs, status notices a silent cron-check.
-    from opskit.jobs import cron_check_health
+    from opskit.jobs.runner import cron_check_health
 
     return cron_check_health(journal, settings, SYSTEM)
 
@@ -161,7 +161,7 @@ def render(data: dict[str, Any]) -> list[str]:
 # Registered here so `opskit status` shows them without importing the chain on every status.
 
 def _chain_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> Any:
-    from opskit.chain import status_section
+    from opskit.chain.feature import status_section
 
     return status_section(settings, journal, svc)
 

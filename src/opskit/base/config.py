@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opskit.errors import ConfigError, register_secret
+from opskit.base.errors import ConfigError, register_secret
 
 CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise")
 LEVELS = ("info", "warning", "error", "critical")
@@ -338,7 +338,7 @@ class _Parser:
 
     def cron_expr(self, key: str, value: Any) -> str:
         s = self.nonempty(key, value)
-        from opskit.schedule import validate_cron  # croniter only when a schedule is set
+        from opskit.base.schedule import validate_cron  # croniter only when a schedule is set
 
         problem = validate_cron(s)
         if problem:

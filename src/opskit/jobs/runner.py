@@ -36,15 +36,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from opskit import proc, schedule
-from opskit.clock import SYSTEM, Clock, iso, parse_iso
-from opskit.errors import OpsError, UsageError, redact
-from opskit.proc import pid_alive
-from opskit.journal import kv_update
+from opskit.base import proc
+from opskit.base import schedule
+from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
+from opskit.base.errors import OpsError, UsageError, redact
+from opskit.base.proc import pid_alive
+from opskit.storage.journal import kv_update
 
 if TYPE_CHECKING:
-    from opskit.config import Settings
-    from opskit.journal import Journal
+    from opskit.base.config import Settings
+    from opskit.storage.journal import Journal
 
 JOB = "job"
 CHECK = "cron-check"
@@ -373,7 +374,7 @@ _READ = object()
 
 def watched_jobs(settings: Settings, crontab_text: str | None) -> tuple[dict[str, Watch], list[str]]:
     """Schedules to watch: [jobs.NAME] in the config, then run-job lines in the crontab."""
-    from opskit import cron
+    from opskit.wiring import cron
 
     out: dict[str, Watch] = {}
     warnings: list[str] = []
@@ -398,7 +399,7 @@ def watched_jobs(settings: Settings, crontab_text: str | None) -> tuple[dict[str
 def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
                notifier: Notifier | None = None, crontab_text: Any = _READ) -> CheckReport:
     """Find jobs that missed their run, overran, failed or vanished; one notification each."""
-    from opskit import cron
+    from opskit.wiring import cron
 
     now = clock.now()
     warnings: list[str] = []
@@ -425,7 +426,7 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
                                    reset=back is not None))
     # Parked changes are the human side of the same promise: nothing waits unnoticed. cron-check
     # is the one job that runs every few minutes, so it sends the once-only reminders (issue 5).
-    from opskit.approvals import remind_overdue
+    from opskit.chain.approvals import remind_overdue
 
     reminded = remind_overdue(settings, journal, clock)
     journal.kv_set(CHECK, "last", {"ts": iso(now), "pid": os.getpid(), "jobs": len(statuses),

@@ -20,8 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from opskit.clock import SYSTEM, Clock, iso
-from opskit.errors import LockBusy
+from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.errors import LockBusy
 
 POLL = 0.2
 

@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opskit import approvals, proc
-from opskit.clock import SYSTEM, Clock, iso
-from opskit.config import ServiceSettings, Settings
-from opskit.errors import ExitCode, LockBusy, OpsError, UsageError, redact
-from opskit.gitrepo import OPSKIT_IDENT, Git
-from opskit.journal import Event, Journal
-from opskit.lock import ServiceLock
-from opskit.pipeline import (
+from opskit.chain import approvals
+from opskit.base import proc
+from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.config import ServiceSettings, Settings
+from opskit.base.errors import ExitCode, LockBusy, OpsError, UsageError, redact
+from opskit.git.repo import OPSKIT_IDENT, Git
+from opskit.storage.journal import Event, Journal
+from opskit.base.lock import ServiceLock
+from opskit.deploy.pipeline import (
     DeployResult, Run, StopChain, Write, deploy_steps, deployed_head, notify, run_steps, short, text,
 )
 
@@ -492,7 +493,7 @@ def _merge(ctx: _Ctx) -> None:
             raise _MergeFailed(f"the merged tree {tree[:12]} was auto-reverted before (rollback event "
                                f"#{q['event_id']}: {q['reason']}); release it first: "
                                f"opskit quarantine release {svc.name} {tree[:12]}")
-        from opskit.revert import land_commit
+        from opskit.deploy.revert import land_commit
 
         land_commit(svc, bare, new, tip, what="merge" if svc.merge == "merge" else "fast-forward")
     except _MergeFailed as e:
@@ -565,7 +566,7 @@ class _Section(dict[str, Any]):
 
 
 def status_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> dict[str, Any]:
-    from opskit.proc import pid_alive
+    from opskit.base.proc import pid_alive
 
     in_progress = []
     for key, value in journal.kv_all("chain").items():
@@ -578,7 +579,7 @@ def status_section(settings: Settings, journal: Journal, svc: ServiceSettings) -
 
 def clear_stale(journal: Journal) -> int:
     """Forget progress entries whose process is gone (a SIGKILLed chain)."""
-    from opskit.proc import pid_alive
+    from opskit.base.proc import pid_alive
 
     n = 0
     for key, value in journal.kv_all("chain").items():

@@ -28,13 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opskit.clock import SYSTEM, Clock, iso
-from opskit.config import ServiceSettings, Settings
-from opskit.errors import ExitCode, OpsError, UsageError, redact
-from opskit.gitrepo import Git
-from opskit.journal import Journal
-from opskit.lock import ServiceLock
-from opskit.pipeline import (
+from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.config import ServiceSettings, Settings
+from opskit.base.errors import ExitCode, OpsError, UsageError, redact
+from opskit.git.repo import Git
+from opskit.storage.journal import Journal
+from opskit.base.lock import ServiceLock
+from opskit.deploy.pipeline import (
     Run, Write, deliver, deployed_head, fetch_worktree, new_chain_id, notify, short, step_report_interrupted, text,
 )
 

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from opskit.journal import Event
+from opskit.storage.journal import Event
 
 _STYLE = {"fail": "red", "failed": "red", "blocked": "red", "unverified": "red", "missed": "red",
           "detected": "yellow", "needs-human": "yellow", "start": "cyan", "breakglass": "yellow",
