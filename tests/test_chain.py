@@ -296,7 +296,7 @@ def test_a_failing_ref_does_not_drop_the_other_refs_of_the_push(tmp_path: Path) 
     out: a stale .git/index.lock). The feature branch is still handled, the failure is journaled
     and notified once, and the hook's exit code says something failed."""
     from opskit.chain import approvals
-    from opskit.deploy.pipeline import on_post_receive
+    from opskit.chain.routing import on_post_receive
     from tests.support.gitsandbox import rev
 
     cs = make_chain_stage(tmp_path, direct_push=True)
@@ -334,7 +334,7 @@ def test_approve_that_cannot_merge_leaves_the_change_parked(cs: ChainStage, monk
     from opskit.chain import approvals
     from opskit.chain import feature as chain
     from opskit.base.errors import OpsError
-    from opskit.deploy.revert import unfreeze
+    from opskit.deploy.freeze import unfreeze
 
     head = cs.feature("feature/h", {"review.exit": "3\n", "app.txt": "h\n"})
     cs.push("feature/h")

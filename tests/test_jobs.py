@@ -416,6 +416,5 @@ def test_cron_check_health_says_when_it_stopped(write_config, state_dir: Path) -
     at(clock, "2026-04-26T10:11:01")
     h = jobs.cron_check_health(j, s, clock)
     assert h["overdue"] is True and "CRON-CHECK IS NOT RUNNING" in h["message"]
-    from opskit.wiring import cron  # the entry point the status command uses
 
-    assert cron.cron_check_health(j, s, clock)["overdue"] is True
+    assert jobs.cron_check_health(j, s, clock)["overdue"] is True

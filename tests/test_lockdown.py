@@ -290,12 +290,12 @@ def test_post_receive_runs_the_pipeline(tmp_path: Path, state_dir: Path) -> None
 
 def test_post_receive_survives_a_broken_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    import opskit.deploy.pipeline
+    import opskit.chain.routing
 
     def explode(*a: object, **k: object) -> int:
         raise RuntimeError("boom https://discord.com/api/webhooks/1/SECRETTOKEN")
 
-    monkeypatch.setattr(opskit.deploy.pipeline, "on_post_receive", explode)
+    monkeypatch.setattr(opskit.chain.routing, "on_post_receive", explode)
     args = hookmain.parse(["post-receive", "--config", str(tmp_path / "c.toml"), "--service", "svc"])
     assert hookmain.post_receive(args, f"{A} {B} refs/heads/master\n".encode()) == 0
     out = capsysbinary.readouterr().out.decode()

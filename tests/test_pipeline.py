@@ -15,7 +15,7 @@ import pytest
 from opskit.wiring import hooks
 from opskit.base.errors import OpsError
 from opskit.git.repo import Git
-from opskit.deploy.pipeline import on_post_receive
+from opskit.chain.routing import on_post_receive
 from opskit.views.status import collect
 from tests.support.gitsandbox import git, rev
 from tests.support.pipeline import Stage, env_for, make_stage, seeded_stage

@@ -10,7 +10,8 @@ from pathlib import Path
 from opskit.git.repo import Git
 from opskit.storage.journal import Journal
 from opskit.notify import outbox_summary
-from opskit.deploy.revert import auto_revert, is_frozen
+from opskit.deploy.freeze import is_frozen
+from opskit.deploy.revert import auto_revert
 from opskit.sandbox import free_port
 from opskit.views.status import collect, render
 from tests.support.gitsandbox import git

@@ -1,15 +1,16 @@
 """The entry point opskit's installed git hooks exec (not the Typer CLI).
 
-    python -I -m opskit.hookmain HOOK --config PATH --service NAME --self HOOKPATH -- ARGS…
+    python -I -c 'from opskit.hookmain import main; raise SystemExit(main())' \
+        HOOK --config PATH --service NAME --self HOOKPATH -- ARGS…
 
-Hooks are fast (ARCHITECTURE §6): this module imports `os` and `sys` at module level and
+(`-c`, not `-m`: runpy alone costs ~5 ms of a hook's budget.) Hooks are fast: this module imports `os` and `sys` at module level and
 nothing else; each hook imports what its own path needs, and the worktree refusal path
 imports only opskit.guard.lockdown (itself `os` only). `-I` keeps the hook's working directory
 (the deployed worktree, which anyone with a shell there can write to) off sys.path and
 ignores PYTHON* variables, so nothing in the worktree can replace opskit's code.
 
 A hook that was installed before opskit (`HOOK.pre-opskit` beside us) runs first, with the
-same stdin for the receive hooks; its refusal refuses, as it would alone (STYLE §5).
+same stdin for the receive hooks; its refusal refuses, as it would alone (pre-commit's way of installing hooks).
 """
 
 from __future__ import annotations
@@ -167,16 +168,14 @@ def post_receive(args: _Args, stdin: bytes) -> int:
         from opskit.git.repo import read_hook_lines
 
         updates = list(read_hook_lines(stdin.decode("utf-8", "surrogateescape")))
-        import importlib
-
-        # Imported by name: the pipeline is its own module, loaded only after a push landed.
-        pipeline = importlib.import_module("opskit.deploy.pipeline")
+        # Here, not at the top: the other hooks never pay for the deploy machinery.
+        from opskit.chain import routing
     except Exception as e:
         _out(f"opskit: the push landed but the pipeline could not be loaded ({_describe(e)}); "
              f"nothing was tested or deployed. Deploy by hand: opskit deploy {args.service}")
         return 0
     try:
-        result = pipeline.on_post_receive(Path(args.config), args.service, updates, _out)
+        result = routing.on_post_receive(Path(args.config), args.service, updates, _out)
     except Exception as e:
         _out(f"opskit: the push landed but the pipeline failed ({_describe(e)}); "
              f"see: opskit events --service {args.service}")

@@ -6,6 +6,7 @@ costs one line of reading, not a traceback.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
@@ -106,6 +107,13 @@ class ServiceSettings:
         """The canonical repo is elsewhere (a URL): cron runs `opskit deploy`."""
         return "://" in self.repo or (":" in self.repo and not self.repo.startswith("/")
                                         and not Path(self.repo).exists())
+
+    def is_feature_branch(self, ref: str) -> bool:
+        """A pushed ref that runs the chain: a branch matching `feature_branches` (fnmatch)."""
+        if not ref.startswith("refs/heads/"):
+            return False
+        name = ref[len("refs/heads/"):]
+        return any(fnmatch.fnmatchcase(name, pat) for pat in self.feature_branches)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ told anything was waiting; an hourly nag would fail the same way, by being muted
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import os
 import threading
 from collections.abc import Sequence
@@ -23,7 +22,9 @@ from typing import Any
 
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.config import Settings
+from opskit.base.actor import who
 from opskit.base.errors import OpsError, UsageError, redact
+from opskit.base.text import printable
 from opskit.storage.journal import Journal
 
 SCHEMA = """
@@ -103,23 +104,8 @@ def _row(r: Any) -> Parked:
     return Parked(**{k: r[k] for k in Parked.__dataclass_fields__})
 
 
-def _printable(branch: str) -> str:
-    return branch.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def _bytes(branch: str) -> bytes:
     return branch.encode("utf-8", "surrogateescape")
-
-
-def who() -> str:
-    """The human deciding: the one behind sudo when there is one."""
-    user = os.environ.get("SUDO_USER")
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (containers): still say something true
-        return f"uid {os.getuid()}"
 
 
 def park(journal: Journal, *, service: str, chain: str, branch: str, sha: str, base: str | None,
@@ -128,7 +114,7 @@ def park(journal: Journal, *, service: str, chain: str, branch: str, sha: str, b
         cur = c.execute(
             "INSERT INTO approvals (service, chain, branch, ref, sha, base, created, cause) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (service, chain, _printable(branch), _bytes(branch), sha, base, iso(clock.now()), redact(cause)))
+            (service, chain, printable(branch), _bytes(branch), sha, base, iso(clock.now()), redact(cause)))
         new_id = cur.lastrowid
     assert new_id is not None
     found = get(journal, new_id)
@@ -197,7 +183,7 @@ def supersede(journal: Journal, service: str, branch: str, *, by_chain: str, by_
               clock: Clock = SYSTEM) -> list[Parked]:
     """A newer push of `branch` ends the changes of it still parked (issue 5: a later push
     supersedes a chain still waiting). Returns the rows it ended."""
-    reason = f"superseded by a newer push of {_printable(branch)} ({by_sha[:10]}, chain {by_chain})"
+    reason = f"superseded by a newer push of {printable(branch)} ({by_sha[:10]}, chain {by_chain})"
     ids = [int(r[0]) for r in _db(journal).conn.execute(
         "SELECT id FROM approvals WHERE service = ? AND ref = ? AND status = 'parked' AND chain != ?",
         (service, _bytes(branch), by_chain))]

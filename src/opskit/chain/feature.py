@@ -21,23 +21,23 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from opskit.chain import approvals
 from opskit.base import proc
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, LockBusy, OpsError, UsageError, redact
-from opskit.git.repo import OPSKIT_IDENT, Git
-from opskit.storage.journal import Event, Journal
 from opskit.base.lock import ServiceLock
-from opskit.deploy.pipeline import (
-    DeployResult, Run, StopChain, Write, deploy_steps, deployed_head, notify, run_steps, short, text,
-)
+from opskit.base.text import printable, short
+from opskit.chain import approvals
+from opskit.deploy.pipeline import DELIVER_STEPS, GUARD_STEPS
+from opskit.deploy.run import DeployResult, Run, StopChain, Write, announce_run, run_steps
+from opskit.git.land import land_commit
+from opskit.git.repo import OPSKIT_IDENT, Git
+from opskit.git.worktree import deployed_head
+from opskit.storage.journal import Event, Journal
 
 LOCK_WAIT = 1800.0  # a chain waits behind a running deploy/chain at most this long
 STREAM_LINES = 200  # lines of test/review output shown to the pusher; the journal keeps the tail
@@ -102,7 +102,7 @@ class _Ctx:
         return env
 
     def stop(self, status: str, reason: str, exit_code: int = ExitCode.FAILED, *, ok: bool = False) -> ChainResult:
-        self.stopped = ChainResult(service=self.svc.name, chain=self.run.chain, branch=text(self.branch),
+        self.stopped = ChainResult(service=self.svc.name, chain=self.run.chain, branch=printable(self.branch),
                                    sha=self.head, status=status, ok=ok, reason=reason, exit_code=int(exit_code),
                                    merge=self.merge,
                                    approval=self.approval.id if self.approval else self.extra.get("approval"))
@@ -111,19 +111,17 @@ class _Ctx:
 
 # --- entry points ----------------------------------------------------------------------------
 
-def start(settings: Settings, journal: Journal, service: str, ref: str, sha: str, *, chain: str,
-          clock: Clock = SYSTEM, write: Write = print, lock_wait: float = LOCK_WAIT) -> ChainResult:
-    """post-receive's entry for a feature-branch push (push.received is already journaled)."""
-    svc = settings.service(service)
+def supersede_parked(journal: Journal, service: str, ref: str, sha: str, *, chain: str,
+                     clock: Clock = SYSTEM) -> list[str]:
+    """A new push of a branch supersedes its parked change: journal it; the lines for the pusher."""
     branch = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else ref
+    lines = []
     for old in approvals.supersede(journal, service, branch, by_chain=chain, by_sha=sha, clock=clock):
-        journal.append("push.superseded", service, {"branch": text(branch), "approval": old.id, "by": sha,
+        journal.append("push.superseded", service, {"branch": printable(branch), "approval": old.id, "by": sha,
                                                      "by_chain": chain, "reason": old.reason, "was": "parked"},
                        chain=old.chain, sha=old.sha)
-        write(f"{service}: parked change #{old.id} ({short(old.sha)}) is superseded by this push")
-    if svc.background:
-        return _spawn(settings, svc, ref, sha, chain, write)
-    return run_now(settings, journal, service, ref, sha, chain=chain, clock=clock, write=write, lock_wait=lock_wait)
+        lines.append(f"{service}: parked change #{old.id} ({short(old.sha)}) is superseded by this push")
+    return lines
 
 
 def run_now(settings: Settings, journal: Journal, service: str, ref: str, sha: str, *, chain: str,
@@ -151,9 +149,9 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
                    clock=clock, write=write, base=found.base)
     row = approvals.decide(journal, approval_id, "approved", by=by or approvals.who(), clock=clock)
     ctx.approval = row
-    ctx.run.emit("review.pass", {"approval": row.id, "branch": text(row.branch), "decided_by": row.decided_by,
+    ctx.run.emit("review.pass", {"approval": row.id, "branch": printable(row.branch), "decided_by": row.decided_by,
                                  "human": True, "verdict": "approved", "cause": row.cause})
-    ctx.run.say(f"{row.service}: change #{row.id} ({text(row.branch)} {short(row.sha)}) approved by "
+    ctx.run.say(f"{row.service}: change #{row.id} ({printable(row.branch)} {short(row.sha)}) approved by "
                 f"{row.decided_by}; merging")
     try:
         with _crash_recorded(ctx):
@@ -177,7 +175,7 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
 @contextlib.contextmanager
 def _crash_recorded(ctx: _Ctx) -> Iterator[None]:
     """A crash or Ctrl-C in test, review or merge leaves an event saying where it stopped
-    (ARCHITECTURE §6); deliver() records its own. Progress is cleared either way."""
+    ; deliver() records its own. Progress is cleared either way."""
     try:
         yield
     except BaseException as e:
@@ -186,7 +184,7 @@ def _crash_recorded(ctx: _Ctx) -> Iterator[None]:
             kind = step if step in ("test", "review") else "merge"
             why = "interrupted" if isinstance(e, KeyboardInterrupt) else redact(f"{type(e).__name__}: {e}")[:300]
             try:
-                ctx.run.emit(f"{kind}.fail", {"branch": text(ctx.branch), "step": step, "reason": why,
+                ctx.run.emit(f"{kind}.fail", {"branch": printable(ctx.branch), "step": step, "reason": why,
                                               "crashed": True}, sha=ctx.head)
             except Exception:
                 pass
@@ -227,24 +225,10 @@ def _progress(ctx: _Ctx, step: str | None) -> None:
             ctx.run.journal.kv_delete("chain", _progress_key(ctx))
             return
         ctx.run.journal.kv_set("chain", _progress_key(ctx), {
-            "service": ctx.svc.name, "chain": ctx.run.chain, "branch": text(ctx.branch), "sha": ctx.head,
+            "service": ctx.svc.name, "chain": ctx.run.chain, "branch": printable(ctx.branch), "sha": ctx.head,
             "step": step, "since": iso(ctx.run.clock.now()), "pid": os.getpid()})
     except Exception:  # progress is for the eyes; it never stops a chain
         pass
-
-
-def _spawn(settings: Settings, svc: ServiceSettings, ref: str, sha: str, chain: str, write: Write) -> ChainResult:
-    log = settings.state_dir / "logs" / f"{svc.name}.log"
-    argv = [sys.executable, "-m", "opskit"]
-    if settings.path is not None:
-        argv += ["--config", str(Path(settings.path).resolve())]
-    argv += ["chain-run", svc.name, "--ref", ref, "--sha", sha, "--chain", chain]
-    pid = proc.spawn_detached(argv, log=log, cwd="/", env=proc.clean_env())
-    write(f"{svc.name}: testing {text(ref)} {short(sha)} in the background (pid {pid}); log: {log}; "
-          f"follow it with `opskit events --service {svc.name} --follow`")
-    branch = ref[len("refs/heads/"):]
-    return ChainResult(service=svc.name, chain=chain, branch=text(branch), sha=sha, status="background", ok=True,
-                       reason=f"running in the background (pid {pid})", exit_code=int(ExitCode.OK))
 
 
 # --- test and review (before the lock, in throwaway checkouts) --------------------------------
@@ -281,7 +265,7 @@ def _run_in_checkout(ctx: _Ctx, command: str, timeout: float, what: str) -> proc
 def _test(ctx: _Ctx) -> None:
     svc, run = ctx.svc, ctx.run
     if not svc.test:
-        run.emit("test.skipped", {"branch": text(ctx.branch), "reason": "no `test` command configured"})
+        run.emit("test.skipped", {"branch": printable(ctx.branch), "reason": "no `test` command configured"})
         run.say(f"test: skipped (no `test` command configured for {svc.name})")
         return
     run.say(f"test: {svc.test} (timeout {svc.test_timeout:g}s) on {short(ctx.head)}")
@@ -290,7 +274,7 @@ def _test(ctx: _Ctx) -> None:
     except OpsError as e:
         _fail_test(ctx, f"the test could not run: {e}", {"error": str(e)}, "")
         return
-    data: dict[str, Any] = {"branch": text(ctx.branch), "command": svc.test, "exit": res.returncode,
+    data: dict[str, Any] = {"branch": printable(ctx.branch), "command": svc.test, "exit": res.returncode,
                             "timed_out": res.timed_out, "duration": round(res.duration, 2), "tail": _tail(res)}
     if res.ok:
         run.emit("test.pass", data)
@@ -303,7 +287,7 @@ def _test(ctx: _Ctx) -> None:
 
 def _fail_test(ctx: _Ctx, reason: str, data: dict[str, Any], tail: str) -> None:
     run = ctx.run
-    ev = run.emit("test.fail", {**data, "reason": reason, "branch": text(ctx.branch)})
+    ev = run.emit("test.fail", {**data, "reason": reason, "branch": printable(ctx.branch)})
     run.say(f"✘ {reason}")
     if ctx.svc.test_failure == "human":
         _park(ctx, f"the test failed ({reason}) and test_failure = \"human\"", tail)
@@ -317,11 +301,11 @@ def _review(ctx: _Ctx) -> None:
     if ctx.stopped is not None:
         return
     if not svc.review:
-        run.emit("review.skipped", {"branch": text(ctx.branch), "reason": "no `review` command configured"})
+        run.emit("review.skipped", {"branch": printable(ctx.branch), "reason": "no `review` command configured"})
         run.say(f"review: skipped (no `review` command configured for {svc.name})")
         return
     run.say(f"review: {svc.review} on {ctx.base[:10] + '..' if ctx.base else ''}{short(ctx.head)}")
-    data: dict[str, Any] = {"branch": text(ctx.branch), "command": svc.review, "base": ctx.base, "head": ctx.head}
+    data: dict[str, Any] = {"branch": printable(ctx.branch), "command": svc.review, "base": ctx.base, "head": ctx.head}
     try:
         res = _run_in_checkout(ctx, svc.review, svc.review_timeout, "review")
     except OpsError as e:
@@ -362,12 +346,12 @@ def _review_error(ctx: _Ctx, reason: str, data: dict[str, Any], tail: str) -> No
 
 def _announce_stop(ctx: _Ctx, what: str, reason: str, tail: str, ev: Event, *, level: str) -> None:
     svc = ctx.svc
-    lines = [f"{svc.name}: {what} for {text(ctx.branch)} ({short(ctx.head)}); not merged, "
+    lines = [f"{svc.name}: {what} for {printable(ctx.branch)} ({short(ctx.head)}); not merged, "
              f"{svc.branch} is untouched.", f"Why: {reason}"]
     if tail.strip():
         lines.append("Last lines:\n" + _short_tail(tail))
     lines.append(f"Event: #{ev.id} (`opskit events --service {svc.name} --since 1h`)")
-    notify(ctx.run, "\n".join(lines), title=f"{svc.name}: {what} ({text(ctx.branch)})", level=level,
+    announce_run(ctx.run, "\n".join(lines), title=f"{svc.name}: {what} ({printable(ctx.branch)})", level=level,
            event_id=ev.id)
 
 
@@ -375,20 +359,20 @@ def _park(ctx: _Ctx, cause: str, tail: str, review: dict[str, Any] | None = None
     run, svc = ctx.run, ctx.svc
     row = approvals.park(run.journal, service=svc.name, chain=run.chain, branch=ctx.branch, sha=ctx.head,
                          base=ctx.base, cause=cause, clock=run.clock)
-    ev = run.emit("review.needs-human", {**(review or {}), "branch": text(ctx.branch), "approval": row.id,
+    ev = run.emit("review.needs-human", {**(review or {}), "branch": printable(ctx.branch), "approval": row.id,
                                          "cause": cause, "tail": tail[-TAIL_CHARS:],
                                          "approve": f"opskit approve {row.id}",
                                          "reject": f'opskit reject {row.id} --reason "…"'})
     approvals.set_event(run.journal, row.id, ev.id)
     run.say(f"⏸ parked as change #{row.id}: {cause}")
     run.say(f"  decide: opskit approve {row.id}   |   opskit reject {row.id} --reason \"…\"")
-    lines = [f"{svc.name}: {text(ctx.branch)} ({short(ctx.head)}) waits for a human: {cause}.",
+    lines = [f"{svc.name}: {printable(ctx.branch)} ({short(ctx.head)}) waits for a human: {cause}.",
              f"Change #{row.id}, chain {run.chain}."]
     if tail.strip():
         lines.append("Last lines:\n" + _short_tail(tail))
     lines += [f"Approve (merge and deploy): `opskit approve {row.id}`",
               f"Reject: `opskit reject {row.id} --reason \"…\"`"]
-    notify(run, "\n".join(lines), title=f"{svc.name}: approval needed ({text(ctx.branch)})", level="warning",
+    announce_run(run, "\n".join(lines), title=f"{svc.name}: approval needed ({printable(ctx.branch)})", level="warning",
            event_id=ev.id)
     ctx.extra["approval"] = row.id
     ctx.stop("parked", f"waiting for a human as change #{row.id}: {cause}", ExitCode.OK, ok=True)
@@ -401,25 +385,23 @@ def _land_and_deliver(ctx: _Ctx, lock_wait: float) -> ChainResult:
     _progress(ctx, "waiting for the lock")
     try:
         with ServiceLock(run.settings.state_dir, svc.name, wait=lock_wait, clock=run.clock,
-                         what=f"chain {text(ctx.branch)} {short(ctx.head)}", on_wait=run.say) as lock:
+                         what=f"chain {printable(ctx.branch)} {short(ctx.head)}", on_wait=run.say) as lock:
             run.lock_fd = lock.fd
-            steps: list[tuple[str, Callable[[Run], None]]] = []
-            for name, step in deploy_steps():
-                if name == "deploy":  # frozen and interrupted checks first: no merge while frozen
-                    steps += [("current", lambda r: _still_current(ctx)), ("merge", lambda r: _merge(ctx))]
-                steps.append((name, step))
-            if not any(name == "merge" for name, _ in steps):  # pipeline.deploy_steps() changed shape
-                raise OpsError(f"{svc.name}: the pipeline has no 'deploy' step to merge before; nothing merged")
+            # No merge while frozen, and a killed earlier deploy is reported first: the
+            # pipeline's guard, then this chain's own steps, then the pipeline's delivery.
+            steps: list[tuple[str, Callable[[Run], None]]] = [
+                *GUARD_STEPS, ("current", lambda r: _still_current(ctx)), ("merge", lambda r: _merge(ctx)),
+                *DELIVER_STEPS]
             result = run_steps(run, [(n, _tracked(ctx, n, s)) for n, s in steps])
     except LockBusy as e:
-        ev = run.emit("merge.fail", {"branch": text(ctx.branch), "reason": str(e), "step": "lock"})
+        ev = run.emit("merge.fail", {"branch": printable(ctx.branch), "reason": str(e), "step": "lock"})
         run.say(f"✘ {e}")
         _announce_stop(ctx, "merge not attempted", str(e), "", ev, level="error")
         return ctx.stop("busy", str(e))
     if ctx.stopped is not None:
         return ctx.stopped
     status = {"healthy": "deployed"}.get(result.status, result.status)
-    return ChainResult(service=svc.name, chain=run.chain, branch=text(ctx.branch), sha=ctx.head, status=status,
+    return ChainResult(service=svc.name, chain=run.chain, branch=printable(ctx.branch), sha=ctx.head, status=status,
                        ok=result.ok, reason=result.reason, exit_code=result.exit_code, merge=ctx.merge,
                        approval=ctx.approval.id if ctx.approval else None, deploy=result)
 
@@ -446,13 +428,13 @@ def _still_current(ctx: _Ctx) -> None:
     if tip == ctx.head:
         return
     if tip is None:
-        reason = f"{text(ctx.branch)} was deleted while its chain waited; nothing merged"
-        run.emit("push.superseded", {"branch": text(ctx.branch), "deleted": True, "by": None, "reason": reason})
+        reason = f"{printable(ctx.branch)} was deleted while its chain waited; nothing merged"
+        run.emit("push.superseded", {"branch": printable(ctx.branch), "deleted": True, "by": None, "reason": reason})
         run.say(f"✘ {reason}")
         _halt(ctx, "deleted", reason)
-    reason = (f"{text(ctx.branch)} moved to {short(tip)} while this chain waited; the newer push's chain "
+    reason = (f"{printable(ctx.branch)} moved to {short(tip)} while this chain waited; the newer push's chain "
               f"takes over, {short(ctx.head)} is not merged")
-    run.emit("push.superseded", {"branch": text(ctx.branch), "deleted": False, "by": tip, "reason": reason})
+    run.emit("push.superseded", {"branch": printable(ctx.branch), "deleted": False, "by": tip, "reason": reason})
     run.say(f"✘ superseded: {reason}")
     _halt(ctx, "superseded", reason)
 
@@ -466,7 +448,7 @@ class _MergeFailed(OpsError):
 def _merge(ctx: _Ctx) -> None:
     run, svc, bare = ctx.run, ctx.svc, ctx.bare
     tip = bare.branch_tip(svc.branch)
-    data: dict[str, Any] = {"branch": text(ctx.branch), "into": svc.branch, "strategy": svc.merge,
+    data: dict[str, Any] = {"branch": printable(ctx.branch), "into": svc.branch, "strategy": svc.merge,
                             "head": ctx.head, "base": tip}
     try:
         if tip is None:
@@ -482,7 +464,7 @@ def _merge(ctx: _Ctx) -> None:
             if not bare.is_ancestor(tip, ctx.head):
                 ahead = len(bare.rev_list(f"{ctx.head}..{tip}"))
                 raise _MergeFailed(f"cannot fast-forward {svc.branch} to {short(ctx.head)}: {svc.branch} has "
-                                   f"{ahead} commit(s) that {text(ctx.branch)} does not; rebase it on "
+                                   f"{ahead} commit(s) that {printable(ctx.branch)} does not; rebase it on "
                                    f"{svc.branch} and push again")
             new = ctx.head
         else:
@@ -493,8 +475,6 @@ def _merge(ctx: _Ctx) -> None:
             raise _MergeFailed(f"the merged tree {tree[:12]} was auto-reverted before (rollback event "
                                f"#{q['event_id']}: {q['reason']}); release it first: "
                                f"opskit quarantine release {svc.name} {tree[:12]}")
-        from opskit.deploy.revert import land_commit
-
         land_commit(svc, bare, new, tip, what="merge" if svc.merge == "merge" else "fast-forward")
     except _MergeFailed as e:
         _merge_failed(ctx, str(e), {**data, "conflicts": e.files})
@@ -508,7 +488,7 @@ def _merge(ctx: _Ctx) -> None:
     parents = bare.parents(new)
     run.emit("merge.complete", {**data, "merge": new, "parents": parents,
                                 "approved_by": ctx.approval.decided_by if ctx.approval else None}, sha=new)
-    run.say(f"✔ merged {text(ctx.branch)} into {svc.branch}: {short(new)}"
+    run.say(f"✔ merged {printable(ctx.branch)} into {svc.branch}: {short(new)}"
             + (" (fast-forward)" if new == ctx.head else ""))
 
 
@@ -523,10 +503,10 @@ def _merge_commit(ctx: _Ctx, tip: str) -> str:
     """`git merge --no-ff` in a throwaway worktree of the bare repo at the branch tip: the
     first parent is the tip, so `git revert -m 1` (and auto-revert) undoes exactly this."""
     svc, run = ctx.svc, ctx.run
-    lines = [f"Merge {text(ctx.branch)} into {svc.branch}", "",
+    lines = [f"Merge {printable(ctx.branch)} into {svc.branch}", "",
              f"Merged by opskit chain {run.chain}"
              + (f", approved by {ctx.approval.decided_by} (change #{ctx.approval.id})" if ctx.approval else "")
-             + ".", "", f"Opskit-Chain: {run.chain}", f"Opskit-Branch: {text(ctx.branch)}",
+             + ".", "", f"Opskit-Chain: {run.chain}", f"Opskit-Branch: {printable(ctx.branch)}",
              f"Opskit-Head: {ctx.head}"]
     with ctx.bare.temp_worktree(tip, prefix="opskit-merge-") as wt:
         # No hooks at all: the repo's hooks guard pushes and the production worktree, not our merge
@@ -534,14 +514,14 @@ def _merge_commit(ctx: _Ctx, tip: str) -> str:
         r = wt.run("-c", "core.hooksPath=/dev/null", "merge", "--no-ff", "--no-verify", "--no-edit", "-m", "\n".join(lines), "--end-of-options",
                    ctx.head, check=False, env={**OPSKIT_IDENT, "GIT_MERGE_AUTOEDIT": "no"})
         if not r.ok:
-            files = [text(f) for f in wt.out("diff", "--name-only", "--diff-filter=U").splitlines()]
+            files = [printable(f) for f in wt.out("diff", "--name-only", "--diff-filter=U").splitlines()]
             wt.run("merge", "--abort", check=False)
             detail = (r.stdout.strip().splitlines() or r.stderr.strip().splitlines() or ["merge failed"])[-1]
             if files:
-                raise _MergeFailed(f"{text(ctx.branch)} conflicts with {svc.branch} in "
+                raise _MergeFailed(f"{printable(ctx.branch)} conflicts with {svc.branch} in "
                                    f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}; merge "
                                    f"{svc.branch} into it, resolve, and push again", files)
-            raise _MergeFailed(f"git merge failed: {text(detail)}")
+            raise _MergeFailed(f"git merge failed: {printable(detail)}")
         new = wt.head()
     if new is None or ctx.bare.parents(new) != [tip, ctx.head]:
         raise _MergeFailed(f"the merge did not produce a commit with parents {short(tip)} and {short(ctx.head)}")
@@ -566,27 +546,23 @@ class _Section(dict[str, Any]):
 
 
 def status_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> dict[str, Any]:
-    from opskit.base.proc import pid_alive
-
     in_progress = []
     for key, value in journal.kv_all("chain").items():
         if not isinstance(value, dict) or value.get("service") != svc.name:
             continue
-        in_progress.append({**value, "alive": pid_alive(int(value.get("pid") or 0)), "key": key})
+        in_progress.append({**value, "alive": proc.pid_alive(int(value.get("pid") or 0)), "key": key})
     parked = [p.to_dict() for p in approvals.pending(journal, svc.name)]
     return _Section(in_progress=in_progress, parked=parked)
 
 
 def clear_stale(journal: Journal) -> int:
     """Forget progress entries whose process is gone (a SIGKILLed chain)."""
-    from opskit.base.proc import pid_alive
-
     n = 0
     for key, value in journal.kv_all("chain").items():
-        if isinstance(value, dict) and not pid_alive(int(value.get("pid") or 0)):
+        if isinstance(value, dict) and not proc.pid_alive(int(value.get("pid") or 0)):
             journal.kv_delete("chain", key)
             n += 1
     return n
 
 
-__all__: Sequence[str] = ["ChainResult", "start", "run_now", "approve", "status_section", "clear_stale"]
+__all__: Sequence[str] = ["ChainResult", "supersede_parked", "run_now", "approve", "status_section", "clear_stale"]

@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit unfreeze primerouter
         """
-        from opskit.deploy.revert import unfreeze as run_unfreeze
+        from opskit.deploy.freeze import unfreeze as run_unfreeze
 
         was = run_unfreeze(_common.settings(), _common.journal(), service)
         if as_json:

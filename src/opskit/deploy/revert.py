@@ -21,33 +21,30 @@ hook runs, so no second pipeline and no deadlock on the lock we hold. Pull mode 
 
 from __future__ import annotations
 
-import getpass
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, UsageError, redact
-from opskit.git.repo import Git
-from opskit.storage.journal import Journal
 from opskit.base.lock import ServiceLock
-from opskit.deploy.pipeline import (
-    Run, Write, deliver, deployed_head, fetch_worktree, new_chain_id, notify, short, step_report_interrupted, text,
-)
+from opskit.base.text import printable, short
+from opskit.deploy.deliver import deliver
+from opskit.deploy.freeze import freeze, is_frozen
+from opskit.deploy.recovery import step_report_interrupted
+from opskit.deploy.run import Run, Write, announce_run, new_chain_id
+from opskit.git.land import canonical, land_commit, local_tip
+from opskit.git.repo import Git
+from opskit.git.worktree import deployed_head
+from opskit.storage.journal import Journal
 
 _TRAILER = re.compile(r"(?m)^Opskit-Reverts:\s*[0-9a-f]{7,40}\s*$")
 
 
 def is_revert_commit(message: str) -> bool:
     return message.startswith("Auto-revert:") or bool(_TRAILER.search(message))
-
-
-def is_frozen(journal: Journal, service: str) -> dict[str, Any] | None:
-    value = journal.kv_get("frozen", service)
-    return value if isinstance(value, dict) else None
 
 
 @dataclass
@@ -110,24 +107,6 @@ class _Conflict(OpsError):
 
 # --- the plan --------------------------------------------------------------------------------
 
-def _canonical(svc: ServiceSettings) -> Git:
-    """Where the revert commit is made: the bare repo (push mode) or the worktree's repo."""
-    if svc.pull_mode:
-        return fetch_worktree(svc)
-    bare = Git(svc.repo)
-    bare.require_repo("repository (service repo)")
-    return bare
-
-
-def _tip(svc: ServiceSettings, canon: Git) -> str | None:
-    if svc.pull_mode:
-        tip = canon.ls_remote(svc.repo, svc.branch)
-        if tip is not None and canon.rev_parse(tip) is None:
-            canon.fetch(svc.repo, f"+refs/heads/{svc.branch}:refs/remotes/origin/{svc.branch}")
-        return tip
-    return canon.branch_tip(svc.branch)
-
-
 def _last_good(journal: Journal, service: str, bad: str) -> str | None:
     for row in journal.deploys(service, limit=500):
         if row["status"] == "healthy" and row["sha"] != bad:
@@ -136,7 +115,7 @@ def _last_good(journal: Journal, service: str, bad: str) -> str | None:
 
 
 def make_plan(svc: ServiceSettings, journal: Journal, canon: Git, bad: str) -> RevertPlan:
-    tip = _tip(svc, canon)
+    tip = local_tip(svc, canon)
     if tip is None:
         raise OpsError(f"{svc.name}: branch {svc.branch!r} not found in {svc.repo}; nothing to revert")
     if not canon.is_ancestor(bad, tip):
@@ -155,7 +134,7 @@ def make_plan(svc: ServiceSettings, journal: Journal, canon: Git, bad: str) -> R
     else:
         raise OpsError(f"{svc.name}: {short(bad)} is the first commit and nothing was ever healthy; "
                        "there is nothing to revert to. Fix forward or restore by hand")
-    subjects = {c: text(canon.subject(c)) for c in reverted + [bad]}
+    subjects = {c: printable(canon.subject(c)) for c in reverted + [bad]}
     ref = f"refs/heads/{svc.branch}"
     land = (f"git -C {svc.repo} update-ref {ref} <revert> {tip}" if not svc.pull_mode
             else f"git -C {svc.worktree} push {svc.repo} <revert>:{ref}")
@@ -186,12 +165,12 @@ def _revert_on_top(canon: Git, plan: RevertPlan) -> str:
             files = wt.out("diff", "--name-only", "--diff-filter=U").splitlines()
             wt.run("revert", "--abort", check=False)
             detail = (r.stderr.strip().splitlines() or ["conflict"])[-1]
-            raise _Conflict([text(f) for f in files], text(detail))
+            raise _Conflict([printable(f) for f in files], printable(detail))
         return wt.out("write-tree")
 
 
 def _message(plan: RevertPlan, reason: str, event_id: int, stage: str) -> str:
-    first = " ".join(text(reason).split())[:120] or "deploy failed"
+    first = " ".join(printable(reason).split())[:120] or "deploy failed"
     what = {"deploy": "its deploy command failed", "health": "it failed its health gate"}.get(
         stage, "it was reverted on request")
     body = [f"Auto-revert: {plan.service}: {first}", "",
@@ -204,35 +183,6 @@ def _message(plan: RevertPlan, reason: str, event_id: int, stage: str) -> str:
     body += [f"Opskit-Reverts: {c}" for c in plan.reverted]
     body.append(f"Opskit-Event: {event_id}")
     return "\n".join(body) + "\n"
-
-
-# --- freeze ----------------------------------------------------------------------------------
-
-def freeze(run: Run, reason: str, event_id: int | None) -> int:
-    run.journal.kv_set("frozen", run.service, {"reason": reason, "event_id": event_id,
-                                               "since": iso(run.clock.now())})
-    ev = run.emit("service.frozen", {"reason": reason, "event_id": event_id})
-    run.say(f"✘ {run.service} is FROZEN: {reason}. Deploys are refused until `opskit unfreeze {run.service}`")
-    return ev.id
-
-
-def unfreeze(settings: Settings, journal: Journal, service: str, who: str | None = None) -> dict[str, Any] | None:
-    """Clear the freeze; returns what was cleared (None: it was not frozen)."""
-    settings.service(service)
-    was = is_frozen(journal, service)
-    if was is None:
-        return None
-    who = who or os.environ.get("SUDO_USER") or _user()
-    journal.kv_delete("frozen", service)
-    journal.append("service.unfrozen", service, {"who": who, "was": was})
-    return was
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return f"uid {os.getuid()}"
 
 
 # --- the revert ------------------------------------------------------------------------------
@@ -251,27 +201,9 @@ def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None,
         msg.append(f"The service is FROZEN: deploys are refused until `opskit unfreeze {run.service}`.")
     else:
         msg.append("The repository and the worktree were left as they were; a human must restore the service.")
-    notify(run, "\n".join(msg), title=f"{run.service}: rollback failed", level="critical", event_id=ev.id)
+    announce_run(run, "\n".join(msg), title=f"{run.service}: rollback failed", level="critical", event_id=ev.id)
     return RevertResult(service=run.service, ok=False, status=status, reason=reason, exit_code=int(ExitCode.FAILED),
                         bad=bad, reverted=plan.reverted if plan else [], event_id=start_id, plan=plan)
-
-
-def land_commit(svc: ServiceSettings, canon: Git, new: str, tip: str, *, what: str = "revert") -> None:
-    """Move `branch` from tip to new in the canonical repo and check it there. Shared by the
-    auto-revert and the feature-branch chain's merge (issue 5): one way to land a commit."""
-    ref = f"refs/heads/{svc.branch}"
-    if svc.pull_mode:
-        r = canon.push(svc.repo, f"{new}:{ref}")  # never forced: a moved remote refuses it
-        if not r.ok:
-            raise OpsError(f"push of the {what} to {svc.repo} refused: "
-                           f"{text((r.stderr.strip().splitlines() or ['?'])[-1])}")
-        landed = canon.ls_remote(svc.repo, svc.branch)
-    else:
-        # Compare-and-swap: if someone pushed meanwhile, fail rather than overwrite their work.
-        canon.update_ref(ref, new, old=tip, message=f"opskit {what} onto {short(tip)}")
-        landed = canon.branch_tip(svc.branch)
-    if landed != new:
-        raise OpsError(f"the {what} {short(new)} did not land: {svc.branch} is at {short(landed)}")
 
 
 def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None = None, stage: str = "manual",
@@ -280,18 +212,18 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
     svc = run.svc
     run.say(f"auto-revert of {short(bad)}: {reason}")
     try:
-        canon = _canonical(svc)
+        canon = canonical(svc)
         message = canon.message(bad)
     except OpsError as e:
         return _fail(run, bad, f"cannot read {short(bad)}: {e}", status="failed", start_id=None, plan=None,
                      freeze_it=False)
     if is_revert_commit(message):
-        # No loops, ever: a revert that fails is not reverted again (ARCHITECTURE §6).
+        # No loops, ever: a revert that fails is not reverted again; the service freezes instead.
         return _fail(run, bad, f"{short(bad)} is itself an auto-revert and it failed too ({reason}); "
                      "refusing to revert a revert", status="frozen", start_id=None, plan=None, freeze_it=True)
     try:
         good = _last_good(run.journal, svc.name, bad)
-        tip = _tip(svc, canon)
+        tip = local_tip(svc, canon)
         if (good is not None and tip is not None and canon.rev_parse(good) is not None
                 and (canon.is_ancestor(bad, good) or not canon.is_ancestor(bad, tip))):
             # `deploy --sha` of an older commit, or of one not on the branch: the branch does not
@@ -344,9 +276,9 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
                                           "rollback_event": start.id, "quarantined_tree": plan.bad_tree}, sha=new)
     run.say(f"✔ rolled back: {svc.name} now runs {short(new)}" + (" (not redeployed: --no-deploy)" if no_deploy else ""))
     listing = "\n".join(f"• {short(c)} {plan.subjects.get(c, '')}" for c in plan.reverted[:10])
-    notify(run, "\n".join([
+    announce_run(run, "\n".join([
         f"{svc.name}: deploy of {short(bad)} was reverted automatically.",
-        f"Why: {text(reason)}",
+        f"Why: {printable(reason)}",
         f"Reverted:\n{listing}",
         f"Now live: {short(new)} (Auto-revert) on {svc.branch}" + (", healthy." if not no_deploy else ", NOT redeployed."),
         f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
@@ -384,9 +316,9 @@ def _restore_last_good(run: Run, canon: Git, *, bad: str, good: str, reason: str
                                           "strategy": "redeploy-last-good", "deployed": not no_deploy,
                                           "rollback_event": start.id}, sha=good)
     run.say(f"✔ rolled back: {svc.name} runs the last good deploy {short(good)} again")
-    notify(run, "\n".join([
-        f"{svc.name}: deploy of {short(bad)} {text(canon.subject(bad))} failed and was rolled back.",
-        f"Why: {text(reason)}",
+    announce_run(run, "\n".join([
+        f"{svc.name}: deploy of {short(bad)} {printable(canon.subject(bad))} failed and was rolled back.",
+        f"Why: {printable(reason)}",
         f"Now live: {short(good)} (the last good deploy)" + (", healthy." if not no_deploy else ", NOT redeployed."),
         f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
         f"The branch was not changed ({short(bad)} is not new work on {svc.branch}).",
@@ -403,7 +335,7 @@ def auto_revert(settings: Settings, journal: Journal, service: str, *, commit: s
     run = Run(settings=settings, journal=journal, svc=svc, chain=chain or new_chain_id("r"), clock=clock, write=write)
     why = reason or "reverted by hand (opskit auto-revert)"
     if dry_run:
-        canon = _canonical(svc)
+        canon = canonical(svc)
         bad = _resolve(canon, svc, commit)
         plan = make_plan(svc, journal, canon, bad)
         if is_revert_commit(canon.message(bad)):
@@ -420,7 +352,7 @@ def auto_revert(settings: Settings, journal: Journal, service: str, *, commit: s
         if frozen:
             raise OpsError(f"{service} is frozen ({frozen.get('reason')}); `opskit unfreeze {service}` first")
         step_report_interrupted(run)
-        canon = _canonical(svc)
+        canon = canonical(svc)
         bad = _resolve(canon, svc, commit)
         run.sha = bad
         return revert_locked(run, bad=bad, reason=why, no_deploy=no_deploy)
@@ -438,5 +370,5 @@ def _resolve(canon: Git, svc: ServiceSettings, commit: str | None) -> str:
     return head
 
 
-__all__: Sequence[str] = ["auto_revert", "revert_locked", "land_commit", "is_frozen", "is_revert_commit", "freeze",
-                          "unfreeze", "make_plan", "RevertPlan", "RevertResult"]
+__all__: Sequence[str] = ["auto_revert", "revert_locked", "is_revert_commit", "make_plan", "RevertPlan",
+                          "RevertResult"]

@@ -27,6 +27,7 @@ from opskit.git import repo as gitrepo
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.errors import GitError, LockBusy, OpsError, UsageError, redact
 from opskit.git.repo import Git, StatusEntry
+from opskit.git.worktree import free_ref, save_dirty
 
 if TYPE_CHECKING:
     from opskit.base.config import ServiceSettings, Settings
@@ -476,97 +477,27 @@ def heal_service(svc: ServiceSettings, rep: ServiceDrift, journal: Journal,
     wt = Git(svc.worktree)
     st = gitrepo.status_v2(wt)  # fresh: the scan's view may be seconds old
     head = st.head
-    ref = _free_ref(wt, REF_PREFIX + clock.now().strftime("%Y%m%dT%H%M%SZ"))
+    stamp = clock.now().strftime("%Y%m%dT%H%M%SZ")
     lines = [f"{f.kind} {f.text()}".strip() for f in rep.findings]
     msg = (f"opskit drift-scan --heal: {svc.name} as found at {iso(clock.now())}\n\n"
            f"HEAD {head or '(none)'} on {st.branch or '(detached)'}; restoring {target}\n\n"
            + "\n".join(lines[:500]) + "\n")
-    saved = wt.save_state(ref, msg)
-    if saved is None:
+    kept = save_dirty(wt, REF_PREFIX, stamp, msg)
+    if kept is None:
         if head is None:
             raise OpsError("cannot heal: nothing to save and no HEAD")
         # Clean files but a bypass commit: the ref keeps that commit reachable.
+        ref = free_ref(wt, REF_PREFIX + stamp)
         wt.update_ref(ref, head, message=msg.splitlines()[0])
         saved = head
-    _verify_saved(wt, saved, head, st.entries)
+    else:
+        ref, saved = kept
 
     gitrepo.force_checkout_branch(wt, svc.branch, target)
     removed = _remove_untracked(wt, [e.path for e in st.entries
                                      if e.kind == "untracked" and not ignored(e.path, svc.drift_ignore)])
     return {"ref": ref, "saved": saved, "previous_head": head, "previous_branch": st.branch,
             "restored": target, "removed": removed}
-
-
-def _free_ref(wt: Git, ref: str) -> str:
-    candidate, n = ref, 1
-    while wt.run("rev-parse", "--verify", "--quiet", candidate, check=False).ok:
-        n += 1
-        candidate = f"{ref}-{n}"
-    return candidate
-
-
-def _verify_saved(wt: Git, saved: str, head: str | None, entries: Sequence[StatusEntry]) -> None:
-    """Both versions of every dirty path are in the saved commit, checked against the files
-    and the real index themselves: its tree holds each worktree file's raw bytes and mode
-    (no filter applied), its index parent every staged entry, HEAD is its first parent."""
-    if saved != head:
-        parents = wt.parents(saved)
-        base = [head] if head is not None else []
-        if parents[:len(base)] != base:
-            raise OpsError(f"heal aborted: saved state {short(saved)} is not on top of HEAD {short(head)}")
-        rest = parents[len(base):]
-        if not rest or wt.parents(rest[0]) != base:
-            raise OpsError(f"heal aborted: saved state {short(saved)} has no commit of the index")
-        _verify_index(wt, rest[0], rest[1] if len(rest) > 1 else None)
-    _verify_worktree(wt, saved, entries)
-
-
-def _verify_index(wt: Git, index_commit: str, stages: str | None) -> None:
-    tree = gitrepo.tree_blobs(wt, index_commit)
-    staged = gitrepo.tree_blobs(wt, stages) if stages is not None else {}
-    for mode, oid, stage, path in gitrepo.index_entries(wt):
-        if stage:
-            ok = staged.get(f"stage{stage}/{path}") == (mode, oid)
-        else:  # an intent-to-add entry (`git add -N`) has the empty blob and no bytes
-            ok = tree.get(path) == (mode, oid) or (path not in tree and oid == _blob_id(b"", oid))
-        if not ok:
-            raise OpsError(f"heal aborted: the staged version of {path} is not in the saved state; run again")
-
-
-def _blob_id(data: bytes, like: str) -> str:
-    algo = hashlib.sha256 if len(like) == 64 else hashlib.sha1
-    return algo(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _verify_worktree(wt: Git, saved: str, entries: Sequence[StatusEntry]) -> None:
-    blobs = gitrepo.tree_blobs(wt, saved)
-    root = Path(wt.path)
-    regular: list[str] = []
-    for rel in dict.fromkeys(e.path.rstrip("/") for e in entries):
-        p = root / rel
-        try:
-            st = p.lstat()
-        except (FileNotFoundError, NotADirectoryError):
-            if rel in blobs:
-                raise OpsError(f"heal aborted: {rel} is gone but the saved state still has it") from None
-            continue
-        mode = gitrepo.worktree_mode(st)
-        if mode is None:  # a nested repository (kept as a gitlink), an empty folder, a fifo
-            if rel in blobs and blobs[rel][0] != "160000":
-                raise OpsError(f"heal aborted: {rel} changed while it was being saved; run again")
-            continue
-        if rel not in blobs:
-            raise OpsError(f"heal aborted: {rel} is not in the saved state {short(saved)}")
-        if blobs[rel][0] != mode:
-            raise OpsError(f"heal aborted: {rel} is saved with mode {blobs[rel][0]}, the file has {mode}")
-        if mode == "120000":
-            if _blob_id(os.fsencode(os.readlink(p)), blobs[rel][1]) != blobs[rel][1]:
-                raise OpsError(f"heal aborted: symlink {rel} differs from the saved state")
-        else:
-            regular.append(rel)
-    for path, got in zip(regular, gitrepo.hash_files(wt, regular), strict=True):
-        if blobs[path][1] != got:
-            raise OpsError(f"heal aborted: {path} changed while it was being saved; run again")
 
 
 def _remove_untracked(wt: Git, paths: Sequence[str]) -> list[str]:

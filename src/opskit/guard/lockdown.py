@@ -64,15 +64,6 @@ class Decision:
 
 # --- pre-receive --------------------------------------------------------------------------
 
-def is_feature_branch(service: ServiceSettings, ref: str) -> bool:
-    import fnmatch
-
-    if not ref.startswith("refs/heads/"):
-        return False
-    name = ref[len("refs/heads/"):]
-    return any(fnmatch.fnmatchcase(name, pat) for pat in service.feature_branches)
-
-
 def feature_example(service: ServiceSettings) -> str | None:
     """A branch name the pusher can use instead, from the first feature_branches pattern."""
     for pat in service.feature_branches:
@@ -132,7 +123,7 @@ def check_ref_update(service: ServiceSettings, ref: str, old: str, new: str,
                            f"opskit: refused: {new[:12]} on {label} has the tree of a commit that "
                            f"was auto-reverted (rollback event #{eid}: {why}).",
                            f"  Once it is really fixed: opskit quarantine release {service.name} {tree}")
-    return Decision(True, "feature-branch" if is_feature_branch(service, ref) else "accept")
+    return Decision(True, "feature-branch" if service.is_feature_branch(ref) else "accept")
 
 
 def _refuse(rule: str, reason: str, *lines: str) -> Decision:

@@ -460,12 +460,6 @@ def show(settings: Settings, clock: Clock = SYSTEM, text: str | None = None) -> 
                       [w for w in warnings if w.startswith("opskit block")], tz)
 
 
-def cron_check_health(journal: Journal, settings: Settings, clock: Clock = SYSTEM) -> dict[str, Any]:
-    """For `opskit status`: when cron-check last ran and whether that is too long ago."""
-    from opskit.jobs.runner import cron_check_health as impl
-
-    return impl(journal, settings, clock)
-
 
 def installed_entries(settings: Settings) -> list[CronLine]:
     """The job lines inside opskit's block ([] when none is installed), for `opskit doctor`."""

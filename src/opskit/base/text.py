@@ -1,0 +1,16 @@
+"""How opskit shows data it did not write: commit ids, branch names, subjects."""
+
+from __future__ import annotations
+
+
+def printable(s: str | None) -> str:
+    """Data from git may hold non-UTF-8 bytes (surrogate-escaped): make it safe to journal,
+    to hand to a subprocess and to print, without interpreting it."""
+    if not s:
+        return ""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def short(sha: str | None) -> str:
+    """A commit id as people read it in messages and tables; "-" for no commit."""
+    return sha[:10] if sha else "-"

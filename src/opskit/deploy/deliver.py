@@ -1,0 +1,146 @@
+"""Put one commit live: move the worktree, run the deploy command, run the health gate.
+
+The deploys row says where it is at every moment (worktree → deploy → health → a verdict),
+so a crash leaves a record of where it stopped; recovery.py reads it on the next run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from opskit.base import proc
+from opskit.base.errors import OpsError, redact
+from opskit.base.ignore import ignored
+from opskit.base.text import printable, short
+from opskit.deploy import health
+from opskit.deploy.run import Delivery, Run, announce_run, mark_notified
+from opskit.git.repo import Git
+from opskit.git.worktree import fetch_worktree, save_dirty
+from opskit.storage.journal import Event
+
+DIRTY_REF_PREFIX = "refs/opskit/dirty/"
+
+
+def move_worktree(run: Run, sha: str) -> str | None:
+    """Put the worktree ON `branch` at sha; dirty state is saved to a ref first (and checked
+    byte for byte), never lost."""
+    svc = run.svc
+    wt = Git(svc.worktree)
+    if wt.rev_parse(sha) is None:  # e.g. the revert just landed in the canonical repo
+        wt = fetch_worktree(svc)
+    # drift_ignore spares untracked files (logs, caches) only: `checkout --force` leaves those
+    # alone, but it discards every change to a tracked file, so each one is saved first.
+    dirty = [e for e in wt.status() if e.code != "??" or not ignored(e.path, svc.drift_ignore)]
+    saved: str | None = None
+    if dirty:
+        stamp = run.clock.now().astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        kept = save_dirty(wt, DIRTY_REF_PREFIX, stamp,
+                          f"opskit: dirty state of {svc.name} saved before deploying {short(sha)}")
+        if kept is not None:
+            saved = kept[0]
+            names = ", ".join(printable(e.path) for e in dirty[:5]) + (" …" if len(dirty) > 5 else "")
+            run.say(f"worktree had {len(dirty)} changed file(s) ({names}); saved to {saved}")
+    wt.run("checkout", "--quiet", "--force", "-B", svc.branch, sha)
+    return saved
+
+
+def run_locked(run: Run, argv: Sequence[str], **kw: Any) -> proc.Result:
+    """proc.run for a command run under the service lock: it holds the lock while it runs, so
+    if we are killed (SIGKILL, OOM) the next deploy waits for it instead of running beside it.
+    What it starts in the background does not inherit the lock (proc.holding)."""
+    if run.lock_fd is None:
+        return proc.run(argv, **kw)
+    res = proc.run(proc.holding(run.lock_fd, argv), pass_fds=(run.lock_fd,), **kw)
+    res.argv = list(argv)  # say what the user configured, not the keeper around it
+    return res
+
+
+def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = None) -> Delivery:
+    """Move the worktree to sha, run `deploy`, run the health gate; the deploys row tells
+    where it is at every moment so a crash leaves a record of where it stopped."""
+    svc, journal = run.svc, run.journal
+    deploy_id = journal.deploy_start(svc.name, sha, previous=previous, chain=run.chain, kind=kind)
+    d = Delivery(ok=False, sha=sha, deploy_id=deploy_id, stage="worktree", reason="")
+    try:
+        journal.deploy_step(deploy_id, "worktree")
+        d.saved_ref = move_worktree(run, sha)
+        subject = printable(Git(svc.worktree).subject(sha))
+        d.stage = "deploy"
+        journal.deploy_step(deploy_id, "deploy")
+        run.emit("deploy.start", {"sha": sha, "previous": previous, "step": "deploy", "kind": kind,
+                                  "deploy_id": deploy_id, "subject": subject, "saved_ref": d.saved_ref},
+                 sha=sha)
+        run.say(f"{'reverting' if kind == 'revert' else 'deploying'} {svc.name} {short(sha)} {subject}")
+        if svc.deploy:
+            res = run_locked(run, proc.shell_argv(svc.deploy), cwd=svc.worktree, timeout=svc.deploy_timeout,
+                             stream=lambda ln: run.say(f"  | {ln}"),
+                             env=proc.clean_env({"OPSKIT_SERVICE": svc.name, "OPSKIT_SHA": sha,
+                                                 "OPSKIT_PREVIOUS": previous or ""}))
+            data = {"sha": sha, "previous": previous, "step": "deploy", "kind": kind, "deploy_id": deploy_id,
+                    "exit": res.returncode, "timed_out": res.timed_out, "duration": round(res.duration, 2),
+                    "tail": res.tail_text()}
+            if not res.ok:
+                d.reason = ("deploy command timed out after "
+                            f"{svc.deploy_timeout:.0f}s" if res.timed_out else f"deploy command failed: {res.describe()}")
+                data["reason"] = d.reason
+                d.fail_event_id = run.emit("deploy.fail", data, sha=sha).id
+                journal.deploy_finish(deploy_id, "failed", d.reason)
+                run.say(f"✘ {d.reason}")
+                return d
+            run.emit("deploy.complete", data, sha=sha)
+            run.say(f"deploy command finished in {res.duration:.1f}s")
+        else:
+            run.emit("deploy.complete", {"sha": sha, "previous": previous, "step": "deploy", "kind": kind,
+                                         "deploy_id": deploy_id, "note": "no deploy command configured"}, sha=sha)
+        d.stage = "health"
+        journal.deploy_step(deploy_id, "health")
+        if not svc.health.configured:
+            # No probe configured means no gate to fail: say so loudly rather than invent a pass.
+            run.say(f"warning: {svc.name} has no [health] probe: the deploy is not gated")
+            d.ok, d.stage, d.reason = True, "done", "deployed (no health gate configured)"
+            journal.deploy_finish(deploy_id, "healthy", d.reason)
+            return d
+        h = svc.health
+        run.say(f"health gate: watching for {h.window:g}s (startup {h.startup:g}s, {h.failures} failures fail it)")
+        # A `cmd` probe runs in the worktree it gates, as `health-gate SERVICE` runs it.
+        verdict = health.gate(h, journal=journal, service=svc.name, chain=run.chain, sha=sha, clock=run.clock,
+                              cwd=svc.worktree,
+                              on_probe=lambda p: run.say(f"  probe +{p.at:.1f}s {'ok ' if p.ok else 'BAD'} {p.detail}"))
+        d.health_event_id = verdict.event_id
+        if verdict.healthy:
+            d.ok, d.stage, d.reason = True, "done", verdict.reason or "healthy"
+            journal.deploy_finish(deploy_id, "healthy", None)
+            run.say(f"✔ healthy: {verdict.reason}")
+        else:
+            d.reason = verdict.reason or "health gate failed"
+            d.fail_event_id = verdict.event_id
+            journal.deploy_finish(deploy_id, "failed", d.reason)
+            run.say(f"✘ health gate failed: {d.reason}")
+        return d
+    except BaseException as e:
+        # A crash or Ctrl-C inside a step: leave a record of where it stopped (ARCHITECTURE §6).
+        # The row ends 'interrupted', never 'failed': the commit got no verdict, so the next run
+        # (cron's `opskit deploy`) must deploy it again, not call it "already deployed".
+        ctrl_c = isinstance(e, KeyboardInterrupt)
+        why = "interrupted" if ctrl_c else redact(f"{type(e).__name__}: {e}")[:300]
+        ev: Event | None = None
+        try:
+            ev = run.emit("deploy.fail", {"sha": sha, "previous": previous, "step": d.stage, "kind": kind,
+                                          "deploy_id": deploy_id, "reason": why, "interrupted": ctrl_c,
+                                          "crashed": not ctrl_c}, sha=sha)
+            journal.deploy_finish(deploy_id, "interrupted", why)
+        except Exception:
+            pass
+        # A git or OS failure mid-deploy (a leftover .git/index.lock, a full disk): someone must
+        # know. The revert's own redeploy is announced by revert.py, which freezes the service.
+        if isinstance(e, Exception) and not (kind == "revert" and isinstance(e, OpsError)):
+            what = "revert" if kind == "revert" else "deploy"
+            announce_run(run, f"{svc.name}: the {what} of {short(sha)} stopped at step '{d.stage}': {why}\n"
+                        f"It did not reach a verdict; the next `opskit deploy {svc.name}` tries again once "
+                        f"the cause is fixed. Event: #{ev.id if ev else '?'}",
+                   title=f"{svc.name}: {what} of {short(sha)} crashed", level="error",
+                   event_id=ev.id if ev else None)
+            mark_notified(e)
+        raise

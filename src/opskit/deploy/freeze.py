@@ -1,0 +1,39 @@
+"""Freeze: when a revert fails too, the service takes no more deploys until a human says so.
+
+Read here only: the pipeline refuses while frozen, pre-receive's lockdown and `status` show it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opskit.base.actor import who as acting
+from opskit.base.clock import iso
+from opskit.base.config import Settings
+from opskit.deploy.run import Run
+from opskit.storage.journal import Journal
+
+
+def is_frozen(journal: Journal, service: str) -> dict[str, Any] | None:
+    value = journal.kv_get("frozen", service)
+    return value if isinstance(value, dict) else None
+
+
+def freeze(run: Run, reason: str, event_id: int | None) -> int:
+    run.journal.kv_set("frozen", run.service, {"reason": reason, "event_id": event_id,
+                                               "since": iso(run.clock.now())})
+    ev = run.emit("service.frozen", {"reason": reason, "event_id": event_id})
+    run.say(f"✘ {run.service} is FROZEN: {reason}. Deploys are refused until `opskit unfreeze {run.service}`")
+    return ev.id
+
+
+def unfreeze(settings: Settings, journal: Journal, service: str, who: str | None = None) -> dict[str, Any] | None:
+    """Clear the freeze; returns what was cleared (None: it was not frozen)."""
+    settings.service(service)
+    was = is_frozen(journal, service)
+    if was is None:
+        return None
+    who = who or acting()
+    journal.kv_delete("frozen", service)
+    journal.append("service.unfrozen", service, {"who": who, "was": was})
+    return was
