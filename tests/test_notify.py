@@ -18,7 +18,7 @@ from opskit.base import config
 from opskit.base.config import Settings
 from opskit.base.errors import ConfigError, UsageError
 from opskit.storage.journal import Journal
-from opskit.notify import outbox
+from opskit.storage import outbox
 from opskit.sandbox.receiver import Receiver
 from tests.support.notify import (
     RecordingClock,

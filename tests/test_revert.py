@@ -9,8 +9,7 @@ from pathlib import Path
 
 from opskit.git.repo import Git
 from opskit.storage.journal import Journal
-from opskit.notify import outbox_summary
-from opskit.deploy.freeze import is_frozen
+from opskit.storage import outbox_summary
 from opskit.deploy.revert import auto_revert
 from opskit.sandbox import free_port
 from opskit.views.status import collect, render
@@ -37,7 +36,7 @@ def test_revert_conflict_leaves_nothing_half_done(st: Stage) -> None:
     j = st.journal()
     fail = j.last("rollback.fail", "svc")
     assert fail is not None and fail.data["conflicts"] == ["app.txt"]
-    assert not j.quarantine_list("svc") and is_frozen(j, "svc") is None
+    assert not j.quarantine_list("svc") and j.frozen("svc") is None
     assert st.receiver is not None
     msgs = st.receiver.wait_for(1)
     assert msgs and "FAILED" in msgs[0].body["content"]
@@ -73,7 +72,7 @@ def test_redeploy_of_revert_fails_freezes_without_loop(tmp_path: Path, opskit) -
         assert types.count("rollback.start") == 1 and types.count("rollback.fail") == 1
         assert types.count("service.frozen") == 1 and "rollback.complete" not in types
         j = st.journal()
-        frozen = is_frozen(j, "svc")
+        frozen = j.frozen("svc")
         assert frozen and "disk full" in frozen["reason"] and frozen["event_id"]
         assert st.receiver is not None
         assert any("FROZEN" in m.body["content"] for m in st.receiver.wait_for(1))
@@ -109,7 +108,7 @@ def test_a_revert_is_never_reverted(st: Stage) -> None:
     assert "rollback.start" not in types and types.count("service.frozen") == 1
     assert types.index("rollback.fail") < types.index("service.frozen")
     assert "refusing to revert a revert" in r.revert.reason
-    assert is_frozen(st.journal(), "svc") is not None
+    assert st.journal().frozen("svc") is not None
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(st: Stage, opskit) -> None:  # type: ignore[no-untyped-def]
@@ -238,7 +237,7 @@ def test_git_failure_in_the_revert_redeploy_freezes_and_notifies(tmp_path: Path)
         assert types.index("rollback.fail") < types.index("service.frozen") and "rollback.complete" not in types
         fail = j.last("rollback.fail", "svc")
         assert fail is not None and fail.data["bad"] == bad and fail.data["crashed"] is True
-        frozen = is_frozen(j, "svc")
+        frozen = j.frozen("svc")
         assert frozen and frozen["event_id"] == fail.id
         new = [(row[1], row[2]) for row in j.conn.execute("SELECT id, title, level FROM outbox") if row[0] not in box]
         assert [lvl for _, lvl in new] == ["critical"] and "rollback failed" in new[0][0]

@@ -1,6 +1,6 @@
 """The `opskit` command line. Thin: parse, call one core function, map errors to exit codes.
 
-This file is the *only* place that turns exceptions into exit codes (STYLE §2). Each
+This file is the *only* place that turns exceptions into exit codes. Each
 area's commands live in opskit/commands/<area>.py and are registered here; they import
 their core modules inside the command body so `opskit --help` stays fast.
 """
@@ -29,7 +29,7 @@ app = typer.Typer(
     "prove pushes landed, find drift, and never fail silently.",
     no_args_is_help=True,
     add_completion=False,
-    # Locals hold webhook URLs and tokens: never print them (STYLE §2).
+    # Locals hold webhook URLs and tokens: never print them.
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -46,7 +46,7 @@ def _global(
     _common.STATE.config_path = config
 
 
-# `opskit --help` lists commands in this order with these one-liners (ARCHITECTURE §3);
+# `opskit --help` lists commands in this order with these one-liners;
 # a command module not named here is still registered, after these, with its docstring.
 _ORDER = ["health", "deploy", "verify", "drift", "notify", "chain", "events", "hooks", "quarantine",
           "cron", "status", "doctor", "demo"]

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.hook in ("pre-commit", "pre-merge-commit"):
         return worktree_hook(args)
-    stdin = sys.stdin.buffer.read()  # read completely before anything else (STYLE §6)
+    stdin = sys.stdin.buffer.read()  # read completely before anything else
     if args.hook == "pre-receive":
         return pre_receive(args, stdin)
     return post_receive(args, stdin)

@@ -1,4 +1,4 @@
-"""Time, made explicit so tests never sleep through real minutes (STYLE §8).
+"""Time, made explicit so tests never sleep through real minutes.
 
 Code that waits or timestamps takes a Clock; tests pass a FakeClock whose sleep()
 advances time instantly.

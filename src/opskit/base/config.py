@@ -1,4 +1,4 @@
-"""opskit.toml (+ .env beside it) → typed, validated settings (ARCHITECTURE §4).
+"""opskit.toml (+ .env beside it) → typed, validated settings.
 
 Every problem is a ConfigError naming the file, the key and the fix, so a typo at 3 a.m.
 costs one line of reading, not a traceback.
@@ -21,7 +21,8 @@ from opskit.base.errors import ConfigError, register_secret
 CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise")
 LEVELS = ("info", "warning", "error", "critical")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A service, channel or job name: it becomes a file name, a lock name and a crontab word.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class Secret:
@@ -441,7 +442,7 @@ class _Parser:
         return settings
 
     def check_name(self, key: str, name: str) -> None:
-        if not _NAME.match(name):
+        if not NAME.match(name):
             raise self.fail(key, f"name {name!r} has characters opskit does not allow",
                             "use letters, digits, '.', '_' and '-'")
 
@@ -488,7 +489,7 @@ class _Parser:
         for required in ("repo", "worktree"):
             if required not in fields:
                 raise self.fail(f"{key}.{required}", "is missing",
-                                f"add {required} = \"…\" (see ARCHITECTURE §4)")
+                                f"add {required} = \"…\"")
         fields["worktree"] = self.path_value(f"{key}.worktree", fields["worktree"])
         health = HealthSettings(**self.health(f"{key}.health", health_raw))
         return ServiceSettings(name=name, health=health, **fields)

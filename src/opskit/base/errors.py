@@ -1,7 +1,7 @@
 """One error hierarchy and one set of exit codes for every opskit command.
 
-cli.py is the only place that turns these into process exit codes (STYLE §2, §3).
-Hooks and cron entries act on the numbers, so they are a contract (ARCHITECTURE §3).
+cli.py is the only place that turns these into process exit codes.
+Hooks and cron entries act on the numbers, so they are a contract.
 """
 
 from __future__ import annotations
@@ -32,12 +32,6 @@ class OpsError(Exception):
         return str(self)
 
 
-class CheckFailed(OpsError):
-    """The thing checked is not as it should be (exit 1)."""
-
-    exit_code = ExitCode.FAILED
-
-
 class UsageError(OpsError):
     """Bad arguments: nothing was changed (exit 2)."""
 
@@ -56,12 +50,8 @@ class LockBusy(OpsError):
     """Another process holds a lock we waited for too long."""
 
 
-class Frozen(OpsError):
-    """The service is frozen after a failed rollback; a human must unfreeze it."""
-
-
 # --- secrets -------------------------------------------------------------------------------
-# Webhook URLs and tokens must never reach output, events or tracebacks (ARCHITECTURE §6).
+# Webhook URLs and tokens must never reach output, events or tracebacks.
 # Config loading registers every secret value here; every message that leaves opskit goes
 # through redact().
 

@@ -1,4 +1,4 @@
-"""One deploy at a time per service (ARCHITECTURE §6).
+"""One deploy at a time per service.
 
 An fcntl.flock on <state_dir>/locks/<service>.lock. The kernel drops a flock when its
 holder dies, however it dies (SIGKILL mid-deploy included), so a dead holder never wedges

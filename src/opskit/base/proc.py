@@ -1,4 +1,4 @@
-"""Every process opskit starts goes through here (STYLE §4).
+"""Every process opskit starts goes through here.
 
 - argv lists only; a shell is used only for commands the user wrote as a string in the
   config (deploy, test, review, health cmd), and then it is `/bin/sh -c <their string>`:
@@ -6,7 +6,7 @@
 - every run is bounded by a timeout; on timeout the whole process group is killed.
 - output is kept as a bounded tail, so a command that prints megabytes costs little.
 - a command that leaves a background child holding its stdout does not hang us: once the
-  command itself has exited we read what is already there and stop (issue 3, faults).
+  command itself has exited we read what is already there and stop.
 """
 
 from __future__ import annotations

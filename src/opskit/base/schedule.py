@@ -1,6 +1,6 @@
 """Cron expressions: validated and walked the way cron itself runs them, time zones included.
 
-Validation follows healthchecks: build it with croniter and ask for next() (STYLE §8).
+Validation follows healthchecks: build it with croniter and ask for next().
 
 Run times are computed in *local wall-clock time* of the schedule's zone and only then
 mapped to UTC instants, with the rules of Debian's cron (cron(8), "Special considerations

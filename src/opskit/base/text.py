@@ -13,4 +13,4 @@ def printable(s: str | None) -> str:
 
 def short(sha: str | None) -> str:
     """A commit id as people read it in messages and tables; "-" for no commit."""
-    return sha[:10] if sha else "-"
+    return sha[:12] if sha else "(none)"

@@ -1,4 +1,4 @@
-"""Parked changes: the human in the loop of the feature-branch chain (issue 5 item 2).
+"""Parked changes: the human in the loop of the feature-branch chain.
 
 A review that exits 3 (or a failed test with `test_failure = "human"`) parks the change
 here instead of merging it. A human decides with `opskit approve ID` (chain.approve resumes
@@ -25,6 +25,7 @@ from opskit.base.config import Settings
 from opskit.base.actor import who
 from opskit.base.errors import OpsError, UsageError, redact
 from opskit.base.text import printable
+from opskit.notify.announce import announce
 from opskit.storage.journal import Journal
 
 SCHEMA = """
@@ -181,8 +182,7 @@ def reopen(journal: Journal, approval_id: int, reason: str) -> None:
 
 def supersede(journal: Journal, service: str, branch: str, *, by_chain: str, by_sha: str,
               clock: Clock = SYSTEM) -> list[Parked]:
-    """A newer push of `branch` ends the changes of it still parked (issue 5: a later push
-    supersedes a chain still waiting). Returns the rows it ended."""
+    """A newer push of `branch` ends the changes of it still parked. Returns the rows it ended."""
     reason = f"superseded by a newer push of {printable(branch)} ({by_sha[:10]}, chain {by_chain})"
     ids = [int(r[0]) for r in _db(journal).conn.execute(
         "SELECT id FROM approvals WHERE service = ? AND ref = ? AND status = 'parked' AND chain != ?",
@@ -257,13 +257,8 @@ def _age(seconds: float) -> str:
 def notify(settings: Settings, journal: Journal, service: str, message: str, *, title: str, level: str,
            event_id: int | None, clock: Clock = SYSTEM) -> bool:
     """Through the outbox; a notification problem never undoes a decision. True: delivered."""
-    try:
-        from opskit import notify as notify_mod
-
-        return notify_mod.send(settings, journal, message, title=title, level=level, service=service,
-                               event_id=event_id, clock=clock).ok
-    except Exception:  # the message stays in the outbox (or the journal says what happened)
-        return False
+    return announce(settings, journal, message, title=title, level=level, service=service, event_id=event_id,
+                    clock=clock)
 
 
 __all__: Sequence[str] = ["Parked", "park", "get", "pending", "decide", "mark", "reopen", "supersede", "reject",

@@ -1,4 +1,4 @@
-"""The feature-branch chain: push → test → review → merge → deploy → gate → auto-revert (issue 5).
+"""The feature-branch chain: push → test → review → merge → deploy → gate → auto-revert.
 
     post-receive (push of a `feature_branches` ref)
       push.received → test (temp checkout, test_timeout) → review (temp checkout, review_timeout;
@@ -422,7 +422,7 @@ def _halt(ctx: _Ctx, status: str, reason: str) -> None:
 
 
 def _still_current(ctx: _Ctx) -> None:
-    """A later push of the same branch supersedes a chain still waiting (issue 5)."""
+    """A later push of the same branch supersedes a chain still waiting."""
     run = ctx.run
     tip = ctx.bare.branch_tip(ctx.branch)
     if tip == ctx.head:

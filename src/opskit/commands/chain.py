@@ -1,4 +1,4 @@
-"""opskit pending, approve, reject: the human in the feature-branch chain (issue 5 item 2)."""
+"""opskit pending, approve, reject: the human in the feature-branch chain."""
 
 from __future__ import annotations
 

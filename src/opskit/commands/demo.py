@@ -1,4 +1,4 @@
-"""opskit demo: the whole self-healing loop in a throw-away sandbox (issue 3 item 6)."""
+"""opskit demo: the whole self-healing loop in a throw-away sandbox."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class RichNarrator:
     def events(self, events: Sequence[Event]) -> None:
         from opskit.views.events import render_events
 
-        render_events(events, as_json=False)
+        render_events(events, as_json=False, console=_common.console())
 
     def message(self, title: str, content: str) -> None:
         from rich.panel import Panel

@@ -1,4 +1,4 @@
-"""opskit drift-scan: find dirty, bypassed or unlocked production worktrees (issue 4, item 3)."""
+"""opskit drift-scan: find dirty, bypassed or unlocked production worktrees."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""opskit hooks install|uninstall|status SERVICE (issue 3, item 1)."""
+"""opskit hooks install|uninstall|status SERVICE."""
 
 from __future__ import annotations
 

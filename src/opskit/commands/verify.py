@@ -1,4 +1,4 @@
-"""opskit verify-push: prove a push landed (issue 4, item 1)."""
+"""opskit verify-push: prove a push landed."""
 
 from __future__ import annotations
 

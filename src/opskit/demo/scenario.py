@@ -1,4 +1,4 @@
-"""`opskit demo`: the 03:57 incident, end to end, in a throw-away sandbox (issue 3 item 6).
+"""`opskit demo`: the 03:57 incident, end to end, in a throw-away sandbox.
 
 A newcomer's first command. Everything a user would set up is set up the way the README
 says — an opskit.toml (with the webhook URL in a .env beside it), `opskit hooks install`,
@@ -38,6 +38,7 @@ from opskit.base import proc
 from opskit.base.config import HealthSettings
 from opskit.base.errors import ExitCode, OpsError, redact, register_secret
 from opskit.views.events import summarize
+from opskit.git import repo as gitrepo
 from opskit.git.repo import Git
 from opskit.storage.journal import Event, Journal
 from opskit.sandbox import free_port
@@ -208,8 +209,8 @@ class Sandbox:
     def push(self, ref: str, stream: Callable[[str], None] | None = None) -> proc.Result:
         """`git push origin REF` from the developer's clone, through the installed hooks."""
         assert self.repos is not None
-        return proc.run(["git", "-C", str(self.repos.dev), "push", "origin", ref], env=self.env,
-                        timeout=CMD_TIMEOUT, stream=stream)
+        return gitrepo.push_as_developer(self.repos.dev, "origin", ref, env=self.env, timeout=CMD_TIMEOUT,
+                                         stream=stream)
 
     def service_pid(self) -> int | None:
         try:

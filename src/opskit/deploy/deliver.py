@@ -120,7 +120,7 @@ def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = 
             run.say(f"✘ health gate failed: {d.reason}")
         return d
     except BaseException as e:
-        # A crash or Ctrl-C inside a step: leave a record of where it stopped (ARCHITECTURE §6).
+        # A crash or Ctrl-C inside a step: leave a record of where it stopped.
         # The row ends 'interrupted', never 'failed': the commit got no verdict, so the next run
         # (cron's `opskit deploy`) must deploy it again, not call it "already deployed".
         ctrl_c = isinstance(e, KeyboardInterrupt)

@@ -14,11 +14,6 @@ from opskit.deploy.run import Run
 from opskit.storage.journal import Journal
 
 
-def is_frozen(journal: Journal, service: str) -> dict[str, Any] | None:
-    value = journal.kv_get("frozen", service)
-    return value if isinstance(value, dict) else None
-
-
 def freeze(run: Run, reason: str, event_id: int | None) -> int:
     run.journal.kv_set("frozen", run.service, {"reason": reason, "event_id": event_id,
                                                "since": iso(run.clock.now())})
@@ -30,7 +25,7 @@ def freeze(run: Run, reason: str, event_id: int | None) -> int:
 def unfreeze(settings: Settings, journal: Journal, service: str, who: str | None = None) -> dict[str, Any] | None:
     """Clear the freeze; returns what was cleared (None: it was not frozen)."""
     settings.service(service)
-    was = is_frozen(journal, service)
+    was = journal.frozen(service)
     if was is None:
         return None
     who = who or acting()

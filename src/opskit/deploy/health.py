@@ -1,4 +1,4 @@
-"""Health probes and the gate's verdict (issue 2 item 5).
+"""Health probes and the gate's verdict.
 
 The gate replaces the seed's "sleep 60 and hope": it probes every `period` seconds and
 returns the moment the rule is met (fail-fast), not at the end of the window.

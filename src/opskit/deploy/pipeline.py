@@ -23,7 +23,6 @@ from opskit.base.errors import OpsError, UsageError
 from opskit.base.lock import ServiceLock
 from opskit.base.text import short
 from opskit.deploy.deliver import deliver
-from opskit.deploy.freeze import is_frozen
 from opskit.deploy.recovery import last_deployed, step_report_interrupted
 from opskit.deploy.revert import revert_locked
 from opskit.deploy.run import DeployResult, Run, Step, StopChain, Write, new_chain_id, run_steps
@@ -33,7 +32,7 @@ from opskit.storage.journal import Journal
 
 
 def step_check_frozen(run: Run) -> None:
-    frozen = is_frozen(run.journal, run.service)
+    frozen = run.journal.frozen(run.service)
     if not frozen:
         return
     reason = (f"{run.service} is frozen since {frozen.get('since', '?')}: {frozen.get('reason', '?')}; "

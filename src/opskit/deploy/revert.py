@@ -1,4 +1,4 @@
-"""Auto-revert and freeze (issue 3 item 3).
+"""Auto-revert and freeze.
 
 A failed deploy is undone by a NEW commit on the branch (history is never rewritten; the
 bad commit stays an ancestor), landed in the canonical repo and checked there, then
@@ -32,7 +32,7 @@ from opskit.base.errors import ExitCode, OpsError, UsageError, redact
 from opskit.base.lock import ServiceLock
 from opskit.base.text import printable, short
 from opskit.deploy.deliver import deliver
-from opskit.deploy.freeze import freeze, is_frozen
+from opskit.deploy.freeze import freeze
 from opskit.deploy.recovery import step_report_interrupted
 from opskit.deploy.run import Run, Write, announce_run, new_chain_id
 from opskit.git.land import canonical, land_commit, local_tip
@@ -348,7 +348,7 @@ def auto_revert(settings: Settings, journal: Journal, service: str, *, commit: s
     with ServiceLock(settings.state_dir, service, wait=lock_wait, clock=clock, what="auto-revert",
                      on_wait=run.say) as lock:
         run.lock_fd = lock.fd
-        frozen = is_frozen(journal, service)
+        frozen = journal.frozen(service)
         if frozen:
             raise OpsError(f"{service} is frozen ({frozen.get('reason')}); `opskit unfreeze {service}` first")
         step_report_interrupted(run)

@@ -1,4 +1,4 @@
-"""Every git operation opskit performs lives here (ARCHITECTURE §2, STYLE §4).
+"""Every git operation opskit performs lives here.
 
 We drive the git CLI through proc.run with argv lists: it is what git's own hooks and
 plumbing speak, it needs no import on a hook's fast path, and it never interprets data
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,12 +137,6 @@ class Git:
         r = self.run("config", "--get", key, check=False)
         return r.stdout.strip() if r.ok else None
 
-    def config_set(self, key: str, value: str) -> None:
-        self.run("config", key, value)
-
-    def config_unset(self, key: str) -> None:
-        self.run("config", "--unset", key, check=False)
-
     def hooks_dir(self) -> Path:
         """Where git looks for this repo's hooks (core.hooksPath respected)."""
         hp = self.config_get("core.hooksPath")
@@ -190,13 +184,6 @@ class Git:
             args += ["-p", p]
         return self.out(*args, input=message, env=dict(ident or OPSKIT_IDENT))
 
-    def checkout_detached(self, sha: str) -> None:
-        """Move a worktree to sha, discarding tracked changes (save them first)."""
-        self.run("checkout", "--quiet", "--force", "--detach", sha)
-
-    def reset_hard(self, sha: str) -> None:
-        self.run("reset", "--quiet", "--hard", sha)
-
     def fetch(self, remote: str, *refspecs: str, timeout: float = 120.0) -> None:
         self.run("fetch", "--quiet", "--no-tags", remote, *refspecs, timeout=timeout,
                  env={"GIT_TERMINAL_PROMPT": "0"})
@@ -219,7 +206,7 @@ class Git:
         stage by stage (stage1/<path>, stage2/<path>, stage3/<path>), into a parentless
         third parent; the index commit holds stage 2 ("ours") for such a path.
 
-        Nothing is lost before a heal or a deploy over dirty files (ARCHITECTURE §6).
+        Nothing is lost before a heal or a deploy over dirty files.
         """
         entries = self.status(ignore_untracked=not include_untracked)
         if not entries:
@@ -270,7 +257,7 @@ class _TempWorktree:
 
 
 def read_hook_lines(text: str) -> Iterator[tuple[str, str, str]]:
-    """pre-receive / post-receive stdin: `old new ref` per line (STYLE §6)."""
+    """pre-receive / post-receive stdin: `old new ref` per line."""
     # split("\n"), not splitlines(): git allows U+2028 and U+0085 in ref names, and
     # splitlines() would cut `refs/heads/master\u2028x` into a fake `refs/heads/master`.
     for line in text.split("\n"):
@@ -279,7 +266,7 @@ def read_hook_lines(text: str) -> Iterator[tuple[str, str, str]]:
             yield parts[0], parts[1], parts[2]
 
 
-# === verify-push / drift-scan helpers (issue 4) ===============================================
+# === verify-push / drift-scan helpers ===============================================
 # Module-level functions over a Git so the class above stays untouched by parallel helpers.
 
 @dataclass(frozen=True)
@@ -293,7 +280,7 @@ class WorktreeStatus:
 
 def status_v2(repo: Git, untracked: bool = True) -> WorktreeStatus:
     """Branch, HEAD sha and file states in ONE git call (drift-scan runs it on every
-    worktree every hour; issue 4 targets ≤ 1.5× a bare `git status` loop)."""
+    worktree every hour; bench/drift_scale.py measures it against a bare `git status` loop)."""
     raw = repo.run("status", "--porcelain=v2", "--branch", "-z", "--no-renames",
                    "--untracked-files=all" if untracked else "--untracked-files=no").stdout
     head: str | None = None
@@ -517,3 +504,15 @@ def config_with_origin(repo: Git, key: str) -> tuple[str, str, str] | None:
         return (r.stdout.strip(), "unknown", "unknown")
     scope, origin, value = parts
     return value, scope, origin
+
+
+def version(timeout: float = 10.0) -> proc.Result:
+    """`git --version`, for doctor."""
+    return proc.run(["git", "--version"], capture=True, timeout=timeout)
+
+
+def push_as_developer(clone: Path, remote: str, ref: str, *, env: Mapping[str, str], timeout: float,
+                      stream: Callable[[str], None] | None = None) -> proc.Result:
+    """`git push REMOTE REF` from a developer's clone, with the caller's environment as is (the
+    demo pushes as a developer would, through the installed hooks, showing `remote:` lines)."""
+    return proc.run(["git", "-C", str(clone), "push", remote, ref], env=env, timeout=timeout, stream=stream)

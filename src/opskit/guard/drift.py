@@ -1,4 +1,4 @@
-"""drift-scan: find production state the pipeline did not put there (issue 4, item 3).
+"""drift-scan: find production state the pipeline did not put there.
 
 The seed incident: a manual fix on production broke trust in the pipeline. Per service
 worktree we report, file by file where it applies: dirty files, HEAD against the canonical
@@ -7,16 +7,14 @@ hooks missing, modified or switched off. Nothing is changed without `heal=True`,
 saves every byte of the drifted state to refs/opskit/drift/<stamp> before restoring.
 
 Cost: one `git status --porcelain=v2 --branch -z` per worktree gives HEAD, branch and files;
-every other git call happens only when that already found something (issue 4 perf target).
+every other git call happens only when that already found something (bench/drift_scale.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import hashlib
 import os
-import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from opskit.git import repo as gitrepo
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
-from opskit.base.errors import GitError, LockBusy, OpsError, UsageError, redact
+from opskit.base.errors import GitError, LockBusy, OpsError, UsageError
 from opskit.git.repo import Git, StatusEntry
+from opskit.base.ignore import ignored
+from opskit.base.text import short
+from opskit.notify.announce import announce
 from opskit.git.worktree import free_ref, save_dirty
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class Finding:
     def key(self) -> str:
         return f"{self.kind}\0{self.path or ''}\0{self.detail}"
 
-    def text(self) -> str:
+    def describe(self) -> str:
         return " ".join(p for p in (self.path, self.detail) if p)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,30 +118,6 @@ class ScanReport:
         return {"exit_code": self.exit_code, "services": [s.to_dict() for s in self.services]}
 
 
-# --- ignore rules ---------------------------------------------------------------------------
-
-def ignored(path: str, patterns: Sequence[str]) -> bool:
-    """drift_ignore: fnmatch on the path (or its file name); `dir/` matches a folder at any
-    depth, `a/b/` one anchored at the worktree root."""
-    if not patterns:
-        return False
-    parts = path.split("/")
-    for pat in patterns:
-        if pat.endswith("/"):
-            d = pat.rstrip("/").lstrip("/")
-            if not d:
-                continue
-            dirs = parts[:-1]
-            if "/" in d:
-                if any(fnmatch.fnmatchcase("/".join(dirs[:i]), d) for i in range(1, len(dirs) + 1)):
-                    return True
-            elif any(fnmatch.fnmatchcase(p, d) for p in dirs):
-                return True
-        elif fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(parts[-1], pat):
-            return True
-    return False
-
-
 # --- what the journal knows -----------------------------------------------------------------
 
 @dataclass
@@ -148,22 +125,17 @@ class Deploys:
     """All deploy rows, read once for every service (no per-worktree queries)."""
 
     shas: dict[str, list[str]]  # service -> deployed shas, newest first, distinct
-    running: dict[str, list[sqlite3.Row]]
+    running: dict[str, list[Any]]
 
     @classmethod
     def load(cls, journal: Journal) -> Deploys:
-        shas: dict[str, list[str]] = {}
-        for service, sha in journal.conn.execute(
-                "SELECT service, sha FROM deploys ORDER BY id DESC"):
-            lst = shas.setdefault(service, [])
-            if sha not in lst:
-                lst.append(sha)
-        running: dict[str, list[sqlite3.Row]] = {}
+        shas = journal.deployed_shas()
+        running: dict[str, list[Any]] = {}
         for row in journal.running_deploys():
             running.setdefault(row["service"], []).append(row)
         return cls(shas, running)
 
-    def live_runner(self, service: str) -> sqlite3.Row | None:
+    def live_runner(self, service: str) -> Any | None:
         for row in self.running.get(service, []):
             if row["pid"] and _alive(int(row["pid"])):
                 return row
@@ -179,10 +151,6 @@ def _alive(pid: int) -> bool:
 
 
 # --- scanning one service -------------------------------------------------------------------
-
-def short(sha: str | None) -> str:
-    return sha[:12] if sha else "(none)"
-
 
 def scan_service(settings: Settings, svc: ServiceSettings, deploys: Deploys) -> ServiceDrift:
     """Read-only: never changes a file."""
@@ -302,7 +270,7 @@ def _repo_info(svc: ServiceSettings, repo: Git, branch: str | None = None) -> _R
 
 # --- reading a plain repo without starting git --------------------------------------------
 # drift-scan runs over every worktree every hour; on two cores each git process counts
-# (issue 4 target: ≤ 1.5x a bare `git status` loop). For the common layout — a normal clone or
+# (bench/drift_scale.py compares it with a bare `git status` loop). For the common layout — a normal clone or
 # bare repo, loose or packed refs, no core.hooksPath anywhere, no config includes — the hooks
 # folder and a branch tip are plain files. Anything else returns None and git is asked.
 
@@ -478,7 +446,7 @@ def heal_service(svc: ServiceSettings, rep: ServiceDrift, journal: Journal,
     st = gitrepo.status_v2(wt)  # fresh: the scan's view may be seconds old
     head = st.head
     stamp = clock.now().strftime("%Y%m%dT%H%M%SZ")
-    lines = [f"{f.kind} {f.text()}".strip() for f in rep.findings]
+    lines = [f"{f.kind} {f.describe()}".strip() for f in rep.findings]
     msg = (f"opskit drift-scan --heal: {svc.name} as found at {iso(clock.now())}\n\n"
            f"HEAD {head or '(none)'} on {st.branch or '(detached)'}; restoring {target}\n\n"
            + "\n".join(lines[:500]) + "\n")
@@ -529,17 +497,12 @@ def _remove_untracked(wt: Git, paths: Sequence[str]) -> list[str]:
 
 def _notify(settings: Settings, journal: Journal, message: str, *, title: str, level: str,
             service: str, event_id: int, clock: Clock, rep: ServiceDrift) -> None:
-    try:
-        from opskit import notify
-
-        notify.send(settings, journal, message, title=title, level=level, service=service,
-                    event_id=event_id, clock=clock)
-    except Exception as e:  # delivery failures stay in the outbox; anything else is shown
-        rep.notes.append(f"notification failed: {redact(str(e))[:200]}")
+    announce(settings, journal, message, title=title, level=level, service=service, event_id=event_id,
+             clock=clock, warn=rep.notes.append)
 
 
 def _summary(rep: ServiceDrift, limit: int = 8) -> str:
-    lines = [f"{f.kind}: {f.text()}" for f in rep.findings[:limit]]
+    lines = [f"{f.kind}: {f.describe()}" for f in rep.findings[:limit]]
     if len(rep.findings) > limit:
         lines.append(f"… and {len(rep.findings) - limit} more")
     return "\n".join(lines)

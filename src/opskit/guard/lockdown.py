@@ -4,7 +4,7 @@ The policies are pure functions over plain values (`check_ref_update`, `check_co
 so they are tested without git; the drivers below them do the journaling and talking.
 
 Fast path: a `git commit` in the deployed worktree is refused by importing this module and
-nothing else of opskit (issue 4: ≤ 40 ms added to a commit). So the module level imports
+nothing else of opskit. So the module level imports
 the standard library's `os` only; config, journal, git and fnmatch are imported inside the
 functions that need them, and `Decision` is a plain class (dataclasses pulls in inspect).
 """
@@ -163,8 +163,7 @@ class GitFacts:
 
     def frozen(self) -> Mapping[str, Any] | None:
         if self._frozen is None:
-            value = self.journal.kv_get("frozen", self.service)
-            self._frozen = (value if isinstance(value, dict) else ({"reason": str(value)} if value else None),)
+            self._frozen = (self.journal.frozen(self.service),)
         return self._frozen[0]
 
     def quarantined(self, tree: str) -> Mapping[str, Any] | None:
@@ -231,17 +230,13 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
     """Journal and announce a break-glass commit. Failures are reported, never fatal: the
     person breaking the glass is fixing an emergency (the commit itself stays visible to
     drift-scan as a bypass until it ships through the pipeline)."""
-    import getpass
 
     from opskit.base import config as cfg
     from opskit.storage.journal import Journal
 
-    user = os.environ.get("USER") or os.environ.get("LOGNAME")
-    if not user:
-        try:
-            user = getpass.getuser()
-        except Exception:
-            user = f"uid {os.getuid()}"
+    from opskit.base.actor import who
+
+    user = who()
     settings = cfg.load_file(_path(config_path))
     journal = Journal(settings.state_dir)
     ref = current_ref(cwd)
@@ -249,24 +244,15 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
                         {"reason": reason, "user": user, "hook": hook, "ref": ref, "worktree": cwd})
     write(f"opskit: BREAK GLASS by {user} in {service!r}: {reason} (event #{ev.id}). "
           "Ship the fix through a feature branch afterwards; drift-scan reports this commit.")
-    try:
-        from opskit import notify
+    # Only on the break-glass path: the hook's usual paths never load the notifier.
+    from opskit.notify.announce import announce
 
-        # A short retry budget: the committer is waiting, and what is not delivered now
-        # stays in the outbox for `opskit notify --flush`.
-        report = notify.send(settings, journal,
-                             f"Break glass in the deployed worktree of {service} by {user}: "
-                             f"{reason} (event #{ev.id}). The commit bypasses the pipeline.",
-                             title=f"{service}: lockdown break glass", level="warning",
-                             service=service, event_id=ev.id, retry_for=3.0)
-        if not report.ok:
-            write(f"opskit: warning: the break-glass notification is queued, not delivered "
-                  f"({report.problem() or 'see opskit notify --flush'})")
-    except Exception as e:  # notify is another module; its failure must not block an emergency
-        from opskit.base.errors import redact
-
-        write(f"opskit: warning: the break-glass notification failed: "
-              f"{redact(type(e).__name__ + ': ' + str(e))[:200]}")
+    # A short retry budget: the committer is waiting, and what is not delivered now stays in
+    # the outbox for `opskit notify --flush`.
+    announce(settings, journal, f"Break glass in the deployed worktree of {service} by {user}: "
+             f"{reason} (event #{ev.id}). The commit bypasses the pipeline.",
+             title=f"{service}: lockdown break glass", level="warning", service=service, event_id=ev.id,
+             retry_for=3.0, warn=lambda line: write(f"opskit: warning: the break-glass {line}"))
 
 
 def current_ref(cwd: str) -> str | None:

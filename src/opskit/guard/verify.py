@@ -1,4 +1,4 @@
-"""verify-push: prove that a push landed on the remote (issue 4, item 1).
+"""verify-push: prove that a push landed on the remote.
 
 The seed incident: an agent said "done", exited 0, and had pushed nothing. So the only
 evidence we accept is the remote itself (`git ls-remote`, never a cached tracking ref),
@@ -20,6 +20,8 @@ from opskit.base import proc
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.errors import GitError, OpsError, UsageError, redact
 from opskit.git.repo import Git
+from opskit.base.text import short
+from opskit.notify.announce import announce
 
 if TYPE_CHECKING:
     from opskit.base.config import Settings
@@ -44,10 +46,6 @@ def strip_credentials(text: str) -> str:
     """Drop user[:token]@ from every URL in text (errors.redact only masks user:pass@;
     `https://TOKEN@host/x` has no colon and would slip through)."""
     return redact(_USERINFO.sub(r"\1", text))
-
-
-def short(sha: str | None) -> str:
-    return sha[:12] if sha else "(none)"
 
 
 @dataclass
@@ -328,13 +326,8 @@ def record(res: VerifyResult, settings: Settings, journal: Journal) -> VerifyRes
     res.event_id = ev.id
     if not res.ok:
         title = f"push not verified: {res.outcome} ({res.branch})"
-        try:
-            from opskit import notify
-
-            notify.send(settings, journal, f"{res.outcome}: {res.reason}", title=title,
-                        level="error", service=None, event_id=ev.id)
-        except Exception as e:  # notify never raises on delivery; anything else is ours to show
-            res.notes.append(f"notification failed: {strip_credentials(str(e))[:200]}")
+        announce(settings, journal, f"{res.outcome}: {res.reason}", title=title, level="error", service=None,
+                 event_id=ev.id, warn=lambda line: res.notes.append(strip_credentials(line)))
     return res
 
 

@@ -1,4 +1,4 @@
-"""Durable notifications (issue 2 item 6): outbox first, then deliver, never silently.
+"""Durable notifications: outbox first, then deliver, never silently.
 
     from opskit import notify
     report = notify.send(settings, journal, "deploy failed", level="error", service="web")
@@ -18,7 +18,7 @@ from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import LEVELS, Settings
 from opskit.base.errors import UsageError
 from opskit.storage.journal import Journal
-from opskit.notify import outbox
+from opskit.storage import outbox
 
 __all__ = ["FlushReport", "NotifyReport", "broken_channels", "flush", "outbox_summary", "send", "show"]
 
@@ -169,7 +169,7 @@ def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
     for r in results:
         if r.status == "broken":
             problems.append(f"{r.channel}: broken ({r.error})")
-    still = journal.conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'queued'").fetchone()[0]
+    still = outbox.queued_count(journal)
     return FlushReport(
         delivered=sum(r.status == "delivered" for r in results),
         still_queued=int(still),

@@ -3,7 +3,7 @@
 A channel module has one function, ``deliver(ch, msg, timeout) -> Outcome``. It never
 raises for a delivery problem and never lets a URL into its error text: httpx's
 exceptions carry the full webhook URL, so we describe failures in our own words
-("Connection refused", "timed out after 10.0s", "HTTP 503") (ARCHITECTURE §6).
+("Connection refused", "timed out after 10.0s", "HTTP 503").
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ LEVEL_STYLE: dict[str, tuple[str, int]] = {
     "critical": ("🚨", 0x8B0000),  # dark red
 }
 
-# Answers that say "this will never work as configured" (issue 2 item 6): the channel is
+# Answers that say "this will never work as configured": the channel is
 # marked broken instead of retried forever.
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 410})
 # 408/425 mean "try again" even though they are 4xx.

@@ -19,8 +19,8 @@ from opskit.base.clock import Clock, iso
 from opskit.base.config import ChannelSettings, Settings
 from opskit.base.errors import redact
 from opskit.storage.journal import Journal
-from opskit.notify import outbox
-from opskit.notify.base import Outcome
+from opskit.storage import outbox
+from opskit.notify.base import Message, Outcome
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
@@ -92,7 +92,8 @@ class Courier:
         deadline = self.clock.monotonic() + max(0.0, budget)
         delay = BACKOFF_START
         attempts = 0
-        msg = row.as_message()
+        msg = Message(outbox_id=row.id, channel=row.channel, level=row.level, title=row.title, text=row.message,
+                      service=row.service, event_id=row.event_id, created=row.created)
         while True:
             if row.id not in outbox.touch(self.journal, self.clock, claimed):
                 return None, attempts, None

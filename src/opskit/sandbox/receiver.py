@@ -1,7 +1,7 @@
 """A local stand-in for Discord, Slack, a generic webhook and ntfy (stdlib only).
 
 It enforces the limits the real services document, so a payload that would bounce off
-Discord in production bounces off here too (issue 2, item 7):
+Discord in production bounces off here too:
 
 - Discord ``POST /discord/<id>/<token>[?wait=true]``: JSON body; content ≤ 2000 chars,
   ≤ 10 embeds, embed title ≤ 256, description ≤ 4096, all embed text ≤ 6000, username

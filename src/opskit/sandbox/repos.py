@@ -4,7 +4,7 @@
     ROOT/srv/NAME       the deployed worktree     (production: /srv/NAME), origin = the bare repo
     ROOT/dev            a developer's clone       (where merges are made and pushed from)
 
-Every git call goes through opskit.git.repo (STYLE §4). `env` is the environment git runs
+Every git call goes through opskit.git.repo. `env` is the environment git runs
 with (identity, an isolated global config); None means this process's, minus hook variables.
 """
 

@@ -4,7 +4,7 @@ Standard library only (http.server + threading), so it starts in tens of millise
 behaves like a real process: it can refuse to start, answer 503, hang, answer slowly, die
 after a while or flap. A deploy calls `restart` the way it would call `systemctl restart`:
 the old process is stopped, a new one is started fully detached, and the command returns 0
-at once even if the new process then crashes (issue 2 item 7) — judging it is the gate's job.
+at once even if the new process then crashes — judging it is the gate's job.
 
     python -m opskit.sandbox.service serve --port P [--mode M] [--mode-file F] [--pidfile F]
     python -m opskit.sandbox.service restart --port P --pidfile F --log F [--mode-file F] [--wait S]
@@ -235,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     # A restart must be able to bind the same port at once, even with old connections in
-    # TIME_WAIT (issue 2: deploy = restart on the same port).
+    # TIME_WAIT.
     allow_reuse_address = True
     daemon_threads = True
 

@@ -1,4 +1,4 @@
-"""The event journal: one SQLite file in the state dir (ARCHITECTURE §5).
+"""The event journal: one SQLite file in the state dir.
 
 Hooks, cron jobs and manual runs write at once, so the database is in WAL mode with a
 busy timeout and every write is one short BEGIN IMMEDIATE transaction. Besides events it
@@ -303,6 +303,30 @@ class Journal:
         return list(self.conn.execute(
             "SELECT * FROM deploys WHERE service = ? ORDER BY id DESC LIMIT ?", (service, limit)))
 
+    def frozen(self, service: str) -> dict[str, Any] | None:
+        """The service's freeze (reason, event_id, since), or None: the one reading of it, for
+        the pipeline, pre-receive and `status` alike."""
+        value = self.kv_get("frozen", service)
+        if isinstance(value, dict):
+            return value
+        return {"reason": str(value)} if value else None  # a damaged entry still freezes
+
+    def deployed_shas(self) -> dict[str, list[str]]:
+        """Every service → the commits it ever deployed, newest first, each once (one query)."""
+        shas: dict[str, list[str]] = {}
+        for service, sha in self.conn.execute("SELECT service, sha FROM deploys ORDER BY id DESC"):
+            lst = shas.setdefault(service, [])
+            if sha not in lst:
+                lst.append(sha)
+        return shas
+
+    def event_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0: none yet), where `--follow` starts."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
     def running_deploys(self, service: str | None = None) -> list[sqlite3.Row]:
         if service is None:
             return list(self.conn.execute("SELECT * FROM deploys WHERE status = 'running' ORDER BY id"))
@@ -316,13 +340,6 @@ class Journal:
             (service,)).fetchone()
         return row[0] if row else None
 
-    def was_deployed(self, service: str, sha: str) -> bool:
-        """Did the pipeline ever deliver this commit? (drift-scan's bypass check)"""
-        row = self.conn.execute(
-            "SELECT 1 FROM deploys WHERE service = ? AND sha = ? LIMIT 1", (service, sha)).fetchone()
-        return row is not None
-
-    # --- quarantine ---------------------------------------------------------------------------
     def quarantine_add(self, service: str, tree: str, sha: str, event_id: int | None, reason: str) -> None:
         with self.tx() as c:
             c.execute(
@@ -380,10 +397,6 @@ def parse_since(text: str, clock: Clock = SYSTEM) -> dt.datetime:
         raise UsageError(
             f"--since {text!r}: not a duration or time; use e.g. 2h, 30m, 7d or 2026-04-26T03:00:00Z"
         ) from None
-
-
-def open_journal(state_dir: Path, clock: Clock = SYSTEM) -> Journal:
-    return Journal(state_dir, clock)
 
 
 # --- kv read-modify-write (added by the cron/jobs helper) -----------------------------------

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 from collections.abc import Sequence
 
 from opskit.storage.journal import Event
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _STYLE = {"fail": "red", "failed": "red", "blocked": "red", "unverified": "red", "missed": "red",
           "detected": "yellow", "needs-human": "yellow", "start": "cyan", "breakglass": "yellow",
@@ -26,7 +30,8 @@ def summarize(data: dict[str, object], width: int = 90) -> str:
     return s if len(s) <= width else s[: width - 3] + "..."
 
 
-def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True) -> None:
+def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True,
+                  console: Console | None = None) -> None:
     if as_json:
         for ev in events:
             sys.stdout.write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
@@ -34,9 +39,11 @@ def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True
         return
     from rich.markup import escape
 
-    from opskit.commands._common import console
+    if console is None:
+        from rich.console import Console
 
-    con = console()
+        console = Console(highlight=False)
+    con = console
     if not events and header:
         con.print("no events")
         return

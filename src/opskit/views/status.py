@@ -1,7 +1,7 @@
-"""`opskit status`: one screen that answers "what runs where, and is it all right?" (issue 3 item 5).
+"""`opskit status`: one screen that answers "what runs where, and is it all right?".
 
-collect() returns plain data (the --json output); render() prints it. Other areas add their
-own section by registering a function in SECTIONS (drift, jobs, chains) without touching this file's logic.
+collect() returns plain data (the --json output); render() prints it. Besides the deploy
+state, each service shows its drift and its feature-branch chains (SECTIONS, below).
 """
 
 from __future__ import annotations
@@ -16,14 +16,7 @@ from opskit.git.repo import Git
 from opskit.storage.journal import Journal
 from opskit.base.lock import is_held, read_holder
 from opskit.base.proc import pid_alive
-
-# name → fn(settings, journal, service) -> dict | None, merged into each service's entry.
-SECTIONS: dict[str, Callable[[Settings, Journal, ServiceSettings], Any]] = {}
-
-
-def _text(s: str) -> str:
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
+from opskit.base.text import printable
 
 def _deployed(svc: ServiceSettings) -> dict[str, Any]:
     wt = Git(svc.worktree)
@@ -32,7 +25,7 @@ def _deployed(svc: ServiceSettings) -> dict[str, Any]:
     head = wt.head()
     if head is None:
         return {"sha": None, "problem": "no commit checked out"}
-    return {"sha": head, "short": head[:10], "subject": _text(wt.subject(head)), "branch": wt.current_branch()}
+    return {"sha": head, "short": head[:10], "subject": printable(wt.subject(head)), "branch": wt.current_branch()}
 
 
 def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -> dict[str, Any]:
@@ -61,7 +54,7 @@ def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -
             "sha": verdict["sha"], "status": verdict["status"], "kind": verdict["kind"],
             "when": verdict["finished"] or verdict["started"], "reason": verdict["reason"]},
         "last_good": last_good,
-        "frozen": journal.kv_get("frozen", svc.name),
+        "frozen": journal.frozen(svc.name),
         "quarantined": len(journal.quarantine_list(svc.name)),
         "in_progress": in_progress,
     }
@@ -105,7 +98,6 @@ def _drift_section(settings: Settings, journal: Journal, svc: ServiceSettings) -
     return f"{state.get('count')} finding(s) since {state.get('since')} (opskit drift-scan {svc.name})"
 
 
-SECTIONS["drift"] = _drift_section
 
 
 def _waiting(outbox: dict[str, dict[str, int]] | None) -> str:
@@ -157,7 +149,7 @@ def render(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-# --- feature-branch chains and parked changes (issue 5 item 4) -------------------------------
+# --- feature-branch chains and parked changes -------------------------------
 # Registered here so `opskit status` shows them without importing the chain on every status.
 
 def _chain_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> Any:
@@ -166,4 +158,6 @@ def _chain_section(settings: Settings, journal: Journal, svc: ServiceSettings) -
     return status_section(settings, journal, svc)
 
 
-SECTIONS["chain"] = _chain_section
+# Merged into each service's entry under these names, in this order.
+SECTIONS: dict[str, Callable[[Settings, Journal, ServiceSettings], Any]] = {
+    "drift": _drift_section, "chain": _chain_section}

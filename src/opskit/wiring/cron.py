@@ -1,4 +1,4 @@
-"""opskit's marked block in a crontab: render, install, uninstall, show (issue 4 item 4).
+"""opskit's marked block in a crontab: render, install, uninstall, show.
 
 Everything goes through the real `crontab -l` / `crontab -` of the user running opskit
 (or `[cron] user`, root only). Lines outside the block are never touched: the crontab is
@@ -12,7 +12,7 @@ The block holds no NAME=value line, because cron applies such a line to every en
 it, so the user's own lines below the block would run with opskit's PATH (and change back
 on uninstall). Blocks written with such lines by older versions are still recognised by
 their markers and replaced. Each entry is wrapped in `opskit run-job NAME --` so cron-check
-can tell when it stopped running (issue 5 item 3).
+can tell when it stopped running.
 
 run-job and cron-check themselves live in opskit.jobs.runner.
 """
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from opskit.base import proc
 from opskit.base import schedule
+from opskit.base.config import NAME
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.errors import OpsError, UsageError
 from opskit.wiring.templates import TEMPLATES
@@ -54,7 +55,6 @@ _ENV_LINE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 # One leading `NAME=value ` of a command as cron hands it to /bin/sh (before the first
 # unescaped %): the per-entry settings opskit's entries start with.
 _ASSIGNMENT = re.compile(r"""([A-Za-z_][A-Za-z0-9_]*)=((?:'[^']*'|"(?:[^"\\]|\\.)*"|\\.|[^\s'"\\;&|<>()`%])*)(?:\s+|$)""")
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VALUE_OPTIONS = ("--service", "-s", "--ok-exit")  # run-job's options that take a value
 
 
@@ -288,7 +288,7 @@ def _run_job_target(command: str) -> tuple[str | None, str | None]:
             value = rest.pop(0)
         if opt in ("--service", "-s"):
             service = value
-    if rest and rest[0] != "--" and _JOB_NAME.match(rest[0]):
+    if rest and rest[0] != "--" and NAME.match(rest[0]):
         return rest[0], service
     return None, None
 

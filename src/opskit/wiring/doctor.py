@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from opskit.base import proc
 from opskit.base.config import Settings, ServiceSettings
+from opskit.git import repo as gitrepo
 from opskit.base.errors import OpsError, redact
 
 
@@ -58,7 +58,7 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
 def _git_version() -> Check:
     if shutil.which("git") is None:
         return Check("git", False, "git not found", "apt-get install git")
-    r = proc.run(["git", "--version"], capture=True, timeout=10)
+    r = gitrepo.version()
     version = r.stdout.strip().removeprefix("git version ")
     parts = version.split(".")
     ok = len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit() and (int(parts[0]), int(parts[1])) >= (2, 30)
@@ -70,7 +70,7 @@ def _state_dir(path: Path) -> Check:
         from opskit.storage.journal import Journal
 
         j = Journal(path)
-        n = j.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        n = j.event_count()
         writable = os.access(path, os.W_OK)
         return Check("state dir", writable, f"{path} ({n} events)",
                      f"make {path} writable for this user")

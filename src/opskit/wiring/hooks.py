@@ -1,4 +1,4 @@
-"""Install, uninstall and inspect opskit's git hooks (issue 3 item 1, STYLE §5).
+"""Install, uninstall and inspect opskit's git hooks.
 
 Like pre-commit: the templates are files in the top-level `hooks/` folder; install writes
 in the interpreter, the config path and the service (shell-quoted); a marker line names

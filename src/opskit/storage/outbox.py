@@ -1,7 +1,7 @@
 """The outbox table (schema in journal.py): rows are written before any send, claimed
 for delivery, and finished as delivered, queued again, or broken.
 
-Exactly once across concurrent senders (issue 2 item 6): a process claims rows inside a
+Exactly once across concurrent senders: a process claims rows inside a
 BEGIN IMMEDIATE transaction by setting status 'sending' and claimed_by to its pid. A
 claim is honoured while that pid lives and the claim is fresh; a dead pid's or stale
 claim is taken over. Order within a channel is kept by claiming a channel's whole queue
@@ -23,7 +23,6 @@ from opskit.base.clock import Clock, iso, parse_iso
 from opskit.base.errors import redact
 from opskit.storage.journal import Journal
 from opskit.base.proc import pid_alive
-from opskit.notify.base import Message
 
 # A live process that has not touched its claim for this long is assumed hung (or its
 # pid was reused) and its rows are taken over.
@@ -53,11 +52,6 @@ class Row:
     @classmethod
     def of(cls, r: sqlite3.Row) -> Row:
         return cls(**{k: r[k] for k in r.keys()})
-
-    def as_message(self) -> Message:
-        return Message(outbox_id=self.id, channel=self.channel, level=self.level, title=self.title,
-                       text=self.message, service=self.service, event_id=self.event_id,
-                       created=self.created)
 
 
 def held_elsewhere(row: Row, now: dt.datetime) -> bool:
@@ -190,3 +184,7 @@ def summary(journal: Journal) -> dict[str, dict[str, int]]:
             "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status ORDER BY channel, status"):
         out.setdefault(channel, {})[status] = n
     return out
+
+
+def queued_count(journal: Journal) -> int:
+    return int(journal.conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'queued'").fetchone()[0])

@@ -1,0 +1,148 @@
+"""The tree is the architecture (docs/ARCHITECTURE.md, layout): these rules keep it so.
+
+Imports are read from the source with ast, imports inside functions included: a circle
+hidden in a function is still a circle.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PKG = SRC / "opskit"
+
+# Lower layers never import higher ones. A module's layer is its top-level package.
+LAYERS = [
+    {"base"}, {"storage"}, {"git"}, {"wiring"}, {"notify"}, {"deploy"}, {"guard"}, {"chain"}, {"jobs"},
+    {"views"}, {"sandbox"}, {"demo"}, {"hookmain", "commands", "cli", "__main__", "__init__"},
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        rel = p.relative_to(SRC).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path) -> set[str]:
+    """opskit modules imported by the file, anywhere in it (TYPE_CHECKING blocks excluded)."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("opskit"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("opskit"):
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                found.add(sub if sub in MODULES else node.module)
+    return {m for m in found if m in MODULES}
+
+
+GRAPH = {name: _imports(path) for name, path in MODULES.items()}
+
+
+def _layer(mod: str) -> int:
+    parts = mod.split(".")
+    top = parts[1] if len(parts) > 1 else "__init__"
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise AssertionError(f"{mod}: its package is in no layer; add it to LAYERS and docs/ARCHITECTURE.md")
+
+
+def _package(mod: str) -> str:
+    return ".".join(mod.split(".")[:2])
+
+
+def test_every_module_has_a_layer() -> None:
+    for mod in MODULES:
+        _layer(mod)
+
+
+def test_imports_run_downward_only() -> None:
+    bad = []
+    for mod, deps in GRAPH.items():
+        for dep in deps:
+            if _package(dep) == _package(mod) or dep == "opskit":
+                continue
+            if _layer(dep) > _layer(mod):
+                bad.append(f"{mod} imports {dep}")
+    assert not bad, "upward imports:\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_circles() -> None:
+    """Not even through a function-level import, and not between modules of one package."""
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(GRAPH[m]):
+            if d == m or d == "opskit":
+                continue
+            # A package's __init__ importing its own submodules is how packages export.
+            if m == _package(d) and m != d and d.startswith(m + "."):
+                continue
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m, [])
+    assert not cycles, "import circles:\n" + "\n".join(" → ".join(c) for c in cycles)
+
+
+def test_only_the_doors_import_commands() -> None:
+    bad = [f"{m} imports {d}" for m, deps in GRAPH.items() for d in deps
+           if d.startswith("opskit.commands") and not (m.startswith("opskit.commands") or m == "opskit.cli")]
+    assert not bad, "\n".join(bad)
+
+
+_SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE|PRAGMA)\b")
+
+
+@pytest.mark.parametrize("mod", sorted(m for m in MODULES if not m.startswith("opskit.storage")))
+def test_no_sql_outside_storage(mod: str) -> None:
+    text = MODULES[mod].read_text()
+    assert "import sqlite3" not in text, f"{mod} imports sqlite3; storage/ owns the database"
+    hits = [ln.strip() for ln in text.splitlines() if _SQL.search(ln)]
+    assert not hits, f"{mod} holds SQL; move it into storage/: {hits[:3]}"
+
+
+_GIT_ARGV = re.compile(r"""\[\s*["']git["']\s*,""")
+
+
+@pytest.mark.parametrize("mod", sorted(m for m in MODULES if not m.startswith(("opskit.git", "opskit.sandbox"))))
+def test_no_git_process_outside_the_git_package(mod: str) -> None:
+    text = MODULES[mod].read_text()
+    assert not _GIT_ARGV.search(text), f"{mod} starts git itself; go through opskit.git"
+
+
+def test_no_citations_of_documents_outside_the_repository() -> None:
+    pat = re.compile(r"(ARCHITECTURE §|STYLE §|\bissue \d+\b)", re.I)
+    hits = [f"{p.relative_to(SRC)}:{i}" for p in PKG.rglob("*.py")
+            for i, ln in enumerate(p.read_text().splitlines(), 1) if pat.search(ln)]
+    assert not hits, "cite docs/ARCHITECTURE.md, a test or a commit instead:\n" + "\n".join(hits[:40])
