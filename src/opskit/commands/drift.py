@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
                     state = "clean"
                 out.print(f"{rep.service}: {state}", markup=False, highlight=False, soft_wrap=True)
                 for f in rep.findings:
-                    out.print(f"  {f.kind:<20} {f.text()}", markup=False, highlight=False, soft_wrap=True)
+                    out.print(f"  {f.kind:<20} {f.describe()}", markup=False, highlight=False, soft_wrap=True)
                 if rep.healed:
                     h = rep.healed
                     out.print(f"  healed: drifted state saved in {h['ref']} ({h['saved'][:12]}); "
