@@ -164,7 +164,7 @@ def test_parked_branch_with_non_utf8_name_is_approved_exactly(cs: ChainStage) ->
 
 
 def test_cron_check_sends_the_reminder_once(cs: ChainStage) -> None:
-    from opskit.jobs import runner as jobs
+    from opskit import jobs
 
     row = _park(cs)
     created = dt.datetime.fromisoformat(row.created.replace("Z", "+00:00"))

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from opskit.base import config
-from opskit.jobs import runner as jobs
+from opskit import jobs
+from opskit.jobs import record
 from opskit.base.clock import FakeClock, iso
 from opskit.base.config import Settings
 from opskit.storage.journal import Journal
@@ -318,7 +319,7 @@ def test_still_running_past_max_runtime(write_config, state_dir: Path) -> None:
     try:
         started = iso(clock.now())
         j.kv_set("job", "etl", {"runs": 1, "last_start": started, "running": {
-            str(sleeper.pid): {"started": started, "ticks": jobs._proc_ticks(sleeper.pid)}}})
+            str(sleeper.pid): {"started": started, "ticks": record.proc_ticks(sleeper.pid)}}})
         clock.advance(590)
         assert check(s, j, clock, notes).jobs[0].state == "running"
         clock.advance(20)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from opskit.git.repo import Git
 from opskit.storage.journal import Journal
-from opskit.storage import outbox_summary
+from opskit.notify import outbox_summary
 from opskit.deploy.revert import auto_revert
 from opskit.sandbox import free_port
 from opskit.views.status import collect, render

@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit run-job nightly-backup -- /usr/local/bin/backup.sh --full
         """
-        from opskit.jobs.runner import run_job as core
+        from opskit.jobs.run_job import run_job as core
 
         result = core(_common.settings(), _common.journal(), name, cmd or [], service=service,
                       ok_codes=(0, *(ok_exit or ())))
@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit cron-check --json
         """
-        from opskit.jobs.runner import cron_check as core
+        from opskit.jobs.cron_check import cron_check as core
 
         report = core(_common.settings(), _common.journal())
         if as_json:

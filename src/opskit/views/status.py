@@ -86,7 +86,7 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 def _cron_check(settings: Settings, journal: Journal) -> Any:
     # Who watches the watcher: cron-check notices silent jobs, status notices a silent cron-check.
-    from opskit.jobs.runner import cron_check_health
+    from opskit.jobs.cron_check import cron_check_health
 
     return cron_check_health(journal, settings, SYSTEM)
 

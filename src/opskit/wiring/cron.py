@@ -14,7 +14,7 @@ on uninstall). Blocks written with such lines by older versions are still recogn
 their markers and replaced. Each entry is wrapped in `opskit run-job NAME --` so cron-check
 can tell when it stopped running.
 
-run-job and cron-check themselves live in opskit.jobs.runner.
+run-job and cron-check themselves live in opskit.jobs.
 """
 
 from __future__ import annotations
