@@ -1,0 +1,1 @@
+"""The guard: lockdown (the hooks' policies), verify-push, drift-scan."""
