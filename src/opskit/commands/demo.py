@@ -48,7 +48,7 @@ class RichNarrator:
     def events(self, events: Sequence[Event]) -> None:
         from opskit.views.events import render_events
 
-        render_events(events, as_json=False, console=_common.console())
+        render_events(events, as_json=False)
 
     def message(self, title: str, content: str) -> None:
         from rich.panel import Panel

@@ -28,10 +28,10 @@ def register(app: typer.Typer) -> None:
         j = _common.journal()
         found = j.query(service=service, type_prefix=type_, since=since_dt,
                         limit=limit if limit is not None else (None if as_json else 50))
-        render_events(found, as_json=as_json, console=_common.console())
+        render_events(found, as_json=as_json)
         if follow:
             last = found[-1].id if found else None
             if last is None:
                 last = j.last_event_id()
             for ev in j.follow(start_after=last, service=service, type_prefix=type_):
-                render_events([ev], as_json=as_json, header=False, console=_common.console())
+                render_events([ev], as_json=as_json, header=False)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import TYPE_CHECKING
 from collections.abc import Sequence
+from typing import TextIO
 
 from opskit.storage.journal import Event
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 _STYLE = {"fail": "red", "failed": "red", "blocked": "red", "unverified": "red", "missed": "red",
           "detected": "yellow", "needs-human": "yellow", "start": "cyan", "breakglass": "yellow",
@@ -30,30 +28,41 @@ def summarize(data: dict[str, object], width: int = 90) -> str:
     return s if len(s) <= width else s[: width - 3] + "..."
 
 
-def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True,
-                  console: Console | None = None) -> None:
+def _plain(s: str) -> str:
+    """Control characters from the journal (a branch name can carry an escape sequence) are
+    shown, not sent to the terminal."""
+    return s.translate(_CONTROLS)
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+_SGR = {"red": "31", "yellow": "33", "cyan": "36", "green": "32", "bold red": "1;31"}
+
+
+def _colour(out: TextIO) -> bool:
+    return out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True, out: TextIO | None = None) -> None:
+    """One line an event (or one JSON object a line). Plain writes, no Rich: `opskit events`
+    is read often and from scripts, and Rich's import alone is most of a command's start-up
+    (bench/startup.py)."""
+    out = out or sys.stdout
     if as_json:
         for ev in events:
-            sys.stdout.write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+            out.write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
+        out.flush()
         return
-    from rich.markup import escape
-
-    if console is None:
-        from rich.console import Console
-
-        console = Console(highlight=False)
-    con = console
     if not events and header:
-        con.print("no events")
+        out.write("no events\n")
+        out.flush()
         return
+    colour = _colour(out)
     for ev in events:
         outcome = ev.type.rsplit(".", 1)[-1]
         style = _STYLE.get(outcome, "green" if outcome in ("pass", "complete", "ok", "sent", "verified",
                                                             "cleared", "healed", "recovered") else "")
-        svc = escape(ev.service or "-")
-        kind = escape(f"{ev.type:<22}")
-        if style:
-            kind = f"[{style}]{kind}[/{style}]"
-        line = f"{ev.id:>7}  {ev.ts}  {kind} {svc:<16} {escape(summarize(ev.data))}"
-        con.print(line, markup=True, soft_wrap=True)
+        kind = _plain(f"{ev.type:<22}")
+        if style and colour:
+            kind = f"\x1b[{_SGR[style]}m{kind}\x1b[0m"
+        out.write(f"{ev.id:>7}  {ev.ts}  {kind} {_plain(ev.service or '-'):<16} {_plain(summarize(ev.data))}\n")
+    out.flush()
