@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 
 @functools.lru_cache(maxsize=64)
 def _spec(patterns: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
+    # Imported on first use: ~30 ms that a clean drift-scan or deploy (no untracked file to
+    # match) should not pay at start-up.
+    import pathspec
+
     return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
