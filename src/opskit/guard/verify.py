@@ -253,6 +253,19 @@ def wrap_push(t: Target, cmd: Sequence[str], *, expect: str | None = None, conta
              if name != t.branch and before_heads.get(name) != after_heads.get(name)}
     res = VerifyResult("", t.display, t.branch, before, after, expected, "", cmd=cmd,
                        cmd_exit=run.returncode, cmd_tail=tail, moved={} if error else moved)
+    _judge(res, t, run, contains=contains, timeout=timeout, error=error, allow_noop=allow_noop)
+    if wait > 0 and not res.ok:
+        res.reason += f" (waited {wait:g}s)"
+    return res
+
+
+def _judge(res: VerifyResult, t: Target, run: proc.Result, *, contains: bool, timeout: float, error: str,
+           allow_noop: bool) -> None:
+    """The outcome and its one-line reason, from the remote before and after and CMD's exit.
+    "Landed" depends on the remote alone: a CMD that pushed and then failed still landed."""
+    cmd, tail, moved = res.cmd or [], res.cmd_tail, res.moved
+    before, after, expected = res.before, res.after, res.expected
+    assert expected is not None
     cmd_said = f"`{_cmd_text(cmd)}` " + ("timed out" if run.timed_out else f"exited {run.returncode}")
     where = f"{t.display} {t.branch}"
     landed = _matches(t, after, expected, contains, timeout) if not error else False
@@ -301,9 +314,6 @@ def wrap_push(t: Target, cmd: Sequence[str], *, expect: str | None = None, conta
                           f"expected {short(expected)}")
             if elsewhere:
                 res.reason += f"; {short(expected)} landed on {', '.join(elsewhere)}"
-    if wait > 0 and not res.ok:
-        res.reason += f" (waited {wait:g}s)"
-    return res
 
 
 def _cmd_text(cmd: Sequence[str]) -> str:
