@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from opskit.base import config
+from opskit.git import files as gitfiles
 from opskit.guard import drift
 from opskit.wiring import hooks
 from opskit.base.clock import FakeClock
@@ -421,22 +422,21 @@ def test_no_notify_is_a_look_only(env: Env, opskit) -> None:
 def test_repo_info_read_from_files_matches_git(sandbox, tmp_path) -> None:
     # drift-scan reads hooks folder and branch tip from files in the common layout; it must
     # agree with git, and step aside (None) whenever config could redirect hooks.
-    from opskit.guard import drift
     from opskit.git.repo import Git
     from tests.support.gitsandbox import git, rev
 
     bare = Git(sandbox.bare)
-    info = drift._read_repo_info(sandbox.bare, "master")
+    info = gitfiles._read_repo_info(sandbox.bare, "master")
     assert info is not None and info.tip == rev(sandbox.bare, "refs/heads/master")
     assert info.hooks == (sandbox.bare / "hooks").resolve()
     git(sandbox.bare, "pack-refs", "--all")
     assert not (sandbox.bare / "refs" / "heads" / "master").exists()
-    packed = drift._read_repo_info(sandbox.bare, "master")
+    packed = gitfiles._read_repo_info(sandbox.bare, "master")
     assert packed is not None and packed.tip == bare.branch_tip("master")
-    assert drift._read_repo_info(sandbox.bare, "nope") is None
-    wt = drift._read_repo_info(sandbox.worktree, None)
+    assert gitfiles._read_repo_info(sandbox.bare, "nope") is None
+    wt = gitfiles._read_repo_info(sandbox.worktree, None)
     assert wt is not None and wt.hooks == (sandbox.worktree / ".git" / "hooks").resolve()
     git(sandbox.worktree, "config", "core.hooksPath", str(tmp_path / "elsewhere"))
-    assert drift._read_repo_info(sandbox.worktree, None) is None
+    assert gitfiles._read_repo_info(sandbox.worktree, None) is None
     git(sandbox.bare, "config", "include.path", str(tmp_path / "extra.cfg"))
-    assert drift._read_repo_info(sandbox.bare, "master") is None
+    assert gitfiles._read_repo_info(sandbox.bare, "master") is None

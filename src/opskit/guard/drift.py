@@ -28,6 +28,8 @@ from opskit.git.repo import Git, StatusEntry
 from opskit.base.ignore import ignored
 from opskit.base.text import short
 from opskit.notify.announce import announce
+from opskit.git.files import RepoInfo, repo_info
+from opskit.git.land import canonical_tip
 from opskit.git.worktree import free_ref, save_dirty
 
 if TYPE_CHECKING:
@@ -83,7 +85,7 @@ class ServiceDrift:
     healed: dict[str, Any] | None = None
     heal_error: str | None = None
     change: str | None = None  # detected | reminder | cleared: what was journaled/notified
-    repo_info: _RepoInfo | None = field(default=None, repr=False)
+    repo_info: RepoInfo | None = field(default=None, repr=False)
     # every dirty path git reported, drift_ignore'd ones included (heal saves and checks all)
     entries: list[StatusEntry] = field(default_factory=list, repr=False)
 
@@ -220,124 +222,18 @@ def _check_head(svc: ServiceSettings, wt: Git, head: str, branch: str | None,
 def _canonical_tip(svc: ServiceSettings, wt: Git, rep: ServiceDrift) -> str | None:
     if svc.pull_mode:
         try:
-            tip = wt.ls_remote(svc.repo, svc.branch, timeout=REMOTE_TIMEOUT)
+            tip = canonical_tip(svc, timeout=REMOTE_TIMEOUT)
         except GitError as e:
             # A network blip is not drift of this host; say it, do not page for it.
             rep.notes.append(f"canonical repo not readable: {e.message}")
             return None
     else:
-        info = _repo_info(svc, Git(svc.repo), svc.branch)
+        info = repo_info(svc, Git(svc.repo), svc.branch)
         rep.repo_info = info
         tip = info.tip if info is not None else None
     if tip is None:
         rep.notes.append(f"the canonical repo has no branch {svc.branch}")
     return tip
-
-
-@dataclass(frozen=True)
-class _RepoInfo:
-    """Where git keeps a repo's hooks (core.hooksPath honoured) and a branch tip: one call."""
-
-    common: Path
-    hooks: Path
-    tip: str | None = None
-
-    @property
-    def hooks_overridden(self) -> bool:
-        return os.path.normpath(self.hooks) != os.path.normpath(self.common / "hooks")
-
-
-def _repo_info(svc: ServiceSettings, repo: Git, branch: str | None = None) -> _RepoInfo | None:
-    if not repo.path.is_dir():
-        raise UsageError(f"{svc.name}: repo {repo.path} does not exist; fix service.{svc.name}.repo")
-    fast = _read_repo_info(repo.path, branch)
-    if fast is not None:
-        return fast
-    args = ["rev-parse", "--git-common-dir", "--git-path", "hooks"]
-    if branch is not None:
-        args.append(f"refs/heads/{branch}")  # a bare repo has no files to mistake it for
-    r = repo.run(*args, check=False)
-    lines = r.stdout.splitlines()
-    if len(lines) < 2:
-        raise UsageError(f"{svc.name}: {repo.path} is not a git repository; "
-                         f"fix service.{svc.name}.repo")
-    common, hooks_dir = (Path(x) if os.path.isabs(x) else repo.path / x for x in lines[:2])
-    tip = lines[2] if r.ok and len(lines) > 2 and len(lines[2]) == 40 else None
-    if branch is not None and not r.ok:
-        tip = repo.branch_tip(branch)  # rare: tell "no such branch" from other failures
-    return _RepoInfo(common, hooks_dir, tip)
-
-
-# --- reading a plain repo without starting git --------------------------------------------
-# drift-scan runs over every worktree every hour; on two cores each git process counts
-# (bench/drift_scale.py compares it with a bare `git status` loop). For the common layout — a normal clone or
-# bare repo, loose or packed refs, no core.hooksPath anywhere, no config includes — the hooks
-# folder and a branch tip are plain files. Anything else returns None and git is asked.
-
-_CONFIG_ENV = ("GIT_CONFIG_COUNT", "GIT_CONFIG_PARAMETERS", "GIT_DIR", "GIT_COMMON_DIR")
-
-
-def _config_may_redirect(path: Path) -> bool:
-    try:
-        text = path.read_bytes().lower()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    return b"hookspath" in text or b"[include" in text
-
-
-def _user_configs() -> list[Path]:
-    env = os.environ
-    files = []
-    if env.get("GIT_CONFIG_GLOBAL"):
-        files.append(Path(env["GIT_CONFIG_GLOBAL"]))
-    else:
-        home = Path(env.get("HOME", "/"))
-        files.append(home / ".gitconfig")
-        files.append(Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "git" / "config")
-    if not env.get("GIT_CONFIG_NOSYSTEM"):
-        files.append(Path(env.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig"))
-    return files
-
-
-def _read_repo_info(path: Path, branch: str | None) -> _RepoInfo | None:
-    if any(k in os.environ for k in _CONFIG_ENV):
-        return None
-    gitdir = path / ".git"
-    if not gitdir.exists():
-        gitdir = path  # a bare repo
-    if not gitdir.is_dir() or not (gitdir / "HEAD").is_file() or (gitdir / "commondir").exists() \
-            or (gitdir / "reftable").exists():
-        return None
-    if any(_config_may_redirect(f) for f in [gitdir / "config", *_user_configs()]):
-        return None
-    tip = None
-    if branch is not None:
-        tip = _read_ref(gitdir, f"refs/heads/{branch}")
-        if tip is None:
-            return None  # packed oddly, symbolic, or missing: let git say which
-    return _RepoInfo(gitdir.resolve(), (gitdir / "hooks").resolve(), tip)
-
-
-def _read_ref(gitdir: Path, ref: str) -> str | None:
-    try:
-        loose = (gitdir / ref).read_text().strip()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        loose = ""
-    except OSError:
-        return None
-    if loose:
-        return loose if len(loose) == 40 and all(c in "0123456789abcdef" for c in loose) else None
-    try:
-        with open(gitdir / "packed-refs", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                sha, _, name = line.rstrip("\n").partition(" ")
-                if name == ref and len(sha) == 40:
-                    return sha
-    except FileNotFoundError:
-        pass
-    return None
 
 
 def _relation(svc: ServiceSettings, wt: Git, head: str, tip: str) -> Finding:
@@ -396,7 +292,7 @@ def _fast_hook_states(settings: Settings, svc: ServiceSettings,
 
     if svc.pull_mode or rep.repo_info is None or rep.repo_info.hooks_overridden:
         return None
-    wt = _repo_info(svc, Git(svc.worktree))
+    wt = repo_info(svc, Git(svc.worktree))
     if wt is None or wt.hooks_overridden:
         return None
     states = []
