@@ -93,7 +93,7 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
     names = list(dict.fromkeys(channels if channels is not None else settings.channels_for(service)))
     if not names:
         return NotifyReport([], [], [], [])
-    from opskit.notify.deliver import Courier
+    from opskit.notify.courier import Courier
 
     title = title.strip() if title and title.strip() else None
     # Every row is durable before the first byte goes out: a crash mid-send leaves them
@@ -153,7 +153,7 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
 def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
           retry_for: float | None = None) -> FlushReport:
     """Retry the queue, oldest first, each message exactly once, per-channel order kept."""
-    from opskit.notify.deliver import Courier
+    from opskit.notify.courier import Courier
 
     courier = Courier(settings, journal, clock, retry_for)
     busy = 0
