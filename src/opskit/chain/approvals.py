@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from opskit.chain import decisions
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError, redact
 from opskit.storage.journal import Journal
+from opskit.notify.base import Action
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -257,7 +259,10 @@ def remind_overdue(settings: Settings, journal: Journal, clock: Clock = SYSTEM) 
                f"{row.service}: change #{row.id} ({row.branch} {row.sha[:10]}) has waited {waited} for a human "
                f"({row.cause or 'review asked for one'}).\n"
                f"Decide: `opskit approve {row.id}` or `opskit reject {row.id} --reason \"…\"`",
-               title=f"{row.service}: still waiting for approval", level="warning", event_id=ev.id, clock=clock)
+               title=f"{row.service}: still waiting for approval", level="warning", event_id=ev.id, clock=clock,
+               # The first buttons expired with approval_timeout, exactly when this goes out.
+               actions=decisions.buttons(settings, journal, row.service,
+                                         [("approve", str(row.id)), ("reject", str(row.id))], clock=clock))
         sent += 1
     return sent
 
@@ -269,13 +274,13 @@ def _age(seconds: float) -> str:
 
 
 def notify(settings: Settings, journal: Journal, service: str, message: str, *, title: str, level: str,
-           event_id: int | None, clock: Clock = SYSTEM) -> bool:
+           event_id: int | None, clock: Clock = SYSTEM, actions: Sequence[Action] = ()) -> bool:
     """Through the outbox; a notification problem never undoes a decision. True: delivered."""
     try:
         from opskit import notify as notify_mod
 
         return notify_mod.send(settings, journal, message, title=title, level=level, service=service,
-                               event_id=event_id, clock=clock).ok
+                               event_id=event_id, clock=clock, actions=actions).ok
     except Exception:  # the message stays in the outbox (or the journal says what happened)
         return False
 

@@ -33,6 +33,7 @@ from opskit.storage.journal import Event, Journal
 from opskit.base.lock import ServiceLock
 
 if TYPE_CHECKING:
+    from opskit.notify.base import Action
     from opskit.deploy.revert import RevertResult
 
 Write = Callable[[str], None]
@@ -158,13 +159,14 @@ def new_chain_id(prefix: str = "d") -> str:
 
 # --- helpers shared with revert.py ---------------------------------------------------------
 
-def notify(run: Run, message: str, *, title: str, level: str, event_id: int | None) -> None:
+def notify(run: Run, message: str, *, title: str, level: str, event_id: int | None,
+           actions: Sequence[Action] = ()) -> None:
     """Send through the outbox; a notification problem never stops a rollback."""
     try:
         from opskit import notify as notify_mod
 
         report = notify_mod.send(run.settings, run.journal, text(message), title=text(title), level=level,
-                                 service=run.service, event_id=event_id, clock=run.clock)
+                                 service=run.service, event_id=event_id, clock=run.clock, actions=actions)
         if not report.ok:
             run.say(f"notification queued, not delivered yet ({', '.join(report.queued + report.broken)}); "
                     "`opskit notify --flush` retries it")

@@ -28,12 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opskit.chain import decisions
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, UsageError, redact
 from opskit.git.repo import Git
 from opskit.storage.journal import Journal
 from opskit.base.lock import ServiceLock
+from opskit.notify.base import Action
 from opskit.deploy.pipeline import (
     Run, Write, deliver, deployed_head, fetch_worktree, new_chain_id, notify, short, step_report_interrupted, text,
 )
@@ -246,12 +248,16 @@ def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None,
     run.say(f"✘ rollback failed: {reason}")
     msg = [f"{run.service}: the automatic rollback of {short(bad)} FAILED.", f"Why: {reason}",
            f"Event: #{ev.id} (`opskit events --service {run.service} --type rollback`)"]
+    buttons: list[Action] = []
     if freeze_it:
         freeze(run, reason, ev.id)
         msg.append(f"The service is FROZEN: deploys are refused until `opskit unfreeze {run.service}`.")
+        buttons = decisions.buttons(run.settings, run.journal, run.service, [("unfreeze", run.service)], clock=run.clock)
     else:
         msg.append("The repository and the worktree were left as they were; a human must restore the service.")
-    notify(run, "\n".join(msg), title=f"{run.service}: rollback failed", level="critical", event_id=ev.id)
+    msg.append(f"The story: `opskit incident last --service {run.service}`")
+    notify(run, "\n".join(msg), title=f"{run.service}: rollback failed", level="critical", event_id=ev.id,
+           actions=buttons)
     return RevertResult(service=run.service, ok=False, status=status, reason=reason, exit_code=int(ExitCode.FAILED),
                         bad=bad, reverted=plan.reverted if plan else [], event_id=start_id, plan=plan)
 
@@ -352,7 +358,10 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
         f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
         f"Re-land: fix the cause and push again; the same tree is refused until "
         f"`opskit quarantine release {svc.name} {plan.bad_tree[:12]}`.",
-    ]), title=f"{svc.name}: auto-reverted {short(bad)}", level="error", event_id=done.id)
+        f"The story: `opskit incident last --service {svc.name}`. Hold further deploys: "
+        f"`opskit freeze {svc.name}` (or the Freeze button).",
+    ]), title=f"{svc.name}: auto-reverted {short(bad)}", level="error", event_id=done.id,
+        actions=decisions.buttons(run.settings, run.journal, svc.name, [("freeze", svc.name)], clock=run.clock))
     return result
 
 
@@ -390,7 +399,10 @@ def _restore_last_good(run: Run, canon: Git, *, bad: str, good: str, reason: str
         f"Now live: {short(good)} (the last good deploy)" + (", healthy." if not no_deploy else ", NOT redeployed."),
         f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
         f"The branch was not changed ({short(bad)} is not new work on {svc.branch}).",
-    ]), title=f"{svc.name}: rolled back {short(bad)}", level="error", event_id=done.id)
+        f"The story: `opskit incident last --service {svc.name}`. Hold further deploys: "
+        f"`opskit freeze {svc.name}` (or the Freeze button).",
+    ]), title=f"{svc.name}: rolled back {short(bad)}", level="error", event_id=done.id,
+        actions=decisions.buttons(run.settings, run.journal, svc.name, [("freeze", svc.name)], clock=run.clock))
     return result
 
 

@@ -27,7 +27,7 @@ BACKOFF_MAX = 8.0
 MIN_ATTEMPT_TIMEOUT = 1.0
 CLAIM_REFRESH = 60.0  # well inside outbox.CLAIM_STALE
 KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",
-         "ntfy": "ntfy", "apprise": "apprise_"}
+         "ntfy": "ntfy", "apprise": "apprise_", "telegram": "telegram"}
 
 
 @dataclass

@@ -15,6 +15,7 @@ holder.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from opskit.base.clock import Clock, iso, parse_iso
 from opskit.base.errors import redact
 from opskit.storage.journal import Journal
 from opskit.base.proc import pid_alive
-from opskit.notify.base import Message
+from collections.abc import Sequence
+
+from opskit.notify.base import Action, Message
 
 # A live process that has not touched its claim for this long is assumed hung (or its
 # pid was reused) and its rows are taken over.
@@ -49,6 +52,7 @@ class Row:
     claimed_at: str | None
     delivered: str | None
     remote_id: str | None
+    actions: str | None = None  # JSON [[label, token], ...]: the buttons of an actionable message
 
     @classmethod
     def of(cls, r: sqlite3.Row) -> Row:
@@ -57,7 +61,8 @@ class Row:
     def as_message(self) -> Message:
         return Message(outbox_id=self.id, channel=self.channel, level=self.level, title=self.title,
                        text=self.message, service=self.service, event_id=self.event_id,
-                       created=self.created)
+                       created=self.created,
+                       actions=tuple(Action(str(a), str(t)) for a, t in json.loads(self.actions or "[]")))
 
 
 def held_elsewhere(row: Row, now: dt.datetime) -> bool:
@@ -94,7 +99,7 @@ def _get(c: sqlite3.Connection, ids: list[int]) -> list[Row]:
 
 
 def enqueue(journal: Journal, clock: Clock, channel: str, *, level: str, title: str | None,
-            message: str, service: str | None, event_id: int | None) -> int:
+            message: str, service: str | None, event_id: int | None, actions: Sequence[Action] = ()) -> int:
     """Write a new message, queued, and return its id: durable before anything is sent.
 
     Nothing is claimed here: the caller claims the channel (claim_channel with fresh=id)
@@ -102,9 +107,10 @@ def enqueue(journal: Journal, clock: Clock, channel: str, *, level: str, title: 
     """
     with journal.tx() as c:
         cur = c.execute(
-            "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued')",
-            (channel, iso(clock.now()), level, title, message, service, event_id))
+            "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status, actions) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+            (channel, iso(clock.now()), level, title, message, service, event_id,
+             json.dumps([[a.label, a.token] for a in actions]) if actions else None))
     new_id = cur.lastrowid
     assert new_id is not None
     return new_id
