@@ -18,7 +18,8 @@ from tests.conftest import RunOpskit
 
 FACTS = ["hooks_installed", "first_deploy_healthy", "push_showed_loop", "tested_and_reviewed", "merged_by_opskit",
          "gate_failed_refused", "tip_is_revert", "worktree_at_revert", "service_healthy", "notified", "one_chain",
-         "events_in_order", "repush_quarantined", "secret_kept", "under_a_minute", "cleaned_up"]
+         "events_in_order", "repush_quarantined", "secret_kept", "under_a_minute", "approved_by_tap", "incident_story",
+         "cleaned_up"]
 # The loop's shape in the timeline: the developer pushes a feature branch, opskit does the rest.
 LOOP = ("push.received", "test.pass", "review.pass", "merge.complete", "deploy.complete", "health.fail",
         "rollback.start", "health.pass", "rollback.complete", "notify.sent", "lockdown.blocked")

@@ -53,6 +53,7 @@ _ONE_LINE = {
     "health-gate": "Probe a service until there is a verdict: healthy or not.",
     "deploy": "Run the pipeline: deploy, gate, auto-revert on failure.",
     "auto-revert": "Revert a bad deploy, land it, redeploy, re-gate, notify.",
+    "freeze": "Hold every deploy of a service until unfreeze.",
     "unfreeze": "Allow deploys again after a failed rollback froze the service.",
     "verify-push": "Prove that a push landed, by asking the remote itself.",
     "drift-scan": "Find dirty or bypassed production state (--heal restores).",
@@ -69,6 +70,8 @@ _ONE_LINE = {
     "status": "One screen: what runs where, and is it all right.",
     "doctor": "Check the set-up and say what to fix.",
     "demo": "The whole self-healing loop in a throw-away sandbox.",
+    "inbox": "Apply the decisions tapped on a phone, each exactly once.",
+    "incident": "Tell a deploy incident as a story, with its downtime.",
 }
 
 

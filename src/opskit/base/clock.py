@@ -64,6 +64,14 @@ def iso(when: dt.datetime) -> str:
     return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def iso_precise(when: dt.datetime) -> str:
+    """The same instant to the microsecond: 2026-04-26T03:57:27.120431Z (events.ts_precise).
+
+    The journal's `ts` keeps the whole-second form: readers compare it as text, and a
+    fraction there would sort 03:57:27.5Z before 03:57:27Z and drop it from `--since`."""
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_iso(text: str) -> dt.datetime:
     when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if when.tzinfo is None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from opskit.base.errors import ConfigError, register_secret
 
-CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise")
+CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise", "telegram")
 LEVELS = ("info", "warning", "error", "critical")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # A service, channel or job name: it becomes a file name, a lock name and a crontab word.
@@ -79,6 +79,17 @@ class ChannelSettings:
     timeout: float = 10.0  # one request
     retry_for: float = 15.0  # transient failures are retried inside this budget
     username: str | None = None  # discord/slack display name
+    # Channels a decision can come back through (opskit inbox): telegram's bot, ntfy's reply topic.
+    chat_id: str | None = None  # telegram: the chat the bot writes to
+    allowed_users: tuple[int, ...] = ()  # telegram: numeric user ids whose taps count
+    api_url: str | None = None  # telegram: Bot API server (default the public one)
+    reply_url: Secret | None = None  # ntfy: the topic the buttons publish decisions to
+    reply_token: Secret | None = None  # ntfy: a credential that can only write reply_url
+
+    @property
+    def actionable(self) -> bool:
+        """Does a tap on this channel come back to `opskit inbox`?"""
+        return self.type == "telegram" or (self.type == "ntfy" and self.reply_url is not None)
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class CronSettings:
     notify_flush: str = "*/5 * * * *"
     cron_check: str = "*/5 * * * *"
     deploy: str = "* * * * *"
+    inbox: str = "* * * * *"  # only installed when a channel carries decisions back
     user: str | None = None  # crontab -u USER (root only); default: the user running opskit
 
 
@@ -408,7 +420,8 @@ class _Parser:
 
         cron = CronSettings(**self.table("cron", data.get("cron", {}), {
             "drift_scan": self.cron_expr, "notify_flush": self.cron_expr,
-            "cron_check": self.cron_expr, "deploy": self.cron_expr, "user": self.nonempty,
+            "cron_check": self.cron_expr, "deploy": self.cron_expr, "inbox": self.cron_expr,
+            "user": self.nonempty,
         }))
 
         jobs: dict[str, JobSettings] = {}
@@ -453,11 +466,15 @@ class _Parser:
             "type": self.choice(*CHANNEL_TYPES), "url": self.secret, "command": self.nonempty,
             "token": self.secret, "topic": self.nonempty, "fallback": self.nonempty,
             "timeout": self.positive, "retry_for": self.positive, "username": self.nonempty,
+            "chat_id": self.chat_id, "allowed_users": self.user_ids, "api_url": self.nonempty,
+            "reply_url": self.secret, "reply_token": self.secret,
         })
         kind = fields.get("type")
         if kind is None:
             raise self.fail(f"{key}.type", "is missing", f"add type = one of {', '.join(CHANNEL_TYPES)}")
-        if kind == "command":
+        if kind == "telegram":
+            self.telegram(key, fields)
+        elif kind == "command":
             if "command" not in fields:
                 raise self.fail(f"{key}.command", "is missing", 'add command = "…" (the message arrives on stdin)')
         elif "url" not in fields:
@@ -469,6 +486,29 @@ class _Parser:
         if fields.get("fallback") == name:
             raise self.fail(f"{key}.fallback", "names the channel itself", "name another channel or remove it")
         return ChannelSettings(name=name, **fields)
+
+    def telegram(self, key: str, fields: dict[str, Any]) -> None:
+        for required, example in (("token", '"${TELEGRAM_TOKEN}" (from @BotFather)'),
+                                  ("chat_id", '"-1001234567890" (see the README: approve from your phone)')):
+            if required not in fields:
+                raise self.fail(f"{key}.{required}", "is missing", f"add {required} = {example}")
+        if "api_url" in fields and check_url(fields["api_url"]):
+            raise self.fail(f"{key}.api_url", "is not an http(s) URL", "use https://api.telegram.org or your Bot API server")
+
+    def chat_id(self, key: str, value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        text = self.nonempty(key, value)
+        if not (text.lstrip("-").isdigit() or text.startswith("@")):
+            raise self.fail(key, f"{text!r} is not a chat id", 'use the numeric id, e.g. -1001234567890, or "@channelname"')
+        return text
+
+    def user_ids(self, key: str, value: Any) -> tuple[int, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                  for v in value):
+            raise self.fail(key, f"expected a list of numeric Telegram user ids, got {_typename(value)}",
+                            "write e.g. allowed_users = [123456789] (ask @userinfobot for yours)")
+        return tuple(value)
 
     def service(self, name: str, raw: Any) -> ServiceSettings:
         key = f"service.{name}"

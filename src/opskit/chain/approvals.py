@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from opskit.notify import decisions
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.config import Settings
 from opskit.base.actor import who
@@ -27,6 +28,7 @@ from opskit.base.errors import OpsError, UsageError, redact
 from opskit.base.text import printable
 from opskit.notify.announce import announce
 from opskit.storage.journal import Journal
+from opskit.notify.base import Action
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -243,7 +245,10 @@ def remind_overdue(settings: Settings, journal: Journal, clock: Clock = SYSTEM) 
                f"{row.service}: change #{row.id} ({row.branch} {row.sha[:10]}) has waited {waited} for a human "
                f"({row.cause or 'review asked for one'}).\n"
                f"Decide: `opskit approve {row.id}` or `opskit reject {row.id} --reason \"…\"`",
-               title=f"{row.service}: still waiting for approval", level="warning", event_id=ev.id, clock=clock)
+               title=f"{row.service}: still waiting for approval", level="warning", event_id=ev.id, clock=clock,
+               # The first buttons expired with approval_timeout, exactly when this goes out.
+               actions=decisions.buttons(settings, journal, row.service,
+                                         [("approve", str(row.id)), ("reject", str(row.id))], clock=clock))
         sent += 1
     return sent
 
@@ -255,10 +260,10 @@ def _age(seconds: float) -> str:
 
 
 def notify(settings: Settings, journal: Journal, service: str, message: str, *, title: str, level: str,
-           event_id: int | None, clock: Clock = SYSTEM) -> bool:
+           event_id: int | None, clock: Clock = SYSTEM, actions: Sequence[Action] = ()) -> bool:
     """Through the outbox; a notification problem never undoes a decision. True: delivered."""
     return announce(settings, journal, message, title=title, level=level, service=service, event_id=event_id,
-                    clock=clock)
+                    clock=clock, actions=actions)
 
 
 __all__: Sequence[str] = ["Parked", "park", "get", "pending", "decide", "mark", "reopen", "supersede", "reject",

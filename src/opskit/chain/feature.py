@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opskit.chain import decision_text
+from opskit.notify import decisions
 from opskit.base import proc
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import ServiceSettings, Settings
@@ -366,14 +368,14 @@ def _park(ctx: _Ctx, cause: str, tail: str, review: dict[str, Any] | None = None
     approvals.set_event(run.journal, row.id, ev.id)
     run.say(f"⏸ parked as change #{row.id}: {cause}")
     run.say(f"  decide: opskit approve {row.id}   |   opskit reject {row.id} --reason \"…\"")
-    lines = [f"{svc.name}: {printable(ctx.branch)} ({short(ctx.head)}) waits for a human: {cause}.",
-             f"Change #{row.id}, chain {run.chain}."]
-    if tail.strip():
-        lines.append("Last lines:\n" + _short_tail(tail))
+    lines = decision_text.parked(run.journal, ctx.bare, service=svc.name, branch=printable(ctx.branch), head=ctx.head,
+                                 base=ctx.base, cause=cause, approval_id=row.id, chain=run.chain, tail=tail)
     lines += [f"Approve (merge and deploy): `opskit approve {row.id}`",
               f"Reject: `opskit reject {row.id} --reason \"…\"`"]
-    announce_run(run, "\n".join(lines), title=f"{svc.name}: approval needed ({printable(ctx.branch)})", level="warning",
-           event_id=ev.id)
+    buttons = decisions.buttons(run.settings, run.journal, svc.name,
+                                [("approve", str(row.id)), ("reject", str(row.id))], clock=run.clock)
+    announce_run(run, "\n".join(lines), title=f"{svc.name}: approval needed ({printable(ctx.branch)})",
+                 level="warning", event_id=ev.id, actions=buttons)
     ctx.extra["approval"] = row.id
     ctx.stop("parked", f"waiting for a human as change #{row.id}: {cause}", ExitCode.OK, ok=True)
 

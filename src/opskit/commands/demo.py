@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         took = result.timings.get("total", 0.0)
         if result.ok:
             con.print(f"✔ the loop worked: {len(result.facts)} facts checked in {took:.0f}s; "
-                      "no human was involved.", style="bold green", markup=False, highlight=False)
+                      "no human was needed to heal it, and one tap was enough to approve.", style="bold green", markup=False, highlight=False)
         else:
             names = ", ".join(f.name for f in result.failed)
             con.print(f"✘ the loop did NOT work: {names} (see above)", style="bold red", markup=False,

@@ -62,6 +62,26 @@ def register(app: typer.Typer) -> None:
             print(f"{service}: {result.status}: {result.reason}")
         _common.exit_with(result.exit_code)
 
+    @app.command("freeze")
+    def freeze(
+        service: str = typer.Argument(..., help="Service name from opskit.toml."),
+        reason: str = typer.Option(None, "--reason", help="Why; shown to whoever tries to deploy."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    ) -> None:
+        """Hold every deploy of SERVICE until `opskit unfreeze` (the Freeze button does the same).
+
+        Example: opskit freeze primerouter --reason "investigating the 03:57 revert"
+        """
+        from opskit.chain import approvals
+        from opskit.deploy.freeze import freeze_by_hand
+
+        event = freeze_by_hand(_common.settings(), _common.journal(), service, by=approvals.who(), reason=reason)
+        if as_json:
+            _common.print_json({"service": service, "frozen": True, "event_id": event, "already": event is None})
+        elif event is None:
+            print(f"{service}: frozen already; nothing to do")
+        _common.exit_with(0)
+
     @app.command("unfreeze")
     def unfreeze(
         service: str = typer.Argument(..., help="Service name from opskit.toml."),

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit --config /etc/opskit/opskit.toml doctor
         """
-        from opskit.wiring.doctor import run_checks
+        from opskit.views.doctor import run_checks
 
         checks = run_checks(_common.settings())
         failed = [c for c in checks if not c.ok and c.severity == "error"]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from opskit.demo import tap as demo_tap
 from opskit.base import proc
 from opskit.base.config import HealthSettings
 from opskit.base.errors import ExitCode, OpsError, redact, register_secret
@@ -187,6 +188,8 @@ class Sandbox:
     env: dict[str, str]
     receiver: Receiver | None = None
     repos: Repos | None = None
+    bot: Receiver | None = None  # the Telegram Bot API stand-in (its own, so Discord's count stays exact)
+    bot_token: str = ""
 
     @property
     def pidfile(self) -> Path:
@@ -256,7 +259,7 @@ def config_text(sb: Sandbox, repos: Repos) -> str:
 # opskit.toml for the demo sandbox: the keys the README documents.
 [opskit]
 state_dir = {q(sb.state_dir)}   # the demo's own journal, not yours
-notify = ["ops"]
+notify = ["ops", "phone"]
 
 [notify.ops]
 type = "discord"
@@ -288,7 +291,7 @@ failures = {h['failures']}
 startup = {h['startup']}
 expect_status = [200]
 expect_body = "ok"
-"""
+""" + (demo_tap.telegram_toml(sb.bot.url("telegram")) if sb.bot is not None else "")
 
 
 TEST_PY = '''\
@@ -312,6 +315,7 @@ REVIEW_SH = """\
 # primerouter's review gate, run by opskit on the pushed range: 0 approves, 1 rejects, 3 asks a human.
 echo "reviewing $OPSKIT_BRANCH ($OPSKIT_RANGE)"
 git diff --stat "$OPSKIT_RANGE" --
+case "$OPSKIT_BRANCH" in *-ask-human) echo "this one needs a human"; exit 3;; esac
 exit 0
 """
 FIRST_FILES = {
@@ -341,7 +345,8 @@ def _setup(sb: Sandbox, out: _Redacted, result: DemoResult) -> None:
     out.info(f"service:          {sb.health_url} (started by the deploy command)")
     sb.config.parent.mkdir(parents=True, exist_ok=True)
     sb.config.write_text(config_text(sb, repos))
-    (sb.config.parent / ".env").write_text(f"OPSKIT_DEMO_WEBHOOK_URL={sb.webhook_url}\n")
+    (sb.config.parent / ".env").write_text(f"OPSKIT_DEMO_WEBHOOK_URL={sb.webhook_url}\n"
+                                           f"{demo_tap.BOT_TOKEN_ENV}={sb.bot_token}\n")
     out.info(f"config:           {sb.config} (+ .env)")
 
     out.info(f"$ opskit hooks install {SERVICE}")
@@ -452,7 +457,9 @@ def _describe_event(ev: Event) -> str:
     if ev.type == "rollback.complete":
         return f"rollback.complete: {str(d.get('revert', ''))[:10]} live, human involvement zero"
     if ev.type == "notify.sent":
-        return f"notify.sent: Discord message delivered (channel {d.get('channel', '?')})"
+        kind = {"telegram": "Telegram", "ntfy": "ntfy", "slack": "Slack", "webhook": "webhook"}.get(
+            str(d.get("kind", "")), "Discord")
+        return f"notify.sent: {kind} message delivered (channel {d.get('channel', '?')})"
     if ev.type == "lockdown.blocked":
         return f"lockdown.blocked: re-push refused ({d.get('rule', '')})"
     return f"{ev.type}: {summarize(d, 70)}"
@@ -725,9 +732,11 @@ def _strays(pidfile: Path) -> list[int]:
 def _cleanup(sb: Sandbox, keep: bool) -> list[str]:
     """Stop everything the demo started; remove the sandbox unless kept. Problems, if any."""
     problems: list[str] = []
-    if sb.receiver is not None:
+    for rcv in (sb.receiver, sb.bot):
+        if rcv is None:
+            continue
         try:
-            sb.receiver.stop()
+            rcv.stop()
         except Exception as e:
             problems.append(f"receiver: {e}")
     try:
@@ -765,17 +774,22 @@ def run_demo(*, keep: bool = False, out: Narrator | None = None, parent: str | N
             sb.webhook_url = (f"http://127.0.0.1:{sb.receiver.port}/discord/"
                               f"{secrets.randbelow(10**18)}/{secrets.token_urlsafe(32)}")
             register_secret(sb.webhook_url)
+            sb.bot = Receiver.start()
+            sb.bot_token = f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(26)}"
+            register_secret(sb.bot_token)
             sb.env = _environment(root, state_dir, sb.webhook_url)
+            sb.env[demo_tap.BOT_TOKEN_ENV] = sb.bot_token
             _setup(sb, say, result)
             result.timings["setup_and_first_deploy"] = time.monotonic() - started
             head, lines, push = _incident(sb, say, result)
             _check(sb, say, result, head, lines, push)
+            demo_tap.run(sb, say, result, fact=_fact, service=SERVICE, branch=BRANCH)
         except _Stop:
             pass
         except OpsError as e:
             _fact(say, result, "demo_ran", False, f"the demo could not go on: {e.message}")
         if result.timeline:
-            say.step("7. Timeline (seconds since the push)")
+            say.step("9. Timeline (seconds since the push)")
             say.timeline(result.timeline)
     except KeyboardInterrupt:
         say.info("interrupted: stopping the service and the receiver"

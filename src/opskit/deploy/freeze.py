@@ -1,16 +1,19 @@
-"""Freeze: when a revert fails too, the service takes no more deploys until a human says so.
+"""Freeze: the service takes no more deploys until a human says `opskit unfreeze`.
 
-Read here only: the pipeline refuses while frozen, pre-receive's lockdown and `status` show it.
+Set when a revert fails too, or by hand (`opskit freeze`, the Freeze button on an
+auto-revert's notification). Read once, `Journal.frozen`: the pipeline refuses while frozen,
+pre-receive's lockdown and `status` show it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from opskit.base.actor import who as acting
-from opskit.base.clock import iso
+from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import Settings
-from opskit.deploy.run import Run
+from opskit.deploy.run import Run, new_chain_id
 from opskit.storage.journal import Journal
 
 
@@ -32,3 +35,14 @@ def unfreeze(settings: Settings, journal: Journal, service: str, who: str | None
     journal.kv_delete("frozen", service)
     journal.append("service.unfrozen", service, {"who": who, "was": was})
     return was
+
+
+def freeze_by_hand(settings: Settings, journal: Journal, service: str, *, by: str, reason: str | None = None,
+                   clock: Clock = SYSTEM, write: Callable[[str], None] = print) -> int | None:
+    """`opskit freeze` and the Freeze button: the service.frozen event id, or None when it was
+    frozen already."""
+    svc = settings.service(service)
+    if journal.frozen(service) is not None:
+        return None
+    run = Run(settings=settings, journal=journal, svc=svc, chain=new_chain_id(), clock=clock, write=write)
+    return freeze(run, f"frozen by {by}" + (f": {reason}" if reason else ""), None)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit.base.clock import SYSTEM, Clock
+from opskit.base.clock import SYSTEM, Clock, iso_precise
 from opskit.base.config import HealthSettings, check_hostport, check_url
 from opskit.base.errors import UsageError, redact
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 # Floating-point slack when comparing elapsed time with a deadline the loop aimed at exactly.
 _EPS = 1e-6
+PROBE_LOG_MAX = 120  # probes kept in a health event (the first and last half of a long gate)
 # Enough of a body to match `expect_body` against without reading a megabyte page.
 _BODY_LIMIT = 64 * 1024
 
@@ -353,8 +354,13 @@ def gate(spec: HealthSettings, *, journal: Journal, service: str | None = None,
          on_probe: Callable[[ProbeResult], None] | None = None,
          cwd: Path | None = None) -> Verdict:
     """run_gate() and journal health.pass / health.fail; sets verdict.event_id."""
+    started = clock.now()
     verdict = run_gate(spec, clock=clock, on_probe=on_probe, cwd=cwd)
     failed = sum(1 for p in verdict.probes if not p.ok)
+    # When each probe ran and what it said, so `opskit incident` can tell downtime from the
+    # probes themselves (first failed → first healthy), not from the events around them.
+    shown = verdict.probes if len(verdict.probes) <= PROBE_LOG_MAX else \
+        verdict.probes[:PROBE_LOG_MAX // 2] + verdict.probes[-PROBE_LOG_MAX // 2:]
     event = journal.append(
         "health.pass" if verdict.healthy else "health.fail",
         service,
@@ -369,6 +375,8 @@ def gate(spec: HealthSettings, *, journal: Journal, service: str | None = None,
             "failures": spec.failures,
             "period": spec.period,
             "timeout": spec.timeout,
+            "started": iso_precise(started),
+            "probe_log": [[round(p.at, 3), p.ok, p.detail] for p in shown],
         },
         chain=chain,
         sha=sha,

@@ -39,6 +39,8 @@ from opskit.git.land import canonical, land_commit, local_tip
 from opskit.git.repo import Git
 from opskit.git.worktree import deployed_head
 from opskit.storage.journal import Journal
+from opskit.notify import decisions
+from opskit.notify.base import Action
 
 _TRAILER = re.compile(r"(?m)^Opskit-Reverts:\s*[0-9a-f]{7,40}\s*$")
 
@@ -196,12 +198,16 @@ def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None,
     run.say(f"✘ rollback failed: {reason}")
     msg = [f"{run.service}: the automatic rollback of {short(bad)} FAILED.", f"Why: {reason}",
            f"Event: #{ev.id} (`opskit events --service {run.service} --type rollback`)"]
+    buttons: list[Action] = []
     if freeze_it:
         freeze(run, reason, ev.id)
         msg.append(f"The service is FROZEN: deploys are refused until `opskit unfreeze {run.service}`.")
+        buttons = decisions.buttons(run.settings, run.journal, run.service, [("unfreeze", run.service)], clock=run.clock)
     else:
         msg.append("The repository and the worktree were left as they were; a human must restore the service.")
-    announce_run(run, "\n".join(msg), title=f"{run.service}: rollback failed", level="critical", event_id=ev.id)
+    msg.append(f"The story: `opskit incident last --service {run.service}`")
+    announce_run(run, "\n".join(msg), title=f"{run.service}: rollback failed", level="critical", event_id=ev.id,
+                 actions=buttons)
     return RevertResult(service=run.service, ok=False, status=status, reason=reason, exit_code=int(ExitCode.FAILED),
                         bad=bad, reverted=plan.reverted if plan else [], event_id=start_id, plan=plan)
 
@@ -284,7 +290,10 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
         f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
         f"Re-land: fix the cause and push again; the same tree is refused until "
         f"`opskit quarantine release {svc.name} {plan.bad_tree[:12]}`.",
-    ]), title=f"{svc.name}: auto-reverted {short(bad)}", level="error", event_id=done.id)
+        f"The story: `opskit incident last --service {svc.name}`. Hold further deploys: "
+        f"`opskit freeze {svc.name}` (or the Freeze button).",
+    ]), title=f"{svc.name}: auto-reverted {short(bad)}", level="error", event_id=done.id,
+        actions=decisions.buttons(run.settings, run.journal, svc.name, [("freeze", svc.name)], clock=run.clock))
     return result
 
 
@@ -322,7 +331,10 @@ def _restore_last_good(run: Run, canon: Git, *, bad: str, good: str, reason: str
         f"Now live: {short(good)} (the last good deploy)" + (", healthy." if not no_deploy else ", NOT redeployed."),
         f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
         f"The branch was not changed ({short(bad)} is not new work on {svc.branch}).",
-    ]), title=f"{svc.name}: rolled back {short(bad)}", level="error", event_id=done.id)
+        f"The story: `opskit incident last --service {svc.name}`. Hold further deploys: "
+        f"`opskit freeze {svc.name}` (or the Freeze button).",
+    ]), title=f"{svc.name}: rolled back {short(bad)}", level="error", event_id=done.id,
+        actions=decisions.buttons(run.settings, run.journal, svc.name, [("freeze", svc.name)], clock=run.clock))
     return result
 
 

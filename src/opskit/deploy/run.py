@@ -17,6 +17,7 @@ from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, redact
 from opskit.base.text import printable
 from opskit.notify.announce import announce
+from opskit.notify.base import Action
 from opskit.storage.journal import Event, Journal
 
 if TYPE_CHECKING:
@@ -130,10 +131,11 @@ def new_chain_id(prefix: str = "d") -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-def announce_run(run: Run, message: str, *, title: str, level: str, event_id: int | None) -> None:
+def announce_run(run: Run, message: str, *, title: str, level: str, event_id: int | None,
+                 actions: Sequence[Action] = ()) -> None:
     """Tell the owner about this run; what could not be delivered is said to the pusher."""
     announce(run.settings, run.journal, message, title=title, level=level, service=run.service,
-             event_id=event_id, clock=run.clock, warn=run.say)
+             event_id=event_id, clock=run.clock, warn=run.say, actions=actions)
 
 
 def mark_notified(e: BaseException) -> None:

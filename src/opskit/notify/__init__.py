@@ -18,6 +18,7 @@ from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import LEVELS, Settings
 from opskit.base.errors import UsageError
 from opskit.storage.journal import Journal
+from opskit.notify.base import Action
 from opskit.storage import outbox
 
 __all__ = ["FlushReport", "NotifyReport", "broken_channels", "flush", "outbox_summary", "send", "show"]
@@ -83,11 +84,13 @@ def _check(settings: Settings, message: str, level: str, channels: Sequence[str]
 
 def send(settings: Settings, journal: Journal, message: str, *, title: str | None = None,
          level: str = "info", service: str | None = None, channels: Sequence[str] | None = None,
-         event_id: int | None = None, clock: Clock = SYSTEM, retry_for: float | None = None) -> NotifyReport:
+         event_id: int | None = None, clock: Clock = SYSTEM, retry_for: float | None = None,
+         actions: Sequence[Action] = ()) -> NotifyReport:
     """Write the message to the outbox for each channel, then deliver it.
 
     channels None → settings.channels_for(service); none configured → journal-only, an
     empty report with ok True. A channel's older queue is delivered first, in order.
+    `actions` (decision buttons) go only to channels whose taps come back to `opskit inbox`.
     """
     _check(settings, message, level, channels)
     names = list(dict.fromkeys(channels if channels is not None else settings.channels_for(service)))
@@ -99,7 +102,9 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
     # Every row is durable before the first byte goes out: a crash mid-send leaves them
     # for the next flush.
     new_ids = [outbox.enqueue(journal, clock, name, level=level, title=title, message=message,
-                              service=service, event_id=event_id) for name in names]
+                              service=service, event_id=event_id,
+                              actions=[(a.label, a.token) for a in actions] if settings.channels[name].actionable else ())
+               for name in names]
     courier = Courier(settings, journal, clock, retry_for, fresh=set(new_ids))
     for name, new_id in zip(names, new_ids, strict=True):
         # Claimed only now, not up front: a slow earlier channel (minutes of 429s) must not

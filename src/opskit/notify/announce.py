@@ -9,23 +9,26 @@ message is journaled already and the caller's own work must go on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from opskit.base.clock import Clock
 from opskit.base.config import Settings
 from opskit.base.errors import redact
 from opskit.base.text import printable
 from opskit.notify import send
+from opskit.notify.base import Action
 from opskit.storage.journal import Journal
 
 
 def announce(settings: Settings, journal: Journal, message: str, *, title: str, level: str,
              service: str | None, event_id: int | None, clock: Clock | None = None,
-             retry_for: float | None = None, warn: Callable[[str], None] | None = None) -> bool:
+             retry_for: float | None = None, warn: Callable[[str], None] | None = None,
+             actions: Sequence[Action] = ()) -> bool:
     """Queue and send; True when every channel has it. Never raises."""
     try:
         report = send(settings, journal, printable(message), title=printable(title), level=level,
-                      service=service, event_id=event_id, clock=clock or journal.clock, retry_for=retry_for)
+                      service=service, event_id=event_id, clock=clock or journal.clock, retry_for=retry_for,
+                      actions=actions)
     except Exception as e:  # a bug in a channel, a journal that cannot be written
         _warn(warn, f"notification not sent ({printable(title)}): {redact(f'{type(e).__name__}: {e}')[:200]}")
         return False

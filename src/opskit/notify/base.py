@@ -36,6 +36,14 @@ Kind = Literal["delivered", "transient", "permanent"]
 
 
 @dataclass(frozen=True)
+class Action:
+    """A button that carries a decision back (`opskit inbox`): its label and signed token."""
+
+    label: str
+    token: str
+
+
+@dataclass(frozen=True)
 class Message:
     """One outbox row as a channel sees it."""
 
@@ -47,6 +55,7 @@ class Message:
     service: str | None
     event_id: int | None
     created: str
+    actions: tuple[Action, ...] = ()  # only on channels whose taps come back (telegram, ntfy reply_url)
 
     @property
     def emoji(self) -> str:
@@ -125,11 +134,18 @@ def clip(text: str, limit: int) -> str:
 def post(url: str, *, timeout: float, json_body: Any = None, content: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[Outcome, httpx.Response | None]:
     """POST and classify the answer. The response is returned for a delivered outcome."""
+    return request("POST", url, timeout=timeout, json_body=json_body, content=content, headers=headers)
+
+
+def request(method: str, url: str, *, timeout: float, json_body: Any = None, content: bytes | None = None,
+            headers: dict[str, str] | None = None,
+            params: dict[str, str] | None = None) -> tuple[Outcome, httpx.Response | None]:
+    """Any method, classified as post() does (`opskit inbox` GETs ntfy's reply topic)."""
     import httpx  # imported on the send path only: hooks and --help stay fast
 
     try:
-        resp = _client().post(url, json=json_body, content=content, headers=headers, timeout=timeout,
-                              follow_redirects=False)
+        resp = _client().request(method, url, json=json_body, content=content, headers=headers, timeout=timeout,
+                                 params=params, follow_redirects=False)
     except httpx.TimeoutException:
         return Outcome.transient(f"timed out after {timeout:.1f}s"), None
     except httpx.ConnectError as e:

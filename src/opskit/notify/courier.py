@@ -12,6 +12,7 @@ event; no URL or token ever does.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import importlib
 from dataclasses import dataclass, field
 
@@ -20,14 +21,14 @@ from opskit.base.config import ChannelSettings, Settings
 from opskit.base.errors import redact
 from opskit.storage.journal import Journal
 from opskit.storage import outbox
-from opskit.notify.base import Message, Outcome
+from opskit.notify.base import Action, Message, Outcome
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
 MIN_ATTEMPT_TIMEOUT = 1.0
 CLAIM_REFRESH = 60.0  # well inside outbox.CLAIM_STALE
 KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",
-         "ntfy": "ntfy", "apprise": "apprise_"}
+         "ntfy": "ntfy", "apprise": "apprise_", "telegram": "telegram"}
 
 
 @dataclass
@@ -93,7 +94,8 @@ class Courier:
         delay = BACKOFF_START
         attempts = 0
         msg = Message(outbox_id=row.id, channel=row.channel, level=row.level, title=row.title, text=row.message,
-                      service=row.service, event_id=row.event_id, created=row.created)
+                      service=row.service, event_id=row.event_id, created=row.created,
+                      actions=tuple(Action(str(a), str(t)) for a, t in json.loads(row.actions or "[]")))
         while True:
             if row.id not in outbox.touch(self.journal, self.clock, claimed):
                 return None, attempts, None

@@ -11,6 +11,7 @@ import base64
 from opskit.base.config import ChannelSettings
 from opskit.notify.base import Message, Outcome, post
 
+ACTIONS_MAX = 3  # ntfy refuses a message with more
 PRIORITY = {"info": "3", "warning": "4", "error": "4", "critical": "5"}
 TAGS = {"info": "information_source", "warning": "warning", "error": "red_circle",
         "critical": "rotating_light"}
@@ -30,7 +31,20 @@ def headers(ch: ChannelSettings, msg: Message) -> dict[str, str]:
          "Tags": ",".join(t for t in (TAGS.get(msg.level), msg.service) if t)}
     if ch.token is not None:
         h["Authorization"] = f"Bearer {ch.token.reveal()}"
+    actions = action_header(ch, msg)
+    if actions:
+        h["Actions"] = actions
     return h
+
+
+def action_header(ch: ChannelSettings, msg: Message) -> str | None:
+    """ntfy's short action form: each button POSTs its token to the reply topic with the
+    reply credential, which can write only that topic (the phone holds it, not opskit's)."""
+    if ch.reply_url is None or not msg.actions:
+        return None
+    auth = f", headers.Authorization=Bearer {ch.reply_token.reveal()}" if ch.reply_token is not None else ""
+    return "; ".join(f"http, {a.label}, {ch.reply_url.reveal()}, method=POST{auth}, body={a.token}, clear=true"
+                     for a in msg.actions[:ACTIONS_MAX])
 
 
 def deliver(ch: ChannelSettings, msg: Message, timeout: float) -> Outcome:

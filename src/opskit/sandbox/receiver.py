@@ -9,7 +9,10 @@ Discord in production bounces off here too:
   with Discord's error JSON. ``wait=true`` answers 200 with the message (``id``), else 204.
 - Slack ``POST /slack/...``: needs ``text`` or ``blocks`` (else 400 ``no_text``), answers
   200 ``ok``; text over 40,000 chars is truncated, as Slack does.
-- ``POST /webhook/...`` and ``POST /ntfy/<topic>`` accept anything.
+- ``POST /webhook/...`` accepts anything.
+- ntfy under ``/ntfy`` and the Telegram Bot API under ``/telegram/bot<token>/<method>``,
+  with the rules in sandbox/botapi.py (``r.ntfy``, ``r.telegram``; ``r.telegram.tap(...)``
+  is a person tapping a button). ``advance(s)`` moves their clock (ntfy's 12 h cache).
 
 Faults on demand: ``fail_next(n, status, retry_after)``, ``hang_next(n)``, ``hang()``, ``slow(s)``,
 ``set_failure_rate(p, seed)`` (a random 500/429/hang mix for soak tests), and ``stop()`` /
@@ -38,6 +41,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from opskit.sandbox.botapi import ApiError, NtfyServer, TelegramBot, parse_actions_header
 
 HOST = "127.0.0.1"
 
@@ -92,6 +97,16 @@ class Receiver:
         self._release = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._skew = 0.0
+        self.telegram = TelegramBot(clock=self.time)
+        self.ntfy = NtfyServer(clock=self.time)
+
+    def time(self) -> float:
+        """The stand-in services' clock: real time plus what advance() added."""
+        return time.time() + self._skew
+
+    def advance(self, seconds: float) -> None:
+        self._skew += seconds
 
     # --- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -150,6 +165,8 @@ class Receiver:
             return f"{base}/webhook/{name}"
         if kind == "ntfy":
             return f"{base}/ntfy/{name}"
+        if kind == "telegram":  # the api_url; the bot token goes after it
+            return f"{base}/telegram"
         raise ValueError(f"unknown receiver kind {kind!r}")
 
     # --- what arrived ---------------------------------------------------------------------
@@ -260,6 +277,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True  # restart() on the same port while old sockets linger
     receiver: Receiver
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # the client went away (killed during a long poll): nothing to report
+        super().handle_error(request, client_address)
+
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -298,6 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.split("/")
         if len(parts) > 2 and parts[1] in ("discord", "slack"):
             return "/".join(parts[:2]) + "/…"
+        if len(parts) > 3 and parts[1] == "telegram":
+            return f"/telegram/bot…/{parts[3]}"
         return path
 
     def _body(self) -> bytes:
@@ -308,10 +332,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         r = self.server.receiver
         path = urlsplit(self.path).path
+        parts = [p for p in path.split("/") if p]
         if path == "/_received":
             self._reply(200, [asdict(m) for m in r.messages])
         elif path == "/_health":
             self._reply(200, "ok")
+        elif parts[:1] in (["telegram"], ["ntfy"]):
+            self._faulted_or(parts[0], lambda: self._api_get(parts))
         else:
             self._reply(404, {"message": "404: Not Found", "code": 0})
 
@@ -329,6 +356,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, {"ok": True})
             return
         kind = parts[0] if parts else ""
+        if kind == "telegram" or (kind == "ntfy" and len(parts) == 1):
+            self._faulted_or(kind, lambda: self._api_post(parts, raw))
+            return
         if kind not in ("discord", "slack", "webhook", "ntfy"):
             self._reply(404, {"message": "404: Not Found", "code": 0})
             return
@@ -350,11 +380,81 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._webhook(raw)
 
+    def _faulted_or(self, kind: str, answer: Any) -> None:
+        r = self.server.receiver
+        with r._lock:
+            delay = r._faults.delay
+        if delay > 0:
+            r._release.wait(delay)
+        fault = r._fault()
+        if fault is not None:
+            self._inject(kind, *fault)
+            return
+        try:
+            status, body = answer()
+        except ApiError as e:
+            self._reply(e.status, e.body)
+            return
+        self._reply(status, body)
+
+    def _api_get(self, parts: list[str]) -> tuple[int, Any]:
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        if parts[0] == "telegram":
+            return self._telegram(parts, query)
+        if len(parts) == 3 and parts[2] == "json" and query.get("poll") in ("1", "true"):
+            found = self.server.receiver.ntfy.poll(parts[1], query.get("since"),
+                                                   auth=self.headers.get("Authorization"))
+            return 200, "".join(json.dumps(m) + "\n" for m in found)
+        return 404, {"code": 40401, "http": 404, "error": "page not found"}
+
+    def _api_post(self, parts: list[str], raw: bytes) -> tuple[int, Any]:
+        if parts[0] == "telegram":
+            body: dict[str, Any] = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            if raw:
+                try:
+                    loaded = json.loads(raw)
+                except ValueError:
+                    return 400, {"ok": False, "error_code": 400, "description": "Bad Request: invalid JSON"}
+                if isinstance(loaded, dict):
+                    body.update(loaded)
+            return self._telegram(parts, body)
+        try:  # ntfy's JSON publishing: POST to the server root
+            spec = json.loads(raw)
+            assert isinstance(spec, dict) and isinstance(spec.get("topic"), str)
+        except (ValueError, AssertionError):
+            return 400, {"code": 40024, "http": 400, "error": "invalid request: JSON body invalid"}
+        msg = self.server.receiver.ntfy.publish(
+            spec["topic"], str(spec.get("message", "triggered")), auth=self.headers.get("Authorization"),
+            title=spec.get("title"), priority=spec.get("priority"), tags=spec.get("tags"),
+            actions=spec.get("actions"))
+        self.server.receiver._accept(Received("ntfy", self._public_path(), spec, dict(self.headers), _now(), msg.id))
+        return 200, msg.as_api()
+
+    def _telegram(self, parts: list[str], body: dict[str, Any]) -> tuple[int, Any]:
+        if len(parts) != 3 or not parts[1].startswith("bot"):
+            return 404, {"ok": False, "error_code": 404, "description": "Not Found"}
+        result = self.server.receiver.telegram.handle(parts[1][3:], parts[2], body)
+        if parts[2] == "sendMessage":
+            self.server.receiver._accept(Received("telegram", self._public_path(), body, dict(self.headers),
+                                                  _now(), str(result["message_id"])))
+        return 200, {"ok": True, "result": result}
+
     def _inject(self, kind: str, how: str, status: int, retry_after: float | None) -> None:
         r = self.server.receiver
         if how == "hang":
             r._release.wait(r.hang_seconds)
             self.close_connection = True
+            return
+        if kind == "telegram":
+            tg: dict[str, Any] = {"ok": False, "error_code": status,
+                                  "description": {429: "Too Many Requests: retry after 1", 401: "Unauthorized",
+                                                  403: "Forbidden: bot was kicked from the group chat",
+                                                  400: "Bad Request: chat not found"}.get(status, "Internal Server Error")}
+            if status == 429:
+                wait = 1 if retry_after is None else max(0, math.ceil(retry_after))
+                tg["description"] = f"Too Many Requests: retry after {wait}"
+                tg["parameters"] = {"retry_after": wait}
+            self._reply(status, tg)
             return
         if status == 429:
             after = 1.0 if retry_after is None else retry_after
@@ -434,12 +534,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _ntfy(self, parts: list[str], raw: bytes) -> None:
         r = self.server.receiver
-        mid = r.next_id()
         text = raw.decode("utf-8", "replace")
-        r._accept(Received("ntfy", self._public_path(), text, dict(self.headers), _now(), mid))
         topic = parts[1] if len(parts) > 1 else ""
-        self._reply(200, {"id": mid, "time": int(time.time()), "event": "message", "topic": topic,
-                          "message": text})
+        h = self.headers
+        try:
+            actions = parse_actions_header(h.get("Actions") or h.get("X-Actions") or "")
+            msg = r.ntfy.publish(topic, text, auth=h.get("Authorization"), title=h.get("Title") or h.get("X-Title"),
+                                 priority=h.get("Priority") or h.get("X-Priority"),
+                                 tags=[t for t in (h.get("Tags") or "").split(",") if t], actions=actions)
+        except ApiError as e:
+            self._reply(e.status, e.body)
+            return
+        r._accept(Received("ntfy", self._public_path(), text, dict(self.headers), _now(), msg.id))
+        self._reply(200, msg.as_api())
 
     def _webhook(self, raw: bytes) -> None:
         body: Any

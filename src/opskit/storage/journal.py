@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
+from opskit.base.clock import SYSTEM, Clock, iso, iso_precise, parse_iso
 from opskit.base.errors import UsageError, redact
 
 SCHEMA = """
@@ -107,6 +107,7 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
     chain: str | None = None
     sha: str | None = None
+    ts_precise: str | None = None  # the same instant to the microsecond (older events: None)
 
     def to_dict(self) -> dict[str, Any]:
         """The §5 shape, plus the chain id and commit that link a push's steps."""
@@ -116,12 +117,20 @@ class Event:
             out["chain"] = self.chain
         if self.sha:
             out["commit"] = self.sha
+        if self.ts_precise:
+            out["ts_precise"] = self.ts_precise
         return out
+
+    @property
+    def when(self) -> dt.datetime:
+        """The event's time, to the microsecond where it was stored so."""
+        return parse_iso(self.ts_precise or self.ts)
 
 
 def _row_event(row: sqlite3.Row) -> Event:
     return Event(id=row["id"], ts=row["ts"], type=row["type"], service=row["service"],
-                 data=json.loads(row["data"]), chain=row["chain"], sha=row["sha"])
+                 data=json.loads(row["data"]), chain=row["chain"], sha=row["sha"],
+                 ts_precise=row["ts_precise"] if "ts_precise" in row.keys() else None)
 
 
 class Journal:
@@ -141,6 +150,7 @@ class Journal:
         with self._init_lock:
             conn = self.conn
             conn.executescript(SCHEMA)
+            _add_columns(conn)
 
     # --- connection ---------------------------------------------------------------------------
     @property
@@ -188,16 +198,17 @@ class Journal:
                *, chain: str | None = None, sha: str | None = None) -> Event:
         payload = _clean(redact(json.dumps(data or {}, default=str, ensure_ascii=False)))
         service = _clean(service) if service is not None else None
-        ts = self.now()
+        when = self.clock.now()
+        ts, precise = iso(when), iso_precise(when)
         with self.tx() as c:
             cur = c.execute(
-                "INSERT INTO events (ts, type, service, chain, sha, data) VALUES (?, ?, ?, ?, ?, ?)",
-                (ts, type, service, chain, sha, payload),
+                "INSERT INTO events (ts, type, service, chain, sha, data, ts_precise) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (ts, type, service, chain, sha, payload, precise),
             )
             eid = cur.lastrowid
         assert eid is not None
         return Event(id=eid, ts=ts, type=type, service=service, data=json.loads(payload),
-                     chain=chain, sha=sha)
+                     chain=chain, sha=sha, ts_precise=precise)
 
     def query(self, *, service: str | None = None, type_prefix: str | None = None,
               since: str | dt.datetime | None = None, limit: int | None = None,
@@ -373,6 +384,22 @@ class Journal:
                 (self.now(), by, service, tree_prefix + "%", tree_prefix + "%"),
             )
             return cur.rowcount
+
+
+# Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves an older journal
+# without them, so they are added here (a concurrent opener may win the race; that is fine).
+_LATER_COLUMNS = (("events", "ts_precise", "TEXT"), ("outbox", "actions", "TEXT"))
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, column, kind in _LATER_COLUMNS:
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):
+                    raise
 
 
 def _clean(text: str) -> str:

@@ -15,8 +15,10 @@ holder.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opskit.base.clock import Clock, iso, parse_iso
@@ -48,6 +50,7 @@ class Row:
     claimed_at: str | None
     delivered: str | None
     remote_id: str | None
+    actions: str | None = None  # JSON [[label, token], ...]: the buttons of an actionable message
 
     @classmethod
     def of(cls, r: sqlite3.Row) -> Row:
@@ -88,7 +91,8 @@ def _get(c: sqlite3.Connection, ids: list[int]) -> list[Row]:
 
 
 def enqueue(journal: Journal, clock: Clock, channel: str, *, level: str, title: str | None,
-            message: str, service: str | None, event_id: int | None) -> int:
+            message: str, service: str | None, event_id: int | None,
+            actions: Sequence[tuple[str, str]] = ()) -> int:
     """Write a new message, queued, and return its id: durable before anything is sent.
 
     Nothing is claimed here: the caller claims the channel (claim_channel with fresh=id)
@@ -96,9 +100,10 @@ def enqueue(journal: Journal, clock: Clock, channel: str, *, level: str, title: 
     """
     with journal.tx() as c:
         cur = c.execute(
-            "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued')",
-            (channel, iso(clock.now()), level, title, message, service, event_id))
+            "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status, actions) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+            (channel, iso(clock.now()), level, title, message, service, event_id,
+             json.dumps([[label, token] for label, token in actions]) if actions else None))
     new_id = cur.lastrowid
     assert new_id is not None
     return new_id

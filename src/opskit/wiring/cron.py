@@ -38,7 +38,6 @@ from opskit.base import schedule
 from opskit.base.config import NAME
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.errors import OpsError, UsageError
-from opskit.wiring.templates import TEMPLATES
 
 if TYPE_CHECKING:
     from opskit.base.config import Settings
@@ -49,7 +48,7 @@ END = "# <<< opskit <<<"
 # Hand-edited markers still count: anything that starts like ours is ours.
 _BEGIN_PREFIX = "# >>> opskit"
 _END_PREFIX = "# <<< opskit"
-TEMPLATE = TEMPLATES / "cron" / "opskit.crontab"
+TEMPLATE = Path(__file__).resolve().parents[2] / "cron" / "opskit.crontab"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_LINE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 # One leading `NAME=value ` of a command as cron hands it to /bin/sh (before the first
@@ -160,6 +159,9 @@ def entries_for(settings: Settings) -> list[Entry]:
     for svc in sorted(settings.services.values(), key=lambda s: s.name):
         if svc.pull_mode:
             out.append(Entry(f"deploy-{svc.name}", c.deploy, ("deploy", svc.name), svc.name))
+    if any(ch.actionable for ch in settings.channels.values()):
+        # Listens 50 s of each minute: a tap takes effect in seconds, and runs never overlap.
+        out.append(Entry("inbox", c.inbox, ("inbox", "--wait", "50")))
     return out
 
 

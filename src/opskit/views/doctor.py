@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from opskit.notify import decisions
 from opskit.base.config import Settings, ServiceSettings
 from opskit.git import repo as gitrepo
 from opskit.base.errors import OpsError, redact
@@ -41,6 +42,8 @@ def run_checks(settings: Settings) -> list[Check]:
     if settings.path is not None:
         checks.append(_cron_block(settings))
     checks.append(_channels(settings))
+    checks.extend(Check(what, False, problem, fix, severity="warning")
+                  for what, problem, fix in decisions.setup_problems(settings))
     for svc in settings.services.values():
         checks.extend(_service(settings, svc))
     return checks

@@ -1,0 +1,382 @@
+"""Decisions that come back from a phone: signed one-use tokens, and applying them once.
+
+A button (Approve, Reject, Freeze, Unfreeze) carries a token `1.<offer>.<expiry>.<mac>`:
+the offer is a row here (what the button does to what), the mac an HMAC-SHA256 over
+(offer, action, target, expiry) keyed by `decision.key` in the state dir (32 random bytes,
+0600, created on first use, never printed). Nobody without that file can make a token, and
+a token is worth one decision: it expires with the service's approval_timeout and is used
+up by its first valid tap. ~40 bytes: it fits Telegram's 64-byte callback_data.
+
+Exactly once, across overlapping `opskit inbox` runs and kills: a tap is identified by
+(channel, message id) — the Telegram update id, the ntfy message id. Recording it as seen
+and claiming its offer (open → applying, with our pid) happen in one transaction, so a
+tap read twice (a second run, a run killed before it stored its offset) is skipped, and
+two taps of one offer cannot both claim it. The apply goes through the same code as the
+CLI (`chain.approve`, `approvals.reject`, `revert.unfreeze`), whose own compare-and-swap
+on the approval row refuses a second merge. A run killed between its claim and the end of
+its apply leaves the offer `applying` under a dead pid: the next run resumes it — applies
+it if the change still waits, else records what already happened.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.config import Settings
+from opskit.base.errors import OpsError, UsageError
+from opskit.storage.journal import Journal
+from opskit.notify.base import Action
+from opskit.base.proc import pid_alive
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decision_offers (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    action      TEXT NOT NULL,                  -- approve | reject | freeze | unfreeze
+    target      TEXT NOT NULL,                  -- the approval id, or the service name
+    service     TEXT NOT NULL,
+    created     TEXT NOT NULL,
+    expires     INTEGER NOT NULL,               -- unix seconds, signed into the token
+    status      TEXT NOT NULL DEFAULT 'open',   -- open | applying | applied
+    channel     TEXT,
+    decided_by  TEXT,
+    claimed_by  INTEGER,
+    claimed_at  TEXT,
+    outcome     TEXT,
+    reply       TEXT,                           -- JSON: where to answer the tapper
+    tap         TEXT,                           -- the message id of the tap that claimed it
+    answered    TEXT                            -- when the tapper was told the outcome
+);
+CREATE TABLE IF NOT EXISTS decision_taps (
+    channel  TEXT NOT NULL,
+    msg_id   TEXT NOT NULL,                     -- Telegram update id, ntfy message id
+    offer_id INTEGER,
+    seen     TEXT NOT NULL,
+    PRIMARY KEY (channel, msg_id)
+);
+"""
+
+ACTIONS = ("approve", "reject", "freeze", "unfreeze")
+LABELS = {"approve": "Approve", "reject": "Reject", "freeze": "Freeze", "unfreeze": "Unfreeze"}
+KEY_FILE = "decision.key"
+MAC_BYTES = 16
+_ready: set[str] = set()
+_ready_lock = threading.Lock()
+
+
+def _db(journal: Journal) -> Journal:
+    key = f"{os.getpid()}:{journal.path}"
+    with _ready_lock:
+        if key not in _ready:
+            journal.conn.executescript(SCHEMA)
+            _ready.add(key)
+    return journal
+
+
+# --- the key and the tokens -----------------------------------------------------------------
+
+def secret(state_dir: Path) -> bytes:
+    """The HMAC key, created owner-only on first use. A key others can read is refused:
+    whoever reads it can approve any change."""
+    path = Path(state_dir) / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+            fh.flush()
+            os.fsync(fh.fileno())
+    st = path.stat()
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(f"{path} can be read by others; `chmod 600 {path}` (or delete it to make a new one)")
+    data = path.read_bytes()
+    if len(data) < 32:  # a crash between create and write: make it again
+        path.unlink()
+        return secret(state_dir)
+    return data
+
+
+def _mac(key: bytes, offer_id: int, action: str, target: str, expires: int) -> str:
+    msg = f"{offer_id}|{action}|{target}|{expires}".encode()
+    digest = hmac.new(key, msg, hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+@dataclass(frozen=True)
+class Offer:
+    id: int
+    action: str
+    target: str
+    service: str
+    created: str
+    expires: int
+    status: str
+    channel: str | None
+    decided_by: str | None
+    claimed_by: int | None
+    claimed_at: str | None
+    outcome: str | None
+    reply: str | None
+    tap: str | None
+    answered: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _offer(r: sqlite3.Row | None) -> Offer | None:
+    return Offer(**{k: r[k] for k in Offer.__dataclass_fields__}) if r is not None else None
+
+
+def get_offer(journal: Journal, offer_id: int) -> Offer | None:
+    return _offer(_db(journal).conn.execute("SELECT * FROM decision_offers WHERE id = ?", (offer_id,)).fetchone())
+
+
+def offer(settings: Settings, journal: Journal, service: str, buttons: Sequence[tuple[str, str]], *,
+          ttl: float | None = None, clock: Clock = SYSTEM) -> list[Action]:
+    """Signed buttons for (action, target) pairs, or [] when no channel of the service
+    can carry a tap back (no offer rows, no key file for nothing)."""
+    if not any(settings.channels[n].actionable for n in settings.channels_for(service) if n in settings.channels):
+        return []
+    svc = settings.services.get(service)
+    life = ttl if ttl is not None else (svc.approval_timeout if svc is not None else 24 * 3600.0)
+    key = secret(settings.state_dir)
+    now = clock.now()
+    expires = int(now.timestamp() + life)
+    out = []
+    with _db(journal).tx() as c:
+        for action, target in buttons:
+            assert action in ACTIONS
+            cur = c.execute("INSERT INTO decision_offers (action, target, service, created, expires) "
+                            "VALUES (?, ?, ?, ?, ?)", (action, target, service, iso(now), expires))
+            oid = cur.lastrowid
+            assert oid is not None
+            out.append(Action(LABELS[action], f"1.{oid}.{_b36(expires)}.{_mac(key, oid, action, target, expires)}"))
+    return out
+
+
+def buttons(settings: Settings, journal: Journal, service: str, pairs: Sequence[tuple[str, str]], *,
+            clock: Clock = SYSTEM) -> list[Action]:
+    """offer(), for the pipeline: a key problem costs the buttons (the text still names the
+    commands), never the notification or the rollback that sends it."""
+    try:
+        return offer(settings, journal, service, pairs, clock=clock)
+    except Exception:
+        return []
+
+
+def check(settings: Settings, journal: Journal, token: str, clock: Clock = SYSTEM) -> tuple[Offer | None, str | None]:
+    """(offer, None) for a genuine unexpired token, else (offer or None, why it is refused)."""
+    parts = token.strip().split(".")
+    if len(parts) != 4 or parts[0] != "1" or not parts[1].isdigit():
+        return None, "not an opskit decision token"
+    try:
+        expires = int(parts[2], 36)
+    except ValueError:
+        return None, "not an opskit decision token"
+    found = get_offer(journal, int(parts[1]))
+    if found is None:
+        return None, "bad token (no such offer)"
+    good = _mac(secret(settings.state_dir), found.id, found.action, found.target, expires)
+    if not hmac.compare_digest(good, parts[3]) or expires != found.expires:
+        return None, "bad token (signature does not match)"
+    if clock.now().timestamp() >= expires:
+        return found, f"expired token (at {iso(dt.datetime.fromtimestamp(expires, dt.timezone.utc))})"
+    return found, None
+
+
+def setup_problems(settings: Settings) -> list[tuple[str, str, str]]:
+    """(what, problem, fix) for `opskit doctor`: set-ups where a tap could not count or
+    where a decision could be made by someone it should not be."""
+    out = []
+    for ch in settings.channels.values():
+        if ch.type == "telegram" and not ch.allowed_users:
+            out.append((f"notify.{ch.name}", "allowed_users is empty: every tap is refused",
+                        "add allowed_users = [USER_ID] (the from.id of each person who may decide)"))
+        if ch.type == "ntfy" and ch.reply_url is not None:
+            if ch.reply_token is None:
+                out.append((f"notify.{ch.name}", "reply_url without reply_token: the buttons publish anonymously, "
+                            "so the reply topic must be writable by anyone",
+                            "give the phone a write-only token for the reply topic (README: approve from your phone)"))
+            if ch.token is None:
+                out.append((f"notify.{ch.name}", "no token: opskit reads the reply topic anonymously",
+                            "set token to a credential that can read the reply topic"))
+    key = Path(settings.state_dir) / KEY_FILE
+    if key.exists() and key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        out.append(("decision.key", f"{key} can be read by others: whoever reads it can approve any change",
+                    f"chmod 600 {key}"))
+    return out
+
+
+# --- receiving a tap ------------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    status: str  # applied | refused | seen
+    text: str  # what the tapper is told
+    offer: Offer | None = None
+    ok: bool = True  # applied and the action did what it asked (deployed, rejected, …)
+
+
+class Applier(Protocol):
+    """What a decision does, by the same code as the CLI (inbox.CliApplier)."""
+
+    def still_waits(self, found: Offer) -> str | None:
+        """None if the target can still take this decision, else why not."""
+
+    def apply(self, found: Offer, by: str) -> tuple[str, bool]:
+        """Do it: (what happened, ok). OpsError: it could not be done."""
+
+    def waits_again(self, found: Offer) -> bool:
+        """After apply: does the target wait for this decision again (never got to merge)?"""
+
+
+def receive(settings: Settings, journal: Journal, applier: Applier, *, channel: str, msg_id: str, token: str,
+            by: str, reply: dict[str, Any] | None = None, refuse: str | None = None,
+            clock: Clock = SYSTEM) -> Verdict:
+    """One tap, checked and applied at most once. `refuse`: a reason the channel already
+    found (a Telegram user not in allowed_users)."""
+    db = _db(journal)
+    if db.conn.execute("SELECT 1 FROM decision_taps WHERE channel = ? AND msg_id = ?",
+                       (channel, msg_id)).fetchone():
+        return _seen(journal, channel, msg_id)
+    found, why = check(settings, journal, token, clock) if refuse is None else (None, refuse)
+    if why is None and found is not None:
+        why = "already decided" + (f" by {found.decided_by}" if found.decided_by else "") \
+            if found.status != "open" else applier.still_waits(found)
+    if why is not None or found is None:
+        return _refused(journal, channel, msg_id, found, by, why or "refused", clock)
+    with db.tx() as c:
+        again = c.execute("SELECT 1 FROM decision_taps WHERE channel = ? AND msg_id = ?",
+                          (channel, msg_id)).fetchone()
+        claimed = 0
+        if not again:
+            c.execute("INSERT INTO decision_taps (channel, msg_id, offer_id, seen) VALUES (?, ?, ?, ?)",
+                      (channel, msg_id, found.id, iso(clock.now())))
+            # Approve and Reject of one change are two offers: the approval row's own
+            # compare-and-swap settles a race between them.
+            claimed = c.execute(
+                "UPDATE decision_offers SET status = 'applying', channel = ?, decided_by = ?, claimed_by = ?, "
+                "claimed_at = ?, reply = ?, tap = ?, answered = NULL WHERE id = ? AND status = 'open'",
+                (channel, by, os.getpid(), iso(clock.now()), json.dumps(reply or {}), msg_id, found.id)).rowcount
+    if again:
+        return _seen(journal, channel, msg_id)
+    if not claimed:
+        used = get_offer(journal, found.id)
+        who = f" by {used.decided_by}" if used and used.decided_by else ""
+        journal.append("decision.refused", found.service, {
+            "channel": channel, "by": by, "action": found.action, "target": found.target,
+            "reason": f"token already used{who}"})
+        return Verdict("refused", f"already decided{who}", found, ok=False)
+    journal.append("decision.received", found.service, {"channel": channel, "by": by, "action": found.action,
+                                                         "target": found.target, "offer": found.id})
+    return _apply(journal, applier, found.id, by)
+
+
+def _seen(journal: Journal, channel: str, msg_id: str) -> Verdict:
+    """A tap handled before. If it was the one that decided and its run ended before the
+    tapper was told (killed after the apply), the verdict carries the offer to tell them now."""
+    r = journal.conn.execute("SELECT * FROM decision_offers WHERE channel = ? AND tap = ? AND status = 'applied' "
+                             "AND answered IS NULL", (channel, msg_id)).fetchone()
+    found = _offer(r)
+    return Verdict("seen", found.outcome or "" if found else "", found)
+
+
+def answered(journal: Journal, offer_id: int, clock: Clock = SYSTEM) -> None:
+    """The tapper was told (or told as far as the channel allows)."""
+    with _db(journal).tx() as c:
+        c.execute("UPDATE decision_offers SET answered = ? WHERE id = ?", (iso(clock.now()), offer_id))
+
+
+def _refused(journal: Journal, channel: str, msg_id: str, found: Offer | None, by: str, why: str,
+             clock: Clock) -> Verdict:
+    with _db(journal).tx() as c:
+        inserted = c.execute("INSERT OR IGNORE INTO decision_taps (channel, msg_id, offer_id, seen) "
+                             "VALUES (?, ?, ?, ?)",
+                             (channel, msg_id, found.id if found else None, iso(clock.now()))).rowcount
+    if not inserted:
+        return _seen(journal, channel, msg_id)
+    data: dict[str, Any] = {"channel": channel, "by": by, "reason": why}
+    if found is not None:
+        data.update(action=found.action, target=found.target, offer=found.id)
+    journal.append("decision.refused", found.service if found else None, data)
+    return Verdict("refused", f"refused: {why}; nothing changed", found, ok=False)
+
+
+def _apply(journal: Journal, applier: Applier, offer_id: int, by: str) -> Verdict:
+    found = get_offer(journal, offer_id)
+    assert found is not None
+    try:
+        text, ok = applier.apply(found, by)
+    except OpsError as e:  # e.g. decided at the same moment by `opskit approve`
+        text, ok = f"not applied: {e}", False
+    waits = applier.waits_again(found)
+    with _db(journal).tx() as c:
+        # An approval that never got to merge (lock busy, service frozen) waits again, and
+        # so does its button: the next tap tries again.
+        c.execute("UPDATE decision_offers SET status = ?, outcome = ?, claimed_by = NULL "
+                  "WHERE id = ? AND status = 'applying'", ("open" if waits else "applied", text, offer_id))
+        if found.action in ("approve", "reject") and not waits:
+            # The other button of the same change is spent with it.
+            c.execute("UPDATE decision_offers SET status = 'applied', outcome = ? WHERE status = 'open' "
+                      "AND action IN ('approve', 'reject') AND target = ? AND id != ?",
+                      (f"superseded by offer {offer_id}", found.target, offer_id))
+    journal.append("decision.applied", found.service, {"channel": found.channel, "by": by, "action": found.action,
+                                                        "target": found.target, "offer": found.id,
+                                                        "outcome": text, "ok": ok})
+    return Verdict("applied", text, get_offer(journal, offer_id), ok=ok)
+
+
+def resume(journal: Journal, applier: Applier, clock: Clock = SYSTEM) -> list[Verdict]:
+    """Finish the decisions a killed inbox run claimed but did not see through."""
+    out = []
+    rows = [_offer(r) for r in _db(journal).conn.execute(
+        "SELECT * FROM decision_offers WHERE status = 'applying' ORDER BY id")]
+    for found in rows:
+        if found is None or pid_alive(found.claimed_by):
+            continue
+        with journal.tx() as c:
+            mine = c.execute("UPDATE decision_offers SET claimed_by = ?, claimed_at = ? "
+                             "WHERE id = ? AND status = 'applying' AND claimed_by IS ?",
+                             (os.getpid(), iso(clock.now()), found.id, found.claimed_by)).rowcount
+        if not mine:
+            continue
+        why = applier.still_waits(found)
+        if why is None:
+            out.append(_apply(journal, applier, found.id, found.decided_by or "?"))
+            continue
+        text = f"applied before an interruption ({why})"
+        with journal.tx() as c:
+            c.execute("UPDATE decision_offers SET status = 'applied', outcome = ?, claimed_by = NULL WHERE id = ?",
+                      (text, found.id))
+        out.append(Verdict("applied", text, get_offer(journal, found.id)))
+    return out
+
+
+__all__: Sequence[str] = ["offer", "check", "receive", "resume", "secret", "Offer", "Verdict", "Applier",
+                          "SCHEMA"]

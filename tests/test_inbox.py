@@ -1,0 +1,425 @@
+"""One tap on a phone decides a parked change: real pushes through installed hooks, the Telegram
+and ntfy stand-ins, and `opskit inbox` as cron runs it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from opskit.chain import approvals
+from opskit.base import config
+from opskit.notify import decisions
+from opskit.chain import inbox
+from opskit.base.clock import FakeClock
+from opskit.git.repo import Git
+from opskit.storage.journal import Journal
+from tests.support.chain import order
+from tests.support.crontab import cron_account_fixture, cron_user_fixture  # noqa: F401 - fixtures
+from tests.support.notify import dump_state
+from tests.support.phone import ALICE, BOT, PHONE, READER, Phone, make_phone, phone_fixture  # noqa: F401
+
+
+def _decisions(ph: Phone, kind: str) -> list[dict[str, object]]:
+    return [e.data for e in ph.cs.st.journal().query(type_prefix=f"decision.{kind}")]
+
+
+def test_approve_by_telegram_merges_deploys_and_edits_the_message(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park(app="v2\n")
+    msg = phone.tg_last()
+    assert [b["text"] for b in msg.buttons()] == ["Approve", "Reject"]
+    for needed in ("svc", "feature/h", "Pushed by", "feature/h: the change to decide", "Diffstat:", "app",
+                   "Review (review.needs-human)", "Test (test.pass)", f"opskit approve {row.id}"):
+        assert needed in msg.text, (needed, msg.text)
+    discord = cs.st.receiver.messages[0].body["content"] if cs.st.receiver else ""
+    assert "Pushed by" in discord and "opskit approve" in discord  # same text, no buttons
+    token = msg.buttons()[0]["callback_data"]
+
+    phone.tg_tap("Approve")
+    p = phone.inbox()
+    assert p.returncode == 0, p.stdout + p.stderr
+    tip = cs.tip()
+    assert Git(cs.sb.bare).parents(tip) == [before, row.sha] and cs.st.worktree_head() == tip
+    done = approvals.get(cs.st.journal(), row.id)
+    assert done is not None and done.status == "approved" and done.decided_by == "telegram:4242 @alice"
+    types = [e.type for e in cs.events(chain=row.chain)]
+    assert order(types, "review.needs-human", "review.pass", "merge.complete", "deploy.complete", "health.pass")
+    (human,) = [e for e in cs.events("review.pass", chain=row.chain) if e.data.get("human")]
+    assert human.data["decided_by"] == "telegram:4242 @alice"
+    (got,) = _decisions(phone, "received")
+    assert got["channel"] == "tg" and got["action"] == "approve" and got["by"] == "telegram:4242 @alice"
+    edited = phone.rcv.telegram.messages[msg.message_id - 1]
+    assert "approved by telegram:4242 @alice: deployed" in edited.text and not edited.buttons()
+    assert phone.rcv.telegram.answers and "deployed" in phone.rcv.telegram.answers[0]["text"]
+
+    # the same callback again (a replay): refused, journaled, nothing changes
+    phone.tg_tap("Approve", message=edited, data=token)
+    p = phone.inbox()
+    assert p.returncode == 0, p.stderr
+    assert cs.tip() == tip and len(cs.events("merge.complete")) == 1
+    (refused,) = _decisions(phone, "refused")
+    assert "already decided" in str(refused["reason"]) and refused["by"] == "telegram:4242 @alice"
+    assert BOT not in dump_state(Path(os.environ["OPSKIT_STATE_DIR"])) and BOT not in p.stdout + p.stderr
+
+
+def test_approve_by_ntfy_tap_and_follow_up(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    sent = phone.ntfy_last()
+    assert [a["label"] for a in sent.actions] == ["Approve", "Reject"]
+    assert all(a["headers"] == {"Authorization": f"Bearer {PHONE}"} for a in sent.actions)
+    phone.ntfy_tap("Approve")
+    p = phone.inbox()
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha]
+    done = approvals.get(cs.st.journal(), row.id)
+    assert done is not None and done.decided_by == "ntfy:nt"
+    follow = phone.ntfy_follow_ups()
+    assert any("approved by ntfy:nt: deployed" in m.message for m in follow), [m.message for m in follow]
+    # the phone taps again: a new message with the same token → refused
+    phone.ntfy_tap("Approve", message=sent)
+    assert phone.inbox().returncode == 0
+    assert len(cs.events("merge.complete")) == 1
+    assert any("already decided" in str(d["reason"]) for d in _decisions(phone, "refused"))
+
+
+def test_reject_by_telegram_ends_the_chain(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    msg = phone.tg_last()
+    approve_token = msg.buttons()[0]["callback_data"]
+    phone.tg_tap("Reject")
+    p = phone.inbox()
+    assert p.returncode == 0, p.stderr
+    done = approvals.get(cs.st.journal(), row.id)
+    assert done is not None and done.status == "rejected" and done.decided_by == "telegram:4242 @alice"
+    ev = cs.last("review.fail")
+    assert ev.data["human"] is True and ev.chain == row.chain
+    assert cs.tip() == before and not cs.events("merge")
+    assert "rejected by telegram:4242 @alice" in msg.text and not msg.buttons()
+    # the Approve button of the same change is spent with it
+    phone.tg_tap("Approve", message=msg, data=approve_token)
+    assert phone.inbox().returncode == 0 and cs.tip() == before
+    assert approvals.get(cs.st.journal(), row.id).status == "rejected"  # type: ignore[union-attr]
+    assert "already decided" in str(_decisions(phone, "refused")[-1]["reason"])
+
+
+def test_forged_expired_and_unknown_user_change_nothing(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    msg = phone.tg_last()
+    good = msg.buttons()[0]["callback_data"]
+    ver, oid, exp, mac = good.split(".")
+    forged = [f"{ver}.{oid}.{exp}.{'A' * len(mac)}",  # a guessed signature
+              f"{ver}.{oid}.{int(exp, 36) + 99999:x}.{mac}",  # a later expiry with the old signature
+              f"{ver}.{int(oid) + 1}.{exp}.{mac}",  # the Reject offer with Approve's signature
+              "approve 1"]
+    for data in forged:
+        phone.tg_tap("Approve", data=data)
+    phone.tg_tap("Approve", user=999, username="mallory")  # the real button, the wrong person
+    p = phone.inbox()
+    assert p.returncode == 0, p.stderr
+    refused = _decisions(phone, "refused")
+    reasons = [str(r["reason"]) for r in refused]
+    assert len(refused) == 5, reasons
+    assert sum("signature does not match" in r for r in reasons) == 3 and "not an opskit decision token" in reasons[3]
+    assert "telegram user 999 is not in allowed_users" in reasons[4] and refused[4]["by"] == "telegram:999 @mallory"
+    alerts = [a for a in phone.rcv.telegram.answers if a.get("show_alert")]
+    assert len(alerts) == 5 and "allowed_users" in alerts[-1]["text"]
+    assert cs.tip() == before and not _decisions(phone, "received")
+    assert approvals.get(cs.st.journal(), row.id).status == "parked"  # type: ignore[union-attr]
+    assert msg.buttons()  # nobody decided: the buttons stay
+
+    # expired: the same genuine tap, read after approval_timeout (a clock two days on)
+    phone.tg_tap("Approve")
+    settings = cs.st.settings
+    later = FakeClock(dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2))
+    lines: list[str] = []
+    report = inbox.run(settings, Journal(settings.state_dir, later), clock=later, write=lines.append)
+    assert report.ok and [r["status"] for r in report.refused] == ["refused"]
+    assert "expired token" in _decisions(phone, "refused")[-1]["reason"]  # type: ignore[operator]
+    assert cs.tip() == before and approvals.get(cs.st.journal(), row.id).status == "parked"  # type: ignore[union-attr]
+    # and the genuine one, in time, still works
+    phone.tg_tap("Approve")
+    assert phone.inbox().returncode == 0 and Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha]
+
+
+def test_tap_on_a_superseded_change_is_refused(phone: Phone) -> None:
+    cs = phone.cs
+    old = phone.park(app="first\n")
+    first = phone.tg_last()
+    new = phone.park(app="second\n")  # a newer push of the same branch parks again
+    assert approvals.get(cs.st.journal(), old.id).status == "superseded"  # type: ignore[union-attr]
+    before = cs.tip()
+    phone.tg_tap("Approve", message=first)
+    assert phone.inbox().returncode == 0
+    (refused,) = _decisions(phone, "refused")
+    assert "no longer waits" in str(refused["reason"]) and "superseded" in str(refused["reason"])
+    assert cs.tip() == before and approvals.get(cs.st.journal(), new.id).status == "parked"  # type: ignore[union-attr]
+
+
+def test_two_inbox_runs_at_once_apply_it_once(phone: Phone) -> None:
+    cs = phone.cs
+    row = phone.park()
+    phone.tg_tap("Approve")
+    phone.ntfy_tap("Approve")  # the same change approved on both phones at once
+    runs = [phone.inbox_async("--wait", "2") for _ in range(3)]
+    outs = [r.communicate(timeout=120) for r in runs]
+    assert all(r.returncode == 0 for r in runs), outs
+    assert len(cs.events("merge.complete")) == 1 and len(_decisions(phone, "applied")) == 1
+    assert approvals.get(cs.st.journal(), row.id).status == "approved"  # type: ignore[union-attr]
+    assert sum("another `opskit inbox` is running" in o for o, _ in outs) >= 1
+    # the losing tap was told why
+    assert any("already decided" in str(d["reason"]) for d in _decisions(phone, "refused"))
+
+
+class _SlowApplier:
+    """Applies slowly and counts: two threads racing for one offer."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def still_waits(self, found: decisions.Offer) -> str | None:
+        return None
+
+    def apply(self, found: decisions.Offer, by: str) -> tuple[str, bool]:
+        with self.lock:
+            self.calls += 1
+        time.sleep(0.2)
+        return f"done by {by}", True
+
+    def waits_again(self, found: decisions.Offer) -> bool:
+        return False
+
+
+def test_racing_taps_claim_an_offer_once_without_the_lock(tmp_path: Path, write_config) -> None:
+    cfg = write_config(f'[opskit]\nstate_dir = "{tmp_path / "state"}"\nnotify = ["tg"]\n[notify.tg]\n'
+                       f'type = "telegram"\ntoken = "{BOT}"\nchat_id = "1"\nallowed_users = [{ALICE}]\n')
+    settings = config.load(cfg)
+    j = Journal(settings.state_dir)
+    (tok,) = decisions.offer(settings, j, "svc", [("unfreeze", "svc")])
+    applier = _SlowApplier()
+    verdicts: list[decisions.Verdict] = []
+
+    def tap(msg_id: str) -> None:
+        verdicts.append(decisions.receive(settings, Journal(settings.state_dir), applier, channel="tg",
+                                          msg_id=msg_id, token=tok.token, by=f"telegram:{msg_id}"))
+
+    threads = [threading.Thread(target=tap, args=(str(i % 4),)) for i in range(8)]  # 4 taps, each read twice
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert applier.calls == 1
+    assert sorted(v.status for v in verdicts).count("applied") == 1
+    assert sorted(v.status for v in verdicts).count("refused") == 3  # the three other taps
+    key = settings.state_dir / decisions.KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+
+
+def test_killed_after_applying_before_storing_the_offset(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    msg = phone.tg_last()
+    phone.tg_tap("Approve")
+    reached = phone.rcv.telegram.hold("answerCallbackQuery")  # the run stops right after the apply
+    run = phone.inbox_async()
+    assert reached.wait(60), run.communicate(timeout=5)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait(10)
+    phone.rcv.telegram.release()
+    j = cs.st.journal()
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha]  # applied …
+    assert j.kv_get("inbox", "tg") is None and phone.rcv.telegram.pending_updates() == 1  # … offset not stored
+    assert msg.buttons()  # and nobody told the tapper yet
+
+    p = phone.inbox()
+    assert p.returncode == 0, p.stderr
+    assert len(cs.events("merge.complete")) == 1 and len(_decisions(phone, "applied")) == 1
+    assert not _decisions(phone, "refused")  # our own re-read is not a replay
+    assert "approved by telegram:4242 @alice: deployed" in msg.text and not msg.buttons()  # told now
+    assert phone.inbox().returncode == 0 and phone.rcv.telegram.pending_updates() == 0
+
+
+def test_killed_between_claim_and_apply_is_resumed(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    token = phone.tg_last().buttons()[0]["callback_data"]
+    settings = cs.st.settings
+    j = Journal(settings.state_dir)
+
+    class Dies(_SlowApplier):
+        def apply(self, found: decisions.Offer, by: str) -> tuple[str, bool]:
+            raise KeyboardInterrupt  # the run dies here, after its claim
+
+    try:
+        decisions.receive(settings, j, Dies(), channel="tg", msg_id="1", token=token, by="telegram:4242 @alice")
+    except KeyboardInterrupt:
+        pass
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with j.tx() as c:  # the claim belongs to a process that is gone
+        c.execute("UPDATE decision_offers SET claimed_by = ? WHERE status = 'applying'", (dead.pid,))
+    p = phone.inbox()
+    assert p.returncode == 0, p.stderr
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha]
+    done = approvals.get(cs.st.journal(), row.id)
+    assert done is not None and done.decided_by == "telegram:4242 @alice"
+    assert phone.inbox().returncode == 0 and len(cs.events("merge.complete")) == 1
+
+
+def test_bot_api_and_reply_topic_down_exit_1_then_the_next_run_applies(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    phone.tg_tap("Approve")
+    phone.rcv.stop()
+    p = phone.inbox()
+    assert p.returncode == 1
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "telegram channel 'tg'" in err[0] and "ntfy channel 'nt'" in err[0], err
+    assert "Connection refused" in err[0] and BOT not in p.stderr and READER not in p.stderr
+    assert cs.tip() == before and approvals.get(cs.st.journal(), row.id).status == "parked"  # type: ignore[union-attr]
+    phone.rcv.restart()
+    p = phone.inbox()
+    assert p.returncode == 0, p.stderr
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha]
+
+
+def test_freeze_after_an_auto_revert_then_unfreeze(phone: Phone) -> None:
+    cs = phone.cs
+    cs.feature("feature/bad", {"service.mode": "crash\n", "app.txt": "v3\n"}, message="crash it")
+    cs.push("feature/bad")
+    assert cs.last("rollback.complete")
+    msg = phone.tg_last()
+    assert [b["text"] for b in msg.buttons()] == ["Freeze"] and "opskit incident last --service svc" in msg.text
+    phone.tg_tap("Freeze")
+    assert phone.inbox().returncode == 0
+    j = cs.st.journal()
+    frozen = j.kv_get("frozen", "svc")
+    assert frozen and frozen["reason"] == "frozen by telegram:4242 @alice: tapped on tg"
+    assert [b["text"] for b in msg.buttons()] == ["Unfreeze"]  # the edited message offers the way back
+    p = cs.cli("deploy", "svc", "--sha", cs.tip())
+    assert p.returncode != 0 and "frozen" in (p.stdout + p.stderr).lower()
+    phone.tg_tap("Unfreeze", message=msg)
+    assert phone.inbox().returncode == 0
+    assert j.kv_get("frozen", "svc") is None and cs.last("service.unfrozen").data["who"] == "telegram:4242 @alice"
+    # the same from a shell, for channels without buttons (the message names the command)
+    assert "opskit freeze svc" in msg.text
+    p = cs.cli("freeze", "svc", "--reason", "looking into it", env={"SUDO_USER": "bob"})
+    assert p.returncode == 0 and "FROZEN" in p.stdout, p.stderr
+    assert j.kv_get("frozen", "svc")["reason"] == "frozen by bob: looking into it"
+    again = cs.cli("freeze", "svc")
+    assert again.returncode == 0 and "frozen already" in again.stdout
+    assert cs.cli("freeze", "nosuch").returncode == 2
+
+
+def test_cron_install_adds_the_inbox_only_with_an_actionable_channel(opskit, cron_user, tmp_path: Path) -> None:
+    from tests.test_cron import conf
+
+    plain = conf(tmp_path, cron_user.name, '[notify.d]\ntype = "webhook"\nurl = "http://127.0.0.1:9/x"\n', "plain")
+    assert opskit("--config", str(plain), "cron", "install").returncode == 0
+    names = [e["name"] for e in json.loads(opskit("--config", str(plain), "cron", "show", "--json").stdout)["entries"]]
+    assert "inbox" not in names
+    cfg = conf(tmp_path, cron_user.name, f'[notify.tg]\ntype = "telegram"\ntoken = "{BOT}"\nchat_id = "5"\n'
+                                        f'allowed_users = [{ALICE}]\n')
+    assert opskit("--config", str(cfg), "cron", "install").returncode == 0
+    text = cron_user.read() or ""
+    (line,) = [ln for ln in text.splitlines() if " inbox " in ln]
+    assert line.startswith("* * * * * ") and line.rstrip().split(">>")[0].rstrip().endswith("inbox --wait 50")
+    assert BOT not in text
+
+
+def test_the_reminder_carries_fresh_buttons(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    first = phone.tg_last()
+    settings = cs.st.settings
+    later = FakeClock(dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=25))  # past approval_timeout
+    assert approvals.remind_overdue(settings, Journal(settings.state_dir, later), later) == 1
+    reminder = phone.tg_last()
+    assert reminder.message_id != first.message_id and "has waited 25h" in reminder.text
+    assert [b["text"] for b in reminder.buttons()] == ["Approve", "Reject"]
+    assert reminder.buttons()[0]["callback_data"] != first.buttons()[0]["callback_data"]
+    phone.tg_tap("Approve", message=reminder)
+    assert phone.inbox().returncode == 0
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha]
+
+
+def test_an_approval_that_cannot_merge_yet_keeps_its_buttons(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    msg = phone.tg_last()
+    j = cs.st.journal()
+    j.kv_set("frozen", "svc", {"reason": "held by the on-call", "event_id": None, "since": j.now()})
+    phone.tg_tap("Approve")
+    assert phone.inbox().returncode == 0
+    assert cs.tip() == before and approvals.get(j, row.id).status == "parked"  # type: ignore[union-attr]
+    assert [b["text"] for b in msg.buttons()] == ["Approve", "Reject"] and "frozen" in msg.text
+    assert cs.cli("unfreeze", "svc").returncode == 0
+    phone.tg_tap("Approve", message=msg)
+    assert phone.inbox().returncode == 0
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha] and not msg.buttons()
+
+
+def test_incident_names_who_approved_a_change_that_was_then_reverted(phone: Phone) -> None:
+    cs = phone.cs
+    phone.park(**{"service.mode": "crash\n"})
+    phone.tg_tap("Approve")
+    p = phone.inbox()
+    assert p.returncode == 0, p.stderr  # the decision was applied; the deploy it led to was reverted
+    assert cs.last("rollback.complete")
+    (applied,) = _decisions(phone, "applied")
+    assert applied["ok"] is False and "reverted" in str(applied["outcome"])
+    inc = json.loads(cs.cli("incident", "last", "--json").stdout)
+    assert inc["status"] == "reverted"
+    assert inc["human_involvement"] and "telegram:4242 @alice approved change #1" in inc["human_involvement"][0]
+    assert [s["kind"] for s in inc["steps"]].index("review.needs-human") < \
+        [s["kind"] for s in inc["steps"]].index("review.pass")
+
+
+def test_tap_after_the_branch_was_deleted_is_refused(phone: Phone) -> None:
+    from tests.support.gitsandbox import git
+
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    git(cs.sb.dev, "push", "-q", "origin", ":feature/h")
+    phone.tg_tap("Approve")
+    assert phone.inbox().returncode == 0
+    (refused,) = _decisions(phone, "refused")
+    assert refused["reason"] == f"change #{row.id} no longer waits: feature/h was deleted"
+    assert not _decisions(phone, "received") and cs.tip() == before and not cs.events("merge")
+    assert "feature/h was deleted" in phone.rcv.telegram.answers[-1]["text"]
+
+
+def test_a_tap_read_too_late_to_answer_is_still_applied(phone: Phone) -> None:
+    cs = phone.cs
+    before = cs.tip()
+    row = phone.park()
+    msg = phone.tg_last()
+    phone.tg_tap("Approve", age=90)  # read the next cron minute: Telegram no longer takes an answer
+    p = phone.inbox("--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    assert report["ok"] and [(a["action"], a["status"], a["ok"]) for a in report["applied"]] == \
+        [("approve", "applied", True)]
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha]
+    assert phone.rcv.telegram.answers == [] and "answerCallbackQuery" in phone.rcv.telegram.calls
+    assert "approved by telegram:4242 @alice: deployed" in msg.text  # the edit still tells everyone
