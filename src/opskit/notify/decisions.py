@@ -24,68 +24,28 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import json
 import os
 import secrets
-import sqlite3
 import stat
-import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
+from opskit.storage import decisions as store
+from opskit.storage.decisions import SCHEMA, Offer
 from opskit.storage.journal import Journal
 from opskit.notify.base import Action
 from opskit.base.proc import pid_alive
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS decision_offers (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    action      TEXT NOT NULL,                  -- approve | reject | freeze | unfreeze
-    target      TEXT NOT NULL,                  -- the approval id, or the service name
-    service     TEXT NOT NULL,
-    created     TEXT NOT NULL,
-    expires     INTEGER NOT NULL,               -- unix seconds, signed into the token
-    status      TEXT NOT NULL DEFAULT 'open',   -- open | applying | applied
-    channel     TEXT,
-    decided_by  TEXT,
-    claimed_by  INTEGER,
-    claimed_at  TEXT,
-    outcome     TEXT,
-    reply       TEXT,                           -- JSON: where to answer the tapper
-    tap         TEXT,                           -- the message id of the tap that claimed it
-    answered    TEXT                            -- when the tapper was told the outcome
-);
-CREATE TABLE IF NOT EXISTS decision_taps (
-    channel  TEXT NOT NULL,
-    msg_id   TEXT NOT NULL,                     -- Telegram update id, ntfy message id
-    offer_id INTEGER,
-    seen     TEXT NOT NULL,
-    PRIMARY KEY (channel, msg_id)
-);
-"""
 
 ACTIONS = ("approve", "reject", "freeze", "unfreeze")
 LABELS = {"approve": "Approve", "reject": "Reject", "freeze": "Freeze", "unfreeze": "Unfreeze"}
 KEY_FILE = "decision.key"
 MAC_BYTES = 16
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
-
-
-def _db(journal: Journal) -> Journal:
-    key = f"{os.getpid()}:{journal.path}"
-    with _ready_lock:
-        if key not in _ready:
-            journal.conn.executescript(SCHEMA)
-            _ready.add(key)
-    return journal
-
-
 # --- the key and the tokens -----------------------------------------------------------------
 
 def secret(state_dir: Path) -> bytes:
@@ -127,36 +87,6 @@ def _b36(n: int) -> str:
             return out
 
 
-@dataclass(frozen=True)
-class Offer:
-    id: int
-    action: str
-    target: str
-    service: str
-    created: str
-    expires: int
-    status: str
-    channel: str | None
-    decided_by: str | None
-    claimed_by: int | None
-    claimed_at: str | None
-    outcome: str | None
-    reply: str | None
-    tap: str | None
-    answered: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _offer(r: sqlite3.Row | None) -> Offer | None:
-    return Offer(**{k: r[k] for k in Offer.__dataclass_fields__}) if r is not None else None
-
-
-def get_offer(journal: Journal, offer_id: int) -> Offer | None:
-    return _offer(_db(journal).conn.execute("SELECT * FROM decision_offers WHERE id = ?", (offer_id,)).fetchone())
-
-
 def offer(settings: Settings, journal: Journal, service: str, buttons: Sequence[tuple[str, str]], *,
           ttl: float | None = None, clock: Clock = SYSTEM) -> list[Action]:
     """Signed buttons for (action, target) pairs, or [] when no channel of the service
@@ -168,16 +98,10 @@ def offer(settings: Settings, journal: Journal, service: str, buttons: Sequence[
     key = secret(settings.state_dir)
     now = clock.now()
     expires = int(now.timestamp() + life)
-    out = []
-    with _db(journal).tx() as c:
-        for action, target in buttons:
-            assert action in ACTIONS
-            cur = c.execute("INSERT INTO decision_offers (action, target, service, created, expires) "
-                            "VALUES (?, ?, ?, ?, ?)", (action, target, service, iso(now), expires))
-            oid = cur.lastrowid
-            assert oid is not None
-            out.append(Action(LABELS[action], f"1.{oid}.{_b36(expires)}.{_mac(key, oid, action, target, expires)}"))
-    return out
+    assert all(action in ACTIONS for action, _ in buttons)
+    ids = store.insert_offers(journal, service, buttons, iso(now), expires)
+    return [Action(LABELS[action], f"1.{oid}.{_b36(expires)}.{_mac(key, oid, action, target, expires)}")
+            for oid, (action, target) in zip(ids, buttons, strict=True)]
 
 
 def buttons(settings: Settings, journal: Journal, service: str, pairs: Sequence[tuple[str, str]], *,
@@ -199,7 +123,7 @@ def check(settings: Settings, journal: Journal, token: str, clock: Clock = SYSTE
         expires = int(parts[2], 36)
     except ValueError:
         return None, "not an opskit decision token"
-    found = get_offer(journal, int(parts[1]))
+    found = store.get_offer(journal, int(parts[1]))
     if found is None:
         return None, "bad token (no such offer)"
     good = _mac(secret(settings.state_dir), found.id, found.action, found.target, expires)
@@ -261,9 +185,7 @@ def receive(settings: Settings, journal: Journal, applier: Applier, *, channel: 
             clock: Clock = SYSTEM) -> Verdict:
     """One tap, checked and applied at most once. `refuse`: a reason the channel already
     found (a Telegram user not in allowed_users)."""
-    db = _db(journal)
-    if db.conn.execute("SELECT 1 FROM decision_taps WHERE channel = ? AND msg_id = ?",
-                       (channel, msg_id)).fetchone():
+    if store.tap_seen(journal, channel, msg_id):
         return _seen(journal, channel, msg_id)
     found, why = check(settings, journal, token, clock) if refuse is None else (None, refuse)
     if why is None and found is not None:
@@ -271,23 +193,12 @@ def receive(settings: Settings, journal: Journal, applier: Applier, *, channel: 
             if found.status != "open" else applier.still_waits(found)
     if why is not None or found is None:
         return _refused(journal, channel, msg_id, found, by, why or "refused", clock)
-    with db.tx() as c:
-        again = c.execute("SELECT 1 FROM decision_taps WHERE channel = ? AND msg_id = ?",
-                          (channel, msg_id)).fetchone()
-        claimed = 0
-        if not again:
-            c.execute("INSERT INTO decision_taps (channel, msg_id, offer_id, seen) VALUES (?, ?, ?, ?)",
-                      (channel, msg_id, found.id, iso(clock.now())))
-            # Approve and Reject of one change are two offers: the approval row's own
-            # compare-and-swap settles a race between them.
-            claimed = c.execute(
-                "UPDATE decision_offers SET status = 'applying', channel = ?, decided_by = ?, claimed_by = ?, "
-                "claimed_at = ?, reply = ?, tap = ?, answered = NULL WHERE id = ? AND status = 'open'",
-                (channel, by, os.getpid(), iso(clock.now()), json.dumps(reply or {}), msg_id, found.id)).rowcount
+    again, claimed = store.claim_by_tap(journal, found.id, channel=channel, msg_id=msg_id, by=by, reply=reply,
+                                        now=iso(clock.now()))
     if again:
         return _seen(journal, channel, msg_id)
     if not claimed:
-        used = get_offer(journal, found.id)
+        used = store.get_offer(journal, found.id)
         who = f" by {used.decided_by}" if used and used.decided_by else ""
         journal.append("decision.refused", found.service, {
             "channel": channel, "by": by, "action": found.action, "target": found.target,
@@ -301,25 +212,18 @@ def receive(settings: Settings, journal: Journal, applier: Applier, *, channel: 
 def _seen(journal: Journal, channel: str, msg_id: str) -> Verdict:
     """A tap handled before. If it was the one that decided and its run ended before the
     tapper was told (killed after the apply), the verdict carries the offer to tell them now."""
-    r = journal.conn.execute("SELECT * FROM decision_offers WHERE channel = ? AND tap = ? AND status = 'applied' "
-                             "AND answered IS NULL", (channel, msg_id)).fetchone()
-    found = _offer(r)
+    found = store.unanswered_by_tap(journal, channel, msg_id)
     return Verdict("seen", found.outcome or "" if found else "", found)
 
 
 def answered(journal: Journal, offer_id: int, clock: Clock = SYSTEM) -> None:
     """The tapper was told (or told as far as the channel allows)."""
-    with _db(journal).tx() as c:
-        c.execute("UPDATE decision_offers SET answered = ? WHERE id = ?", (iso(clock.now()), offer_id))
+    store.set_answered(journal, offer_id, iso(clock.now()))
 
 
 def _refused(journal: Journal, channel: str, msg_id: str, found: Offer | None, by: str, why: str,
              clock: Clock) -> Verdict:
-    with _db(journal).tx() as c:
-        inserted = c.execute("INSERT OR IGNORE INTO decision_taps (channel, msg_id, offer_id, seen) "
-                             "VALUES (?, ?, ?, ?)",
-                             (channel, msg_id, found.id if found else None, iso(clock.now()))).rowcount
-    if not inserted:
+    if not store.record_refused_tap(journal, channel, msg_id, found.id if found else None, iso(clock.now())):
         return _seen(journal, channel, msg_id)
     data: dict[str, Any] = {"channel": channel, "by": by, "reason": why}
     if found is not None:
@@ -329,52 +233,35 @@ def _refused(journal: Journal, channel: str, msg_id: str, found: Offer | None, b
 
 
 def _apply(journal: Journal, applier: Applier, offer_id: int, by: str) -> Verdict:
-    found = get_offer(journal, offer_id)
+    found = store.get_offer(journal, offer_id)
     assert found is not None
     try:
         text, ok = applier.apply(found, by)
     except OpsError as e:  # e.g. decided at the same moment by `opskit approve`
         text, ok = f"not applied: {e}", False
     waits = applier.waits_again(found)
-    with _db(journal).tx() as c:
-        # An approval that never got to merge (lock busy, service frozen) waits again, and
-        # so does its button: the next tap tries again.
-        c.execute("UPDATE decision_offers SET status = ?, outcome = ?, claimed_by = NULL "
-                  "WHERE id = ? AND status = 'applying'", ("open" if waits else "applied", text, offer_id))
-        if found.action in ("approve", "reject") and not waits:
-            # The other button of the same change is spent with it.
-            c.execute("UPDATE decision_offers SET status = 'applied', outcome = ? WHERE status = 'open' "
-                      "AND action IN ('approve', 'reject') AND target = ? AND id != ?",
-                      (f"superseded by offer {offer_id}", found.target, offer_id))
+    # An approval that never got to merge (lock busy, service frozen) waits again, and so
+    # does its button: the next tap tries again. Otherwise the change's other button is spent.
+    store.finish(journal, found, text, waits=waits)
     journal.append("decision.applied", found.service, {"channel": found.channel, "by": by, "action": found.action,
                                                         "target": found.target, "offer": found.id,
                                                         "outcome": text, "ok": ok})
-    return Verdict("applied", text, get_offer(journal, offer_id), ok=ok)
+    return Verdict("applied", text, store.get_offer(journal, offer_id), ok=ok)
 
 
 def resume(journal: Journal, applier: Applier, clock: Clock = SYSTEM) -> list[Verdict]:
     """Finish the decisions a killed inbox run claimed but did not see through."""
     out = []
-    rows = [_offer(r) for r in _db(journal).conn.execute(
-        "SELECT * FROM decision_offers WHERE status = 'applying' ORDER BY id")]
-    for found in rows:
-        if found is None or pid_alive(found.claimed_by):
-            continue
-        with journal.tx() as c:
-            mine = c.execute("UPDATE decision_offers SET claimed_by = ?, claimed_at = ? "
-                             "WHERE id = ? AND status = 'applying' AND claimed_by IS ?",
-                             (os.getpid(), iso(clock.now()), found.id, found.claimed_by)).rowcount
-        if not mine:
+    for found in store.applying(journal):
+        if pid_alive(found.claimed_by) or not store.reclaim(journal, found, iso(clock.now())):
             continue
         why = applier.still_waits(found)
         if why is None:
             out.append(_apply(journal, applier, found.id, found.decided_by or "?"))
             continue
         text = f"applied before an interruption ({why})"
-        with journal.tx() as c:
-            c.execute("UPDATE decision_offers SET status = 'applied', outcome = ?, claimed_by = NULL WHERE id = ?",
-                      (text, found.id))
-        out.append(Verdict("applied", text, get_offer(journal, found.id)))
+        store.mark_applied(journal, found.id, text)
+        out.append(Verdict("applied", text, store.get_offer(journal, found.id)))
     return out
 
 

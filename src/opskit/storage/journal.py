@@ -331,6 +331,13 @@ class Journal:
                 lst.append(sha)
         return shas
 
+    def sent_at(self, outbox_id: int) -> str | None:
+        """When the notify.sent event of an outbox row was written (sub-second), if it was."""
+        row = self.conn.execute("SELECT ts_precise FROM events WHERE type = 'notify.sent' "
+                                "AND json_extract(data, '$.outbox_id') = ? ORDER BY id LIMIT 1",
+                                (outbox_id,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
     def event_count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 

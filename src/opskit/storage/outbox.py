@@ -193,3 +193,13 @@ def summary(journal: Journal) -> dict[str, dict[str, int]]:
 
 def queued_count(journal: Journal) -> int:
     return int(journal.conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'queued'").fetchone()[0])
+
+
+def for_events(journal: Journal, event_ids: Sequence[int]) -> list[sqlite3.Row]:
+    """The messages sent about these events, oldest first (`opskit incident`)."""
+    if not event_ids:
+        return []
+    marks = ",".join("?" * len(event_ids))
+    return list(journal.conn.execute(
+        f"SELECT id, channel, title, created, status, delivered, event_id FROM outbox WHERE event_id IN ({marks}) "
+        "ORDER BY id", list(event_ids)))

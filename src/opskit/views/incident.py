@@ -26,6 +26,7 @@ from typing import Any
 from opskit.base.clock import iso_precise, parse_iso
 from opskit.base.errors import GitError, UsageError
 from opskit.git.repo import Git
+from opskit.storage import outbox
 from opskit.storage.journal import Event, Journal
 
 ANCHORS = ("health.fail", "rollback.start", "rollback.complete", "rollback.fail", "service.frozen")
@@ -177,17 +178,11 @@ def _probes(ev: Event) -> list[Step]:
 def _notifications(journal: Journal, inc: Incident, ids: set[int]) -> None:
     if not ids:
         return
-    marks = ",".join("?" * len(ids))
-    rows = list(journal.conn.execute(
-        f"SELECT id, channel, title, created, status, delivered, event_id FROM outbox WHERE event_id IN ({marks}) "
-        "ORDER BY id", sorted(ids)))
-    for r in rows:
+    for r in outbox.for_events(journal, sorted(ids)):
         when = parse_iso(r["delivered"] or r["created"])
-        sent = journal.conn.execute("SELECT ts_precise FROM events WHERE type = 'notify.sent' "
-                                    "AND json_extract(data, '$.outbox_id') = ? ORDER BY id LIMIT 1",
-                                    (r["id"],)).fetchone()
-        if sent and sent[0]:
-            when = parse_iso(sent[0])
+        sent = journal.sent_at(r["id"])
+        if sent:
+            when = parse_iso(sent)
         state = "delivered" if r["status"] == "delivered" else f"NOT delivered ({r['status']})"
         inc.notifications.append({"outbox_id": r["id"], "channel": r["channel"], "title": r["title"],
                                   "status": r["status"], "delivered": r["delivered"]})

@@ -38,6 +38,7 @@ from opskit.base import schedule
 from opskit.base.config import NAME
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.errors import OpsError, UsageError
+from opskit.wiring.templates import TEMPLATES
 
 if TYPE_CHECKING:
     from opskit.base.config import Settings
@@ -48,7 +49,7 @@ END = "# <<< opskit <<<"
 # Hand-edited markers still count: anything that starts like ours is ours.
 _BEGIN_PREFIX = "# >>> opskit"
 _END_PREFIX = "# <<< opskit"
-TEMPLATE = Path(__file__).resolve().parents[2] / "cron" / "opskit.crontab"
+TEMPLATE = TEMPLATES / "cron" / "opskit.crontab"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_LINE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 # One leading `NAME=value ` of a command as cron hands it to /bin/sh (before the first

@@ -21,6 +21,7 @@ from typing import Any
 
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import UsageError
+from opskit.wiring.templates import TEMPLATES
 from opskit.git.repo import Git, config_with_origin
 
 REPO_HOOKS = ("pre-receive", "post-receive")
@@ -78,10 +79,8 @@ class HooksReport:
 # --- templates ----------------------------------------------------------------------------
 
 def templates_dir() -> Path:
-    """hooks/ at the top of the checkout (the package is installed editable)."""
-    import opskit
-
-    return Path(opskit.__file__).resolve().parents[2] / "hooks"
+    """The hook templates shipped in the package (the checkout's top-level hooks/, linked in)."""
+    return TEMPLATES / "hooks"
 
 
 def render(name: str, python: str, config_path: str, service: str) -> str:

@@ -1,0 +1,174 @@
+"""The decision tables: button offers and the taps that decide them, with the transactions
+that make a tap count once (the rules are notify/decisions.py's).
+
+A tap is identified by (channel, message id). Recording it as seen and claiming its offer
+(open → applying, with our pid) happen in one transaction, so a tap read twice is skipped
+and two taps of one offer cannot both claim it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from opskit.storage.journal import Journal
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decision_offers (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    action      TEXT NOT NULL,                  -- approve | reject | freeze | unfreeze
+    target      TEXT NOT NULL,                  -- the approval id, or the service name
+    service     TEXT NOT NULL,
+    created     TEXT NOT NULL,
+    expires     INTEGER NOT NULL,               -- unix seconds, signed into the token
+    status      TEXT NOT NULL DEFAULT 'open',   -- open | applying | applied
+    channel     TEXT,
+    decided_by  TEXT,
+    claimed_by  INTEGER,
+    claimed_at  TEXT,
+    outcome     TEXT,
+    reply       TEXT,                           -- JSON: where to answer the tapper
+    tap         TEXT,                           -- the message id of the tap that claimed it
+    answered    TEXT                            -- when the tapper was told the outcome
+);
+CREATE TABLE IF NOT EXISTS decision_taps (
+    channel  TEXT NOT NULL,
+    msg_id   TEXT NOT NULL,                     -- Telegram update id, ntfy message id
+    offer_id INTEGER,
+    seen     TEXT NOT NULL,
+    PRIMARY KEY (channel, msg_id)
+);
+"""
+
+_ready: set[str] = set()
+_ready_lock = threading.Lock()
+
+
+def _db(journal: Journal) -> Journal:
+    key = f"{os.getpid()}:{journal.path}"
+    with _ready_lock:
+        if key not in _ready:
+            journal.conn.executescript(SCHEMA)
+            _ready.add(key)
+    return journal
+
+
+@dataclass(frozen=True)
+class Offer:
+    id: int
+    action: str
+    target: str
+    service: str
+    created: str
+    expires: int
+    status: str
+    channel: str | None
+    decided_by: str | None
+    claimed_by: int | None
+    claimed_at: str | None
+    outcome: str | None
+    reply: str | None
+    tap: str | None
+    answered: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _offer(r: Any) -> Offer | None:
+    return Offer(**{k: r[k] for k in Offer.__dataclass_fields__}) if r is not None else None
+
+
+def get_offer(journal: Journal, offer_id: int) -> Offer | None:
+    return _offer(_db(journal).conn.execute("SELECT * FROM decision_offers WHERE id = ?", (offer_id,)).fetchone())
+
+
+def insert_offers(journal: Journal, service: str, pairs: Sequence[tuple[str, str]], created: str,
+                  expires: int) -> list[int]:
+    """One open offer per (action, target); their ids, in order."""
+    ids = []
+    with _db(journal).tx() as c:
+        for action, target in pairs:
+            cur = c.execute("INSERT INTO decision_offers (action, target, service, created, expires) "
+                            "VALUES (?, ?, ?, ?, ?)", (action, target, service, created, expires))
+            assert cur.lastrowid is not None
+            ids.append(int(cur.lastrowid))
+    return ids
+
+
+def tap_seen(journal: Journal, channel: str, msg_id: str) -> bool:
+    return _db(journal).conn.execute("SELECT 1 FROM decision_taps WHERE channel = ? AND msg_id = ?",
+                                     (channel, msg_id)).fetchone() is not None
+
+
+def claim_by_tap(journal: Journal, offer_id: int, *, channel: str, msg_id: str, by: str,
+                 reply: dict[str, Any] | None, now: str) -> tuple[bool, bool]:
+    """Record the tap and claim its offer, in one transaction: (seen before, claimed)."""
+    with _db(journal).tx() as c:
+        if c.execute("SELECT 1 FROM decision_taps WHERE channel = ? AND msg_id = ?",
+                     (channel, msg_id)).fetchone():
+            return True, False
+        c.execute("INSERT INTO decision_taps (channel, msg_id, offer_id, seen) VALUES (?, ?, ?, ?)",
+                  (channel, msg_id, offer_id, now))
+        # Approve and Reject of one change are two offers: the approval row's own
+        # compare-and-swap settles a race between them.
+        claimed = c.execute(
+            "UPDATE decision_offers SET status = 'applying', channel = ?, decided_by = ?, claimed_by = ?, "
+            "claimed_at = ?, reply = ?, tap = ?, answered = NULL WHERE id = ? AND status = 'open'",
+            (channel, by, os.getpid(), now, json.dumps(reply or {}), msg_id, offer_id)).rowcount
+    return False, bool(claimed)
+
+
+def record_refused_tap(journal: Journal, channel: str, msg_id: str, offer_id: int | None, now: str) -> bool:
+    """Remember a refused tap; False when it was recorded before."""
+    with _db(journal).tx() as c:
+        return bool(c.execute("INSERT OR IGNORE INTO decision_taps (channel, msg_id, offer_id, seen) "
+                              "VALUES (?, ?, ?, ?)", (channel, msg_id, offer_id, now)).rowcount)
+
+
+def unanswered_by_tap(journal: Journal, channel: str, msg_id: str) -> Offer | None:
+    """The offer this tap decided, if the tapper was never told the outcome."""
+    return _offer(_db(journal).conn.execute(
+        "SELECT * FROM decision_offers WHERE channel = ? AND tap = ? AND status = 'applied' "
+        "AND answered IS NULL", (channel, msg_id)).fetchone())
+
+
+def set_answered(journal: Journal, offer_id: int, now: str) -> None:
+    with _db(journal).tx() as c:
+        c.execute("UPDATE decision_offers SET answered = ? WHERE id = ?", (now, offer_id))
+
+
+def finish(journal: Journal, found: Offer, outcome: str, *, waits: bool) -> None:
+    """End an applying offer: open again when its target still waits, else applied (and the
+    other button of the same change with it)."""
+    with _db(journal).tx() as c:
+        c.execute("UPDATE decision_offers SET status = ?, outcome = ?, claimed_by = NULL "
+                  "WHERE id = ? AND status = 'applying'", ("open" if waits else "applied", outcome, found.id))
+        if found.action in ("approve", "reject") and not waits:
+            c.execute("UPDATE decision_offers SET status = 'applied', outcome = ? WHERE status = 'open' "
+                      "AND action IN ('approve', 'reject') AND target = ? AND id != ?",
+                      (f"superseded by offer {found.id}", found.target, found.id))
+
+
+def applying(journal: Journal) -> list[Offer]:
+    rows = [_offer(r) for r in _db(journal).conn.execute(
+        "SELECT * FROM decision_offers WHERE status = 'applying' ORDER BY id")]
+    return [r for r in rows if r is not None]
+
+
+def reclaim(journal: Journal, found: Offer, now: str) -> bool:
+    """Take over an applying offer whose claimer is gone; False when another run did first."""
+    with _db(journal).tx() as c:
+        return bool(c.execute("UPDATE decision_offers SET claimed_by = ?, claimed_at = ? "
+                              "WHERE id = ? AND status = 'applying' AND claimed_by IS ?",
+                              (os.getpid(), now, found.id, found.claimed_by)).rowcount)
+
+
+def mark_applied(journal: Journal, offer_id: int, outcome: str) -> None:
+    with _db(journal).tx() as c:
+        c.execute("UPDATE decision_offers SET status = 'applied', outcome = ?, claimed_by = NULL WHERE id = ?",
+                  (outcome, offer_id))
