@@ -313,12 +313,15 @@ def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = 
             d.ok, d.stage, d.reason = True, "done", "deployed (no health gate configured)"
             journal.deploy_finish(deploy_id, "healthy", d.reason)
             return d
+        from opskit.base import bwrap
         from opskit.deploy import health
 
         h = svc.health
         run.say(f"health gate: watching for {h.window:g}s (startup {h.startup:g}s, {h.failures} failures fail it)")
         verdict = health.gate(h, journal=journal, service=svc.name, chain=run.chain, sha=sha, clock=run.clock,
-                              on_probe=lambda p: run.say(f"  probe +{p.at:.1f}s {'ok ' if p.ok else 'BAD'} {p.detail}"))
+                              on_probe=lambda p: run.say(f"  probe +{p.at:.1f}s {'ok ' if p.ok else 'BAD'} {p.detail}"),
+                              cwd=svc.worktree if h.cmd else None, wrap=bwrap.probe_wrapper(run.settings, svc),
+                              sandbox=svc.sandbox if h.cmd else None)
         d.health_event_id = verdict.event_id
         if verdict.healthy:
             d.ok, d.stage, d.reason = True, "done", verdict.reason or "healthy"
