@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Turn a fresh Debian machine with Python 3.11+ and git into a working `opskit`.
-#   ./install.sh         opskit in ./.venv (and a link in ~/.local/bin)
+#   ./install.sh         opskit in ./.venv (and a link in ~/.local/bin), with git and bubblewrap
 #   ./install.sh --dev   the same plus the test dependencies and the Debian packages the
 #                        tests need (cron, for the real `crontab` binary)
 # Safe to run twice: an existing venv is reused and packages are only added.
@@ -34,6 +34,8 @@ command -v "$py" >/dev/null 2>&1 || { say "python3 not found; install Python 3.1
 "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
     say "$("$py" --version 2>&1) is too old; opskit needs Python 3.11 or newer (set PYTHON=…)"; exit 2; }
 command -v git >/dev/null 2>&1 || apt_install git
+# The chain runs pushed code (test, review) under bubblewrap; without it those steps fail closed.
+command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 
 if [ "$dev" -eq 1 ]; then
     need=()

@@ -6,7 +6,7 @@
     .venv/bin/python bench/run.py --write         # also rewrite the table in bench/README.md
     .venv/bin/python bench/run.py --full          # also wait out the seed's real 60 s window once
 
-Names: hook, recovery, drift, journal, startup, outbox, tap.
+Names: hook, recovery, drift, journal, startup, outbox, tap, sandbox.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 from common import Result, load_avg, machine  # noqa: E402
 from report import render_table, splice  # noqa: E402
 
-NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap")
+NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox")
 
 
 def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
@@ -32,6 +32,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
     import journal_bench
     import outbox_flush
     import recovery
+    import sandbox_step
     import startup
     import tap_latency
 
@@ -44,6 +45,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
             "startup": lambda: startup.run(rounds=7, warmup=1),
             "outbox": lambda: outbox_flush.run(rounds=5, warmup=0, n=300),
             "tap": lambda: tap_latency.run(rounds=3, warmup=1),
+            "sandbox": lambda: sandbox_step.run(rounds=7, warmup=1),
         }
     return {
         "hook": lambda: hook_commit.run(rounds=15, warmup=2),
@@ -53,6 +55,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
         "startup": lambda: startup.run(rounds=10, warmup=2),
         "outbox": lambda: outbox_flush.run(rounds=5, warmup=1),
         "tap": lambda: tap_latency.run(rounds=7, warmup=1),
+        "sandbox": lambda: sandbox_step.run(rounds=15, warmup=2),
     }
 
 

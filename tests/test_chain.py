@@ -48,11 +48,12 @@ def test_feature_push_is_tested_reviewed_merged_deployed(cs: ChainStage) -> None
     assert all(e.get("commit") for e in mine)  # every step carries the commit it is about
     assert next(e for e in mine if e["type"] == "merge.complete")["commit"] == tip
     assert next(e for e in mine if e["type"] == "test.pass")["commit"] == head
-    # test and review ran in throwaway checkouts, never in production, and were cleaned up
+    # test and review ran in throwaway checkouts (sandboxed), never in production, and were cleaned up
     for what in ("test", "review"):
-        where = (cs.probe / f"{what}.pwd").read_text().strip()
+        (where,) = cs.seen(f"{what}.pass", "pwd: ")
         assert where != str(cs.sb.worktree) and not Path(where).exists()
-    env = dict(ln.split("=", 1) for ln in (cs.probe / "review.env").read_text().splitlines())
+        assert cs.last(f"{what}.pass").data["sandbox"] == "bwrap"
+    env = dict(ln.split("=", 1) for ln in cs.seen("review.pass", "env: "))
     assert env["OPSKIT_HEAD"] == head and env["OPSKIT_BASE"] == before and env["OPSKIT_BRANCH"] == "feature/x"
     assert env["OPSKIT_RANGE"] == f"{before}..{head}" and env["OPSKIT_CHAIN"] == push_ev.chain
     assert env["OPSKIT_SERVICE"] == "svc"
@@ -277,7 +278,17 @@ def test_nothing_is_merged_while_the_service_is_frozen(cs: ChainStage) -> None:
     assert cs.last("deploy.fail").data["frozen"] is True
 
 
-def test_branch_names_are_data_not_shell(cs: ChainStage) -> None:
+def test_branch_names_are_data_not_shell(tmp_path: Path) -> None:
+    # Unsandboxed on purpose: a shell injection from inside the test or review must be able to
+    # create the marker, or this test could not fail; and the exact bytes go through a file.
+    c = make_chain_stage(tmp_path, sandbox="none")
+    try:
+        _branch_names_are_data(c)
+    finally:
+        c.st.close()
+
+
+def _branch_names_are_data(cs: ChainStage) -> None:
     pwned = cs.probe / "pwned"
     name = f"feature/it's-$(touch${{IFS}}{pwned})-`id`-ü\udcff"
     head = cs.feature(name, {"odd.txt": "1\n"}, message="odd $(name) 'quotes'")

@@ -71,6 +71,7 @@ def test_demo_json_checks_the_whole_loop_and_cleans_up(tmp_path: Path, state_dir
     assert all(f["ok"] for f in facts.values()), [f for f in facts.values() if not f["ok"]]
     assert out["ok"] is True and out["exit_code"] == 0
     assert "Connection refused" in facts["gate_failed_refused"]["detail"]
+    assert "in the bwrap sandbox" in facts["tested_and_reviewed"]["detail"]  # pushed code ran sandboxed
     # the loop's shape, in time order: nobody pushed master, opskit merged and reverted
     types = [m["type"] for m in out["timeline"] if m["type"]]
     it = iter(types)

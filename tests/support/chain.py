@@ -26,12 +26,15 @@ from opskit.storage.journal import Event
 from tests.support.gitsandbox import git, rev
 from tests.support.pipeline import Stage, env_for, hooked_stage
 
-TEST_CMD = ('pwd > {probe}/test.pwd; '
+# Sandboxed (the default) they cannot write {probe}: what they saw is printed (`pwd:`, `env:`
+# lines, kept in the events' tails); with sandbox = "none" it is written there too.
+TEST_CMD = ('echo "pwd: $(pwd)"; {{ pwd > {probe}/test.pwd; }} 2>/dev/null; '
             'if [ -e test.hang ]; then echo hanging; sleep 60; fi; '
             'if [ -e test.spam ]; then yes "spam line" | head -n 200000; echo "LAST LINE"; exit 1; fi; '
             'if [ -e test.fail ]; then cat test.fail; echo "FAILED test_thing: assert 1 == 2"; exit 1; fi; '
             'echo "3 passed"')
-REVIEW_CMD = ('env | grep -a ^OPSKIT_ | LC_ALL=C sort > {probe}/review.env; pwd > {probe}/review.pwd; '
+REVIEW_CMD = ('env | grep -a ^OPSKIT_ | LC_ALL=C sort | sed "s/^/env: /"; echo "pwd: $(pwd)"; '
+              '{{ env | grep -a ^OPSKIT_ | LC_ALL=C sort > {probe}/review.env; pwd > {probe}/review.pwd; }} 2>/dev/null; '
               'echo "reviewing $OPSKIT_RANGE"; exit "$(cat review.exit 2>/dev/null || echo 0)"')
 
 
@@ -74,6 +77,10 @@ class ChainStage:
         ev = self.st.journal().last(type_, "svc")
         assert ev is not None, f"no {type_} event; have {[e.type for e in self.events()]}"
         return ev
+
+    def seen(self, type_: str, prefix: str) -> list[str]:
+        """What the last `type_` event's command printed after `prefix` (`pwd: `, `env: `)."""
+        return [ln[len(prefix):] for ln in self.last(type_).data["tail"].splitlines() if ln.startswith(prefix)]
 
     def tip(self) -> str:
         return self.sb.tip()

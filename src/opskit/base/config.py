@@ -107,6 +107,8 @@ class ServiceSettings:
     test_failure: str = "reject"  # reject | human
     review: str | None = None
     review_timeout: float = 1800.0
+    sandbox: str = "bwrap"  # bwrap | none: how test and review (pushed code) run
+    sandbox_network: bool = False
     merge: str = "merge"  # merge | ff
     drift_ignore: tuple[str, ...] = ()
     background: bool = False
@@ -523,6 +525,7 @@ class _Parser:
             "feature_branches": self.strings, "test": self.nonempty, "test_timeout": self.positive,
             "test_failure": self.choice("reject", "human"), "review": self.nonempty,
             "review_timeout": self.positive, "merge": self.choice("merge", "ff"),
+            "sandbox": self.choice("bwrap", "none"), "sandbox_network": self.boolean,
             "drift_ignore": self.strings, "background": self.boolean,
             "approval_timeout": self.positive, "notify": self.strings,
         })

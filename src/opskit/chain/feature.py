@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opskit.base import bwrap
 from opskit.chain import decision_text
 from opskit.notify import decisions
 from opskit.base import proc
@@ -259,9 +260,21 @@ def _short_tail(tail: str) -> str:
 
 def _run_in_checkout(ctx: _Ctx, command: str, timeout: float, what: str) -> proc.Result:
     # Never the production worktree: a test may write, build or delete anything it likes.
+    # Pushed code runs in the sandbox (bwrap.py) unless the service says sandbox = "none";
+    # a bwrap that cannot start raises bwrap.Unavailable: the step fails, never runs bare.
+    tool = bwrap.require(ctx.svc.name) if ctx.svc.sandbox == "bwrap" else None
     with ctx.bare.temp_worktree(ctx.head, prefix=f"opskit-{what}-") as wt:
-        return proc.run(proc.shell_argv(command), cwd=wt.path, timeout=timeout, env=ctx.env(),
-                        stream=_capped(ctx, what))
+        if tool is None:
+            return proc.run(proc.shell_argv(command), cwd=wt.path, timeout=timeout, env=ctx.env(),
+                            stream=_capped(ctx, what))
+        with bwrap.private_copy(wt.path) as work:
+            policy = bwrap.policy_for(ctx.run.settings, ctx.svc, work, wt.path)
+            return proc.run(bwrap.argv(policy, proc.shell_argv(command), bwrap=tool), cwd=work, timeout=timeout,
+                            env=ctx.env(), stream=_capped(ctx, what))
+
+
+def _sandbox_fields(ctx: _Ctx, e: OpsError | None = None) -> dict[str, Any]:
+    return {"sandbox": "unavailable" if isinstance(e, bwrap.Unavailable) else ctx.svc.sandbox}
 
 
 def _test(ctx: _Ctx) -> None:
@@ -270,14 +283,15 @@ def _test(ctx: _Ctx) -> None:
         run.emit("test.skipped", {"branch": printable(ctx.branch), "reason": "no `test` command configured"})
         run.say(f"test: skipped (no `test` command configured for {svc.name})")
         return
-    run.say(f"test: {svc.test} (timeout {svc.test_timeout:g}s) on {short(ctx.head)}")
+    run.say(f"test: {svc.test} (timeout {svc.test_timeout:g}s, sandbox {svc.sandbox}) on {short(ctx.head)}")
     try:
         res = _run_in_checkout(ctx, svc.test, svc.test_timeout, "test")
     except OpsError as e:
-        _fail_test(ctx, f"the test could not run: {e}", {"error": str(e)}, "")
+        _fail_test(ctx, f"the test could not run: {e}", {"error": str(e), **_sandbox_fields(ctx, e)}, "")
         return
     data: dict[str, Any] = {"branch": printable(ctx.branch), "command": svc.test, "exit": res.returncode,
-                            "timed_out": res.timed_out, "duration": round(res.duration, 2), "tail": _tail(res)}
+                            "timed_out": res.timed_out, "duration": round(res.duration, 2), "tail": _tail(res),
+                            **_sandbox_fields(ctx)}
     if res.ok:
         run.emit("test.pass", data)
         run.say(f"✔ test passed in {res.duration:.1f}s")
@@ -306,12 +320,13 @@ def _review(ctx: _Ctx) -> None:
         run.emit("review.skipped", {"branch": printable(ctx.branch), "reason": "no `review` command configured"})
         run.say(f"review: skipped (no `review` command configured for {svc.name})")
         return
-    run.say(f"review: {svc.review} on {ctx.base[:10] + '..' if ctx.base else ''}{short(ctx.head)}")
-    data: dict[str, Any] = {"branch": printable(ctx.branch), "command": svc.review, "base": ctx.base, "head": ctx.head}
+    run.say(f"review: {svc.review} (sandbox {svc.sandbox}) on {ctx.base[:10] + '..' if ctx.base else ''}{short(ctx.head)}")
+    data: dict[str, Any] = {"branch": printable(ctx.branch), "command": svc.review, "base": ctx.base, "head": ctx.head,
+                            **_sandbox_fields(ctx)}
     try:
         res = _run_in_checkout(ctx, svc.review, svc.review_timeout, "review")
     except OpsError as e:
-        _review_error(ctx, f"the review could not run: {e}", data, "")
+        _review_error(ctx, f"the review could not run: {e}", {**data, **_sandbox_fields(ctx, e)}, "")
         return
     data.update({"exit": res.returncode, "timed_out": res.timed_out, "duration": round(res.duration, 2),
                  "tail": _tail(res)})

@@ -428,6 +428,12 @@ def _tail_line(tail: object) -> str:
     return lines[-1] if lines else ""
 
 
+def _sandbox_words(mode: object) -> str:
+    if mode == "bwrap":
+        return "in the bwrap sandbox (no .env, journal, production worktree or network in sight)"
+    return f"sandbox: {mode or 'not recorded'}"
+
+
 def _describe_event(ev: Event) -> str:
     d = ev.data
     sha = str(ev.sha or "")[:10]
@@ -437,8 +443,8 @@ def _describe_event(ev: Event) -> str:
             action, f"action: {action}")
         return f"push.received: {d.get('ref', '')} → {str(d.get('new', ''))[:10]}; {what}"
     if ev.type == "test.pass":
-        return (f"test.pass: the repo's tests passed in a throw-away checkout of {sha} "
-                f"({_tail_line(d.get('tail'))}, {d.get('duration', '?')}s)")
+        return (f"test.pass: the repo's tests passed in a throw-away checkout of {sha}, "
+                f"{_sandbox_words(d.get('sandbox'))} ({_tail_line(d.get('tail'))}, {d.get('duration', '?')}s)")
     if ev.type == "review.pass":
         return (f"review.pass: {d.get('command', '')} approved "
                 f"{str(d.get('base') or '')[:10]}..{str(d.get('head') or '')[:10]}")
@@ -548,14 +554,17 @@ def _check(sb: Sandbox, out: _Redacted, result: DemoResult, head: str, lines: li
 
         tested, reviewed = first.get("test.pass"), first.get("review.pass")
         ok = tested is not None and reviewed is not None and tested.sha == head and reviewed.sha == head
+        # the pushed code ran sandboxed: the demo shows what the README promises, not a bypass
+        ok = ok and tested is not None and tested.data.get("sandbox") == "bwrap"
         stop = next((e for e in mine if e.type in ("test.fail", "test.skipped", "review.fail", "review.skipped",
                                                    "review.needs-human")), None)
         _fact(out, result, "tested_and_reviewed", ok,
-              f"ci/test.py passed on {head[:10]} (\"{_tail_line(tested.data.get('tail'))}\": it imports the "
+              f"ci/test.py passed on {head[:10]} {_sandbox_words(tested.data.get('sandbox'))} "
+              f"(\"{_tail_line(tested.data.get('tail'))}\": it imports the "
               f"service, never starts it, so the bad change passes, as in the seed); ci/review.sh approved"
               if ok and tested is not None else
               (f"no push.received for {FEATURE} {head[:10]}" if chain is None else
-               f"chain {chain}: no test.pass and review.pass for {head[:10]}"
+               f"chain {chain}: no sandboxed test.pass and review.pass for {head[:10]}"
                + (f" ({stop.type}: {stop.data.get('reason', '')})" if stop else "")))
 
         mc = first.get("merge.complete")

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from opskit.base import proc
+from opskit.base import bwrap, proc
 from opskit.base.errors import OpsError, redact
 from opskit.base.ignore import ignored
 from opskit.base.text import printable, short
@@ -104,10 +104,12 @@ def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = 
             return d
         h = svc.health
         run.say(f"health gate: watching for {h.window:g}s (startup {h.startup:g}s, {h.failures} failures fail it)")
-        # A `cmd` probe runs in the worktree it gates, as `health-gate SERVICE` runs it.
+        # A `cmd` probe runs in the worktree it gates, as `health-gate SERVICE` runs it, and
+        # (sandbox = "bwrap") in the sandbox: it is code from the pushed tree.
         verdict = health.gate(h, journal=journal, service=svc.name, chain=run.chain, sha=sha, clock=run.clock,
-                              cwd=svc.worktree,
-                              on_probe=lambda p: run.say(f"  probe +{p.at:.1f}s {'ok ' if p.ok else 'BAD'} {p.detail}"))
+                              on_probe=lambda p: run.say(f"  probe +{p.at:.1f}s {'ok ' if p.ok else 'BAD'} {p.detail}"),
+                              cwd=svc.worktree, wrap=bwrap.probe_wrapper(run.settings, svc),
+                              sandbox=svc.sandbox if h.cmd else None)
         d.health_event_id = verdict.event_id
         if verdict.healthy:
             d.ok, d.stage, d.reason = True, "done", verdict.reason or "healthy"

@@ -28,13 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from opskit.base.clock import SYSTEM, Clock, iso_precise
 from opskit.base.config import HealthSettings, check_hostport, check_url
-from opskit.base.errors import UsageError, redact
+from opskit.base.errors import OpsError, UsageError, redact
 
 if TYPE_CHECKING:
     import httpx
 
     from opskit.storage.journal import Journal
 
+# A cmd probe's argv → the argv that runs it (in the sandbox for pushed code: bwrap.probe_wrapper).
+Wrap = Callable[[list[str]], list[str]]
 # Floating-point slack when comparing elapsed time with a deadline the loop aimed at exactly.
 _EPS = 1e-6
 PROBE_LOG_MAX = 120  # probes kept in a health event (the first and last half of a long gate)
@@ -155,9 +157,10 @@ def _os_error(e: OSError) -> str:
 class _Prober:
     """One probe kind, reused across a gate (one HTTP client, not one per probe)."""
 
-    def __init__(self, spec: HealthSettings, cwd: Path | None = None) -> None:
+    def __init__(self, spec: HealthSettings, cwd: Path | None = None, wrap: Wrap | None = None) -> None:
         self.spec = spec
         self.cwd = cwd
+        self.wrap = wrap  # the cmd probe's sandbox (bwrap.probe_wrapper), if any
         self._client: httpx.Client | None = None
         self._body_re = re.compile(spec.expect_body) if spec.expect_body is not None else None
 
@@ -257,7 +260,13 @@ class _Prober:
         from opskit.base import proc
 
         assert self.spec.cmd
-        result = proc.run(proc.shell_argv(self.spec.cmd), cwd=self.cwd, env=proc.clean_env(),
+        argv = proc.shell_argv(self.spec.cmd)
+        if self.wrap is not None:
+            try:
+                argv = self.wrap(argv)
+            except OpsError as e:  # no sandbox: the probe fails, it never runs unsandboxed
+                return False, str(e), None
+        result = proc.run(argv, cwd=self.cwd, env=proc.clean_env(),
                           timeout=self.spec.timeout, tail_lines=5)
         if result.timed_out:
             return False, f"timed out after {_seconds(self.spec.timeout)}", None
@@ -298,14 +307,14 @@ def probe_once(spec: HealthSettings, *, cwd: Path | None = None) -> ProbeResult:
 
 def run_gate(spec: HealthSettings, *, clock: Clock = SYSTEM,
              on_probe: Callable[[ProbeResult], None] | None = None,
-             cwd: Path | None = None) -> Verdict:
+             cwd: Path | None = None, wrap: Wrap | None = None) -> Verdict:
     """Probe until the verdict rule is met; journals nothing (see gate()).
 
     KeyboardInterrupt propagates: an interrupted gate has no verdict.
     """
     validate(spec)
     target = describe_target(spec)
-    prober = _Prober(spec, cwd)
+    prober = _Prober(spec, cwd, wrap)
     probes: list[ProbeResult] = []
     start = clock.monotonic()
     seen_healthy = False
@@ -352,10 +361,11 @@ def run_gate(spec: HealthSettings, *, clock: Clock = SYSTEM,
 def gate(spec: HealthSettings, *, journal: Journal, service: str | None = None,
          chain: str | None = None, sha: str | None = None, clock: Clock = SYSTEM,
          on_probe: Callable[[ProbeResult], None] | None = None,
-         cwd: Path | None = None) -> Verdict:
-    """run_gate() and journal health.pass / health.fail; sets verdict.event_id."""
+         cwd: Path | None = None, wrap: Wrap | None = None, sandbox: str | None = None) -> Verdict:
+    """run_gate() and journal health.pass / health.fail; sets verdict.event_id. `sandbox`: how a
+    cmd probe ran ("bwrap" | "none"), recorded in the event."""
     started = clock.now()
-    verdict = run_gate(spec, clock=clock, on_probe=on_probe, cwd=cwd)
+    verdict = run_gate(spec, clock=clock, on_probe=on_probe, cwd=cwd, wrap=wrap)
     failed = sum(1 for p in verdict.probes if not p.ok)
     # When each probe ran and what it said, so `opskit incident` can tell downtime from the
     # probes themselves (first failed → first healthy), not from the events around them.
@@ -377,6 +387,7 @@ def gate(spec: HealthSettings, *, journal: Journal, service: str | None = None,
             "timeout": spec.timeout,
             "started": iso_precise(started),
             "probe_log": [[round(p.at, 3), p.ok, p.detail] for p in shown],
+            **({"sandbox": sandbox} if sandbox is not None else {}),
         },
         chain=chain,
         sha=sha,

@@ -141,7 +141,26 @@ def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
                      svc.health.url or svc.health.tcp or svc.health.cmd or "no probe: deploys are not gated",
                      "add [service.NAME.health] url/tcp/cmd"))
     out.append(_guard(f"{name}: hooks", lambda: _hooks(settings, svc)))
+    if svc.test or svc.review or svc.health.cmd:
+        out.append(_guard(f"{name}: sandbox", lambda: _sandbox(svc)))
     return out
+
+
+def _sandbox(svc: ServiceSettings) -> Check:
+    """Before any push: will the chain be able to run pushed code, and how?"""
+    from opskit.base import bwrap
+
+    name = f"service {svc.name}: sandbox"
+    if svc.sandbox == "none":
+        return Check(name, False, "none: test and review run pushed code unsandboxed, with this account's "
+                     "files, secrets and network", f"set sandbox = \"bwrap\" under [service.{svc.name}]",
+                     severity="warning")
+    why = bwrap.available(svc.name)
+    if why is not None:
+        return Check(name, False, why.split("; ", 1)[0], why.split("; ", 1)[-1])
+    net = "network allowed (sandbox_network = true)" if svc.sandbox_network else "no network"
+    return Check(name, True, f"bwrap ({bwrap.find()}): test and review see a read-only system, a private "
+                 f"copy of the checkout, {net}")
 
 
 def _hooks(settings: Settings, svc: ServiceSettings) -> Check:

@@ -1,0 +1,308 @@
+"""The sandbox for commands that run pushed code (the chain's test and review, a health cmd probe), with bubblewrap.
+
+Code on a feature branch was written minutes ago by someone (or something) nobody has reviewed
+yet; an allowlisted environment does not stop it from reading the .env beside the config,
+writing the journal or the deployed worktree, or calling the webhook receiver on loopback.
+Inside the sandbox (the `argv` below, Flatpak's tool, no setuid and no daemon):
+
+- the root filesystem is read-only; /dev and /proc are the sandbox's own; /tmp is empty;
+- the state dir, the config dir (and its .env), every service's deployed worktree and bare repo,
+  and the account's HOME are empty tmpfs mounts — except the read-only slice of the service's
+  repo that git needs to read history in the checkout (objects, refs, HEAD; no hooks, no config);
+- the working directory is a private, writable copy of the checkout, thrown away afterwards;
+- no network (not even loopback services: its own network namespace), and /run hidden so
+  Unix sockets (a Docker or D-Bus socket) are out of reach too, unless the service sets
+  `sandbox_network = true`;
+- its own PID namespace and --die-with-parent: when the command exits or its timeout kills
+  bwrap, every process it started is gone.
+
+It is not a VM: the kernel is shared, and what the account can read outside the hidden paths
+(/etc, /usr, other users' world-readable files) it can read inside. This module only builds
+argv and checks bwrap can start; chain.py runs it through proc like any other command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import pwd
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from opskit.base.config import ServiceSettings, Settings
+from opskit.base.errors import OpsError
+
+MODES = ("bwrap", "none")
+FIX = ("install bubblewrap (apt-get install bubblewrap) or set sandbox = \"none\" under [service.{name}], "
+       "knowing that pushed code then runs with this account's files, secrets and network")
+# What git needs from a repository (the common dir of a `git worktree`) to read history.
+_GIT_READ = ("HEAD", "objects", "refs", "packed-refs", "shallow", "info")
+
+
+class Unavailable(OpsError):
+    """bwrap is missing or cannot start a sandbox here; pushed code is then not run at all."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    work: Path | None  # the private copy of the checkout: writable, the working directory
+    hide: tuple[Path, ...] = ()  # become empty tmpfs mounts
+    hide_files: tuple[Path, ...] = ()  # unreadable: /dev/null over them, on a nodev mount
+    read_only: tuple[Path, ...] = ()  # shown again read-only (under a hidden path, e.g. git objects)
+    network: bool = False
+    chdir: Path | None = None  # with no work dir: where the command starts (read-only, like the rest)
+
+
+def argv(policy: Policy, command: Sequence[str], *, bwrap: str = "bwrap") -> list[str]:
+    """The bwrap command line that runs `command` under `policy`.
+
+    Mount order is the design: later mounts cover earlier ones, so the hidden paths come after
+    the read-only root and the fresh /tmp, and the read-only git slice and the work dir come
+    last — a checkout copy under a hidden path (TMPDIR inside HOME, a config dir holding
+    everything) must still be there.
+    """
+    out = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    if not policy.network:
+        out += ["--tmpfs", "/run"]
+    for p in _outermost(policy.hide):
+        out += ["--tmpfs", str(p)]
+    for p in sorted(set(policy.hide_files)):
+        if _exists(p, dir=False):
+            out += ["--ro-bind", "/dev/null", str(p)]
+    shown = sorted(set(policy.read_only), key=lambda q: len(q.parts))
+    for p in shown:
+        out += ["--ro-bind", str(p), str(p)]
+    # A path shown again (a deployed worktree under HOME) must not bring back a hidden one below
+    # it (a state dir inside that worktree): hide those once more, after it.
+    for p in _outermost([h for h in policy.hide if any(h != r and h.is_relative_to(r) for r in shown)]):
+        out += ["--tmpfs", str(p)]
+    for p in sorted(f for f in set(policy.hide_files) if any(f.is_relative_to(r) for r in shown)):
+        if _exists(p, dir=False):
+            out += ["--ro-bind", "/dev/null", str(p)]
+    if policy.work is not None:
+        out += ["--bind", str(policy.work), str(policy.work), "--chdir", str(policy.work)]
+    elif policy.chdir is not None:
+        out += ["--chdir", str(policy.chdir)]
+    out += ["--unshare-all"]
+    if policy.network:
+        out += ["--share-net"]
+    # --new-session: no TIOCSTI into a terminal we might have; --die-with-parent: if opskit (or
+    # the timeout's kill of bwrap) ends, the sandbox's pid 1 gets SIGKILL and its namespace with it.
+    out += ["--die-with-parent", "--new-session", "--setenv", "TMPDIR", "/tmp"]
+    out += ["--", *command]
+    return out
+
+
+def policy_for(settings: Settings, svc: ServiceSettings, work: Path, checkout: Path) -> Policy:
+    """What a test or review of `svc` may see: `work` (the copy of `checkout`) and nothing of
+    opskit's or production's. Every service's repo and worktree is hidden, not only this one's:
+    one host's services trust each other no more than they trust the pushed code."""
+    hidden, files = _hidden(settings)
+    return Policy(work=work, hide=tuple(hidden), hide_files=tuple(files),
+                  read_only=tuple(git_slice(checkout) + _interpreter(hidden)), network=svc.sandbox_network)
+
+
+def _hidden(settings: Settings, *, shown: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """(directories, files) hidden from pushed code; `shown`: a worktree left visible (read-only)."""
+    hide: list[Path] = [settings.state_dir, *homes()]
+    files: list[Path] = []
+    if settings.path is not None:
+        cfg = Path(settings.path).resolve()
+        if len(cfg.parent.parts) > 2:
+            hide.append(cfg.parent)
+        else:  # /etc/opskit.toml: hiding /etc would take the system with it; hide the two files
+            files += [cfg, cfg.parent / ".env"]
+    for other in settings.services.values():
+        if shown is None or Path(other.worktree).resolve() != shown.resolve():
+            hide.append(Path(other.worktree))
+        if not other.pull_mode:
+            hide.append(Path(other.repo))
+    return _resolved(hide), files
+
+
+def probe_wrapper(settings: Settings, svc: ServiceSettings) -> Callable[[list[str]], list[str]] | None:
+    """For the health gate's `cmd` probe of `svc` (a script in the deployed tree is pushed code
+    too): argv → its sandboxed argv, or None when the service runs unsandboxed or has no cmd
+    probe. Unlike test and review, a probe keeps the network (reaching the service is its job)
+    and sees the deployed worktree read-only as its working directory; the state dir, config,
+    HOME, the repos and the other services' worktrees stay hidden. The wrapper raises
+    Unavailable when bwrap cannot start: the probe fails, it does not run bare."""
+    if svc.sandbox != "bwrap" or not svc.health.cmd:
+        return None
+    hidden, files = _hidden(settings, shown=Path(svc.worktree))
+    tree = Path(svc.worktree).resolve()
+    policy = Policy(work=None, chdir=tree, hide=tuple(hidden), hide_files=tuple(files),
+                    read_only=(tree, *_interpreter(hidden)), network=True)
+
+    def wrap(command: list[str]) -> list[str]:
+        return argv(policy, command, bwrap=require(svc.name))
+
+    return wrap
+
+
+def _interpreter(hidden: Sequence[Path]) -> list[Path]:
+    """The Python opskit runs on, read-only, when it lives under a hidden path (pyenv or a venv
+    in HOME): test commands written as `{sys.executable} ci/test.py` (the demo's) need it, and
+    it is code, not a secret. Never a prefix that holds a hidden path itself."""
+    out: list[Path] = []
+    for prefix in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}:
+        under = any(prefix.is_relative_to(h) for h in hidden)
+        holds = any(h.is_relative_to(prefix) for h in hidden)
+        if under and not holds:
+            out.append(prefix)
+    return sorted(out)
+
+
+def _resolved(paths: Sequence[Path]) -> list[Path]:
+    # A hidden path must be hidden where it really is: a symlinked state dir is reached both ways.
+    out: list[Path] = []
+    for p in paths:
+        for q in (Path(os.path.abspath(p)), p.resolve()):
+            if q not in out:
+                out.append(q)
+    return out
+
+
+def _outermost(paths: Sequence[Path]) -> list[Path]:
+    """Hidden paths, parents before children, nothing that would hide / itself."""
+    found = sorted({p for p in paths if p != Path("/")}, key=lambda q: len(q.parts))
+    return [p for p in found if _exists(p, dir=True)]
+
+
+def _exists(p: Path, *, dir: bool) -> bool:
+    # Another account's 0700 home above a path (a service account, one of several on the host):
+    # this account cannot reach it, so neither can the sandbox; nothing to hide.
+    try:
+        return p.is_dir() if dir else p.is_file()
+    except OSError:
+        return False
+
+
+def account_home() -> Path | None:
+    """The account's home: HOME, and the passwd entry's when it differs (sudo -E, cron)."""
+    home = os.environ.get("HOME")
+    if home:
+        return Path(home)
+    with contextlib.suppress(KeyError):
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    return None
+
+
+def homes() -> list[Path]:
+    out = [h for h in (account_home(),) if h is not None]
+    with contextlib.suppress(KeyError):
+        pw = Path(pwd.getpwuid(os.getuid()).pw_dir)
+        if pw not in out:
+            out.append(pw)
+    return out
+
+
+def git_slice(checkout: Path) -> list[Path]:
+    """What git reads in a `git worktree` checkout: its admin dir and the common dir's objects,
+    refs and HEAD (read-only). Hooks and the repo config stay hidden."""
+    dotgit = checkout / ".git"
+    if not dotgit.is_file():
+        return []
+    line = dotgit.read_text(encoding="utf-8", errors="replace").strip()
+    if not line.startswith("gitdir:"):
+        return []
+    admin = Path(line.removeprefix("gitdir:").strip())
+    if not admin.is_absolute():
+        admin = (checkout / admin).resolve()
+    out = [admin]
+    common_file = admin / "commondir"
+    if common_file.is_file():
+        rel = common_file.read_text(encoding="utf-8", errors="replace").strip()
+        common = (admin / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+        out += [common / n for n in _GIT_READ if (common / n).exists()]
+    return out
+
+
+@contextlib.contextmanager
+def private_copy(checkout: Path) -> Iterator[Path]:
+    """A writable copy of checkout that the sandboxed command may change at will; removed after.
+    The checkout itself (whose .git opskit's own git later uses to remove it) is never exposed."""
+    try:
+        parent = Path(tempfile.mkdtemp(prefix="opskit-sandbox-"))
+    except OSError as e:
+        raise OpsError(f"cannot make the sandbox's copy of the checkout in {tempfile.gettempdir()}: "
+                       f"{e.strerror}; free space there or set TMPDIR") from None
+    work = parent / checkout.name
+    try:
+        try:
+            shutil.copytree(checkout, work, symlinks=True)
+        except OSError as e:  # shutil.Error (a disk filling up mid-copy) is one too
+            raise OpsError(f"cannot copy the checkout into {parent} for the sandbox: "
+                           f"{(getattr(e, 'strerror', None) or str(e))[:200]}; free space there or set TMPDIR") from None
+        yield work
+    finally:
+        _remove(parent)
+
+
+def _remove(path: Path) -> None:
+    def unlock(func: object, p: str, _exc: object) -> None:
+        # a test may leave directories without write permission; we own them, so open them up
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+        with contextlib.suppress(OSError):
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+
+    shutil.rmtree(path, onerror=unlock)
+
+
+def find() -> str | None:
+    return shutil.which("bwrap")
+
+
+def available(service: str = "NAME") -> str | None:
+    """None when bwrap can start a sandbox here; otherwise one line: the cause and the fix.
+    It really starts one (the same namespaces the steps use): a bwrap that exists but cannot
+    create a user or network namespace (sysctl, AppArmor, a container) fails here, not later."""
+    path = find()
+    if path is None:
+        return f"bwrap is not installed (not on PATH); {FIX.format(name=service)}"
+    why = _start(path)
+    if why is None:
+        return None
+    return f"bwrap cannot start a sandbox ({why}); allow user namespaces on this host or {FIX.format(name=service)}"
+
+
+@functools.lru_cache(maxsize=8)
+def _start(path: str) -> str | None:
+    # One real start per bwrap binary per process: a hook runs test and review back to back.
+    from opskit.base import proc
+
+    try:
+        res = proc.run([path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                        "--unshare-all", "--die-with-parent", "--new-session", "--", "true"], timeout=15,
+                       env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, tail_lines=5)
+    except OpsError as e:
+        return str(e)
+    if res.ok:
+        return None
+    last = next((ln.strip() for ln in reversed(res.tail) if ln.strip()), "")
+    how = "timed out" if res.timed_out else f"exit {res.returncode}"
+    return f"{how}: {last[:200]}" if last else how
+
+
+def require(service: str) -> str:
+    """The bwrap to run, or Unavailable with the one line to show."""
+    why = available(service)
+    if why is not None:
+        raise Unavailable(why)
+    path = find()
+    assert path is not None
+    return path
+
+
+__all__ = ["MODES", "Policy", "policy_for", "probe_wrapper", "Unavailable", "argv", "available", "require", "git_slice", "private_copy",
+           "homes", "account_home"]
