@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from opskit.base import proc
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import OpsError
 
@@ -279,8 +280,6 @@ def available(service: str = "NAME") -> str | None:
 @functools.lru_cache(maxsize=8)
 def _start(path: str) -> str | None:
     # One real start per bwrap binary per process: a hook runs test and review back to back.
-    from opskit.base import proc
-
     try:
         res = proc.run([path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                         "--unshare-all", "--die-with-parent", "--new-session", "--", "true"], timeout=15,

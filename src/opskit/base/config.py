@@ -371,7 +371,7 @@ class _Parser:
 
     def tz(self, key: str, value: Any) -> str:
         s = self.nonempty(key, value)
-        import zoneinfo
+        import zoneinfo  # only when a job names a timezone
 
         try:
             zoneinfo.ZoneInfo(s)

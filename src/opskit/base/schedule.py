@@ -42,7 +42,7 @@ def validate_cron(expr: str) -> str | None:
     fields = expr.split()
     if len(fields) != 5:
         return f"expected 5 fields, got {len(fields)}"
-    from croniter import croniter
+    from croniter import croniter  # start-up: croniter only where a schedule is read
 
     try:
         it = croniter(expr, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
@@ -122,7 +122,7 @@ def instants(naive: dt.datetime, tz: dt.tzinfo, wildcard: bool) -> list[dt.datet
 
 
 def _walk(expr: str, start: dt.datetime, forward: bool) -> Iterator[dt.datetime]:
-    from croniter import croniter
+    from croniter import croniter  # start-up: croniter only where a schedule is read
 
     it = croniter(expand_macro(expr), start)
     for _ in range(_MAX_STEPS):

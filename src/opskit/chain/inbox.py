@@ -218,8 +218,8 @@ def _telegram(settings: Settings, journal: Journal, applier: CliApplier, ch: Cha
 
 def _tap(settings: Settings, journal: Journal, applier: CliApplier, ch: ChannelSettings, update_id: int,
          query: dict[str, Any], report: InboxReport, clock: Clock, write: Callable[[str], None]) -> None:
-    from opskit.notify import telegram
-    from opskit.notify.base import clip, cut
+    from opskit.notify import telegram  # start-up: httpx only when there is a channel to read
+    from opskit.notify.base import clip, cut  # with telegram, above
 
     user = _obj(query.get("from"))
     uid = user.get("id")
@@ -267,7 +267,7 @@ def _obj(value: Any) -> dict[str, Any]:
 
 def _ntfy(settings: Settings, journal: Journal, applier: CliApplier, ch: ChannelSettings, report: InboxReport,
           clock: Clock, write: Callable[[str], None]) -> None:
-    from opskit.notify.base import request
+    from opskit.notify.base import request  # start-up: httpx only when an ntfy topic is read
 
     assert ch.reply_url is not None
     state = journal.kv_get("inbox", ch.name) or {}
@@ -299,7 +299,7 @@ def _ntfy(settings: Settings, journal: Journal, applier: CliApplier, ch: Channel
 def _follow_up(settings: Settings, journal: Journal, ch: ChannelSettings, v: decisions.Verdict,
                clock: Clock) -> None:
     """ntfy cannot edit the tapped message: the answer is a new one on the same topic."""
-    from opskit import notify
+    from opskit import notify  # only to answer an ntfy tap
 
     service = v.offer.service if v.offer is not None else None
     what = f"{v.offer.action} {_target(v.offer)}" if v.offer is not None else "decision"

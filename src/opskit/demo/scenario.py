@@ -46,6 +46,7 @@ from opskit.sandbox import free_port
 from opskit.sandbox.receiver import Receiver
 from opskit.sandbox.repos import Repos, build
 from opskit.sandbox.service import deploy_command, kill_pid, stop
+from opskit.deploy import health
 
 SERVICE = "primerouter"
 BRANCH = "master"
@@ -607,8 +608,6 @@ def _check(sb: Sandbox, out: _Redacted, result: DemoResult, head: str, lines: li
         wt_head, branch = wt.head(), wt.current_branch()
         _fact(out, result, "worktree_at_revert", wt_head == tip and branch == BRANCH,
               f"{repos.worktree} runs {str(wt_head)[:10]} on {branch}")
-
-        from opskit.deploy import health
 
         probe = health.probe_once(HealthSettings(url=sb.health_url, timeout=2.0, expect_status=(200,),
                                                  expect_body="ok"))

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 from opskit.base.clock import SYSTEM, Clock, iso_precise
 from opskit.base.config import HealthSettings, check_hostport, check_url
 from opskit.base.errors import OpsError, UsageError, redact
+from opskit.base import proc
 
 if TYPE_CHECKING:
-    import httpx
+    import httpx  # start-up: only the HTTP probe needs it
 
     from opskit.storage.journal import Journal
 
@@ -199,7 +200,7 @@ class _Prober:
         return self._client
 
     def _http(self) -> tuple[bool, str, int | None]:
-        import httpx
+        import httpx  # start-up: only the HTTP probe needs it
 
         spec = self.spec
         assert spec.url
@@ -257,8 +258,6 @@ class _Prober:
 
     # -- cmd --
     def _cmd(self) -> tuple[bool, str, int | None]:
-        from opskit.base import proc
-
         assert self.spec.cmd
         argv = proc.shell_argv(self.spec.cmd)
         if self.wrap is not None:

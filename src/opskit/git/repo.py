@@ -17,6 +17,7 @@ from pathlib import Path
 
 from opskit.base import proc
 from opskit.base.errors import GitError, UsageError
+import stat
 
 ZERO = "0" * 40
 GIT_TIMEOUT = 120.0
@@ -409,8 +410,6 @@ def index_entries(repo: Git) -> list[tuple[str, str, int, str]]:
 
 def worktree_mode(st: os.stat_result) -> str | None:
     """The tree mode git records for a worktree entry (None: a folder, fifo, socket...)."""
-    import stat
-
     if stat.S_ISLNK(st.st_mode):
         return "120000"
     if stat.S_ISREG(st.st_mode):
@@ -447,8 +446,6 @@ def _worktree_tree(repo: Git, index_tree: str, paths: Sequence[str], tmp: Path) 
     """index_tree with every one of `paths` set to the worktree's raw bytes and mode (a
     symlink's target as its blob, a nested repository as a gitlink to its HEAD) or removed
     when the worktree has no file there. Blobs are written with --no-filters."""
-    import stat
-
     env = {"GIT_INDEX_FILE": str(tmp / "index-worktree")}
     repo.run("read-tree", index_tree, env=env)
     gone: list[str] = []

@@ -31,6 +31,9 @@ from opskit.notify.announce import announce
 from opskit.git.files import RepoInfo, repo_info
 from opskit.git.land import canonical_tip
 from opskit.git.worktree import free_ref, save_dirty
+from opskit.base.proc import pid_alive
+from opskit.wiring import hooks
+from opskit.base.lock import ServiceLock
 
 if TYPE_CHECKING:
     from opskit.base.config import ServiceSettings, Settings
@@ -147,8 +150,6 @@ class Deploys:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # our own stale row cannot be running a deploy concurrently
-    from opskit.base.proc import pid_alive
-
     return pid_alive(pid)
 
 
@@ -251,8 +252,6 @@ def _relation(svc: ServiceSettings, wt: Git, head: str, tip: str) -> Finding:
 
 
 def _check_hooks(settings: Settings, svc: ServiceSettings, rep: ServiceDrift) -> None:
-    from opskit.wiring import hooks
-
     try:
         states: Sequence[_HookState | hooks.HookState]
         fast = _fast_hook_states(settings, svc, rep)
@@ -288,8 +287,6 @@ def _fast_hook_states(settings: Settings, svc: ServiceSettings,
     """hooks.hook_states costs ~10 git calls a service; this reads the same files with one
     rev-parse per repo. Anything unusual (core.hooksPath set, pull mode, a repo we could
     not read) returns None and the caller asks opskit.wiring.hooks itself."""
-    from opskit.wiring import hooks
-
     if svc.pull_mode or rep.repo_info is None or rep.repo_info.hooks_overridden:
         return None
     wt = repo_info(svc, Git(svc.worktree))
@@ -487,8 +484,6 @@ def scan(settings: Settings, journal: Journal, names: Sequence[str] = (), *, hea
 
 def _heal_one(settings: Settings, journal: Journal, svc: ServiceSettings, rep: ServiceDrift,
               clock: Clock, send: bool, lock_wait: float = HEAL_LOCK_WAIT) -> None:
-    from opskit.base.lock import ServiceLock
-
     try:
         # Save and restore under the lock every deploy, revert and chain takes: the
         # worktree must not move under a deploy, nor a deploy start mid-heal.

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from opskit.storage.journal import Journal
 
 from opskit.jobs.record import CHECK, FUTURE_SLACK, JOB, Notifier, notify_owner, reap_lost, report_recovery
+from opskit.wiring import cron
 
 
 # --- cron-check -----------------------------------------------------------------------------
@@ -74,8 +75,6 @@ _READ = object()
 
 def watched_jobs(settings: Settings, crontab_text: str | None) -> tuple[dict[str, Watch], list[str]]:
     """Schedules to watch: [jobs.NAME] in the config, then run-job lines in the crontab."""
-    from opskit.wiring import cron
-
     out: dict[str, Watch] = {}
     warnings: list[str] = []
     for j in settings.jobs.values():
@@ -99,8 +98,6 @@ def watched_jobs(settings: Settings, crontab_text: str | None) -> tuple[dict[str
 def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
                notifier: Notifier | None = None, crontab_text: Any = _READ) -> CheckReport:
     """Find jobs that missed their run, overran, failed or vanished; one notification each."""
-    from opskit.wiring import cron
-
     now = clock.now()
     warnings: list[str] = []
     if crontab_text is _READ:

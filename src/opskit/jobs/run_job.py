@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from opskit.storage.journal import Journal
 
 from opskit.jobs.record import JOB, Notifier, Outcome, TAIL, apply_result, check_name, proc_ticks, reap_lost, report_failure, report_recovery
+import shlex
 
 
 # --- run-job --------------------------------------------------------------------------------
@@ -44,8 +45,6 @@ def _on_term(signum: int, frame: object) -> None:
 
 
 def _cmd_text(argv: Sequence[str]) -> str:
-    import shlex
-
     text = " ".join(shlex.quote(a) for a in argv)
     return redact(text if len(text) <= 300 else text[:297] + "...")
 

@@ -14,7 +14,7 @@ from opskit.notify.base import Message, Outcome
 
 def deliver(ch: ChannelSettings, msg: Message, timeout: float) -> Outcome:
     try:
-        import apprise
+        import apprise  # optional extra, and slow to import
     except ImportError:
         return Outcome.permanent("the apprise channel needs the apprise package: "
                                  "pip install 'opskit[apprise]'")

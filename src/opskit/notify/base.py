@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from opskit.base.errors import redact
+import os
 
 if TYPE_CHECKING:
-    import httpx
+    import httpx  # start-up: only sending needs it
 
 # level → (emoji, colour). Colours chosen to read on Discord's dark and light themes.
 LEVEL_STYLE: dict[str, tuple[str, int]] = {
@@ -167,9 +168,7 @@ _shared: tuple[int, httpx.Client] | None = None
 def _client() -> httpx.Client:
     """One client per process: building one costs ~50 ms (TLS context), a flush of a
     long queue would spend most of its time there."""
-    import os
-
-    import httpx
+    import httpx  # start-up: only sending needs it
 
     global _shared
     if _shared is None or _shared[0] != os.getpid():

@@ -17,6 +17,11 @@ from opskit.notify import decisions
 from opskit.base.config import Settings, ServiceSettings
 from opskit.git import repo as gitrepo
 from opskit.base.errors import OpsError, redact
+from opskit.storage.journal import Journal
+from opskit.wiring import cron
+from opskit.git.repo import Git
+from opskit.base import bwrap
+from opskit.wiring import hooks
 
 
 @dataclass
@@ -70,8 +75,6 @@ def _git_version() -> Check:
 
 def _state_dir(path: Path) -> Check:
     def check() -> Check:
-        from opskit.storage.journal import Journal
-
         j = Journal(path)
         n = j.event_count()
         writable = os.access(path, os.W_OK)
@@ -97,8 +100,6 @@ def _crontab_binary() -> Check:
 
 def _cron_block(settings: Settings) -> Check:
     def check() -> Check:
-        from opskit.wiring import cron
-
         fn = getattr(cron, "installed_entries", None)
         if fn is None:
             return Check("cron block", True, "not checked", severity="warning")
@@ -117,8 +118,6 @@ def _channels(settings: Settings) -> Check:
 
 
 def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
-    from opskit.git.repo import Git
-
     name = f"service {svc.name}"
     out: list[Check] = []
     if not svc.pull_mode:
@@ -148,8 +147,6 @@ def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
 
 def _sandbox(svc: ServiceSettings) -> Check:
     """Before any push: will the chain be able to run pushed code, and how?"""
-    from opskit.base import bwrap
-
     name = f"service {svc.name}: sandbox"
     if svc.sandbox == "none":
         return Check(name, False, "none: test and review run pushed code unsandboxed, with this account's "
@@ -164,8 +161,6 @@ def _sandbox(svc: ServiceSettings) -> Check:
 
 
 def _hooks(settings: Settings, svc: ServiceSettings) -> Check:
-    from opskit.wiring import hooks
-
     states = hooks.hook_states(settings, svc)
     bad = [f"{h.name} {h.state}" for h in states if h.state != "installed"]
     override = hooks.hooks_path_override(svc)

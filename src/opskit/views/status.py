@@ -17,6 +17,8 @@ from opskit.storage.journal import Journal
 from opskit.base.lock import is_held, read_holder
 from opskit.base.proc import pid_alive
 from opskit.base.text import printable
+from opskit.notify import broken_channels, outbox_summary
+from opskit.chain.feature import status_section
 
 def _deployed(svc: ServiceSettings) -> dict[str, Any]:
     wt = Git(svc.worktree)
@@ -69,8 +71,6 @@ def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -
 def collect(settings: Settings, journal: Journal, services: list[str] | None = None) -> dict[str, Any]:
     names = services or sorted(settings.services)
     out: dict[str, Any] = {"services": [service_status(settings, journal, settings.service(n)) for n in names]}
-    from opskit.notify import broken_channels, outbox_summary
-
     out["outbox"] = outbox_summary(journal)
     out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
     out["cron_check"] = _guarded(lambda: _cron_check(settings, journal))
@@ -153,8 +153,6 @@ def render(data: dict[str, Any]) -> list[str]:
 # Registered here so `opskit status` shows them without importing the chain on every status.
 
 def _chain_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> Any:
-    from opskit.chain.feature import status_section
-
     return status_section(settings, journal, svc)
 
 
