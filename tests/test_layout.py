@@ -146,3 +146,38 @@ def test_no_citations_of_documents_outside_the_repository() -> None:
     hits = [f"{p.relative_to(SRC)}:{i}" for p in PKG.rglob("*.py")
             for i, ln in enumerate(p.read_text().splitlines(), 1) if pat.search(ln)]
     assert not hits, "cite docs/ARCHITECTURE.md, a test or a commit instead:\n" + "\n".join(hits[:40])
+
+
+# Modules whose docstring states the rule for all of them: the commands (each imports its core
+# in its body), the hook entry and the hooks' policies (the fast path imports os only).
+_LAZY_BY_DESIGN = ("opskit.commands", "opskit.cli", "opskit.hookmain", "opskit.guard.lockdown")
+
+
+def test_imports_inside_functions_say_why() -> None:
+    """An import inside a function is a start-up saving and says so; anything else belongs at
+    the top, where a circle would show."""
+    silent = []
+    for mod, path in MODULES.items():
+        if mod.startswith(_LAZY_BY_DESIGN):
+            continue
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        skip: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in skip:
+                    here, before = lines[node.lineno - 1], lines[node.lineno - 2]
+                    if "#" not in here and not before.strip().startswith("#"):
+                        silent.append(f"{mod}:{node.lineno}: {here.strip()}")
+    assert not silent, "imports inside functions without a reason:\n" + "\n".join(sorted(set(silent)))
+
+
+def test_the_lazy_modules_say_so() -> None:
+    for mod in ("opskit.commands", "opskit.hookmain", "opskit.guard.lockdown"):
+        doc = ast.get_docstring(ast.parse(MODULES[mod].read_text())) or ""
+        assert "start-up" in doc.lower() or "fast path" in doc.lower(), mod

@@ -3,7 +3,7 @@
     python -I -c 'from opskit.hookmain import main; raise SystemExit(main())' \
         HOOK --config PATH --service NAME --self HOOKPATH -- ARGS…
 
-(`-c`, not `-m`: runpy alone costs ~5 ms of a hook's budget.) Hooks are fast: this module imports `os` and `sys` at module level and
+(`-c`, not `-m`: runpy alone costs ~5 ms of a hook's budget.) Hooks are fast (start-up is their cost): this module imports `os` and `sys` at module level and
 nothing else; each hook imports what its own path needs, and the worktree refusal path
 imports only opskit.guard.lockdown (itself `os` only). `-I` keeps the hook's working directory
 (the deployed worktree, which anyone with a shell there can write to) off sys.path and

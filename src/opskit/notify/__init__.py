@@ -19,6 +19,7 @@ from opskit.base.config import LEVELS, Settings
 from opskit.base.errors import UsageError
 from opskit.storage.journal import Journal
 from opskit.notify.base import Action
+from opskit.notify.courier import Courier
 from opskit.storage import outbox
 
 __all__ = ["FlushReport", "NotifyReport", "broken_channels", "flush", "outbox_summary", "send", "show"]
@@ -96,8 +97,6 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
     names = list(dict.fromkeys(channels if channels is not None else settings.channels_for(service)))
     if not names:
         return NotifyReport([], [], [], [])
-    from opskit.notify.courier import Courier
-
     title = title.strip() if title and title.strip() else None
     # Every row is durable before the first byte goes out: a crash mid-send leaves them
     # for the next flush.
@@ -158,8 +157,6 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
 def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
           retry_for: float | None = None) -> FlushReport:
     """Retry the queue, oldest first, each message exactly once, per-channel order kept."""
-    from opskit.notify.courier import Courier
-
     courier = Courier(settings, journal, clock, retry_for)
     busy = 0
     for name in outbox.channels_with_work(journal):
