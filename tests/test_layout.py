@@ -181,3 +181,35 @@ def test_the_lazy_modules_say_so() -> None:
     for mod in ("opskit.commands", "opskit.hookmain", "opskit.guard.lockdown"):
         doc = ast.get_docstring(ast.parse(MODULES[mod].read_text())) or ""
         assert "start-up" in doc.lower() or "fast path" in doc.lower(), mod
+
+
+def test_docs_architecture_names_every_module() -> None:
+    """docs/ARCHITECTURE.md gives one line a module: a module it does not name is a room
+    nobody was shown."""
+    doc = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text()
+    layout = doc.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    blocks: dict[str, str] = {}
+    current = ""
+    for line in layout.splitlines():
+        stripped = line.strip()
+        if line.startswith("  ") and not line.startswith("    ") and stripped.endswith("/"):
+            current = stripped.rstrip("/")
+        if current:
+            blocks[current] = blocks.get(current, "") + line + "\n"
+    missing = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(PKG)
+        if p.name == "__init__.py" and len(rel.parts) > 1:
+            continue
+        if len(rel.parts) == 1:
+            if p.name not in layout:
+                missing.append(str(rel))
+            continue
+        pkg = rel.parts[0]
+        if pkg in ("commands", "sandbox"):
+            if f"{pkg}/" not in layout:
+                missing.append(str(rel))
+            continue
+        if p.name not in blocks.get(pkg, ""):
+            missing.append(str(rel))
+    assert not missing, "docs/ARCHITECTURE.md, Layout, does not name: " + ", ".join(missing)
