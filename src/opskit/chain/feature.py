@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opskit.base import accounts
 from opskit.chain import approvals
 from opskit.base import proc
+from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, LockBusy, OpsError, UsageError, redact
@@ -239,7 +241,9 @@ def _spawn(settings: Settings, svc: ServiceSettings, ref: str, sha: str, chain: 
     if settings.path is not None:
         argv += ["--config", str(Path(settings.path).resolve())]
     argv += ["chain-run", svc.name, "--ref", ref, "--sha", sha, "--chain", chain]
+    statefs.mkdir(log.parent, settings.state_dir)
     pid = proc.spawn_detached(argv, log=log, cwd="/", env=proc.clean_env())
+    statefs.share(log, settings.state_dir)
     write(f"{svc.name}: testing {text(ref)} {short(sha)} in the background (pid {pid}); log: {log}; "
           f"follow it with `opskit events --service {svc.name} --follow`")
     branch = ref[len("refs/heads/"):]
@@ -275,7 +279,7 @@ def _run_in_checkout(ctx: _Ctx, command: str, timeout: float, what: str) -> proc
     # Never the production worktree: a test may write, build or delete anything it likes.
     with ctx.bare.temp_worktree(ctx.head, prefix=f"opskit-{what}-") as wt:
         return proc.run(proc.shell_argv(command), cwd=wt.path, timeout=timeout, env=ctx.env(),
-                        stream=_capped(ctx, what))
+                        stream=_capped(ctx, what), user=accounts.drop_for_service(ctx.svc))
 
 
 def _test(ctx: _Ctx) -> None:

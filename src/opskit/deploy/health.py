@@ -256,8 +256,12 @@ class _Prober:
         from opskit.base import proc
 
         assert self.spec.cmd
+        from opskit.base.accounts import drop_for
+
+        # As root, the probe runs as the account owning the worktree it runs in.
         result = proc.run(proc.shell_argv(self.spec.cmd), cwd=self.cwd, env=proc.clean_env(),
-                          timeout=self.spec.timeout, tail_lines=5)
+                          timeout=self.spec.timeout, tail_lines=5,
+                          user=drop_for(self.cwd) if self.cwd else None)
         if result.timed_out:
             return False, f"timed out after {_seconds(self.spec.timeout)}", None
         last = next((ln.strip() for ln in reversed(result.tail) if ln.strip()), "")

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opskit.base import accounts
 from opskit.base import proc
+from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, UsageError, redact
@@ -288,7 +290,8 @@ def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = 
             res = run_locked(run, proc.shell_argv(svc.deploy), cwd=svc.worktree, timeout=svc.deploy_timeout,
                              stream=lambda ln: run.say(f"  | {ln}"),
                              env=proc.clean_env({"OPSKIT_SERVICE": svc.name, "OPSKIT_SHA": sha,
-                                                 "OPSKIT_PREVIOUS": previous or ""}))
+                                                 "OPSKIT_PREVIOUS": previous or ""}),
+                             user=accounts.drop_for_service(svc))
             data = {"sha": sha, "previous": previous, "step": "deploy", "kind": kind, "deploy_id": deploy_id,
                     "exit": res.returncode, "timed_out": res.timed_out, "duration": round(res.duration, 2),
                     "tail": res.tail_text()}
@@ -478,6 +481,7 @@ def deploy(settings: Settings, journal: Journal, service: str, sha: str | None =
     if newest_only is None:
         newest_only = bool(chain and chain.startswith("p-"))
     svc = settings.service(service)
+    accounts.check_actor(svc)
     run = Run(settings=settings, journal=journal, svc=svc, chain=chain or new_chain_id(), clock=clock, write=write)
     if sha is None:
         # Cheap check first, no lock: cron calls this every minute in pull mode.
@@ -592,7 +596,9 @@ def _spawn_background(settings: Settings, svc: ServiceSettings, sha: str, chain:
     if settings.path is not None:
         argv += ["--config", str(Path(settings.path).resolve())]
     argv += ["deploy", svc.name, "--sha", sha, "--chain", chain]
+    statefs.mkdir(log.parent, settings.state_dir)
     pid = proc.spawn_detached(argv, log=log, cwd="/", env=proc.clean_env())
+    statefs.share(log, settings.state_dir)
     write(f"{svc.name}: deploying {short(sha)} in the background (pid {pid}); log: {log}; "
           f"follow it with `opskit events --service {svc.name} --follow`")
     return int(ExitCode.OK)

@@ -400,6 +400,10 @@ def auto_revert(settings: Settings, journal: Journal, service: str, *, commit: s
                 lock_wait: float = 600.0) -> RevertResult:
     """`opskit auto-revert`: revert `commit` (default: what the worktree runs) by hand or from cron."""
     svc = settings.service(service)
+    if not dry_run:
+        from opskit.base.accounts import check_actor
+
+        check_actor(svc)
     run = Run(settings=settings, journal=journal, svc=svc, chain=chain or new_chain_id("r"), clock=clock, write=write)
     why = reason or "reverted by hand (opskit auto-revert)"
     if dry_run:
