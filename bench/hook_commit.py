@@ -15,6 +15,7 @@ every run is followed by a short pause that lets it finish off the clock.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PY, ROOT, Result, Stats, bench_env, diffs, interleave, ratios, wall_ms  # noqa: E402
+
+# The interpreter written into opskit's hook: the venv's by default; OPSKIT_HOOK_PYTHON=
+# /opt/opskit/bin/python measures a system install (install.sh --system), as the git account runs it.
+HOOK_PY = os.environ.get("OPSKIT_HOOK_PYTHON") or PY
 
 SHELL_HOOK = """#!/bin/sh
 branch=$(git symbolic-ref --short -q HEAD)
@@ -68,7 +73,7 @@ def _setup(tmp: Path, env: dict[str, str]) -> dict[str, Path]:
     conf = tmp / "opskit.toml"
     conf.write_text(f'[service.b]\nrepo = "{tmp}/none.git"\nworktree = "{repos["opskit"]}"\n')
     hook = repos["opskit"] / ".git" / "hooks" / "pre-commit"
-    hook.write_text(render("pre-commit", PY, str(conf), "b"))
+    hook.write_text(render("pre-commit", HOOK_PY, str(conf), "b", str(tmp / "state")))
     hook.chmod(0o755)
 
     fw = repos["framework"]

@@ -23,6 +23,7 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("OPSKIT_STATE_DIR", str(state))
     monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("OPSKIT_CRON_D", str(home / "cron.d-opskit"))  # never the host's /etc/cron.d
     monkeypatch.delenv("OPSKIT_CONFIG", raising=False)
     monkeypatch.delenv("OPSKIT_BREAK_GLASS", raising=False)
     for k in list(os.environ):

@@ -35,6 +35,7 @@ class _Args:
         self.config = ""
         self.service = ""
         self.self_path = ""
+        self.state_dir = ""
         self.rest: list[str] = []
 
 
@@ -50,9 +51,9 @@ def parse(argv: list[str]) -> _Args:
         if opt == "--":
             a.rest = argv[i + 1:]
             break
-        if opt not in ("--config", "--service", "--self") or i + 1 >= len(argv):
+        if opt not in ("--config", "--service", "--self", "--state-dir") or i + 1 >= len(argv):
             raise ValueError(f"unexpected argument {opt!r}")
-        setattr(a, {"--self": "self_path"}.get(opt, opt[2:]), argv[i + 1])
+        setattr(a, {"--self": "self_path", "--state-dir": "state_dir"}.get(opt, opt[2:]), argv[i + 1])
         i += 2
     if not a.config or not a.service:
         raise ValueError("--config and --service are required (reinstall: opskit hooks install)")
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         _err(f"opskit hook: {e}")
         return 2
+    if args.state_dir:
+        # Written in at install: the git account's hooks use the journal root and the operators
+        # use, not one under their own home. A state_dir in the config still wins, as for everyone.
+        os.environ["OPSKIT_STATE_DIR"] = args.state_dir
     if args.hook in ("pre-commit", "pre-merge-commit"):
         return worktree_hook(args)
     stdin = sys.stdin.buffer.read()  # read completely before anything else

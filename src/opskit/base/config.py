@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from opskit.base.errors import ConfigError, register_secret
+from opskit.base.safety import refuse_as_root
+import pwd
 
 CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise", "telegram")
 LEVELS = ("info", "warning", "error", "critical")
@@ -115,6 +117,7 @@ class ServiceSettings:
     approval_timeout: float = 24 * 3600.0
     notify: tuple[str, ...] | None = None  # None: [opskit] notify
     health: HealthSettings = field(default_factory=HealthSettings)
+    user: str | None = None  # the account whose work this is; None: the owner of repo
 
     @property
     def pull_mode(self) -> bool:
@@ -208,12 +211,17 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
+SYSTEM_STATE_DIR = Path("/var/lib/opskit")
+
+
 def default_state_dir() -> Path:
     env = os.environ.get("OPSKIT_STATE_DIR")
     if env:
         return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/opskit")
+    # Once `install.sh --system` has made /var/lib/opskit, it is every account's: root's
+    # commands, the git account's hooks and the operators' must read one journal, not three.
+    if os.geteuid() == 0 or SYSTEM_STATE_DIR.is_dir():
+        return SYSTEM_STATE_DIR
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
     return base / "opskit"
@@ -227,10 +235,17 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
 
 
 def load_file(path: Path) -> Settings:
+    refuse_as_root(path, "config")
+    refuse_as_root(path.parent / ".env", ".env")
     try:
         raw_bytes = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; create it or pass --config PATH") from None
+    except PermissionError:
+        from opskit.base.statefs import denied  # /etc/opskit is root:opskit 0750 on a server
+
+        folder = path.parent if not os.access(path.parent, os.X_OK) else path
+        raise ConfigError(denied(folder, f"config {path}", "read")) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror}); fix its permissions") from None
     try:
@@ -315,6 +330,15 @@ class _Parser:
         except RuntimeError:  # ~nosuchuser/…
             raise self.fail(key, f"{value!r} names a user this machine does not have",
                             "write an absolute path") from None
+
+    def account(self, key: str, value: Any) -> str:
+        name = self.nonempty(key, value)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise self.fail(key, f"no account {name!r} on this machine",
+                            f"create it (useradd --system {name}) or fix the name") from None
+        return name
 
     def count(self, key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -527,7 +551,7 @@ class _Parser:
             "review_timeout": self.positive, "merge": self.choice("merge", "ff"),
             "sandbox": self.choice("bwrap", "none"), "sandbox_network": self.boolean,
             "drift_ignore": self.strings, "background": self.boolean,
-            "approval_timeout": self.positive, "notify": self.strings,
+            "approval_timeout": self.positive, "notify": self.strings, "user": self.account,
         })
         for required in ("repo", "worktree"):
             if required not in fields:

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.errors import LockBusy
 
@@ -95,8 +96,9 @@ class ServiceLock:
         return self._fd
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        statefs.mkdir(self.path.parent, self.state_dir)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        statefs.share_fd(fd, self.state_dir)  # root's lock file must open for the git account
         deadline = self.clock.monotonic() + max(0.0, self.wait)
         told = False
         try:

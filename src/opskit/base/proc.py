@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pwd
 import select
 import signal
 import subprocess
@@ -116,15 +117,26 @@ def run(
     tail_lines: int = TAIL_LINES,
     capture: bool = False,
     pass_fds: Sequence[int] = (),
+    user: pwd.struct_passwd | None = None,
 ) -> Result:
     """Run argv to completion (or timeout) and return what happened.
 
     capture=True keeps stdout and stderr whole and apart (for git plumbing whose output we
     parse); otherwise stderr is merged into stdout and only the last `tail_lines` lines are
     kept, each passed to `stream` as it arrives. pass_fds: descriptors the child inherits
-    (Popen's; every other one is closed), e.g. the service lock's (see `holding`).
+    (Popen's; every other one is closed), e.g. the service lock's (see `holding`). user: when
+    we are root, run as that account instead, with its HOME and a clean environment.
     """
     argv = [os.fspath(a) for a in argv]
+    if user is not None and os.geteuid() == 0 and user.pw_uid != 0:
+        # Root runs a service's work as its account (accounts.py says why); argv stays what
+        # the caller asked for in the Result, so messages name the command, not setpriv.
+        from opskit.base import accounts
+
+        shown = argv
+        argv, env = accounts.as_user(user, argv, env)
+    else:
+        shown = None
     if isinstance(input, str):
         # surrogateescape: text we read from git or crontab -l may hold non-UTF-8 bytes
         input = input.encode("utf-8", "surrogateescape")
@@ -194,6 +206,8 @@ def run(
         timed_out=timed_out,
         duration=duration,
     )
+    if shown is not None:
+        result.argv = shown
     if check and not result.ok:
         raise ProcError(result)
     return result

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opskit.base import bwrap
+from opskit.base import accounts, bwrap
 from opskit.chain import decision_text
 from opskit.notify import decisions
 from opskit.base import proc
@@ -264,13 +264,17 @@ def _run_in_checkout(ctx: _Ctx, command: str, timeout: float, what: str) -> proc
     # a bwrap that cannot start raises bwrap.Unavailable: the step fails, never runs bare.
     tool = bwrap.require(ctx.svc.name) if ctx.svc.sandbox == "bwrap" else None
     with ctx.bare.temp_worktree(ctx.head, prefix=f"opskit-{what}-") as wt:
+        # As root (a hand-run chain-run), the step runs as the service's account, sandboxed or not.
+        user = accounts.drop_for_service(ctx.svc)
         if tool is None:
             return proc.run(proc.shell_argv(command), cwd=wt.path, timeout=timeout, env=ctx.env(),
-                            stream=_capped(ctx, what))
+                            stream=_capped(ctx, what), user=user)
         with bwrap.private_copy(wt.path) as work:
+            if user is not None:
+                accounts.give(work.parent, user)
             policy = bwrap.policy_for(ctx.run.settings, ctx.svc, work, wt.path)
             return proc.run(bwrap.argv(policy, proc.shell_argv(command), bwrap=tool), cwd=work, timeout=timeout,
-                            env=ctx.env(), stream=_capped(ctx, what))
+                            env=ctx.env(), stream=_capped(ctx, what), user=user)
 
 
 def _sandbox_fields(ctx: _Ctx, e: OpsError | None = None) -> dict[str, Any]:

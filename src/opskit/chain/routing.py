@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from opskit.base import config, proc
+from opskit.base import config, proc, statefs
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, redact
 from opskit.base.text import printable, short
@@ -105,7 +105,9 @@ def spawn_background(settings: Settings, svc: ServiceSettings, args: list[str], 
     argv = [sys.executable, "-m", "opskit"]
     if settings.path is not None:
         argv += ["--config", str(Path(settings.path).resolve())]
+    statefs.mkdir(log.parent, settings.state_dir)
     pid = proc.spawn_detached([*argv, *args], log=log, cwd="/", env=proc.clean_env())
+    statefs.share(log, settings.state_dir)
     write(f"{svc.name}: {what} in the background (pid {pid}); log: {log}; "
           f"follow it with `opskit events --service {svc.name} --follow`")
     return pid

@@ -11,6 +11,7 @@ from opskit.commands import _common
 
 if TYPE_CHECKING:
     from opskit.wiring.cron import CronResult
+    from opskit.wiring.crond import SystemCronResult
 
 
 def _print_change(result: CronResult, as_json: bool) -> None:
@@ -26,6 +27,23 @@ def _print_change(result: CronResult, as_json: bool) -> None:
         sys.stdout.write(result.block)
 
 
+def _print_system(result: SystemCronResult, as_json: bool) -> None:
+    if as_json:
+        _common.print_json({"action": result.action, "path": str(result.path), "changed": result.changed,
+                            "dry_run": result.dry_run, "text": result.text,
+                            "entries": [{"name": e.entry.name, "user": e.user, "schedule": e.entry.schedule,
+                                         "service": e.entry.service} for e in result.entries]})
+        return
+    verb = {"installed": "installed", "updated": "updated", "unchanged": "already up to date",
+            "removed": "removed", "absent": "not present"}[result.action]
+    prefix = "would be " if result.dry_run and result.changed else ""
+    _common.console().print(f"{result.path} {prefix}{verb}", markup=False)
+    for e in result.entries:
+        _common.console().print(f"  {e.entry.name:24} as {e.user:12} {e.entry.schedule}", markup=False)
+    if result.dry_run and result.text:
+        sys.stdout.write(result.text)
+
+
 def register(app: typer.Typer) -> None:
     cron_app = typer.Typer(help="Manage opskit's marked block in the crontab.\n\n"
                            "Example: opskit cron install && opskit cron show", no_args_is_help=True)
@@ -35,6 +53,8 @@ def register(app: typer.Typer) -> None:
     def install(
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the block; change nothing."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        system: bool = typer.Option(False, "--system", help="Write /etc/cron.d/opskit (root): each "
+                                    "service's work runs as its account."),
     ) -> None:
         """Install or refresh opskit's block (drift-scan, notify --flush, cron-check, pull deploys).
 
@@ -45,6 +65,11 @@ def register(app: typer.Typer) -> None:
         from opskit.wiring import cron
 
         settings = _common.settings()
+        if system:
+            from opskit.wiring import crond
+
+            _print_system(crond.install(settings, None if dry_run else _common.journal(), dry_run=dry_run), as_json)
+            return
         journal = None if dry_run else _common.journal()
         _print_change(cron.install(settings, journal, dry_run=dry_run), as_json)
 
@@ -52,6 +77,7 @@ def register(app: typer.Typer) -> None:
     def uninstall(
         dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed; change nothing."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        system: bool = typer.Option(False, "--system", help="Remove /etc/cron.d/opskit (only that file)."),
     ) -> None:
         """Remove opskit's block from the crontab; every other line stays as it is.
 
@@ -59,21 +85,35 @@ def register(app: typer.Typer) -> None:
         """
         from opskit.wiring import cron
 
+        if system:
+            from opskit.wiring import crond
+
+            _print_system(crond.uninstall(None if dry_run else _common.journal(), dry_run=dry_run), as_json)
+            return
         settings = _common.settings()
         journal = None if dry_run else _common.journal()
         _print_change(cron.uninstall(settings, journal, dry_run=dry_run), as_json)
 
     @cron_app.command("show")
-    def show(as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON.")) -> None:
+    def show(as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
+             system: bool = typer.Option(False, "--system", help="Read /etc/cron.d/opskit only.")) -> None:
         """List the entries in opskit's block with each one's next run (cron's local time zone).
 
-        Exit 1 when no opskit block is installed.
+        Reads the crontab's block, or /etc/cron.d/opskit when the crontab has none (--system:
+        that file only). Exit 1 when neither is installed.
 
         Example: opskit cron show --json
         """
         from opskit.wiring import cron
+        from opskit.wiring import crond
 
-        result = cron.show(_common.settings())
+        settings = _common.settings()
+        result = None if system else cron.show(settings)
+        if result is None or not result.installed:
+            result = crond.show(settings) or result
+        if result is None:
+            result = cron.show(settings, text="")
+            result.user = str(crond.path())
         if as_json:
             _common.print_json(result.to_dict())
         else:

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from opskit.base import bwrap, proc
+from opskit.base import accounts, bwrap, proc
 from opskit.base.errors import OpsError, redact
 from opskit.base.ignore import ignored
 from opskit.base.text import printable, short
@@ -77,7 +77,8 @@ def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = 
             res = run_locked(run, proc.shell_argv(svc.deploy), cwd=svc.worktree, timeout=svc.deploy_timeout,
                              stream=lambda ln: run.say(f"  | {ln}"),
                              env=proc.clean_env({"OPSKIT_SERVICE": svc.name, "OPSKIT_SHA": sha,
-                                                 "OPSKIT_PREVIOUS": previous or ""}))
+                                                 "OPSKIT_PREVIOUS": previous or ""}),
+                             user=accounts.drop_for_service(svc))
             data = {"sha": sha, "previous": previous, "step": "deploy", "kind": kind, "deploy_id": deploy_id,
                     "exit": res.returncode, "timed_out": res.timed_out, "duration": round(res.duration, 2),
                     "tail": res.tail_text()}

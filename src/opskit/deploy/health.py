@@ -30,6 +30,7 @@ from opskit.base.clock import SYSTEM, Clock, iso_precise
 from opskit.base.config import HealthSettings, check_hostport, check_url
 from opskit.base.errors import OpsError, UsageError, redact
 from opskit.base import proc
+from opskit.base.accounts import drop_for
 
 if TYPE_CHECKING:
     import httpx  # start-up: only the HTTP probe needs it
@@ -265,8 +266,9 @@ class _Prober:
                 argv = self.wrap(argv)
             except OpsError as e:  # no sandbox: the probe fails, it never runs unsandboxed
                 return False, str(e), None
-        result = proc.run(argv, cwd=self.cwd, env=proc.clean_env(),
-                          timeout=self.spec.timeout, tail_lines=5)
+        # As root, the probe runs as the account owning the worktree it runs in.
+        result = proc.run(argv, cwd=self.cwd, env=proc.clean_env(), timeout=self.spec.timeout, tail_lines=5,
+                          user=drop_for(self.cwd) if self.cwd else None)
         if result.timed_out:
             return False, f"timed out after {_seconds(self.spec.timeout)}", None
         last = next((ln.strip() for ln in reversed(result.tail) if ln.strip()), "")

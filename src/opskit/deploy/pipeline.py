@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from opskit.base import accounts
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
@@ -90,6 +91,7 @@ def deploy(settings: Settings, journal: Journal, service: str, sha: str | None =
     if newest_only is None:
         newest_only = bool(chain and chain.startswith("p-"))
     svc = settings.service(service)
+    accounts.check_actor(svc)
     run = Run(settings=settings, journal=journal, svc=svc, chain=chain or new_chain_id(), clock=clock, write=write)
     if sha is None:
         # Cheap check first, no lock: cron calls this every minute in pull mode.

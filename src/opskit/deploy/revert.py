@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opskit.base import accounts
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, UsageError, redact
@@ -344,6 +345,8 @@ def auto_revert(settings: Settings, journal: Journal, service: str, *, commit: s
                 lock_wait: float = 600.0) -> RevertResult:
     """`opskit auto-revert`: revert `commit` (default: what the worktree runs) by hand or from cron."""
     svc = settings.service(service)
+    if not dry_run:
+        accounts.check_actor(svc)
     run = Run(settings=settings, journal=journal, svc=svc, chain=chain or new_chain_id("r"), clock=clock, write=write)
     why = reason or "reverted by hand (opskit auto-revert)"
     if dry_run:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from opskit.base import accounts
 from opskit.base import proc
 from opskit.base.errors import GitError, UsageError
 import stat
@@ -62,11 +63,18 @@ class Git:
             e.update(env)
         argv = ["git", "-C", str(self.path), *args]
         try:
-            result = proc.run(argv, env=e, timeout=timeout or self.timeout, input=input, capture=True)
+            # As root, git runs as the repository's owner: never root in a repo another account
+            # controls (accounts.py).
+            result = proc.run(argv, env=e, timeout=timeout or self.timeout, input=input, capture=True,
+                              user=accounts.drop_for(self.path))
         except GitError:
             raise
         except Exception as err:  # git missing, folder gone
             raise GitError(f"git {args[0] if args else ''} in {self.path}: {err}") from None
+        if not result.ok:
+            dubious = accounts.dubious_ownership(self.path, result.stderr)
+            if dubious:
+                raise UsageError(dubious)
         if check and not result.ok:
             msg = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or [""])[-1]
             how = f"timed out after {result.duration:.0f}s" if result.timed_out else f"exit {result.returncode}"

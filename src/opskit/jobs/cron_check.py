@@ -106,6 +106,10 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
         except OpsError as e:
             warnings.append(f"cannot read the crontab ({e.message}); watching [jobs] from the config only")
             crontab_text = None
+        # A server's entries live in /etc/cron.d/opskit (cron install --system): watch them too.
+        from opskit.wiring.crond import watched_text
+
+        crontab_text = ((crontab_text or "") + watched_text()) or None
     watches, more = watched_jobs(settings, crontab_text)
     warnings += more
 

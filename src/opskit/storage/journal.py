@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock, iso, iso_precise, parse_iso
 from opskit.base.errors import UsageError, redact
 
@@ -137,6 +138,9 @@ class Journal:
     def __init__(self, state_dir: Path, clock: Clock = SYSTEM) -> None:
         self.state_dir = Path(state_dir)
         self.clock = clock
+        problem = statefs.not_writable(self.state_dir)
+        if problem:
+            raise UsageError(problem)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as e:
@@ -151,6 +155,9 @@ class Journal:
             conn = self.conn
             conn.executescript(SCHEMA)
             _add_columns(conn)
+            # SQLite gives -wal and -shm the journal's own mode, so sharing the journal shares them.
+            for f in (self.path, self.path.with_name("journal.db-wal"), self.path.with_name("journal.db-shm")):
+                statefs.share(f, self.state_dir)
 
     # --- connection ---------------------------------------------------------------------------
     @property

@@ -21,7 +21,8 @@ from opskit.storage.journal import Journal
 from opskit.wiring import cron
 from opskit.git.repo import Git
 from opskit.base import bwrap
-from opskit.wiring import hooks
+from opskit.wiring import hooks, sudoers
+from opskit.base import safety
 
 
 @dataclass
@@ -49,6 +50,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(_channels(settings))
     checks.extend(Check(what, False, problem, fix, severity="warning")
                   for what, problem, fix in decisions.setup_problems(settings))
+    checks.append(_guard("root-owned files", lambda: _unsafe_files(settings)))
     for svc in settings.services.values():
         checks.extend(_service(settings, svc))
     return checks
@@ -120,20 +122,25 @@ def _channels(settings: Settings) -> Check:
 def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
     name = f"service {svc.name}"
     out: list[Check] = []
-    if not svc.pull_mode:
+    def repo_check() -> Check:
+        if svc.pull_mode:
+            return Check(f"{name}: repo", True, f"{redact(svc.repo)} (pull mode)")
         repo = Git(svc.repo)
         ok = repo.is_repo() and repo.is_bare()
-        out.append(Check(f"{name}: repo", ok, svc.repo, "git init --bare the repo, or fix `repo`"))
-    else:
-        out.append(Check(f"{name}: repo", True, f"{redact(svc.repo)} (pull mode)"))
-    wt = Git(svc.worktree)
-    if wt.is_repo():
-        branch = wt.current_branch()
-        out.append(Check(f"{name}: worktree", branch == svc.branch, f"{svc.worktree} on {branch or 'detached HEAD'}",
-                         f"check out {svc.branch} in {svc.worktree}"))
-    else:
-        out.append(Check(f"{name}: worktree", False, f"{svc.worktree} is not a git checkout",
-                         f"git clone {svc.repo} {svc.worktree}"))
+        return Check(f"{name}: repo", ok, svc.repo, "git init --bare the repo, or fix `repo`")
+
+    def worktree_check() -> Check:
+        wt = Git(svc.worktree)
+        if wt.is_repo():
+            branch = wt.current_branch()
+            return Check(f"{name}: worktree", branch == svc.branch, f"{svc.worktree} on {branch or 'detached HEAD'}",
+                         f"check out {svc.branch} in {svc.worktree}")
+        return Check(f"{name}: worktree", False, f"{svc.worktree} is not a git checkout",
+                     f"git clone {svc.repo} {svc.worktree}")
+
+    # Guarded: git's "dubious ownership" answer (doctor run by an operator) is a finding, not a crash.
+    out.append(_guard(f"{name}: repo", repo_check))
+    out.append(_guard(f"{name}: worktree", worktree_check))
     out.append(Check(f"{name}: deploy", bool(svc.deploy), svc.deploy or "no deploy command",
                      "set deploy = \"…\"", severity="warning"))
     out.append(Check(f"{name}: health", svc.health.configured,
@@ -142,6 +149,7 @@ def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
     out.append(_guard(f"{name}: hooks", lambda: _hooks(settings, svc)))
     if svc.test or svc.review or svc.health.cmd:
         out.append(_guard(f"{name}: sandbox", lambda: _sandbox(svc)))
+    out.append(_guard(f"{name}: sudo", lambda: _sudo(svc)))
     return out
 
 
@@ -158,6 +166,22 @@ def _sandbox(svc: ServiceSettings) -> Check:
     net = "network allowed (sandbox_network = true)" if svc.sandbox_network else "no network"
     return Check(name, True, f"bwrap ({bwrap.find()}): test and review see a read-only system, a private "
                  f"copy of the checkout, {net}")
+
+
+def _sudo(svc: ServiceSettings) -> Check:
+    found = sudoers.check(svc)
+    if found is None:
+        return Check(f"service {svc.name}: sudo", True, "deploy does not use sudo")
+    ok, detail, fix = found
+    return Check(f"service {svc.name}: sudo", ok, detail, fix)
+
+
+def _unsafe_files(settings: Settings) -> Check:
+    paths = [settings.path, settings.path.parent / ".env"] if settings.path else []
+    paths += [hooks.templates_dir() / n for n in (*hooks.REPO_HOOKS, *hooks.WORKTREE_HOOKS)]
+    problems = [p for p in (safety.writable_by_others(f) for f in paths) if p]
+    return Check("root-owned files", not problems, "; ".join(problems) or "config, .env and hook templates "
+                 "are writable by root only", "chown root and chmod go-w the files named")
 
 
 def _hooks(settings: Settings, svc: ServiceSettings) -> Check:

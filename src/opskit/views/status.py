@@ -19,6 +19,8 @@ from opskit.base.proc import pid_alive
 from opskit.base.text import printable
 from opskit.notify import broken_channels, outbox_summary
 from opskit.chain.feature import status_section
+import os
+from opskit.base import accounts
 
 def _deployed(svc: ServiceSettings) -> dict[str, Any]:
     wt = Git(svc.worktree)
@@ -30,12 +32,27 @@ def _deployed(svc: ServiceSettings) -> dict[str, Any]:
     return {"sha": head, "short": head[:10], "subject": printable(wt.subject(head)), "branch": wt.current_branch()}
 
 
+def _from_journal(svc: ServiceSettings, rows: list[Any]) -> dict[str, Any] | None:
+    """An operator's view of a worktree another account owns: git must not run there as them
+    (accounts.py), so the deployed commit comes from the journal's last healthy deploy."""
+    pw = accounts.owner(svc.worktree)
+    if os.geteuid() == 0 or pw is None or pw.pw_uid == os.geteuid():
+        return None
+    row = next((r for r in rows if r["status"] == "healthy"), None)
+    if row is None:
+        return {"sha": None, "problem": f"no healthy deploy in the journal (git in {svc.worktree} runs "
+                                        f"only as {pw.pw_name} or root)"}
+    sha = str(row["sha"])
+    return {"sha": sha, "short": sha[:10], "subject": f"(last healthy deploy in the journal; the worktree is "
+                                                      f"{pw.pw_name}'s)", "branch": svc.branch}
+
+
 def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -> dict[str, Any]:
+    rows = journal.deploys(svc.name, limit=50)
     try:
-        deployed = _deployed(svc)
+        deployed = _from_journal(svc, rows) or _deployed(svc)
     except OpsError as e:
         deployed = {"sha": None, "problem": str(e)}
-    rows = journal.deploys(svc.name, limit=50)
     verdict = next((r for r in rows if r["status"] != "running"), None)
     running = [r for r in rows if r["status"] == "running"]
     in_progress = None

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from opskit.base import proc
 from opskit.base import schedule
 from opskit.base.config import NAME
+from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.errors import OpsError, UsageError
 from opskit.wiring.templates import TEMPLATES
@@ -369,6 +370,7 @@ def _locked(state_dir: Path) -> Iterator[None]:
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         f = open(state_dir / "cron.lock", "a")
+        statefs.share(state_dir / "cron.lock", state_dir)
     except OSError as e:
         raise UsageError(f"state dir {state_dir}: {e.strerror}; set OPSKIT_STATE_DIR to a writable "
                          "folder") from None
@@ -389,7 +391,7 @@ def install(settings: Settings, journal: Journal | None = None, *, dry_run: bool
         changed = new != (current or "")
         action = "unchanged" if not changed else ("updated" if parts.block is not None else "installed")
         if changed and not dry_run:
-            (settings.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+            statefs.mkdir(settings.state_dir / "logs", settings.state_dir)
             write_crontab(user, new)
     if journal is not None and not dry_run and (changed or journal.kv_get("cron-check", "installed") is None):
         # cron_check_health measures "cron-check stopped running" from here until its first run.

@@ -19,16 +19,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opskit.base import accounts
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import UsageError
 from opskit.wiring.templates import TEMPLATES
 from opskit.git.repo import Git, config_with_origin
+from opskit.base import proc
+from opskit.base.safety import refuse_as_root
 
 REPO_HOOKS = ("pre-receive", "post-receive")
 WORKTREE_HOOKS = ("pre-commit", "pre-merge-commit")
 CHAIN_SUFFIX = ".pre-opskit"  # also in hookmain, which must not import this module
 MARKER_RE = re.compile(r"^# opskit-hook: (?P<name>[\w.-]+) v(?P<version>\d+)$", re.MULTILINE)
-_PLACEHOLDER = re.compile(r"@(PYTHON|CONFIG|SERVICE)@")
+_PLACEHOLDER = re.compile(r"@(PYTHON|CONFIG|SERVICE|STATE)@")
 # No receive.denyNonFastForwards / denyDeletes: they would apply to every ref, and feature
 # branches are rebased and deleted all the time. pre-receive protects the deploy branch, and
 # drift-scan reports a missing or modified pre-receive hook.
@@ -83,20 +86,22 @@ def templates_dir() -> Path:
     return TEMPLATES / "hooks"
 
 
-def render(name: str, python: str, config_path: str, service: str) -> str:
+def render(name: str, python: str, config_path: str, service: str, state_dir: str = "") -> str:
+    refuse_as_root(templates_dir() / name, "hook template")
     try:
         text = (templates_dir() / name).read_text()
     except OSError as e:
         raise UsageError(f"hook template {templates_dir() / name}: {e.strerror}; "
                          "reinstall opskit (./install.sh)") from None
-    values = {"PYTHON": python, "CONFIG": config_path, "SERVICE": service}
+    values = {"PYTHON": python, "CONFIG": config_path, "SERVICE": service, "STATE": state_dir}
     # One pass, so a value that happens to contain "@CONFIG@" is never substituted again.
     return _PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]), text)
 
 
 def expected(settings: Settings, service: ServiceSettings, name: str,
              python: str | None = None) -> str:
-    return render(name, python or sys.executable, config_path(settings), service.name)
+    return render(name, python or sys.executable, config_path(settings), service.name,
+                  os.path.abspath(settings.state_dir))
 
 
 def config_path(settings: Settings) -> str:
@@ -216,6 +221,7 @@ def install(settings: Settings, service: ServiceSettings, *, hooks_path_ok: bool
         plan.append((t, folder))
     if overrides:
         raise UsageError("; ".join(overrides) + "; or pass --hooks-path-ok to install there")
+    _check_interpreter(python, [t.git.path for t in targets])
     for t, folder in plan:
         for name in t.names:
             path = folder / name
@@ -226,11 +232,15 @@ def install(settings: Settings, service: ServiceSettings, *, hooks_path_ok: bool
                                  "one opskit chained before) is still there; merge them into "
                                  f"{chained.name} by hand, remove {name}, and install again")
     for t, folder in plan:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            owner = accounts.drop_for(folder.parent)
+            if owner is not None:  # root creating the hooks folder in the git account's repo
+                os.chown(folder, owner.pw_uid, owner.pw_gid)
         for name in t.names:
             report.changes.append(_install_one(t, folder / name,
                                                render(name, python, config_path(settings),
-                                                      service.name)))
+                                                      service.name, os.path.abspath(settings.state_dir))))
     if service.pull_mode:
         report.notes.append(f"pull mode ({service.repo} is remote): only the worktree hooks are "
                             "installed; the canonical repo's own protections apply to pushes")
@@ -238,6 +248,23 @@ def install(settings: Settings, service: ServiceSettings, *, hooks_path_ok: bool
     report.hooks_path = hooks_path_override(service)
     report.states = hook_states(settings, service)
     return report
+
+
+def _check_interpreter(python: str, repos: list[Path]) -> None:
+    """The hooks run as the repo's owner: refuse to write an interpreter that account cannot
+    start (root's opskit from a venv under /root, e.g.), which would refuse every push."""
+    for repo in repos:
+        owner = accounts.drop_for(repo)
+        if owner is None:
+            continue
+        # Through sh, as git runs a hook: setpriv execs its program while it still holds root's
+        # capabilities, so starting python directly would pass where the real hook fails.
+        r = proc.run(["/bin/sh", "-c", 'exec "$0" -I -c "import opskit.hookmain"', python], user=owner,
+                     capture=True, timeout=30)
+        if not r.ok:
+            raise UsageError(f"the hooks of {repo} run as {owner.pw_name}, who cannot start {python} "
+                             f"({(r.stderr.strip().splitlines() or [r.describe()])[-1]}); install opskit "
+                             "for every account (sudo ./install.sh --system) and use /usr/local/bin/opskit")
 
 
 def _install_one(t: _Target, path: Path, text: str) -> HookChange:
@@ -262,6 +289,9 @@ def _write_executable(path: Path, text: str) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.chmod(tmp, 0o755)
+        owner = accounts.drop_for(path.parent)
+        if owner is not None:  # root installing into the git account's repo: the hook is theirs
+            os.chown(tmp, owner.pw_uid, owner.pw_gid)
         os.replace(tmp, path)
     except BaseException:
         try:
