@@ -66,7 +66,7 @@ def test_system_install_layout_and_rerun(server: Server) -> None:
     assert os.readlink(srv.bindir / "opskit") == str(srv.prefix / "bin" / "opskit")
     # A package, not a link to the clone: no .pth / egg-link pointing back at the worktree.
     site = next((srv.prefix / "lib").glob("python3*/site-packages"))
-    assert (site / "opskit" / "templates" / "hooks" / "pre-receive").is_file()
+    assert (site / "opskit" / "wiring" / "templates" / "hooks" / "pre-receive").is_file()
     assert not any("wt" in p.read_text() for p in site.glob("*.pth") if "opskit" in p.name)
     # Every account can start it.
     r = run_as(srv.outsider, [str(srv.prefix / "bin" / "python"), "-c", "import opskit, tomlkit"])

@@ -151,6 +151,9 @@ def _interpreter(hidden: Sequence[Path]) -> list[Path]:
     in HOME): test commands written as `{sys.executable} ci/test.py` (the demo's) need it, and
     it is code, not a secret. Never a prefix that holds a hidden path itself."""
     out: list[Path] = []
+    # /tmp and /run are fresh tmpfs mounts inside: a venv made there (pipx --global in a
+    # container, a test's fresh virtualenv) is as hidden as one in HOME.
+    hidden = [*hidden, Path("/tmp"), Path("/run")]
     for prefix in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}:
         under = any(prefix.is_relative_to(h) for h in hidden)
         holds = any(h.is_relative_to(prefix) for h in hidden)
