@@ -111,6 +111,11 @@ def _crash_log(exc: BaseException) -> Path | None:
 def _terminated(signum: int, frame: object) -> None:
     # SIGTERM (systemd, kill, a cron timeout) unwinds like Ctrl-C: proc.run kills the child's
     # process group on the way out, so no deploy command is left running without its lock.
+    # A second SIGTERM (a group kill also reaches a detached run through its recorder,
+    # base/detach.py) must not cut that unwinding short and leave the journal half-written.
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 

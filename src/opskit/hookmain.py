@@ -155,7 +155,15 @@ def pre_receive(args: _Args, stdin: bytes) -> int:
 
 def post_receive(args: _Args, stdin: bytes) -> int:
     """The push has landed; nothing here can undo it. So errors are said plainly to the
-    pusher and the hook exits 0: never hidden, never journaled as something they are not."""
+    pusher and the hook exits 0: never hidden, never journaled as something they are not.
+
+    The push has landed when this runs, so the pusher's Ctrl-C or hang-up must not stop it
+    before it has started the pipeline (detached, chain/routing.py): a bad commit would stay
+    on the branch with nothing watching it. After that, leaving only stops the streaming."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     rc = 0
     try:
         rc = run_chained(args, stdin, _out)
