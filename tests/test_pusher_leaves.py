@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from opskit.base import proc
 from opskit.chain.routing import on_post_receive
 from opskit.git.repo import Git
 from tests.support.gitsandbox import rev
@@ -211,3 +212,68 @@ def test_follow_stops_when_the_listener_hangs_up(tmp_path: Path) -> None:
     flag.touch()
     wait_until(lambda: detach.read_status(status) is not None, 10, "the work to end")
     assert detach.read_status(status) == 3 and "two" in log.read_text()
+
+
+@pytest.mark.parametrize("mode", ["crash", "healthy"])
+def test_pipeline_killed_mid_gate_is_finished_by_the_next_cron_check(px: Push, mode: str) -> None:
+    """SIGKILL of the pipeline itself (the OOM killer, kill -9): nothing can run in it any more.
+    `status` shows it interrupted meanwhile; the next cron-check finishes it (a bad commit is
+    reverted, a good one gated again) and tells the owner; the one after finds nothing."""
+    from opskit.jobs.cron_check import cron_check
+    from opskit.views.status import collect, render
+
+    st = px.st
+    good = st.sb.tip()
+    sha = px.commit(mode)
+    p = px.push()
+    try:
+        wait_until(lambda: px.running("health", sha), 30, "the gate")
+        pid = int(st.journal().running_deploys("svc")[0]["pid"])
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not proc.pid_alive(pid), 10, "the pipeline to die")
+    finally:
+        p.communicate(timeout=30)
+    assert p.returncode == 0  # post-receive's exit code does not fail a push
+    shown = "\n".join(render(collect(st.settings, st.journal())))
+    assert "at step health" in shown and "interrupted" in shown and "cron-check" in shown, shown
+    assert st.receiver is not None
+    before = len(st.receiver.messages)
+    report = cron_check(st.settings, st.journal(), crontab_text=None)
+    assert [(u.service, u.error) for u in report.unfinished] == [("svc", None)], report.unfinished
+    assert "died at step 'health'" in report.unfinished[0].found
+    bare = Git(st.sb.bare)
+    tip = st.sb.tip()
+    j = st.journal()
+    assert j.running_deploys("svc") == []
+    assert [e.data["step"] for e in j.query(service="svc", type_prefix="deploy.fail") if e.data.get("interrupted")] \
+        == ["health"]
+    if mode == "crash":
+        assert report.unfinished[0].status == "reverted"
+        assert bare.parents(tip) == [sha] and bare.tree(tip) == bare.tree(good) and st.worktree_head() == tip
+        assert _healthy(st.port)
+    else:
+        assert report.unfinished[0].status == "healthy" and tip == sha and j.last_good("svc") == sha
+    msgs = st.receiver.wait_for(before + 1, timeout=15)
+    assert any("cron-check found" in m.body.get("content", "") for m in msgs[before:])
+    assert cron_check(st.settings, st.journal(), crontab_text=None).unfinished == []
+
+
+def test_sigterm_to_the_pipeline_is_finished_by_cron_check(px: Push) -> None:
+    """SIGTERM on purpose (shutdown) interrupts the pipeline and leaves the journal consistent;
+    in push mode nothing else looks again, so cron-check reverts it."""
+    from opskit.jobs.cron_check import cron_check
+
+    st = px.st
+    bad = px.commit("crash")
+    p = px.push()
+    try:
+        wait_until(lambda: px.running("health", bad), 30, "the gate")
+        os.kill(int(st.journal().running_deploys("svc")[0]["pid"]), signal.SIGTERM)
+    finally:
+        p.communicate(timeout=30)
+    wait_until(px.settled, 30, "the pipeline to stop")
+    j = st.journal()
+    assert j.deploys("svc", limit=1)[0]["status"] == "interrupted"
+    report = cron_check(st.settings, j, crontab_text=None)
+    assert [u.status for u in report.unfinished] == ["reverted"]
+    assert Git(st.sb.bare).parents(st.sb.tip()) == [bad] and _healthy(st.port)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from opskit.base.config import Settings
     from opskit.storage.journal import Journal
 
+from opskit.jobs.unfinished import Unfinished, finish_unfinished
 from opskit.jobs.record import CHECK, FUTURE_SLACK, JOB, Notifier, notify_owner, reap_lost, report_recovery
 
 
@@ -58,15 +59,17 @@ class CheckReport:
     warnings: list[str]
     clock_back_seconds: float | None
     approvals_reminded: int = 0
+    unfinished: list[Unfinished] = field(default_factory=list)  # deploys it found left open and finished
 
     @property
     def ok(self) -> bool:
-        return not any(j.problems for j in self.jobs)
+        return not any(j.problems for j in self.jobs) and not any(u.error for u in self.unfinished)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts": self.ts, "ok": self.ok, "jobs": [j.to_dict() for j in self.jobs],
                 "warnings": self.warnings, "clock_back_seconds": self.clock_back_seconds,
-                "approvals_reminded": self.approvals_reminded}
+                "approvals_reminded": self.approvals_reminded,
+                "unfinished": [u.to_dict() for u in self.unfinished]}
 
 
 _READ = object()
@@ -129,9 +132,11 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
     from opskit.chain.approvals import remind_overdue
 
     reminded = remind_overdue(settings, journal, clock)
+    # The immune system's own safety net: a pipeline that died (SIGKILL, OOM, power) is finished here.
+    unfinished = finish_unfinished(settings, journal, clock)
     journal.kv_set(CHECK, "last", {"ts": iso(now), "pid": os.getpid(), "jobs": len(statuses),
                                    "problems": sum(1 for s in statuses if s.problems)})
-    return CheckReport(iso(now), statuses, warnings, back, reminded)
+    return CheckReport(iso(now), statuses, warnings, back, reminded, unfinished)
 
 
 def _check_job(settings: Settings, journal: Journal, notifier: Notifier | None, name: str,
