@@ -92,6 +92,7 @@ def run_updates(settings: Settings, svc: ServiceSettings, updates: list[tuple[st
     same push, and must not pass unnoticed: the push itself has landed."""
     journal = Journal(settings.state_dir)
     code = int(ExitCode.OK)
+    write = _unbreakable(write)
     for chain, new, ref in updates:
         action = route(svc, ref, new)
         try:
@@ -105,6 +106,16 @@ def run_updates(settings: Settings, svc: ServiceSettings, updates: list[tuple[st
             _ref_failed(settings, journal, svc, ref, new, action, chain, e, write)
             code = max(code, int(ExitCode.FAILED))
     return code
+
+
+def _unbreakable(write: Write) -> Write:
+    """The worker's output goes to a log in the state dir; a full disk there must not stop it."""
+    def safe(line: str) -> None:
+        try:
+            write(line)
+        except (OSError, ValueError):
+            pass
+    return safe
 
 
 def parse_update(text: str) -> tuple[str, str, str]:
