@@ -65,6 +65,13 @@ def describe(path: Path, e: BaseException) -> str:
     return f"the journal {path} cannot be written ({type(e).__name__}: {e}); check `opskit doctor`"
 
 
+def journal_problem(e: BaseException, state_dir: Path) -> str | None:
+    """describe() for an error that came from the journal; None for any other error."""
+    if isinstance(e, sqlite3.DatabaseError):
+        return describe(Path(state_dir) / "journal.db", e)
+    return None
+
+
 def locations(state_dir: Path) -> list[Path]:
     """Where fallback records go, in order: the state dir, then the temp dir (another disk,
     usually), named after the state dir and our uid so two installs never mix."""

@@ -34,6 +34,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks: list[Check] = [
         Check("python", sys.version_info >= (3, 11), sys.version.split()[0], "use Python 3.11 or newer"),
         _git_version(),
+        _journal_integrity(settings.state_dir),
         _state_dir(settings.state_dir),
         _config(settings),
         _crontab_binary(),
@@ -63,6 +64,21 @@ def _git_version() -> Check:
     parts = version.split(".")
     ok = len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit() and (int(parts[0]), int(parts[1])) >= (2, 30)
     return Check("git", ok, version, "opskit needs git 2.30 or newer")
+
+
+def _journal_integrity(path: Path) -> Check:
+    """SQLite's quick_check: a journal with garbage pages still counts its events."""
+    def check() -> Check:
+        from opskit.storage.recover import quick_check
+
+        db = path / "journal.db"
+        problems = quick_check(db)
+        if problems:
+            return Check("journal", False, f"database corrupt: {db}: {problems[0]}"[:300],
+                         "opskit journal recover  (keeps the damaged file aside, rebuilds from what is readable)")
+        return Check("journal", True, f"{db} passes quick_check")
+
+    return _guard("journal", check)
 
 
 def _state_dir(path: Path) -> Check:
