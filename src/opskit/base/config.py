@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from opskit.base.errors import ConfigError, register_secret
+from opskit.base import placement
 
 CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise")
 LEVELS = ("info", "warning", "error", "critical")
@@ -425,6 +426,7 @@ class _Parser:
                 raise self.fail(f"jobs.{name}.schedule", "is missing", 'add schedule = "*/5 * * * *"')
             jobs[name] = JobSettings(name=name, **fields)
 
+        placement.check(services.values(), self.fail)
         settings = Settings(
             path=self.path, state_dir=state_dir, notify=base.get("notify", ()),
             drift_renotify=base.get("drift_renotify", 24.0),
