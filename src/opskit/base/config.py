@@ -221,7 +221,8 @@ def load_file(path: Path) -> Settings:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror}); fix its permissions") from None
     try:
-        data = tomllib.loads(raw_bytes.decode("utf-8"))
+        # utf-8-sig: a BOM (Notepad and some editors write one) is not part of the TOML.
+        data = tomllib.loads(raw_bytes.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:

@@ -97,7 +97,10 @@ class Courier:
         while True:
             if row.id not in outbox.touch(self.journal, self.clock, claimed):
                 return None, attempts, None
-            timeout = min(ch.timeout, max(MIN_ATTEMPT_TIMEOUT, deadline - self.clock.monotonic()))
+            # Each attempt gets the channel's whole timeout: retry_for bounds when attempts start,
+            # never cuts one short. Cut, a slow endpoint's answer is lost and the message — which
+            # it may well have delivered — is sent again on the next flush.
+            timeout = max(ch.timeout, MIN_ATTEMPT_TIMEOUT)
             try:
                 outcome: Outcome = module.deliver(ch, msg, timeout)
             except Exception as e:  # a bug in one channel must not stop the pipeline
