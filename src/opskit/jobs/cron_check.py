@@ -121,12 +121,17 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
         back = (parse_iso(last["ts"]) - now).total_seconds()
         warnings.append(f"the clock went back {back:.0f}s since the last cron-check; "
                         "measuring every job afresh from now (no missed runs are inferred across the jump)")
+    ahead = clock_jumped_ahead(last, now, clock.monotonic(), _boot_id())
+    if ahead is not None:
+        warnings.append(f"the clock was set forward {ahead:.0f}s since the last cron-check (more wall-clock "
+                        "time passed than real time); runs due inside that jump never had a chance and are "
+                        "not reported as missed; measuring every job afresh from now")
 
     states = journal.kv_all(JOB)
     statuses = []
     for name in sorted(set(watches) | set(states)):
         statuses.append(_check_job(settings, journal, notifier, name, watches.get(name), now,
-                                   reset=back is not None))
+                                   reset=back is not None or ahead is not None))
     # Parked changes are the human side of the same promise: nothing waits unnoticed. cron-check
     # is the one job that runs every few minutes, so it sends the once-only reminders.
     from opskit.chain.approvals import remind_overdue
@@ -134,9 +139,30 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
     reminded = remind_overdue(settings, journal, clock)
     # The immune system's own safety net: a pipeline that died (SIGKILL, OOM, power) is finished here.
     unfinished = finish_unfinished(settings, journal, clock)
-    journal.kv_set(CHECK, "last", {"ts": iso(now), "pid": os.getpid(), "jobs": len(statuses),
+    journal.kv_set(CHECK, "last", {"ts": iso(now), "mono": clock.monotonic(), "boot": _boot_id(),
+                                   "pid": os.getpid(), "jobs": len(statuses),
                                    "problems": sum(1 for s in statuses if s.problems)})
     return CheckReport(iso(now), statuses, warnings, back, reminded, unfinished)
+
+
+def clock_jumped_ahead(last: Any, now: dt.datetime, mono: float, boot: str | None) -> float | None:
+    """Seconds the wall clock was set forward since the last check, or None.
+
+    The monotonic clock (system-wide, since boot) measures the real time between two checks;
+    wall-clock time that passed beyond it is a correction (NTP after a host ran slow, a manual
+    `date -s`). Only comparable within one boot: a reboot restarts the monotonic clock."""
+    if not last or "mono" not in last or last.get("boot") != boot:
+        return None
+    jump = (now - parse_iso(last["ts"])).total_seconds() - (mono - float(last["mono"]))
+    return jump if jump > FUTURE_SLACK.total_seconds() else None
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def _check_job(settings: Settings, journal: Journal, notifier: Notifier | None, name: str,
