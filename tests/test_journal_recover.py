@@ -100,3 +100,24 @@ def test_garbage_pages_are_flagged_and_recovered(tmp_path: Path) -> None:
         assert clean.returncode == 0 and "nothing to recover" in clean.stdout
     finally:
         st.close()
+
+
+def test_push_against_a_corrupt_journal_is_refused_naming_the_file_and_the_fix(tmp_path: Path) -> None:
+    """pre-receive fails closed when the journal cannot be read; the pusher is told why and how to fix it."""
+    from tests.support.pipeline import hooked_stage
+
+    st = hooked_stage(tmp_path)
+    try:
+        db = st.settings.state_dir / "journal.db"
+        c = sqlite3.connect(db)
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        c.close()
+        with open(db, "r+b") as f:
+            f.write(b"this is not a database at all!!" * 4)
+        st.sb.commit({"app.txt": "v2\n"}, "a change")
+        r = st.sb.push("master", check=False)
+        assert r.returncode != 0
+        assert "database corrupt" in r.stderr and str(db) in r.stderr and "opskit journal recover" in r.stderr, \
+            r.stderr
+    finally:
+        st.close()

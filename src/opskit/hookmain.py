@@ -86,11 +86,22 @@ def _err(line: str) -> None:
     sys.stderr.flush()
 
 
-def _describe(e: BaseException) -> str:
+def _describe(e: BaseException, config_path: str = "") -> str:
     from opskit.base.errors import OpsError, redact
 
     text = str(e) if isinstance(e, OpsError) else f"{type(e).__name__}: {e}"
-    return redact(text)[:300]
+    if type(e).__module__ == "sqlite3" and config_path:
+        # A full disk or a corrupt journal.db: name it, with the path and the fix.
+        try:
+            from pathlib import Path
+
+            from opskit.base import config
+            from opskit.storage.fallback import journal_problem
+
+            text = journal_problem(e, config.load_file(Path(config_path)).state_dir) or text
+        except Exception:
+            pass
+    return redact(text)[:400]
 
 
 # --- chaining -----------------------------------------------------------------------------
@@ -146,7 +157,7 @@ def pre_receive(args: _Args, stdin: bytes) -> int:
         facts = lockdown.GitFacts(git, journal, service.name)
         return lockdown.pre_receive(service, updates, facts, journal, _out)
     except Exception as e:
-        _out(f"opskit: refused: the push could not be checked ({_describe(e)}).")
+        _out(f"opskit: refused: the push could not be checked ({_describe(e, args.config)}).")
         _out(f"  Fix the problem, or remove the hooks: opskit hooks uninstall {args.service}")
         return 1
 
@@ -185,7 +196,7 @@ def post_receive(args: _Args, stdin: bytes) -> int:
     try:
         result = routing.on_post_receive(Path(args.config), args.service, updates, _out)
     except Exception as e:
-        _out(f"opskit: the push landed but the pipeline failed ({_describe(e)}); "
+        _out(f"opskit: the push landed but the pipeline failed ({_describe(e, args.config)}); "
              f"see: opskit events --service {args.service}")
         return 0
     return rc or int(result or 0)
