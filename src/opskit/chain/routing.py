@@ -11,7 +11,9 @@ while they listen, or with `background = true` tells them where the log is and r
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from opskit.base import config, detach, proc
@@ -130,7 +132,14 @@ def parse_update(text: str) -> tuple[str, str, str]:
 def run_files(settings: Settings, svc: ServiceSettings, run_id: str) -> tuple[Path, Path]:
     """Where a detached run of a push writes its log and exit status (older ones are pruned)."""
     logs = settings.state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"push-{svc.name}-{run_id}.log", "ab") as f:
+            f.write(f"opskit: run {run_id} of {svc.name}\n".encode())  # fails now, not in the worker, when full
+    except OSError:
+        # A full or read-only state dir must not keep the pipeline from starting: log elsewhere.
+        logs = Path(tempfile.gettempdir()) / f"opskit-{os.getuid()}-logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
     for pattern in (f"push-{svc.name}-*.log", f"push-{svc.name}-*.status"):
         detach.prune(logs, pattern, KEEP_LOGS)
     return logs / f"push-{svc.name}-{run_id}.log", logs / f"push-{svc.name}-{run_id}.status"

@@ -24,7 +24,6 @@ from opskit.notify.base import Message, Outcome
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
-MIN_ATTEMPT_TIMEOUT = 1.0
 CLAIM_REFRESH = 60.0  # well inside outbox.CLAIM_STALE
 KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",
          "ntfy": "ntfy", "apprise": "apprise_"}
@@ -100,7 +99,7 @@ class Courier:
             # Each attempt gets the channel's whole timeout: retry_for bounds when attempts start,
             # never cuts one short. Cut, a slow endpoint's answer is lost and the message — which
             # it may well have delivered — is sent again on the next flush.
-            timeout = max(ch.timeout, MIN_ATTEMPT_TIMEOUT)
+            timeout = ch.timeout
             try:
                 outcome: Outcome = module.deliver(ch, msg, timeout)
             except Exception as e:  # a bug in one channel must not stop the pipeline

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from opskit.base.clock import Clock, iso
 from opskit.base.config import Settings
 from opskit.notify.base import Message, Outcome
-from opskit.notify.deliver import BACKOFF_MAX, BACKOFF_START, KINDS, MIN_ATTEMPT_TIMEOUT
+from opskit.notify.deliver import BACKOFF_MAX, BACKOFF_START, KINDS
 from opskit.storage.fallback import JournalWriteError
 from opskit.storage.journal import Journal
 
@@ -38,7 +38,7 @@ def send_direct(settings: Settings, journal: Journal, names: Sequence[str], mess
         deadline = clock.monotonic() + max(0.0, budget)
         delay, attempts = BACKOFF_START, 0
         while True:
-            timeout = max(ch.timeout, MIN_ATTEMPT_TIMEOUT)
+            timeout = ch.timeout
             try:
                 outcome: Outcome = module.deliver(ch, msg, timeout)
             except Exception as e:  # a bug in one channel must not stop the others
