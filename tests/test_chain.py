@@ -263,7 +263,7 @@ def test_background_chain_returns_at_once(tmp_path: Path) -> None:
         assert order(seen, *CHAIN_TYPES[1:]), seen
         assert Git(c.sb.bare).parents(c.tip()) == [before, head]
         assert order([e.type for e in c.events(chain=chain)], *CHAIN_TYPES)
-        assert "deployed" in (c.st.settings.state_dir / "logs" / "svc.log").read_text()
+        assert "deployed" in "".join(p.read_text() for p in (c.st.settings.state_dir / "logs").glob("push-svc-*.log"))
     finally:
         c.st.close()
 

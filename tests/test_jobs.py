@@ -45,7 +45,13 @@ def quiet(_line: str) -> None:
 
 
 def at(clock: FakeClock, text: str) -> FakeClock:
-    clock.set(dt.datetime.fromisoformat(text).replace(tzinfo=UTC))
+    """Time passes to `text` (a move back is a clock correction: only the wall clock moves)."""
+    when = dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
+    ahead = (when - clock.now()).total_seconds()
+    if ahead >= 0:
+        clock.advance(ahead)
+    else:
+        clock.set(when)
     return clock
 
 
@@ -278,6 +284,27 @@ def test_clock_jumping_back_causes_no_missed_storm(write_config, state_dir: Path
     at(clock, "2026-04-26T09:06:30")
     rep = check(s, j, clock, notes)
     assert [x.state for x in rep.jobs] == ["missed"] * 5 and len(notes) == 5
+
+
+def test_clock_corrected_forward_causes_no_missed_storm(write_config, state_dir: Path) -> None:
+    """NTP sets a slow host's clock two hours forward between two checks: the runs "due" in
+    that jump never had a chance (one real minute passed); real misses after it still count."""
+    s = settings_with(write_config, "".join(f'[jobs.j{i}]\nschedule = "*/5 * * * *"\n' for i in range(3)))
+    clock, notes = at(FakeClock(), "2026-04-26T10:00:00"), Notes()
+    j = Journal(state_dir, clock)
+    for i in range(3):
+        run(s, j, clock, notes, f"j{i}", ["true"])
+    assert check(s, j, clock, notes).ok
+    clock.advance(60)  # one real minute ...
+    clock.set(dt.datetime(2026, 4, 26, 12, 1, tzinfo=UTC))  # ... and the clock is corrected by two hours
+    rep = check(s, j, clock, notes)
+    assert rep.ok and notes == [], [x.state for x in rep.jobs]
+    assert any("set forward" in w for w in rep.warnings)
+    at(clock, "2026-04-26T12:04:00")
+    assert check(s, j, clock, notes).ok and notes == []
+    at(clock, "2026-04-26T12:06:30")  # nothing ran since the jump: the 12:05 runs are missed
+    rep = check(s, j, clock, notes)
+    assert [x.state for x in rep.jobs] == ["missed"] * 3 and len(notes) == 3
 
 
 def test_dst_daily_0230_berlin(write_config, state_dir: Path) -> None:

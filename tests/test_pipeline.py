@@ -241,7 +241,7 @@ def test_background_mode_returns_at_once(tmp_path: Path) -> None:
         while time.monotonic() < deadline and j.last_good("svc") != new:
             time.sleep(0.1)
         assert j.last_good("svc") == new
-        log = (st.settings.state_dir / "logs" / "svc.log").read_text()
+        log = "".join(p.read_text() for p in (st.settings.state_dir / "logs").glob("push-svc-*.log"))
         assert "healthy" in log
         assert j.last("push.received", "svc") is not None
     finally:

@@ -112,9 +112,23 @@ def _crash_log(exc: BaseException) -> Path | None:
         return None
 
 
+def _journal_problem(e: Exception) -> str | None:
+    try:
+        from opskit.storage.fallback import journal_problem
+
+        return journal_problem(e, _common.STATE.state_dir())
+    except Exception:
+        return None
+
+
 def _terminated(signum: int, frame: object) -> None:
     # SIGTERM (systemd, kill, a cron timeout) unwinds like Ctrl-C: proc.run kills the child's
     # process group on the way out, so no deploy command is left running without its lock.
+    # A second SIGTERM (a group kill also reaches a detached run through its recorder,
+    # base/detach.py) must not cut that unwinding short and leave the journal half-written.
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
@@ -154,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the one place unexpected errors are caught
         where = _crash_log(e)
         hint = f" (traceback in {where})" if where else ""
+        journal = _journal_problem(e)
+        if journal:  # a full disk or a corrupt journal.db: say so, with the path and the fix
+            print(f"opskit: {journal}{hint}", file=sys.stderr)
+            return int(ExitCode.INTERNAL)
         print(f"opskit: internal error: {redact(type(e).__name__ + ': ' + str(e))[:300]}{hint}",
               file=sys.stderr)
         return int(ExitCode.INTERNAL)

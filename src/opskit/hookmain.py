@@ -91,11 +91,22 @@ def _err(line: str) -> None:
     sys.stderr.flush()
 
 
-def _describe(e: BaseException) -> str:
+def _describe(e: BaseException, config_path: str = "") -> str:
     from opskit.base.errors import OpsError, redact
 
     text = str(e) if isinstance(e, OpsError) else f"{type(e).__name__}: {e}"
-    return redact(text)[:300]
+    if type(e).__module__ == "sqlite3" and config_path:
+        # A full disk or a corrupt journal.db: name it, with the path and the fix.
+        try:
+            from pathlib import Path
+
+            from opskit.base import config
+            from opskit.storage.fallback import journal_problem
+
+            text = journal_problem(e, config.load_file(Path(config_path)).state_dir) or text
+        except Exception:
+            pass
+    return redact(text)[:400]
 
 
 # --- chaining -----------------------------------------------------------------------------
@@ -151,7 +162,7 @@ def pre_receive(args: _Args, stdin: bytes) -> int:
         facts = lockdown.GitFacts(git, journal, service.name)
         return lockdown.pre_receive(service, updates, facts, journal, _out)
     except Exception as e:
-        _out(f"opskit: refused: the push could not be checked ({_describe(e)}).")
+        _out(f"opskit: refused: the push could not be checked ({_describe(e, args.config)}).")
         _out(f"  Fix the problem, or remove the hooks: opskit hooks uninstall {args.service}")
         return 1
 
@@ -160,7 +171,15 @@ def pre_receive(args: _Args, stdin: bytes) -> int:
 
 def post_receive(args: _Args, stdin: bytes) -> int:
     """The push has landed; nothing here can undo it. So errors are said plainly to the
-    pusher and the hook exits 0: never hidden, never journaled as something they are not."""
+    pusher and the hook exits 0: never hidden, never journaled as something they are not.
+
+    The push has landed when this runs, so the pusher's Ctrl-C or hang-up must not stop it
+    before it has started the pipeline (detached, chain/routing.py): a bad commit would stay
+    on the branch with nothing watching it. After that, leaving only stops the streaming."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     rc = 0
     try:
         rc = run_chained(args, stdin, _out)
@@ -182,7 +201,7 @@ def post_receive(args: _Args, stdin: bytes) -> int:
     try:
         result = routing.on_post_receive(Path(args.config), args.service, updates, _out)
     except Exception as e:
-        _out(f"opskit: the push landed but the pipeline failed ({_describe(e)}); "
+        _out(f"opskit: the push landed but the pipeline failed ({_describe(e, args.config)}); "
              f"see: opskit events --service {args.service}")
         return 0
     return rc or int(result or 0)

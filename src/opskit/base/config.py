@@ -19,6 +19,7 @@ from typing import Any
 from opskit.base.errors import ConfigError, register_secret
 from opskit.base.safety import refuse_as_root
 import pwd
+from opskit.base import placement
 
 CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise", "telegram")
 LEVELS = ("info", "warning", "error", "critical")
@@ -249,7 +250,8 @@ def load_file(path: Path) -> Settings:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror}); fix its permissions") from None
     try:
-        data = tomllib.loads(raw_bytes.decode("utf-8"))
+        # utf-8-sig: a BOM (Notepad and some editors write one) is not part of the TOML.
+        data = tomllib.loads(raw_bytes.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
@@ -464,6 +466,7 @@ class _Parser:
                 raise self.fail(f"jobs.{name}.schedule", "is missing", 'add schedule = "*/5 * * * *"')
             jobs[name] = JobSettings(name=name, **fields)
 
+        placement.check(services.values(), self.fail)
         settings = Settings(
             path=self.path, state_dir=state_dir, notify=base.get("notify", ()),
             drift_renotify=base.get("drift_renotify", 24.0),

@@ -123,8 +123,11 @@ class ServiceLock:
             raise
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
                   "cmd": " ".join(sys.argv)[:200], "since": iso(self.clock.now())}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError:
+            pass  # a full disk: the flock is ours all the same, only who holds it is not shown
         self._fd = fd
 
     def release(self) -> None:

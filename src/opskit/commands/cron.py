@@ -166,7 +166,9 @@ def register(app: typer.Typer) -> None:
         """Find jobs that missed their schedule, run past max_runtime, or last failed.
 
         Schedules come from [jobs.NAME] in the config and from `run-job NAME` lines in the
-        crontab. One notification per incident. Exit 1 when any job has a problem.
+        crontab. One notification per incident. A deploy or rollback a dead pipeline left
+        unfinished is finished here (gated again, or reverted) and the owner told.
+        Exit 1 when any job has a problem.
 
         Example: opskit cron-check --json
         """
@@ -176,6 +178,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _common.print_json(report.to_dict())
         else:
+            for u in report.unfinished:
+                outcome = f"finished: {u.status}: {u.reason}" if u.error is None else f"NOT finished: {u.error}"
+                typer.echo(f"{'PROBLEM' if u.error else 'fixed':8} {u.service:24} {u.found}; {outcome}")
             if not report.jobs:
                 typer.echo("no jobs to watch: add [jobs.NAME] to the config or run `opskit cron install`")
             for j in report.jobs:

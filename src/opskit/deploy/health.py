@@ -237,7 +237,10 @@ class _Prober:
         if self._body_re is not None:
             text = body[:_BODY_LIMIT].decode("utf-8", "replace")
             if not self._body_re.search(text):
-                return False, f"body did not match {spec.expect_body!r}", status
+                # Said, so nobody hunts for a match that sits past the part we read.
+                cut = f" in its first {_BODY_LIMIT // 1024} KiB (the rest was not read)" \
+                    if len(body) >= _BODY_LIMIT else ""
+                return False, f"body did not match {spec.expect_body!r}{cut}", status
         return True, f"HTTP {status} in {_ms(elapsed)}", status
 
     # -- tcp --

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from opskit.base.config import Settings
     from opskit.storage.journal import Journal
 
+from opskit.jobs.unfinished import Unfinished, finish_unfinished
 from opskit.jobs.record import CHECK, FUTURE_SLACK, JOB, Notifier, notify_owner, reap_lost, report_recovery
 from opskit.wiring import cron
 
@@ -59,15 +60,17 @@ class CheckReport:
     warnings: list[str]
     clock_back_seconds: float | None
     approvals_reminded: int = 0
+    unfinished: list[Unfinished] = field(default_factory=list)  # deploys it found left open and finished
 
     @property
     def ok(self) -> bool:
-        return not any(j.problems for j in self.jobs)
+        return not any(j.problems for j in self.jobs) and not any(u.error for u in self.unfinished)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ts": self.ts, "ok": self.ok, "jobs": [j.to_dict() for j in self.jobs],
                 "warnings": self.warnings, "clock_back_seconds": self.clock_back_seconds,
-                "approvals_reminded": self.approvals_reminded}
+                "approvals_reminded": self.approvals_reminded,
+                "unfinished": [u.to_dict() for u in self.unfinished]}
 
 
 _READ = object()
@@ -119,20 +122,48 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
         back = (parse_iso(last["ts"]) - now).total_seconds()
         warnings.append(f"the clock went back {back:.0f}s since the last cron-check; "
                         "measuring every job afresh from now (no missed runs are inferred across the jump)")
+    ahead = clock_jumped_ahead(last, now, clock.monotonic(), _boot_id())
+    if ahead is not None:
+        warnings.append(f"the clock was set forward {ahead:.0f}s since the last cron-check (more wall-clock "
+                        "time passed than real time); runs due inside that jump never had a chance and are "
+                        "not reported as missed; measuring every job afresh from now")
 
     states = journal.kv_all(JOB)
     statuses = []
     for name in sorted(set(watches) | set(states)):
         statuses.append(_check_job(settings, journal, notifier, name, watches.get(name), now,
-                                   reset=back is not None))
+                                   reset=back is not None or ahead is not None))
     # Parked changes are the human side of the same promise: nothing waits unnoticed. cron-check
     # is the one job that runs every few minutes, so it sends the once-only reminders.
     from opskit.chain.approvals import remind_overdue
 
     reminded = remind_overdue(settings, journal, clock)
-    journal.kv_set(CHECK, "last", {"ts": iso(now), "pid": os.getpid(), "jobs": len(statuses),
+    # The immune system's own safety net: a pipeline that died (SIGKILL, OOM, power) is finished here.
+    unfinished = finish_unfinished(settings, journal, clock)
+    journal.kv_set(CHECK, "last", {"ts": iso(now), "mono": clock.monotonic(), "boot": _boot_id(),
+                                   "pid": os.getpid(), "jobs": len(statuses),
                                    "problems": sum(1 for s in statuses if s.problems)})
-    return CheckReport(iso(now), statuses, warnings, back, reminded)
+    return CheckReport(iso(now), statuses, warnings, back, reminded, unfinished)
+
+
+def clock_jumped_ahead(last: Any, now: dt.datetime, mono: float, boot: str | None) -> float | None:
+    """Seconds the wall clock was set forward since the last check, or None.
+
+    The monotonic clock (system-wide, since boot) measures the real time between two checks;
+    wall-clock time that passed beyond it is a correction (NTP after a host ran slow, a manual
+    `date -s`). Only comparable within one boot: a reboot restarts the monotonic clock."""
+    if not last or "mono" not in last or last.get("boot") != boot:
+        return None
+    jump = (now - parse_iso(last["ts"])).total_seconds() - (mono - float(last["mono"]))
+    return jump if jump > FUTURE_SLACK.total_seconds() else None
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def _check_job(settings: Settings, journal: Journal, notifier: Notifier | None, name: str,

@@ -20,7 +20,9 @@ from opskit.base.errors import UsageError
 from opskit.storage.journal import Journal
 from opskit.notify.base import Action
 from opskit.notify.courier import Courier
+from opskit.notify.direct import send_direct
 from opskit.storage import outbox
+from opskit.storage.fallback import JournalWriteError
 
 __all__ = ["FlushReport", "NotifyReport", "broken_channels", "flush", "outbox_summary", "send", "show"]
 
@@ -100,10 +102,19 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
     title = title.strip() if title and title.strip() else None
     # Every row is durable before the first byte goes out: a crash mid-send leaves them
     # for the next flush.
-    new_ids = [outbox.enqueue(journal, clock, name, level=level, title=title, message=message,
-                              service=service, event_id=event_id,
-                              actions=[(a.label, a.token) for a in actions] if settings.channels[name].actionable else ())
-               for name in names]
+    new_ids: list[int] = []
+    not_held: JournalWriteError | None = None
+    for name in names:
+        try:
+            new_ids.append(outbox.enqueue(journal, clock, name, level=level, title=title, message=message,
+                                          service=service, event_id=event_id,
+                                          actions=[(a.label, a.token) for a in actions]
+                                          if settings.channels[name].actionable else ()))
+        except JournalWriteError as e:  # disk full, corrupt journal: the owner must still be told
+            not_held = e
+            break
+    direct = names[len(new_ids):]
+    names = names[:len(new_ids)]
     courier = Courier(settings, journal, clock, retry_for, fresh=set(new_ids))
     for name, new_id in zip(names, new_ids, strict=True):
         # Claimed only now, not up front: a slow earlier channel (minutes of 429s) must not
@@ -151,6 +162,9 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
                 continue
             (report.broken if status == "broken" else report.queued).append(channel)
             report.errors.setdefault(channel, error or courier.stalled.get(channel) or "not delivered")
+    if not_held is not None:
+        send_direct(settings, journal, direct, message, title=title, level=level, service=service,
+                    event_id=event_id, clock=clock, retry_for=retry_for, error=not_held, report=report)
     return report
 
 

@@ -25,7 +25,6 @@ from opskit.notify.base import Action, Message, Outcome
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
-MIN_ATTEMPT_TIMEOUT = 1.0
 CLAIM_REFRESH = 60.0  # well inside outbox.CLAIM_STALE
 KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",
          "ntfy": "ntfy", "apprise": "apprise_", "telegram": "telegram"}
@@ -99,7 +98,10 @@ class Courier:
         while True:
             if row.id not in outbox.touch(self.journal, self.clock, claimed):
                 return None, attempts, None
-            timeout = min(ch.timeout, max(MIN_ATTEMPT_TIMEOUT, deadline - self.clock.monotonic()))
+            # Each attempt gets the channel's whole timeout: retry_for bounds when attempts start,
+            # never cuts one short. Cut, a slow endpoint's answer is lost and the message — which
+            # it may well have delivered — is sent again on the next flush.
+            timeout = ch.timeout
             try:
                 outcome: Outcome = module.deliver(ch, msg, timeout)
             except Exception as e:  # a bug in one channel must not stop the pipeline

@@ -26,6 +26,7 @@ from typing import Any
 from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock, iso, iso_precise, parse_iso
 from opskit.base.errors import UsageError, redact
+from opskit.storage import fallback
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -151,6 +152,7 @@ class Journal:
         self.path = self.state_dir / "journal.db"
         self._local = threading.local()
         self._init_lock = threading.Lock()
+        self._shadow: dict[int, dict[str, Any]] = {}  # deploys rows that could not be written
         with self._init_lock:
             conn = self.conn
             conn.executescript(SCHEMA)
@@ -158,6 +160,27 @@ class Journal:
             # SQLite gives -wal and -shm the journal's own mode, so sharing the journal shares them.
             for f in (self.path, self.path.with_name("journal.db-wal"), self.path.with_name("journal.db-shm")):
                 statefs.share(f, self.state_dir)
+        self.replay_fallback()
+
+    # --- when a write fails (docs/ARCHITECTURE.md, faults) -------------------------------------
+    def _kept(self, record: dict[str, Any], e: BaseException) -> None:
+        """A write failed (disk full, I/O error, corrupt file): keep it aside, go on."""
+        fallback.keep(self.state_dir, {"ts": self.now(), **record}, e, self.path)
+
+    def keep_outbox(self, channel: str, *, level: str, title: str | None, message: str, service: str | None,
+                    event_id: int | None, error: BaseException) -> None:
+        """A message the outbox could not hold and its channel did not take: queued once there is room."""
+        self._kept({"kind": "outbox", "channel": channel, "level": level, "title": title, "message": message,
+                    "service": service, "event_id": event_id}, error)
+
+    def replay_fallback(self) -> int:
+        """Journal what earlier writes had to keep aside, exactly once; 0 when nothing (or no room)."""
+        if not any(p.exists() for p in fallback.locations(self.state_dir)):
+            return 0
+        try:
+            return fallback.replay(self.state_dir, self.conn, _apply_kept)
+        except sqlite3.DatabaseError:
+            return 0  # still no room (or still damaged): they stay aside for the next one
 
     # --- connection ---------------------------------------------------------------------------
     @property
@@ -207,12 +230,18 @@ class Journal:
         service = _clean(service) if service is not None else None
         when = self.clock.now()
         ts, precise = iso(when), iso_precise(when)
-        with self.tx() as c:
-            cur = c.execute(
-                "INSERT INTO events (ts, type, service, chain, sha, data, ts_precise) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (ts, type, service, chain, sha, payload, precise),
-            )
-            eid = cur.lastrowid
+        try:
+            with self.tx() as c:
+                cur = c.execute(
+                    "INSERT INTO events (ts, type, service, chain, sha, data, ts_precise) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (ts, type, service, chain, sha, payload, precise),
+                )
+                eid = cur.lastrowid
+        except sqlite3.DatabaseError as e:
+            # The pipeline must go on (a revert, a notification): kept aside, journaled later; id 0.
+            self._kept({"kind": "event", "ts": ts, "ts_precise": precise, "type": type, "service": service,
+                        "chain": chain, "sha": sha, "data": payload}, e)
+            eid = 0
         assert eid is not None
         return Event(id=eid, ts=ts, type=type, service=service, data=json.loads(payload),
                      chain=chain, sha=sha, ts_precise=precise)
@@ -285,12 +314,16 @@ class Journal:
                 self.conn.execute("SELECT key, value FROM kv WHERE scope = ? ORDER BY key", (scope,))}
 
     def kv_set(self, scope: str, key: str, value: Any) -> None:
-        with self.tx() as c:
-            c.execute(
-                "INSERT INTO kv (scope, key, value, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                (scope, key, redact(json.dumps(value, default=str)), self.now()),
-            )
+        text = redact(json.dumps(value, default=str))
+        try:
+            with self.tx() as c:
+                c.execute(
+                    "INSERT INTO kv (scope, key, value, updated) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                    (scope, key, text, self.now()),
+                )
+        except sqlite3.DatabaseError as e:
+            self._kept({"kind": "kv", "scope": scope, "key": key, "value": text}, e)
 
     def kv_delete(self, scope: str, key: str) -> None:
         with self.tx() as c:
@@ -299,23 +332,49 @@ class Journal:
     # --- deploys ------------------------------------------------------------------------------
     def deploy_start(self, service: str, sha: str, *, previous: str | None, chain: str | None,
                      kind: str = "deploy") -> int:
-        with self.tx() as c:
-            cur = c.execute(
-                "INSERT INTO deploys (service, sha, previous, chain, kind, status, step, pid, started) "
-                "VALUES (?, ?, ?, ?, ?, 'running', 'start', ?, ?)",
-                (service, sha, previous, chain, kind, os.getpid(), self.now()),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+        """The new row's id; negative when it could not be written (kept in memory, and kept
+        aside when it finishes, so the verdict reaches the journal later)."""
+        started = self.now()
+        try:
+            with self.tx() as c:
+                cur = c.execute(
+                    "INSERT INTO deploys (service, sha, previous, chain, kind, status, step, pid, started) "
+                    "VALUES (?, ?, ?, ?, ?, 'running', 'start', ?, ?)",
+                    (service, sha, previous, chain, kind, os.getpid(), started),
+                )
+                assert cur.lastrowid is not None
+                return cur.lastrowid
+        except sqlite3.DatabaseError:
+            shadow_id = -1 - len(self._shadow)
+            self._shadow[shadow_id] = {"service": service, "sha": sha, "previous": previous, "chain": chain,
+                                       "kind": kind, "status": "running", "step": "start", "pid": os.getpid(),
+                                       "started": started, "finished": None, "reason": None}
+            return shadow_id
 
     def deploy_step(self, deploy_id: int, step: str) -> None:
-        with self.tx() as c:
-            c.execute("UPDATE deploys SET step = ? WHERE id = ?", (step, deploy_id))
+        if deploy_id in self._shadow:
+            self._shadow[deploy_id]["step"] = step
+            return
+        try:
+            with self.tx() as c:
+                c.execute("UPDATE deploys SET step = ? WHERE id = ?", (step, deploy_id))
+        except sqlite3.DatabaseError:
+            pass  # where a running deploy is: only its verdict must not be lost
 
     def deploy_finish(self, deploy_id: int, status: str, reason: str | None = None) -> None:
-        with self.tx() as c:
-            c.execute("UPDATE deploys SET status = ?, finished = ?, reason = ? WHERE id = ?",
-                      (status, self.now(), redact(reason) if reason else None, deploy_id))
+        finished, why = self.now(), redact(reason) if reason else None
+        if deploy_id in self._shadow:
+            row = self._shadow.pop(deploy_id)
+            row.update(status=status, finished=finished, reason=why)
+            self._kept({"kind": "deploy", "row": row}, sqlite3.OperationalError("the row could not be written"))
+            return
+        try:
+            with self.tx() as c:
+                c.execute("UPDATE deploys SET status = ?, finished = ?, reason = ? WHERE id = ?",
+                          (status, finished, why, deploy_id))
+        except sqlite3.DatabaseError as e:
+            self._kept({"kind": "deploy_finish", "deploy_id": deploy_id, "status": status,
+                        "finished": finished, "reason": why}, e)
 
     def deploys(self, service: str, limit: int = 20) -> list[sqlite3.Row]:
         return list(self.conn.execute(
@@ -366,13 +425,12 @@ class Journal:
         return row[0] if row else None
 
     def quarantine_add(self, service: str, tree: str, sha: str, event_id: int | None, reason: str) -> None:
-        with self.tx() as c:
-            c.execute(
-                "INSERT INTO quarantine (tree, service, sha, event_id, reason, created) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (service, tree) DO UPDATE SET sha = excluded.sha, event_id = excluded.event_id, "
-                "reason = excluded.reason, created = excluded.created, released = NULL, released_by = NULL",
-                (tree, service, sha, event_id, redact(reason), self.now()),
-            )
+        try:
+            with self.tx() as c:
+                _quarantine_insert(c, service, tree, sha, event_id, redact(reason), self.now())
+        except sqlite3.DatabaseError as e:
+            self._kept({"kind": "quarantine", "service": service, "tree": tree, "sha": sha,
+                        "event_id": event_id, "reason": redact(reason)}, e)
 
     def quarantined(self, service: str, tree: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(
@@ -414,6 +472,47 @@ def _add_columns(conn: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as e:
                 if "duplicate column" not in str(e):
                     raise
+
+
+def _quarantine_insert(c: sqlite3.Connection, service: str, tree: str, sha: str, event_id: int | None,
+                       reason: str, created: str) -> None:
+    c.execute(
+        "INSERT INTO quarantine (tree, service, sha, event_id, reason, created) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (service, tree) DO UPDATE SET sha = excluded.sha, event_id = excluded.event_id, "
+        "reason = excluded.reason, created = excluded.created, released = NULL, released_by = NULL",
+        (tree, service, sha, event_id, reason, created),
+    )
+
+
+def _apply_kept(c: sqlite3.Connection, rec: dict[str, Any]) -> None:
+    """One record a failed write kept aside (fallback.py), written now, inside the caller's transaction."""
+    kind, ts = rec.get("kind"), str(rec.get("ts") or "")
+    if kind == "event":
+        data = json.loads(rec["data"]) if isinstance(rec.get("data"), str) else rec.get("data") or {}
+        data = {**data, "journaled_late": True}
+        c.execute("INSERT INTO events (ts, type, service, chain, sha, data, ts_precise) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (ts, rec["type"], rec.get("service"), rec.get("chain"), rec.get("sha"),
+                   json.dumps(data, ensure_ascii=False), rec.get("ts_precise")))
+    elif kind == "deploy":
+        r = rec["row"]
+        c.execute("INSERT INTO deploys (service, sha, previous, chain, kind, status, step, pid, started, finished, "
+                  "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (r["service"], r["sha"], r["previous"], r["chain"], r["kind"], r["status"], r["step"], r["pid"],
+                   r["started"], r["finished"], r["reason"]))
+    elif kind == "deploy_finish":
+        c.execute("UPDATE deploys SET status = ?, finished = ?, reason = ? WHERE id = ? AND status = 'running'",
+                  (rec["status"], rec["finished"], rec["reason"], rec["deploy_id"]))
+    elif kind == "kv":
+        c.execute("INSERT INTO kv (scope, key, value, updated) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated "
+                  "WHERE kv.updated <= excluded.updated", (rec["scope"], rec["key"], rec["value"], ts))
+    elif kind == "quarantine":
+        _quarantine_insert(c, rec["service"], rec["tree"], rec["sha"], rec.get("event_id"), rec.get("reason") or "", ts)
+    elif kind == "outbox":
+        c.execute("INSERT INTO outbox (channel, created, level, title, message, service, event_id, status) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued')",
+                  (rec["channel"], ts, rec["level"], rec.get("title"), rec["message"], rec.get("service"),
+                   rec.get("event_id")))
 
 
 def _clean(text: str) -> str:

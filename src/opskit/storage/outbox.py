@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from opskit.base.clock import Clock, iso, parse_iso
 from opskit.base.errors import redact
+from opskit.storage.fallback import JournalWriteError
+from opskit.storage import fallback
 from opskit.storage.journal import Journal
 from opskit.base.proc import pid_alive
 
@@ -98,12 +100,16 @@ def enqueue(journal: Journal, clock: Clock, channel: str, *, level: str, title: 
     Nothing is claimed here: the caller claims the channel (claim_channel with fresh=id)
     just before delivering it, so a claim never ages while other channels are worked on.
     """
-    with journal.tx() as c:
-        cur = c.execute(
-            "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status, actions) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
-            (channel, iso(clock.now()), level, title, message, service, event_id,
-             json.dumps([[label, token] for label, token in actions]) if actions else None))
+    try:
+        with journal.tx() as c:
+            cur = c.execute(
+                "INSERT INTO outbox (channel, created, level, title, message, service, event_id, status, actions) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (channel, iso(clock.now()), level, title, message, service, event_id,
+                 json.dumps([[label, token] for label, token in actions]) if actions else None))
+    except sqlite3.DatabaseError as e:
+        # The caller sends it straight to the channel instead (notify/direct.py).
+        raise JournalWriteError(fallback.describe(journal.path, e)) from None
     new_id = cur.lastrowid
     assert new_id is not None
     return new_id

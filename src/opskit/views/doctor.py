@@ -18,6 +18,7 @@ from opskit.base.config import Settings, ServiceSettings
 from opskit.git import repo as gitrepo
 from opskit.base.errors import OpsError, redact
 from opskit.storage.journal import Journal
+from opskit.storage.recover import quick_check
 from opskit.wiring import cron
 from opskit.git.repo import Git
 from opskit.base import bwrap
@@ -41,6 +42,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks: list[Check] = [
         Check("python", sys.version_info >= (3, 11), sys.version.split()[0], "use Python 3.11 or newer"),
         _git_version(),
+        _journal_integrity(settings.state_dir),
         _state_dir(settings.state_dir),
         _config(settings),
         _crontab_binary(),
@@ -73,6 +75,19 @@ def _git_version() -> Check:
     parts = version.split(".")
     ok = len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit() and (int(parts[0]), int(parts[1])) >= (2, 30)
     return Check("git", ok, version, "opskit needs git 2.30 or newer")
+
+
+def _journal_integrity(path: Path) -> Check:
+    """SQLite's quick_check: a journal with garbage pages still counts its events."""
+    def check() -> Check:
+        db = path / "journal.db"
+        problems = quick_check(db)
+        if problems:
+            return Check("journal", False, f"database corrupt: {db}: {problems[0]}"[:300],
+                         "opskit journal recover  (keeps the damaged file aside, rebuilds from what is readable)")
+        return Check("journal", True, f"{db} passes quick_check")
+
+    return _guard("journal", check)
 
 
 def _state_dir(path: Path) -> Check:

@@ -150,7 +150,7 @@ def render(data: dict[str, Any]) -> list[str]:
         lines.append(f"  quarantined: {s['quarantined']} tree(s)")
         p = s["in_progress"]
         if p:
-            state = "running" if p["alive"] else "interrupted (holder gone; next deploy reports it)"
+            state = "running" if p["alive"] else "interrupted (holder gone; the next cron-check or deploy finishes it)"
             lines.append(f"  in progress: {p['kind']} {p['sha'][:10]} at step {p['step']} since {p['since']} "
                          f"(pid {p['pid']}, {state})")
         for name in SECTIONS:

@@ -1,0 +1,185 @@
+"""A damaged journal: find it (SQLite's quick_check) and rebuild it from what is readable.
+
+`opskit journal recover` keeps the damaged file (and its -wal) aside, untouched, copies every
+row that can still be read — events, deploys, quarantine, outbox, kv, and any other table
+(approvals) with its own schema — into a new journal.db, and says what was lost. It holds
+every service's deploy lock while it works, so it refuses while a deploy runs, and no
+deploy can start half-way through. Records a failed write kept aside (fallback.py) are
+journaled by the first open of the new journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opskit.base.errors import OpsError
+from opskit.base.lock import ServiceLock
+from opskit.storage.journal import SCHEMA
+
+# The tables opskit's own schema defines, in the order they are copied.
+KNOWN = ("events", "deploys", "quarantine", "outbox", "kv")
+MAX_SKIP = 1 << 40  # how far past an unreadable stretch of rowids a scan looks for more rows
+
+
+def quick_check(path: Path) -> list[str]:
+    """SQLite's quick_check of the journal: [] when it is sound (or absent), else its findings."""
+    if not path.exists():
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        try:
+            rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        return [str(e)]
+    return [] if rows == ["ok"] else rows
+
+
+@dataclass
+class TableReport:
+    name: str
+    recovered: int = 0
+    lost: int | None = 0  # None: unknown (the table's rows could not be counted)
+    note: str = ""
+
+    def line(self) -> str:
+        lost = "an unknown number lost" if self.lost is None else f"{self.lost} lost"
+        return f"{self.name}: {self.recovered} recovered, {lost}" + (f" ({self.note})" if self.note else "")
+
+
+@dataclass
+class RecoverReport:
+    path: str
+    damaged: bool
+    problems: list[str]
+    kept_aside: list[str] = field(default_factory=list)
+    tables: list[TableReport] = field(default_factory=list)
+    rebuilt: bool = False
+
+    @property
+    def lost_any(self) -> bool:
+        return any(t.lost is None or t.lost for t in self.tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "damaged": self.damaged, "problems": self.problems, "rebuilt": self.rebuilt,
+                "kept_aside": self.kept_aside, "lost_any": self.lost_any,
+                "tables": [t.__dict__ for t in self.tables]}
+
+
+def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) -> RecoverReport:
+    """Rebuild state_dir/journal.db from what is readable in it; the damaged files are kept aside."""
+    path = Path(state_dir) / "journal.db"
+    problems = quick_check(path)
+    report = RecoverReport(path=str(path), damaged=bool(problems), problems=problems)
+    if not path.exists():
+        raise OpsError(f"no journal at {path}: nothing to recover (check [opskit] state_dir)")
+    if not problems and not force:
+        return report
+    with contextlib.ExitStack() as locks:
+        for name in services:
+            try:
+                locks.enter_context(ServiceLock(state_dir, name, wait=0, what="journal recover"))
+            except OpsError as e:
+                raise OpsError(f"journal recover refused: a deploy of {name} holds its lock ({e.message}); "
+                               "run it again when that deploy has finished") from None
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        fresh = path.with_name(f"journal.db.rebuilding-{os.getpid()}")
+        _remove(fresh)
+        report.tables = _rebuild(path, fresh)
+        aside = path.with_name(f"journal.db.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{path}{suffix}")
+            if src.exists():
+                os.replace(src, f"{aside}{suffix}")
+                report.kept_aside.append(f"{aside}{suffix}")
+        os.replace(fresh, path)
+        report.rebuilt = True
+    return report
+
+
+def _remove(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def _rebuild(damaged: Path, fresh: Path) -> list[TableReport]:
+    src = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True, timeout=10.0)
+    dst = sqlite3.connect(fresh, isolation_level=None)
+    try:
+        dst.executescript(SCHEMA)
+        tables: dict[str, str | None] = {t: None for t in KNOWN}
+        try:
+            for name, sql in src.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+                                         "AND name NOT LIKE 'sqlite_%'"):
+                tables.setdefault(name, sql)
+        except sqlite3.DatabaseError:
+            pass  # the schema page itself is damaged: opskit's own tables are still tried
+        reports = []
+        for name, sql in tables.items():
+            if sql and name not in KNOWN:
+                try:
+                    dst.execute(sql)
+                except sqlite3.DatabaseError:
+                    reports.append(TableReport(name, 0, None, "its schema could not be recreated"))
+                    continue
+            reports.append(_copy(src, dst, name))
+        dst.execute("PRAGMA journal_mode = WAL")
+    finally:
+        src.close()
+        dst.close()
+    return reports
+
+
+def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> TableReport:
+    """Every readable row of one table, by rowid; an unreadable stretch is skipped, not fatal."""
+    rep = TableReport(table)
+    try:
+        want = [r[1] for r in dst.execute(f'PRAGMA table_info("{table}")')]
+        have = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
+    except sqlite3.DatabaseError as e:
+        rep.lost, rep.note = None, f"unreadable: {e}"
+        return rep
+    cols = [c for c in want if c in have] if have else want
+    if not cols:
+        rep.lost, rep.note = None, "the table could not be read"
+        return rep
+    names = ", ".join(f'"{c}"' for c in cols)
+    insert = f'INSERT OR IGNORE INTO "{table}" ({names}) VALUES ({", ".join("?" * len(cols))})'
+    last, skip, bad = -(1 << 62), 1, False
+    ids: list[int] = []
+    dst.execute("BEGIN")
+    while True:
+        try:
+            cur = src.execute(f'SELECT rowid, {names} FROM "{table}" WHERE rowid > ? ORDER BY rowid', (last,))
+            for row in cur:
+                dst.execute(insert, row[1:])
+                last = int(row[0])
+                ids.append(last)
+                skip = 1
+            break
+        except sqlite3.DatabaseError:
+            bad = True
+            if skip > MAX_SKIP:
+                break
+            last += skip  # past the unreadable stretch, further each time it stays unreadable
+            skip *= 2
+    dst.execute("COMMIT")
+    rep.recovered = len(ids)
+    if table in ("events", "deploys", "outbox") and ids:
+        # AUTOINCREMENT ids are handed out one by one: the gaps are rows that were lost.
+        rep.lost = ids[-1] - ids[0] + 1 - len(ids)
+        if rep.lost:
+            rep.note = f"ids {ids[0]}–{ids[-1]} with gaps"
+        if bad:
+            rep.note = (rep.note + "; " if rep.note else "") + "rows after the last readable one may be lost too"
+    elif bad:
+        rep.lost, rep.note = None, "part of the table was unreadable"
+    return rep

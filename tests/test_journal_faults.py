@@ -1,0 +1,190 @@
+"""The journal is not a single point of failure: a state dir that fills up during the gate
+(a real, small tmpfs), and a journal that cannot be written at all, still end with the bad
+commit reverted, the service healthy and the owner told; what could not be journaled is
+kept aside and journaled once when there is room again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opskit.base import proc
+from opskit.git.repo import Git
+from opskit.storage import fallback
+from opskit.storage.journal import Journal
+from tests.support.pipeline import Stage, hooked_stage
+from tests.support.reliability import REAL_GIT, wait_until
+
+
+def _can_mount() -> str | None:
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root (CI runs as root)"
+    if shutil.which("mount") is None:
+        return "no mount(8) here"
+    return None
+
+
+@pytest.fixture
+def small_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 16 MiB tmpfs as the state dir, unmounted afterwards."""
+    why = _can_mount()
+    if why:
+        pytest.skip(why)
+    mnt = tmp_path / "state"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mnt)],
+                       check=False, capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    monkeypatch.setenv("OPSKIT_STATE_DIR", str(mnt))
+    try:
+        yield mnt
+    finally:
+        for p in fallback.locations(mnt)[1:]:
+            p.unlink(missing_ok=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(where: Path) -> Path:
+    """Fill the filesystem to the last block; returns the filler (delete it to free the space)."""
+    filler = where / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+                    f.flush()
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    return filler
+
+
+def _healthy(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+        return bool(resp.status == 200)
+
+
+def test_state_dir_fills_during_the_gate(tmp_path: Path, small_state_dir: Path) -> None:
+    st: Stage = hooked_stage(tmp_path, health={"startup": 1.5, "window": 0.5})
+    try:
+        good = st.sb.tip()
+        bad = st.sb.commit({"service.mode": "crash\n"}, "service goes crash")
+        p = subprocess.Popen([REAL_GIT, "push", "origin", "master"], cwd=st.sb.dev, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
+        j = st.journal()
+        wait_until(lambda: any(r["step"] == "health" and r["sha"] == bad for r in j.running_deploys("svc")),
+                   30, "the gate")
+        pid = int(j.running_deploys("svc")[0]["pid"])
+        filler = _fill(small_state_dir)
+        p.communicate(timeout=90)
+        wait_until(lambda: not proc.pid_alive(pid), 60, "the pipeline to end")
+        # Production: reverted and healthy, although no event of it could be written.
+        bare = Git(st.sb.bare)
+        tip = st.sb.tip()
+        assert tip != bad and bare.parents(tip) == [bad] and bare.tree(tip) == bare.tree(good)
+        assert st.worktree_head() == tip and _healthy(st.port)
+        # The owner was told, straight through the channel, and why it came that way.
+        assert st.receiver is not None
+        msgs = st.receiver.wait_for(1, timeout=15)
+        text = "\n".join(m.body.get("content", "") for m in msgs)
+        assert "disk full" in text and "journal.db" in text, text
+        kept = fallback.pending(small_state_dir)
+        assert kept > 0, "the failed writes must have been kept aside"
+        # Space freed: the next journal that opens journals what was kept, once.
+        filler.unlink()
+        j2 = Journal(small_state_dir)
+        # SQLite may still fit a write or two into WAL space it reuses; whatever did not fit is late.
+        types = [e.type for e in j2.query(service="svc")]
+        assert all(types.count(t) == 1 for t in ("health.fail", "rollback.start", "rollback.complete")), types
+        late = [e for e in j2.query(service="svc") if e.data.get("journaled_late")]
+        assert late, "nothing was kept aside: the disk did not fill"
+        assert fallback.pending(small_state_dir) == 0
+        again = Journal(small_state_dir)
+        assert len([e for e in again.query(service="svc") if e.data.get("journaled_late")]) == len(late)
+        rows = {r["sha"]: r["status"] for r in again.deploys("svc")}
+        assert rows.get(tip) == "healthy" and rows.get(bad) == "failed", rows
+        assert again.last_good("svc") == tip
+    finally:
+        st.close()
+
+
+def test_unwritable_journal_still_reverts_and_tells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every journal write fails (as on a corrupt or read-only journal) from the gate on:
+    the revert still lands, is redeployed and re-gated, and the owner is told directly."""
+    from tests.support.pipeline import seeded_stage
+
+    st = seeded_stage(tmp_path, health={"startup": 1.0, "window": 0.5})
+    try:
+        good = st.sb.tip()
+        bad = st.good(mode="crash", message="crash")
+        real_tx = Journal.tx
+        broken = {"on": False}
+
+        def tx(self: Journal):  # type: ignore[no-untyped-def]
+            if broken["on"]:
+                raise sqlite3.DatabaseError("database disk image is malformed")
+            return real_tx(self)
+
+        monkeypatch.setattr(Journal, "tx", tx)
+        from opskit.deploy import health
+
+        real_gate = health.gate
+
+        def gate(*a, **kw):  # type: ignore[no-untyped-def]
+            broken["on"] = True
+            return real_gate(*a, **kw)
+
+        monkeypatch.setattr(health, "gate", gate)
+        lines: list[str] = []
+        r = st.deploy(bad, lines=lines)
+        assert r.status == "reverted", (r, lines[-10:])
+        tip = st.sb.tip()
+        assert Git(st.sb.bare).tree(tip) == Git(st.sb.bare).tree(good) and st.worktree_head() == tip
+        assert _healthy(st.port)
+        assert st.receiver is not None
+        text = "\n".join(m.body.get("content", "") for m in st.receiver.wait_for(1, timeout=15))
+        assert "database corrupt" in text and "opskit journal recover" in text, text
+        monkeypatch.setattr(Journal, "tx", real_tx)
+        j = st.journal()
+        late = {e.type for e in j.query(service="svc") if e.data.get("journaled_late")}
+        assert {"health.fail", "rollback.start", "rollback.complete", "notify.sent"} <= late, late
+        assert j.last_good("svc") == tip
+        kv = json.loads(json.dumps(j.kv_all(fallback.SCOPE)))
+        assert len(kv) >= 4
+    finally:
+        st.close()
+
+
+def test_push_to_an_already_full_state_dir_is_still_reverted_and_told(tmp_path: Path, small_state_dir: Path) -> None:
+    st: Stage = hooked_stage(tmp_path, health={"startup": 1.0, "window": 0.5})
+    try:
+        good = st.sb.tip()
+        filler = _fill(small_state_dir)
+        bad = st.sb.commit({"service.mode": "crash\n"}, "service goes crash")
+        r = st.sb.push("master", check=False)
+        assert r.returncode == 0, r.stderr
+        bare = Git(st.sb.bare)
+        wait_until(lambda: st.sb.tip() != bad and st.worktree_head() == st.sb.tip(), 60, "the revert")
+        tip = st.sb.tip()
+        assert bare.parents(tip) == [bad] and bare.tree(tip) == bare.tree(good) and _healthy(st.port)
+        assert st.receiver is not None
+        text = "\n".join(m.body.get("content", "") for m in st.receiver.wait_for(1, timeout=15))
+        assert "disk full" in text, text
+        assert "disk full" in r.stderr and "df -h" in r.stderr, r.stderr  # the pusher is told too
+        filler.unlink()
+        events = Journal(small_state_dir).query(service="svc")
+        types = [e.type for e in events]
+        assert all(types.count(t) == 1 for t in ("push.received", "health.fail", "rollback.complete")), types
+        assert any(e.data.get("journaled_late") for e in events)
+    finally:
+        st.close()
