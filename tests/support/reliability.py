@@ -7,7 +7,7 @@ Stopping points need no test-only code in opskit:
 - every git call goes through `git` on PATH (gitrepo.py): `blocking_git` puts a wrapper first
   on PATH that runs the real git for one subcommand, writes a marker, then parks — so the
   object or ref that subcommand makes exists when the kill lands ("half-made" states);
-- the gate is found by polling the deploys row's `step` (pipeline.deliver writes it first).
+- the gate is found by polling the deploys row's `step` (deploy/rollout.py writes it first).
 """
 
 from __future__ import annotations

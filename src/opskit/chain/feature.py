@@ -4,7 +4,7 @@
       push.received → test (temp checkout, test_timeout) → review (temp checkout, review_timeout;
       0 approve, 1 reject, 3 park for a human) → [service lock] still the branch tip? →
       merge into `branch` (merge commit or fast-forward, landed with revert.land_commit's CAS)
-      → the pipeline's own steps: frozen? → deliver (deploy, health gate) → auto-revert
+      → the pipeline's own steps: frozen? → roll out (deploy, health gate) → auto-revert
 
 Every event of one push shares its chain id and carries a commit. Tests and reviews run
 before the lock (they may take long and touch nothing shared); the merge and the deploy run
@@ -35,7 +35,7 @@ from opskit.base.errors import ExitCode, LockBusy, OpsError, UsageError, redact
 from opskit.base.lock import ServiceLock
 from opskit.base.text import printable, short
 from opskit.chain import approvals
-from opskit.deploy.pipeline import DELIVER_STEPS, GUARD_STEPS
+from opskit.deploy.pipeline import ROLLOUT_STEPS, GUARD_STEPS
 from opskit.deploy.run import DeployResult, Run, StopChain, Write, announce_run, run_steps
 from opskit.git.land import land_commit
 from opskit.git.repo import OPSKIT_IDENT, Git
@@ -138,7 +138,7 @@ def run_now(settings: Settings, journal: Journal, service: str, ref: str, sha: s
             step(ctx)
             if ctx.stopped is not None:
                 return ctx.stopped
-        return _land_and_deliver(ctx, lock_wait)
+        return _land_and_roll_out(ctx, lock_wait)
 
 
 def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Clock = SYSTEM,
@@ -158,7 +158,7 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
                 f"{row.decided_by}; merging")
     try:
         with _crash_recorded(ctx):
-            result = _land_and_deliver(ctx, lock_wait)
+            result = _land_and_roll_out(ctx, lock_wait)
     except BaseException as e:
         if ctx.merge is None:  # nothing landed: the decision must not be used up by a crash
             why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
@@ -178,7 +178,7 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
 @contextlib.contextmanager
 def _crash_recorded(ctx: _Ctx) -> Iterator[None]:
     """A crash or Ctrl-C in test, review or merge leaves an event saying where it stopped
-    ; deliver() records its own. Progress is cleared either way."""
+    ; roll_out() records its own. Progress is cleared either way."""
     try:
         yield
     except BaseException as e:
@@ -401,7 +401,7 @@ def _park(ctx: _Ctx, cause: str, tail: str, review: dict[str, Any] | None = None
 
 # --- under the lock: still current? merge, land, then the pipeline's own steps ----------------
 
-def _land_and_deliver(ctx: _Ctx, lock_wait: float) -> ChainResult:
+def _land_and_roll_out(ctx: _Ctx, lock_wait: float) -> ChainResult:
     run, svc = ctx.run, ctx.svc
     _progress(ctx, "waiting for the lock")
     try:
@@ -412,7 +412,7 @@ def _land_and_deliver(ctx: _Ctx, lock_wait: float) -> ChainResult:
             # pipeline's guard, then this chain's own steps, then the pipeline's delivery.
             steps: list[tuple[str, Callable[[Run], None]]] = [
                 *GUARD_STEPS, ("current", lambda r: _still_current(ctx)), ("merge", lambda r: _merge(ctx)),
-                *DELIVER_STEPS]
+                *ROLLOUT_STEPS]
             result = run_steps(run, [(n, _tracked(ctx, n, s)) for n, s in steps])
     except LockBusy as e:
         ev = run.emit("merge.fail", {"branch": printable(ctx.branch), "reason": str(e), "step": "lock"})

@@ -6,7 +6,7 @@
 Both ways a deploy starts end here: the post-receive hook (push mode, chain/routing.py) and
 `opskit deploy SERVICE` (pull mode from cron, or by hand). The steps come in two halves
 that other chains compose around: `GUARD_STEPS` (nothing goes live while frozen, a killed
-earlier deploy is reported first) and `DELIVER_STEPS` (put it live, revert it if it fails).
+earlier deploy is reported first) and `ROLLOUT_STEPS` (put it live, revert it if it fails).
 The feature-branch chain runs its merge between the two (chain/feature.py).
 
 The 03:57 incident: a deploy whose service never came up stayed live because nothing
@@ -23,7 +23,7 @@ from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
 from opskit.base.lock import ServiceLock
 from opskit.base.text import short
-from opskit.deploy.deliver import deliver
+from opskit.deploy.rollout import roll_out
 from opskit.deploy.recovery import last_deployed, step_report_interrupted
 from opskit.deploy.revert import revert_locked
 from opskit.deploy.run import DeployResult, Run, Step, StopChain, Write, new_chain_id, run_steps
@@ -48,17 +48,17 @@ def step_check_frozen(run: Run) -> None:
     raise StopChain
 
 
-def step_deliver(run: Run) -> None:
+def step_roll_out(run: Run) -> None:
     assert run.sha is not None
-    run.delivery = deliver(run, run.sha, kind="deploy", previous=run.previous)
-    if run.delivery.ok:
-        run.finish("healthy", run.delivery.reason)
+    run.rollout = roll_out(run, run.sha, kind="deploy", previous=run.previous)
+    if run.rollout.ok:
+        run.finish("healthy", run.rollout.reason)
         raise StopChain
 
 
 def step_auto_revert(run: Run) -> None:
     """The deploy failed: undo it (revert.py decides how, and when to freeze instead)."""
-    d = run.delivery
+    d = run.rollout
     assert d is not None and run.sha is not None
     rr = revert_locked(run, bad=run.sha, reason=d.reason, bad_deploy_id=d.deploy_id, stage=d.stage,
                        trigger_event=d.fail_event_id)
@@ -70,12 +70,12 @@ def step_auto_revert(run: Run) -> None:
 
 
 GUARD_STEPS: Sequence[tuple[str, Step]] = (("frozen", step_check_frozen), ("interrupted", step_report_interrupted))
-DELIVER_STEPS: Sequence[tuple[str, Step]] = (("deploy", step_deliver), ("revert", step_auto_revert))
+ROLLOUT_STEPS: Sequence[tuple[str, Step]] = (("deploy", step_roll_out), ("revert", step_auto_revert))
 
 
 def deploy_steps() -> list[tuple[str, Step]]:
     """A deploy of a commit already on the branch: the guard, then delivery."""
-    return [*GUARD_STEPS, *DELIVER_STEPS]
+    return [*GUARD_STEPS, *ROLLOUT_STEPS]
 
 
 def deploy(settings: Settings, journal: Journal, service: str, sha: str | None = None, *,

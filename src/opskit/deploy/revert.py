@@ -32,7 +32,7 @@ from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, UsageError, redact
 from opskit.base.lock import ServiceLock
 from opskit.base.text import printable, short
-from opskit.deploy.deliver import deliver
+from opskit.deploy.rollout import roll_out
 from opskit.deploy.freeze import freeze
 from opskit.deploy.recovery import step_report_interrupted
 from opskit.deploy.run import Run, Write, announce_run, new_chain_id
@@ -268,7 +268,7 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
                           bad=bad, revert_sha=new, reverted=plan.reverted, event_id=start.id, plan=plan)
     if not no_deploy:
         try:
-            d = deliver(run, new, kind="revert", previous=bad)
+            d = roll_out(run, new, kind="revert", previous=bad)
         except OpsError as e:  # git or the OS failed mid-redeploy: the bad commit may still be live
             return _fail(run, bad, f"the revert {short(new)} could not be deployed: {e}", status="frozen",
                          start_id=start.id, plan=plan, freeze_it=True, extra={"revert": new, "crashed": True})
@@ -311,7 +311,7 @@ def _restore_last_good(run: Run, canon: Git, *, bad: str, good: str, reason: str
                           bad=bad, revert_sha=good, reverted=[bad], event_id=start.id)
     if not no_deploy:
         try:
-            d = deliver(run, good, kind="revert", previous=bad)
+            d = roll_out(run, good, kind="revert", previous=bad)
         except OpsError as e:
             return _fail(run, bad, f"the last good deploy {short(good)} could not be deployed: {e}",
                          status="frozen", start_id=start.id, plan=None, freeze_it=True,

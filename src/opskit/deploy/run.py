@@ -52,7 +52,7 @@ class DeployResult:
 
 
 @dataclass
-class Delivery:
+class Rollout:
     """One commit put live: worktree moved, deploy command run, gate run."""
 
     ok: bool
@@ -77,7 +77,7 @@ class Run:
     write: Write = print
     sha: str | None = None  # the commit this chain puts live (a merge step may set it)
     previous: str | None = None  # what was live before
-    delivery: Delivery | None = None
+    rollout: Rollout | None = None
     result: DeployResult | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     lock_fd: int | None = None  # the service lock's descriptor, held by the commands run under it
@@ -101,8 +101,8 @@ class Run:
         self.result = DeployResult(
             service=self.service, ok=ok, status=status, sha=self.sha, reason=reason,
             exit_code=int(exit_code if exit_code is not None else (ExitCode.OK if ok else ExitCode.FAILED)),
-            previous=self.previous, deploy_id=self.delivery.deploy_id if self.delivery else None,
-            chain=self.chain, saved_ref=self.delivery.saved_ref if self.delivery else None,
+            previous=self.previous, deploy_id=self.rollout.deploy_id if self.rollout else None,
+            chain=self.chain, saved_ref=self.rollout.saved_ref if self.rollout else None,
         )
         return self.result
 

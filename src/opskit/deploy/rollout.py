@@ -15,7 +15,7 @@ from opskit.base.errors import OpsError, redact
 from opskit.base.ignore import ignored
 from opskit.base.text import printable, short
 from opskit.deploy import health
-from opskit.deploy.run import Delivery, Run, announce_run, mark_notified
+from opskit.deploy.run import Rollout, Run, announce_run, mark_notified
 from opskit.git.repo import Git
 from opskit.git.worktree import fetch_worktree, save_dirty
 from opskit.storage.journal import Event
@@ -57,12 +57,12 @@ def run_locked(run: Run, argv: Sequence[str], **kw: Any) -> proc.Result:
     return res
 
 
-def deliver(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = None) -> Delivery:
+def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = None) -> Rollout:
     """Move the worktree to sha, run `deploy`, run the health gate; the deploys row tells
     where it is at every moment so a crash leaves a record of where it stopped."""
     svc, journal = run.svc, run.journal
     deploy_id = journal.deploy_start(svc.name, sha, previous=previous, chain=run.chain, kind=kind)
-    d = Delivery(ok=False, sha=sha, deploy_id=deploy_id, stage="worktree", reason="")
+    d = Rollout(ok=False, sha=sha, deploy_id=deploy_id, stage="worktree", reason="")
     try:
         journal.deploy_step(deploy_id, "worktree")
         d.saved_ref = move_worktree(run, sha)
