@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from opskit.base import proc
+from opskit.base import accounts, proc
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import OpsError
 
@@ -123,6 +123,11 @@ def _hidden(settings: Settings, *, shown: Path | None = None) -> tuple[list[Path
             hide.append(Path(other.worktree))
         if not other.pull_mode:
             hide.append(Path(other.repo))
+        # The home of the account the step runs as when root drops to it (its ~/.ssh, its git
+        # credentials), and of every other service's account: not only the caller's own HOME.
+        pw = accounts.service_account(other)
+        if pw is not None and pw.pw_dir not in ("", "/"):
+            hide.append(Path(pw.pw_dir))
     return _resolved(hide), files
 
 

@@ -45,6 +45,9 @@ rc = p.wait()
 tmp = status + ".tmp"
 with open(tmp, "w") as f:
     f.write(str(rc) + "\\n")
+    # A shared (setgid) state dir: operators and root's cron read it whatever our umask.
+    if os.stat(os.path.dirname(os.path.abspath(tmp))).st_mode & 0o2000:
+        os.fchmod(f.fileno(), 0o660)
 os.replace(tmp, status)
 sys.exit(rc if rc >= 0 else 128 - rc)
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import pwd
 import select
 import signal
@@ -44,6 +45,21 @@ def clean_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | 
     """The environment minus git's per-hook variables, plus `extra`."""
     env = {k: v for k, v in (base if base is not None else os.environ).items()
            if not k.startswith("GIT_") or k in _GIT_KEEP}
+    if extra:
+        env.update(extra)
+    return env
+
+
+# The only variables of our environment that code from a pushed tree sees (test, review, a
+# sandboxed cmd probe): locale, home, path, terminal, and the git identity for commits it makes.
+_UNTRUSTED_ENV = re.compile(r"(PATH|HOME|USER|LOGNAME|LANG|LC_[A-Z_]+|TZ|TMPDIR|SHELL|TERM"
+                            r"|GIT_(AUTHOR|COMMITTER)_(NAME|EMAIL|DATE))\Z")
+
+
+def untrusted_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An allowlist, not our environment: pushed code must not see webhook URLs, tokens or
+    anything else opskit (or the pusher's shell) was given."""
+    env = {k: v for k, v in os.environ.items() if _UNTRUSTED_ENV.match(k)}
     if extra:
         env.update(extra)
     return env

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,11 +46,6 @@ STREAM_LINES = 200  # lines of test/review output shown to the pusher; the journ
 TAIL_CHARS = 8000  # a test printing megabytes on one line still costs a bounded event
 NOTIFY_TAIL = 15
 REVIEW_EXITS = {0: "approve", 1: "reject", 3: "needs a human"}
-# The only variables of our environment a test or review command sees (plus the OPSKIT_* the
-# chain sets): locale, home, path, terminal, and the git identity for commits it makes.
-_SAFE_ENV = re.compile(r"(PATH|HOME|USER|LOGNAME|LANG|LC_[A-Z_]+|TZ|TMPDIR|SHELL|TERM"
-                       r"|GIT_(AUTHOR|COMMITTER)_(NAME|EMAIL|DATE))\Z")
-
 
 @dataclass
 class ChainResult:
@@ -97,7 +91,7 @@ class _Ctx:
         """What a test or review command is told (the range is base..head): an allowlist, not
         our environment. They run code from the pushed, unreviewed branch, which must not see
         webhook URLs, tokens or anything else opskit (or the pusher's shell) was given."""
-        env = {k: v for k, v in os.environ.items() if _SAFE_ENV.match(k)}
+        env = proc.untrusted_env()
         env.update({"OPSKIT_SERVICE": self.svc.name, "OPSKIT_BRANCH": self.branch,
                     "OPSKIT_BASE": self.base or "", "OPSKIT_HEAD": self.head,
                     "OPSKIT_RANGE": f"{self.base}..{self.head}" if self.base else self.head,

@@ -107,6 +107,9 @@ def run_updates(settings: Settings, svc: ServiceSettings, updates: list[tuple[st
         except OpsError as e:
             _ref_failed(settings, journal, svc, ref, new, action, chain, e, write)
             code = max(code, int(ExitCode.FAILED))
+        except Exception as e:  # a bug or an unreadable journal: this ref is lost, the owner must know
+            _ref_failed(settings, journal, svc, ref, new, action, chain, e, write)
+            code = max(code, int(ExitCode.INTERNAL))
     return code
 
 
@@ -142,6 +145,10 @@ def run_files(settings: Settings, svc: ServiceSettings, run_id: str) -> tuple[Pa
         # A full or read-only state dir must not keep the pipeline from starting: log elsewhere.
         logs = Path(tempfile.gettempdir()) / f"opskit-{os.getuid()}-logs"
         logs.mkdir(mode=0o700, exist_ok=True)
+        st = logs.lstat()
+        if not logs.is_dir() or logs.is_symlink() or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            # Its name is predictable: someone else's folder there would read (or forge) our log.
+            logs = Path(tempfile.mkdtemp(prefix=f"opskit-{os.getuid()}-logs-"))
     for pattern in (f"push-{svc.name}-*.log", f"push-{svc.name}-*.status"):
         detach.prune(logs, pattern, KEEP_LOGS)
     return logs / f"push-{svc.name}-{run_id}.log", logs / f"push-{svc.name}-{run_id}.status"
@@ -158,7 +165,7 @@ def _start_chain(settings: Settings, journal: Journal, svc: ServiceSettings, ref
 
 
 def _ref_failed(settings: Settings, journal: Journal, svc: ServiceSettings, ref: str, new: str, action: str,
-                chain: str, e: OpsError, write: Write) -> None:
+                chain: str, e: Exception, write: Write) -> None:
     run = Run(settings=settings, journal=journal, svc=svc, chain=chain, write=write, sha=new)
     why = redact(str(e))[:500]
     what = "deploy" if action == "deploy" else "feature-branch chain"

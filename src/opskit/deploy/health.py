@@ -270,7 +270,9 @@ class _Prober:
             except OpsError as e:  # no sandbox: the probe fails, it never runs unsandboxed
                 return False, str(e), None
         # As root, the probe runs as the account owning the worktree it runs in.
-        result = proc.run(argv, cwd=self.cwd, env=proc.clean_env(), timeout=self.spec.timeout, tail_lines=5,
+        # A sandboxed probe is code from the pushed tree: the same allowlisted environment as a test.
+        env = proc.untrusted_env() if self.wrap is not None else proc.clean_env()
+        result = proc.run(argv, cwd=self.cwd, env=env, timeout=self.spec.timeout, tail_lines=5,
                           user=drop_for(self.cwd) if self.cwd else None)
         if result.timed_out:
             return False, f"timed out after {_seconds(self.spec.timeout)}", None

@@ -79,6 +79,15 @@ def locations(state_dir: Path) -> list[Path]:
     return [Path(state_dir) / NAME, Path(tempfile.gettempdir()) / f"opskit-{os.getuid()}-{tag}-{NAME}"]
 
 
+def _trusted(fd: int, path: Path, state_dir: Path) -> bool:
+    """The state dir's own file is trusted like the journal beside it; the one in the shared
+    temp dir only when it is ours and nobody else can write it (its name is predictable)."""
+    if path.parent == Path(state_dir):
+        return True
+    st = os.fstat(fd)
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def keep(state_dir: Path, record: dict[str, Any], error: BaseException, db: Path) -> str:
     """Write one record aside; returns where it went. Warns on stderr once per process and cause."""
     record = {"id": uuid.uuid4().hex, **record}
@@ -90,6 +99,8 @@ def keep(state_dir: Path, record: dict[str, Any], error: BaseException, db: Path
         except OSError:
             continue
         try:
+            if not _trusted(fd, path, state_dir):
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_size + len(line) > MAX_BYTES:
                 continue
@@ -146,6 +157,8 @@ def replay(state_dir: Path, conn: sqlite3.Connection,
         except OSError:
             continue
         try:
+            if not _trusted(fd, path, state_dir):
+                continue  # planted by someone else: never journal (as root!) what they wrote
             fcntl.flock(fd, fcntl.LOCK_EX)
             with os.fdopen(os.dup(fd), "rb") as f:
                 lines = f.read().splitlines()

@@ -156,7 +156,7 @@ class Journal:
         with self._init_lock:
             conn = self.conn
             conn.executescript(SCHEMA)
-            _add_columns(conn)
+            add_columns(conn)
             # SQLite gives -wal and -shm the journal's own mode, so sharing the journal shares them.
             for f in (self.path, self.path.with_name("journal.db-wal"), self.path.with_name("journal.db-shm")):
                 statefs.share(f, self.state_dir)
@@ -463,7 +463,7 @@ class Journal:
 _LATER_COLUMNS = (("events", "ts_precise", "TEXT"), ("outbox", "actions", "TEXT"))
 
 
-def _add_columns(conn: sqlite3.Connection) -> None:
+def add_columns(conn: sqlite3.Connection) -> None:
     for table, column, kind in _LATER_COLUMNS:
         have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         if column not in have:

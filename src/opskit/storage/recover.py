@@ -21,7 +21,7 @@ from typing import Any
 
 from opskit.base.errors import OpsError
 from opskit.base.lock import ServiceLock
-from opskit.storage.journal import SCHEMA
+from opskit.storage.journal import SCHEMA, add_columns
 
 # The tables opskit's own schema defines, in the order they are copied.
 KNOWN = ("events", "deploys", "quarantine", "outbox", "kv")
@@ -115,6 +115,7 @@ def _rebuild(damaged: Path, fresh: Path) -> list[TableReport]:
     dst = sqlite3.connect(fresh, isolation_level=None)
     try:
         dst.executescript(SCHEMA)
+        add_columns(dst)  # the columns later releases added (precise times, message buttons)
         tables: dict[str, str | None] = {t: None for t in KNOWN}
         try:
             for name, sql in src.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' "

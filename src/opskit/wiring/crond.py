@@ -46,6 +46,9 @@ def entries_for(settings: Settings) -> list[SystemEntry]:
     host_user = settings.cron.user or "root"
     out = [SystemEntry(cron.Entry("notify-flush", settings.cron.notify_flush, ("notify", "--flush")), host_user),
            SystemEntry(cron.Entry("cron-check", settings.cron.cron_check, ("cron-check",)), host_user)]
+    if any(ch.actionable for ch in settings.channels.values()):
+        # Taps on a phone come back only through `opskit inbox`: without it the buttons do nothing.
+        out.append(SystemEntry(cron.Entry("inbox", settings.cron.inbox, ("inbox", "--wait", "50")), host_user))
     for svc in sorted(settings.services.values(), key=lambda s: s.name):
         pw = accounts.service_account(svc)
         if pw is None:

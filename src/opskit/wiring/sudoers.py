@@ -10,10 +10,12 @@ the rule is in place.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from opskit.base import accounts
 from opskit.base import proc
@@ -76,6 +78,7 @@ def rule(svc: ServiceSettings) -> Rule:
         if prog is None:
             raise UsageError(f"service {svc.name}: {c[0]!r} (run with sudo in deploy) is not on "
                              f"{_PATH}; write its absolute path in deploy")
+        _refuse_pushable(svc, pw, prog)
         resolved.append([prog, *c[1:]])
     lines = [f"# opskit: {pw.pw_name} may run exactly the deploy command of service {svc.name}, as root,",
              "# without a password (hooks and cron have no terminal). Written by `opskit sudoers "
@@ -88,6 +91,22 @@ def rule(svc: ServiceSettings) -> Rule:
     text = "\n".join(lines) + "\n"
     _visudo_check(text)
     return Rule(pw.pw_name, resolved, text)
+
+
+def _refuse_pushable(svc: ServiceSettings, pw: Any, prog: str) -> None:
+    """A program that a push (or the service account) can change would be root for whoever
+    pushes: `sudo /srv/app/deploy.sh` with deploy.sh from the branch. Refused."""
+    real = Path(prog).resolve()
+    for tree in (svc.worktree, None if svc.pull_mode else svc.repo):
+        if tree and real.is_relative_to(Path(tree).resolve()):
+            raise UsageError(f"service {svc.name}: {prog} (run with sudo in deploy) lives in {tree}, which a push "
+                             "changes; a sudoers rule for it would give root to every pusher. Install the "
+                             "script outside the worktree, owned by root (e.g. /usr/local/sbin), and sudo that")
+    for p in (real, *real.parents):
+        st = p.stat()
+        if st.st_uid == pw.pw_uid or st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid == pw.pw_gid):
+            raise UsageError(f"service {svc.name}: {prog} can be changed by {pw.pw_name} ({p}); a sudoers rule "
+                             f"for it would make {pw.pw_name} root. Make it root's and not writable by others")
 
 
 def _visudo_check(text: str) -> None:
