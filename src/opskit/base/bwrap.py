@@ -18,7 +18,8 @@ Inside the sandbox (the `argv` below, Flatpak's tool, no setuid and no daemon):
 
 It is not a VM: the kernel is shared, and what the account can read outside the hidden paths
 (/etc, /usr, other users' world-readable files) it can read inside. This module only builds
-argv and checks bwrap can start; chain.py runs it through proc like any other command.
+argv and checks bwrap can start; chain/feature.py (test, review) and deploy/rollout.py (the
+cmd probe) run it through proc like any other command.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     post-receive (push of a `feature_branches` ref)
       push.received → test (temp checkout, test_timeout) → review (temp checkout, review_timeout;
       0 approve, 1 reject, 3 park for a human) → [service lock] still the branch tip? →
-      merge into `branch` (merge commit or fast-forward, landed with revert.land_commit's CAS)
+      merge into `branch` (merge commit or fast-forward, landed with git/land.py's land_commit, a compare-and-swap)
       → the pipeline's own steps: frozen? → roll out (deploy, health gate) → auto-revert
 
 Every event of one push shares its chain id and carries a commit. Tests and reviews run
@@ -53,7 +53,7 @@ class ChainResult:
     chain: str
     branch: str
     sha: str  # the pushed commit (the feature branch tip)
-    status: str  # deployed | reverted | failed | frozen | nothing | parked | background | test-failed
+    status: str  # deployed | reverted | failed | frozen | nothing | parked | test-failed
     #              | rejected | review-failed | merge-failed | superseded | deleted | busy
     ok: bool
     reason: str
@@ -123,7 +123,7 @@ def supersede_parked(journal: Journal, service: str, ref: str, sha: str, *, chai
 
 def run_now(settings: Settings, journal: Journal, service: str, ref: str, sha: str, *, chain: str,
             clock: Clock = SYSTEM, write: Write = print, lock_wait: float = LOCK_WAIT) -> ChainResult:
-    """The whole chain in this process (the hook in the foreground, or `chain-run` detached)."""
+    """The whole chain in this process (the push's detached worker, `opskit push-run`)."""
     ctx = _context(settings, journal, service, ref, sha, chain=chain, clock=clock, write=write)
     clear_stale(journal)
     with _crash_recorded(ctx):
@@ -190,7 +190,7 @@ def _crash_recorded(ctx: _Ctx) -> Iterator[None]:
         _progress(ctx, None)
 
 
-# --- context, progress, background ------------------------------------------------------------
+# --- context and progress ---------------------------------------------------------------------
 
 def _context(settings: Settings, journal: Journal, service: str, ref: str, sha: str, *, chain: str,
              clock: Clock, write: Write, base: str | None = None) -> _Ctx:
@@ -258,7 +258,7 @@ def _run_in_checkout(ctx: _Ctx, command: str, timeout: float, what: str) -> proc
     # a bwrap that cannot start raises bwrap.Unavailable: the step fails, never runs bare.
     tool = bwrap.require(ctx.svc.name) if ctx.svc.sandbox == "bwrap" else None
     with ctx.bare.temp_worktree(ctx.head, prefix=f"opskit-{what}-") as wt:
-        # As root (a hand-run chain-run), the step runs as the service's account, sandboxed or not.
+        # As root, the step runs as the service's account, sandboxed or not.
         user = accounts.drop_for_service(ctx.svc)
         if tool is None:
             return proc.run(proc.shell_argv(command), cwd=wt.path, timeout=timeout, env=ctx.env(),
@@ -403,7 +403,7 @@ def _land_and_roll_out(ctx: _Ctx, lock_wait: float) -> ChainResult:
                          what=f"chain {printable(ctx.branch)} {short(ctx.head)}", on_wait=run.say) as lock:
             run.lock_fd = lock.fd
             # No merge while frozen, and a killed earlier deploy is reported first: the
-            # pipeline's guard, then this chain's own steps, then the pipeline's delivery.
+            # pipeline's guard, then this chain's own steps, then the pipeline's roll-out.
             steps: list[tuple[str, Callable[[Run], None]]] = [
                 *GUARD_STEPS, ("current", lambda r: _still_current(ctx)), ("merge", lambda r: _merge(ctx)),
                 *ROLLOUT_STEPS]

@@ -77,21 +77,3 @@ def register(app: typer.Typer) -> None:
         else:
             print(f"{row.service}: change #{row.id} ({row.branch} {row.sha[:10]}) rejected by {row.decided_by}")
         _common.exit_with(0)
-
-    @app.command("chain-run", hidden=True)
-    def chain_run(
-        service: str = typer.Argument(...),
-        ref: str = typer.Option(..., "--ref"),
-        sha: str = typer.Option(..., "--sha"),
-        chain: str = typer.Option(..., "--chain"),
-    ) -> None:
-        """Run a feature-branch chain in this process (post-receive starts it with background = true).
-
-        Example: opskit chain-run primerouter --ref refs/heads/feature/x --sha 4d62098 --chain p-1a2b3c4d
-        """
-        from opskit.chain.feature import run_now
-
-        result = run_now(_common.settings(), _common.journal(), service, ref, sha, chain=chain,
-                         write=_common.progress_writer(False))
-        print(f"{service}: {result.status}: {result.reason}")
-        _common.exit_with(result.exit_code)

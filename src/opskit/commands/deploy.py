@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         service: str = typer.Argument(..., help="Service name from opskit.toml."),
         sha: str = typer.Option(None, "--sha", help="Deploy this commit (default: the branch tip, if it moved)."),
         lock_wait: float = typer.Option(600.0, "--lock-wait", min=0, help="Seconds to wait for a running deploy."),
-        chain: str = typer.Option(None, "--chain", hidden=True, help="Chain id (set by the post-receive hook)."),
+        chain: str = typer.Option(None, "--chain", hidden=True, help="Chain id (set when a push runs it, so every event of the push shares one)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     ) -> None:
         """Deploy SERVICE: move the worktree, run `deploy`, gate it, revert it if it fails.

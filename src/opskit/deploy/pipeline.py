@@ -74,7 +74,7 @@ ROLLOUT_STEPS: Sequence[tuple[str, Step]] = (("deploy", step_roll_out), ("revert
 
 
 def deploy_steps() -> list[tuple[str, Step]]:
-    """A deploy of a commit already on the branch: the guard, then delivery."""
+    """A deploy of a commit already on the branch: the guard, then the roll-out."""
     return [*GUARD_STEPS, *ROLLOUT_STEPS]
 
 

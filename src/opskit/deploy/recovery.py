@@ -62,7 +62,7 @@ def step_report_interrupted(run: Run) -> None:
 def _report_interrupted_rollback(run: Run) -> None:
     """A failed deploy whose rollback died mid-way (SIGKILL between rollback.start and its end):
     close it with rollback.fail in its own chain, so it is reported once and the journal says
-    where the branch was left (the revert landed or not; revert.land_commit is one CAS)."""
+    where the branch was left (the revert landed or not; git/land.py's land_commit is one compare-and-swap)."""
     # Not just the newest row: a kill during the revert's own redeploy leaves the revert row
     # (kind 'revert', now 'interrupted') on top of the failed deploy whose rollback it was.
     found = next(((row, start) for row in run.journal.deploys(run.service, limit=50)

@@ -12,7 +12,7 @@ Exactly once, across overlapping `opskit inbox` runs and kills: a tap is identif
 and claiming its offer (open → applying, with our pid) happen in one transaction, so a
 tap read twice (a second run, a run killed before it stored its offset) is skipped, and
 two taps of one offer cannot both claim it. The apply goes through the same code as the
-CLI (`chain.approve`, `approvals.reject`, `revert.unfreeze`), whose own compare-and-swap
+CLI (chain/feature.approve, chain/approvals.reject, deploy/freeze.unfreeze), whose own compare-and-swap
 on the approval row refuses a second merge. A run killed between its claim and the end of
 its apply leaves the offer `applying` under a dead pid: the next run resumes it — applies
 it if the change still waits, else records what already happened.

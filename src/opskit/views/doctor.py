@@ -19,7 +19,7 @@ from opskit.git import repo as gitrepo
 from opskit.base.errors import OpsError, redact
 from opskit.storage.journal import Journal
 from opskit.storage.recover import quick_check
-from opskit.wiring import cron
+from opskit.wiring import cron, crond
 from opskit.git.repo import Git
 from opskit.base import bwrap
 from opskit.wiring import hooks, sudoers
@@ -117,12 +117,14 @@ def _crontab_binary() -> Check:
 
 def _cron_block(settings: Settings) -> Check:
     def check() -> Check:
-        fn = getattr(cron, "installed_entries", None)
-        if fn is None:
-            return Check("cron block", True, "not checked", severity="warning")
-        entries = fn(settings)
+        system = [ln for ln in crond.watched_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if system:
+            return Check("cron block", True, f"{crond.path()}: {len(system)} opskit entr"
+                         f"{'y' if len(system) == 1 else 'ies'}")
+        entries = cron.installed_entries(settings)
         return Check("cron block", bool(entries), f"{len(entries)} opskit entr{'y' if len(entries) == 1 else 'ies'}",
-                     "run `opskit cron install`", severity="warning")
+                     "run `opskit cron install` (or, on a server, `opskit cron install --system`)",
+                     severity="warning")
 
     return _guard("cron block", check)
 
