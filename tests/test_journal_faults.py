@@ -188,3 +188,21 @@ def test_push_to_an_already_full_state_dir_is_still_reverted_and_told(tmp_path: 
         assert any(e.data.get("journaled_late") for e in events)
     finally:
         st.close()
+
+
+def test_a_freeze_kept_aside_is_in_force_before_it_is_replayed(tmp_path: Path) -> None:
+    """A revert that fails on a full disk freezes the service: until the journal can take the
+    freeze, it waits in the fallback log, and every reader must already honour it."""
+    from opskit.storage import fallback
+    from opskit.storage.journal import Journal
+
+    j = Journal(tmp_path)
+    assert j.frozen("svc") is None
+    fallback.keep(tmp_path, {"kind": "kv", "scope": "frozen", "key": "svc",
+                             "value": json.dumps({"reason": "rollback failed", "event_id": 0})},
+                  sqlite3.OperationalError("database or disk is full"), tmp_path / "journal.db")
+    assert j.frozen("svc") == {"reason": "rollback failed", "event_id": 0}
+    assert j.frozen("other") is None
+    Journal(tmp_path)  # an open with room journals it, once
+    assert j.kv_get("frozen", "svc") == {"reason": "rollback failed", "event_id": 0}
+    assert fallback.pending(tmp_path) == 0 and j.frozen("svc") == {"reason": "rollback failed", "event_id": 0}

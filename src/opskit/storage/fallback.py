@@ -131,6 +131,34 @@ def _warn(line: str) -> None:
         pass
 
 
+def kept_value(state_dir: Path, scope: str, key: str) -> Any:
+    """The newest kv value for (scope, key) still waiting aside, or None: a freeze written while
+    the journal was full is in force before it is replayed."""
+    found: Any = None
+    for path in locations(state_dir):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if not _trusted(fd, path, state_dir):
+                continue
+            with os.fdopen(os.dup(fd), "rb") as f:
+                for raw in f:
+                    try:
+                        rec = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict) and rec.get("kind") == "kv" and rec.get("scope") == scope \
+                            and rec.get("key") == key:
+                        found = json.loads(rec["value"]) if isinstance(rec.get("value"), str) else rec.get("value")
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return found
+
+
 def pending(state_dir: Path) -> int:
     """How many records wait to be journaled."""
     n = 0

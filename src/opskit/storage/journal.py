@@ -384,6 +384,8 @@ class Journal:
         """The service's freeze (reason, event_id, since), or None: the one reading of it, for
         the pipeline, pre-receive and `status` alike."""
         value = self.kv_get("frozen", service)
+        if value is None and any(p.exists() for p in fallback.locations(self.state_dir)):
+            value = fallback.kept_value(self.state_dir, "frozen", service)  # frozen while the disk was full
         if isinstance(value, dict):
             return value
         return {"reason": str(value)} if value else None  # a damaged entry still freezes
