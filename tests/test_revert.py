@@ -6,11 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 
 from opskit.git.repo import Git
 from opskit.storage.journal import Journal
 from opskit.notify import outbox_summary
-from opskit.deploy.revert import auto_revert
+from opskit.deploy.revert import auto_revert, is_revert_commit
 from opskit.sandbox import free_port
 from opskit.views.status import collect, render
 from tests.support.gitsandbox import git
@@ -98,9 +99,30 @@ def test_redeploy_of_revert_fails_freezes_without_loop(tmp_path: Path, opskit) -
         st.close()
 
 
-def test_a_revert_is_never_reverted(st: Stage) -> None:
+@pytest.mark.parametrize("message, is_revert", [
+    ("Auto-revert: svc: HTTP 503\n\nOpskit-Reverts: " + "a" * 40 + "\n", True),
+    ("Auto-revert: svc: HTTP 503\n", True),                     # the subject alone
+    ("Fix typo\n\nOpskit-Reverts: 0123abc\n", True),            # the trailer alone (a reworded revert)
+    ("Fix typo\n\nOpskit-Reverts:   " + "f" * 40 + "  \n", True),
+    ("Revert \"feature\"\n\nThis reverts commit " + "a" * 40 + ".\n", False),  # git's own revert
+    ("Fix: Auto-revert: mentioned in the subject\n", False),
+    ("Fix\n\nOpskit-Reverts: 012345\n", False),                  # 6 hex digits: not a commit id
+    ("Fix\n\nOpskit-Reverts: nothing-here\n", False),
+    ("Fix\n\nsee Opskit-Reverts: " + "a" * 40 + "\n", False),     # not a trailer line
+    ("Fix\n\nOpskit-Reverts: " + "a" * 40 + " and more\n", False),
+])
+def test_is_revert_commit_knows_either_marker(message: str, is_revert: bool) -> None:
+    assert is_revert_commit(message) is is_revert
+
+
+@pytest.mark.parametrize("marker", ["subject", "trailer"])
+def test_a_revert_is_never_reverted(st: Stage, marker: str) -> None:
+    # Each marker alone must stop a second revert: a human may reword the subject of an
+    # auto-revert, and a revert made by other tooling may carry only the subject.
     prev = st.sb.tip()
-    st.sb.commit({"service.mode": "crash\n"}, f"Auto-revert: svc: by hand\n\nOpskit-Reverts: {prev}\n")
+    message = ("Auto-revert: svc: by hand\n" if marker == "subject"
+               else f"Put the old mode back\n\nOpskit-Reverts: {prev}\n")
+    st.sb.commit({"service.mode": "crash\n"}, message)
     st.sb.push("master")
     r = st.deploy()
     assert r.status == "failed" and r.revert is not None and r.revert.status == "frozen"
