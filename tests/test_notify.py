@@ -403,6 +403,29 @@ def test_discord_cuts_long_content_cleanly_and_keeps_full_text(write_config, rec
     assert notify.show(j, report.outbox_ids[0])["message"] == long_text
 
 
+@pytest.mark.parametrize("text", [
+    "x" * 5000,                                              # one line, no space: a hard cut
+    "see the log:\n```\n" + "\n".join(f"E{i:04d} " + "y" * 70 for i in range(80)) + "\n```\nend",
+], ids=["one-long-line", "open-code-fence"])
+def test_discord_cut_keeps_room_for_the_marker(write_config, receiver, state_dir, text: str) -> None:
+    # The receiver answers 400 to content over 2,000 characters, as Discord does: a cut that
+    # forgets the marker's length would turn every long message into a broken channel.
+    s, _ = discord_settings(write_config, receiver)
+    j = Journal(state_dir)
+    report = notify.send(s, j, text, title="Long", level="error", event_id=7)
+    assert report.ok, report.errors
+    assert notify.outbox_summary(j) == {"ops": {"delivered": 1}}
+    content = receiver.messages[0].body["content"]
+    marker = f"… [truncated, full text in opskit journal event 7 / outbox {report.outbox_ids[0]}]"
+    assert len(content) <= 2000 and content.endswith("\n" + marker)
+    kept = content[: -len(marker) - 1]
+    assert kept.count("```") % 2 == 0  # a fence the cut opened is closed before the marker
+    if "```" in text:
+        assert kept.endswith("\n```") and kept.splitlines()[-2].startswith("E0")
+    else:
+        assert kept.endswith("x" * 100) and len(content) >= 1900  # a hard cut still uses the room
+
+
 def test_discord_levels_have_colours_and_emoji(write_config, receiver, state_dir) -> None:
     s, _ = discord_settings(write_config, receiver)
     j = Journal(state_dir)
