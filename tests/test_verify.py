@@ -57,6 +57,22 @@ def test_real_push_lands(sandbox: Sandbox, opskit, state_dir) -> None:
     assert (ev["data"]["before"], ev["data"]["after"], ev["data"]["outcome"]) == (before, new, "landed")
 
 
+def test_push_that_landed_is_landed_even_when_cmd_then_fails(sandbox: Sandbox, opskit, state_dir) -> None:
+    # A wrapper script that pushes, then fails a later step (tagging, a notification): the
+    # remote is the truth, so the push is proven and reported as landed, with CMD's exit named.
+    before = sandbox.tip()
+    new = sandbox.commit({"app.txt": "v2\n"}, "v2")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--json", "--",
+               "sh", "-c", "git push -q origin master && echo 'post-push step failed' && exit 4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["outcome"], doc["before"], doc["after"], doc["cmd_exit"]) == ("landed", before, new, 4)
+    assert any("exited 4 although the push landed" in n for n in doc["notes"]), doc
+    assert sandbox.tip() == new
+    [ev] = events(state_dir)
+    assert ev["type"] == "push.verified" and ev["data"]["cmd_exit"] == 4
+
+
 def test_push_to_wrong_branch_says_what_landed_where(sandbox: Sandbox, opskit) -> None:
     new = sandbox.commit({"app.txt": "v2\n"}, "v2")
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "HEAD:wrong")
