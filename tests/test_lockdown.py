@@ -277,6 +277,26 @@ def test_hostile_branch_names_are_never_interpreted(tmp_path: Path, state_dir: P
     assert not list(tmp_path.rglob("PWNED*"))
 
 
+@pytest.mark.parametrize("breakage", ["config", "journal"])
+def test_pre_receive_fails_closed_when_it_cannot_check(tmp_path: Path, state_dir: Path, breakage: str) -> None:
+    # A protection that cannot be evaluated refuses: a broken config or journal must not turn
+    # the deploy branch into one anybody can force-push or delete.
+    h = hooked_service(tmp_path, state_dir, extra="direct_push = true\n")
+    before = h.sb.tip()
+    if breakage == "config":
+        h.config.write_text(h.config.read_text() + "[service.svc\n")  # invalid TOML
+    else:
+        for f in state_dir.glob("journal.db*"):
+            f.unlink()
+        (state_dir / "journal.db").mkdir()  # sqlite cannot open it
+    h.sb.commit({"app.txt": "v2\n"}, "v2")
+    r = h.sb.push("master", check=False)
+    assert r.returncode != 0
+    assert "remote: opskit: refused: the push could not be checked (" in r.stderr, r.stderr
+    assert "opskit hooks uninstall svc" in r.stderr
+    assert h.sb.tip() == before
+
+
 # --- post-receive -------------------------------------------------------------------------
 
 def test_post_receive_runs_the_pipeline(tmp_path: Path, state_dir: Path) -> None:
