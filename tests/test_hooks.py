@@ -165,7 +165,8 @@ def test_core_hooks_path_is_detected(tmp_path: Path, state_dir: Path, opskit) ->
 def test_install_needs_a_config_file(tmp_path: Path, opskit) -> None:
     r = opskit("hooks", "install", "svc", cwd=tmp_path)
     assert r.returncode == 2
-    assert "config" in r.stderr
+    assert r.stderr.strip() == ("opskit: no config file: unknown service 'svc' (configured: none); "
+                                "add a [service.svc] table or fix the name")
 
 
 def test_pull_mode_installs_worktree_hooks_only(tmp_path: Path, state_dir: Path) -> None:

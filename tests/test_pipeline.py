@@ -274,7 +274,7 @@ def test_background_mode_returns_at_once(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert j.last_good("svc") == new
         log = (st.settings.state_dir / "logs" / "svc.log").read_text()
-        assert "healthy" in log
+        assert "✔ healthy:" in log
         assert j.last("push.received", "svc") is not None
     finally:
         st.close()

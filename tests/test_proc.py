@@ -4,24 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 from opskit.base import proc
-
-
-def gone(pid: int, within: float = 5.0) -> bool:
-    """True once `pid` no longer exists. A killed grandchild is reaped by init, not by us, so
-    its end is waited for (bounded); the assertion is about state, not speed."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
+from tests.support.procs import gone
 
 
 def test_timed_out_command_and_its_background_child_are_killed(tmp_path: Path) -> None:

@@ -57,3 +57,17 @@ def end_leftovers(root: Path, what: str, grace: float = 5.0) -> None:
             pass
     pytest.fail(f"{what} left {len(left)} process(es) running; every test ends what it starts:\n"
                 + "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left), pytrace=False)
+
+
+def gone(pid: int, within: float = 5.0) -> bool:
+    """True once `pid` no longer exists. A killed grandchild is reaped by init, not by us, so
+    its end is waited for (bounded); the assertion is about state, not speed."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
