@@ -129,8 +129,16 @@ def test_install_refuses_when_a_displaced_hook_would_be_overwritten(tmp_path: Pa
 
 def test_uninstall_removes_and_status_says_missing(tmp_path: Path, state_dir: Path, opskit) -> None:
     h = hooked_service(tmp_path, state_dir)
-    r = opskit("--config", str(h.config), "hooks", "uninstall", "svc")
+    r = opskit("--config", str(h.config), "hooks", "uninstall", "svc", "--json")
     assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)  # one JSON object, nothing else on stdout
+    assert doc["service"] == "svc" and doc["all_installed"] is False and doc["notes"] == []
+    assert [(c["name"], c["where"], c["action"]) for c in doc["changes"]] == [
+        ("pre-receive", "repo", "removed"), ("post-receive", "repo", "removed"),
+        ("pre-commit", "worktree", "removed"), ("pre-merge-commit", "worktree", "removed")]
+    assert {s["name"]: s["state"] for s in doc["states"]} == states(h) == dict.fromkeys(
+        ["pre-receive", "post-receive", "pre-commit", "pre-merge-commit"], "missing")
+    assert all(not Path(c["path"]).exists() for c in doc["changes"])
     assert set(states(h).values()) == {"missing"}
     # Without hooks the worktree accepts commits again.
     h.sb.commit({"f.txt": "f\n"}, "after uninstall", repo=h.sb.worktree)

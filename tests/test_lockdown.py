@@ -239,8 +239,11 @@ def test_quarantined_tree_refused_until_released(tmp_path: Path, state_dir: Path
     assert bad_arg.returncode == 2
     # The refused commit never reached the repo (git drops a refused push's objects), so
     # release goes by the tree the message names; a prefix is enough.
-    rel = opskit("--config", str(h.config), "quarantine", "release", "svc", tree[:10])
+    rel = opskit("--config", str(h.config), "quarantine", "release", "svc", tree[:10], "--json")
     assert rel.returncode == 0, rel.stderr
+    doc = json.loads(rel.stdout)  # one JSON object, nothing else on stdout
+    assert doc["service"] == "svc" and [r["tree"] for r in doc["released"]] == [tree]
+    assert doc["released"][0]["sha"] == bad
     assert h.events("quarantine.released")[-1].data["tree"] == tree
     h.sb.push("HEAD:refs/heads/feature/retry")
     assert h.sb.tip("feature/retry") == again

@@ -144,6 +144,25 @@ def test_dry_run_prints_the_plan_and_changes_nothing(st: Stage, opskit) -> None:
     assert (st.sb.tip(), st.worktree_head(), len(st.types())) == (tip, head, n)
 
 
+def test_auto_revert_from_the_cli_reverts_and_reports_json(st: Stage, opskit) -> None:  # type: ignore[no-untyped-def]
+    # By hand (or from cron), not from the pipeline: a commit that is live but bad.
+    merge = st.merge_feature({"app.txt": "v2 with a bug the probe cannot see\n"})
+    assert st.deploy(merge).status == "healthy"  # the probe does not see this one; a human does
+    good_tree = Git(st.sb.bare).tree(f"{merge}^1")
+    r = opskit("auto-revert", "svc", "--reason", "customers see v2 bugs", "--json", env=env_for(st))
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)  # one JSON object, nothing else on stdout
+    new = st.sb.tip()
+    assert (doc["service"], doc["ok"], doc["status"], doc["exit_code"]) == ("svc", True, "reverted", 0)
+    assert (doc["bad"], doc["revert"], doc["reverted"]) == (merge, new, [merge])
+    assert doc["reason"] == "customers see v2 bugs" and doc["plan"]["strategy"] == "merge-first-parent"
+    assert doc["plan"]["tree"] == good_tree == Git(st.sb.bare).tree(new)
+    assert st.worktree_head() == new and st.journal().last_good("svc") == new
+    assert Git(st.sb.bare).message(new).startswith("Auto-revert: svc: customers see v2 bugs")
+    ev = st.journal().last("rollback.complete", "svc")
+    assert ev is not None and doc["event_id"] is not None
+
+
 def test_receiver_down_rollback_completes_and_message_is_queued(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/discord/1/tok-dead-Zq8xK2mVn4Lp7RtY"
     st = deployed_stage(tmp_path, receiver=False, notify_url=dead, retry_for=0.5)
