@@ -372,6 +372,40 @@ def test_404_marks_channel_broken_and_uses_fallback(write_config, receiver, stat
     assert j.kv_get("channel", "ops") is None
 
 
+@pytest.mark.parametrize("status", [400, 403, 410])
+def test_every_permanent_status_goes_to_the_fallback(write_config, receiver, state_dir, status: int) -> None:
+    text = config_toml(["ops"],
+                       channel_toml("ops", "discord", receiver.url("discord"), fallback="backup", retry_for=1),
+                       channel_toml("backup", "webhook", receiver.url("webhook"), retry_for=1))
+    s, _ = load(write_config, text)
+    j = Journal(state_dir)
+    receiver.fail_next(1, status)
+    report = notify.send(s, j, "deploy failed", level="error", service="web")
+    assert (report.broken, report.delivered, report.queued) == (["ops"], ["backup"], [])
+    assert report.errors["ops"].startswith(f"HTTP {status}")
+    assert len(receiver.requests) == 2  # a permanent failure is not retried
+    [got] = receiver.messages
+    assert got.kind == "webhook" and got.body["message"].startswith("deploy failed")
+    assert j.kv_get("channel", "ops")["status"] == status
+    assert [(r["channel"], r["status"]) for r in outbox_rows(state_dir)] == [("ops", "broken"), ("backup", "delivered")]
+
+
+def test_a_fallback_that_fails_too_leaves_both_visible(opskit, write_config, receiver, state_dir) -> None:
+    text = config_toml(["ops"],
+                       channel_toml("ops", "discord", receiver.url("discord"), fallback="backup", retry_for=1),
+                       channel_toml("backup", "webhook", receiver.url("webhook"), retry_for=1))
+    _, path = load(write_config, text)
+    receiver.fail_next(2, 410)
+    r = opskit("--config", str(path), "notify", "--level", "error", "web is down")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert receiver.messages == []
+    assert [(x["channel"], x["status"]) for x in outbox_rows(state_dir)] == [("ops", "broken"), ("backup", "broken")]
+    assert notify.outbox_summary(Journal(state_dir)) == {"ops": {"broken": 1}, "backup": {"broken": 1}}
+    assert "ops is broken (HTTP 410" in r.stderr and "backup is broken (HTTP 410" in r.stderr, r.stderr
+    failed = Journal(state_dir).query(type_prefix="notify.failed")
+    assert [(e.data["channel"], e.data["status"]) for e in failed] == [("ops", "broken"), ("backup", "broken")]
+
+
 def test_broken_without_fallback_stays_visible_and_exits_1(opskit, write_config, receiver, state_dir) -> None:
     _, path = discord_settings(write_config, receiver)
     receiver.fail_next(1, 401)
