@@ -4,6 +4,7 @@
 #   bench/mutation.sh                 # every module below, one after the other
 #   bench/mutation.sh lockdown revert # some of them
 #   MUTATION_BUDGET=900 bench/mutation.sh outbox   # seconds per module (default 1200)
+#   MUTATION_RESUME=1 bench/mutation.sh outbox     # go on after a run that hit its budget
 #
 # Needs `./install.sh --dev` and `.venv/bin/pip install mutmut==3.8.1` (not a dev dependency:
 # the run is minutes per module, outside CI). Each module runs in a copy of the tree under
@@ -42,8 +43,12 @@ for entry in "${MODULES[@]}"; do
     continue
   fi
   work="$OUT/$name"
-  rm -rf "$work"
-  mkdir -p "$work"
+  if [ -n "${MUTATION_RESUME:-}" ] && [ -d "$work/mutants" ]; then
+    # go on where a run that hit its budget stopped: mutmut keeps each mutant's result
+    echo "   (resuming $work)"
+  else
+    rm -rf "$work"
+    mkdir -p "$work"
   # -L: the package's template folders are links to hooks/ and cron/, which mutmut skips
   cp -rL "$ROOT/src" "$work/"
   cp -r "$ROOT/tests" "$work/"
@@ -59,6 +64,7 @@ for entry in "${MODULES[@]}"; do
     echo "    -p"
     echo "    no:cacheprovider"
   } >"$work/setup.cfg"
+  fi
   echo "== $name: $src against $tests (budget ${BUDGET}s)"
   start=$(date +%s)
   # Calls made only in a test's subprocesses (`python -m opskit`, a git hook) are not seen by

@@ -415,6 +415,24 @@ def test_broken_without_fallback_stays_visible_and_exits_1(opskit, write_config,
     assert notify.outbox_summary(Journal(state_dir)) == {"ops": {"broken": 1}}
 
 
+def test_show_json_gives_the_whole_stored_message(opskit, write_config, receiver, state_dir) -> None:
+    _, path = discord_settings(write_config, receiver)
+    long_text = "first line\n" + "y" * 3000  # longer than Discord takes: the channel got a cut
+    r = opskit("--config", str(path), "notify", "--level", "warning", "--title", "big", long_text)
+    assert r.returncode == 0, r.stderr
+    [row] = outbox_rows(state_dir)
+    r = opskit("--config", str(path), "notify", "--show", str(row["id"]), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)  # one JSON object, nothing else on stdout
+    assert (doc["id"], doc["channel"], doc["status"], doc["title"], doc["level"]) == (
+        row["id"], "ops", "delivered", "big", "warning")
+    assert doc["message"] == long_text and doc["attempts"] == 1
+    assert len(receiver.messages[0].body["content"]) <= 2000
+    missing = opskit("--config", str(path), "notify", "--show", "999", "--json")
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip() == "opskit: no outbox message #999; see `opskit events --type notify`"
+
+
 # --- channel formats -------------------------------------------------------------------------
 
 def test_discord_cuts_long_content_cleanly_and_keeps_full_text(write_config, receiver, state_dir) -> None:
