@@ -27,7 +27,7 @@ MUTMUT="$ROOT/.venv/bin/mutmut"
 MODULES=(
   "lockdown|src/opskit/guard/lockdown.py|tests/test_lockdown.py"
   "revert|src/opskit/deploy/revert.py|tests/test_revert.py"
-  "outbox|src/opskit/storage/outbox.py|tests/test_notify.py"
+  "outbox|src/opskit/storage/outbox.py|tests/test_outbox.py tests/test_notify.py"
   "verify|src/opskit/guard/verify.py|tests/test_verify.py"
   "health|src/opskit/deploy/health.py|tests/test_health.py"
   "drift|src/opskit/guard/drift.py|tests/test_drift.py"
