@@ -81,7 +81,7 @@ def test_reject_ends_it(cs: ChainStage) -> None:
     doc = json.loads(pj.stdout)
     assert (doc["id"], doc["status"], doc["decided_by"], doc["branch"], doc["sha"]) == (
         other.id, "rejected", "carol", "feature/j", other.sha)
-    assert "ref" not in doc and cs.tip() == before
+    assert doc["reason"] == "not now" and "ref" not in doc and cs.tip() == before
     assert cs.cli("reject", "4242", "--reason", "x").returncode == 2
 
 

@@ -231,6 +231,12 @@ def test_quarantined_tree_refused_until_released(tmp_path: Path, state_dir: Path
     assert f"rollback event #{ev.id}" in r.stderr
     assert f"opskit quarantine release svc {tree}" in r.stderr
     assert blocked(h)[-1]["rule"] == "quarantine"
+    # a tag (annotated: the hook sees the tag object, and peels it to the commit's tree) too
+    git(h.sb.dev, "tag", "-a", "-m", "release it anyway", "v1-retry")
+    r = h.sb.push("refs/tags/v1-retry", check=False)
+    assert r.returncode != 0 and "on refs/tags/v1-retry has the tree of a commit that was auto-reverted" in r.stderr
+    assert (blocked(h)[-1]["ref"], blocked(h)[-1]["rule"]) == ("refs/tags/v1-retry", "quarantine")
+    assert git(h.sb.bare, "rev-parse", "-q", "--verify", "refs/tags/v1-retry", check=False).returncode != 0
     listed = opskit("--config", str(h.config), "quarantine", "list", "svc", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout.splitlines()[0])["tree"] == tree
     nothing = opskit("--config", str(h.config), "quarantine", "release", "svc", "deadbeef")
