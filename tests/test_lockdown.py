@@ -290,6 +290,15 @@ def test_worktree_merge_commit_refused(tmp_path: Path, state_dir: Path) -> None:
     r = git(h.sb.worktree, "merge", "--no-ff", "--no-edit", "side", check=False)
     assert r.returncode != 0 and "merge commits are not allowed" in r.stderr
     assert rev(h.sb.worktree) == head
+    # break glass works for a merge too, and says which hook let it through
+    git(h.sb.worktree, "merge", "--abort")  # the refused merge is left half done, as git leaves it
+    r = git(h.sb.worktree, "merge", "--no-ff", "--no-edit", "side", check=False,
+            env={"OPSKIT_BREAK_GLASS": "hotfix merge during the outage", "USER": "alice"})
+    assert r.returncode == 0, r.stderr
+    assert "BREAK GLASS by alice" in r.stderr and rev(h.sb.worktree, "HEAD^1") == head
+    (ev,) = h.events("lockdown.breakglass")
+    assert (ev.data["hook"], ev.data["reason"], ev.data["user"], ev.data["ref"]) == (
+        "pre-merge-commit", "hotfix merge during the outage", "alice", "refs/heads/master")
 
 
 def test_break_glass_commits_journals_and_notifies(tmp_path: Path, state_dir: Path) -> None:
