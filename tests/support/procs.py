@@ -34,6 +34,10 @@ def processes_pointing_into(root: Path) -> list[tuple[int, str]]:
                     hit = token in f.read()
         except (OSError, IndexError):
             continue  # gone meanwhile, or not ours to read
+        if hit and b"from multiprocessing." in cmd:
+            # the interpreter's own multiprocessing helper (resource tracker, forkserver): it
+            # belongs to the test process and ends with it
+            continue
         if hit:
             found.append((int(entry), cmd.replace(b"\0", b" ").decode("utf-8", "replace").strip()[:300]))
     return found
