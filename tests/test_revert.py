@@ -37,6 +37,7 @@ def test_revert_conflict_leaves_nothing_half_done(st: Stage) -> None:
     j = st.journal()
     fail = j.last("rollback.fail", "svc")
     assert fail is not None and fail.data["conflicts"] == ["app.txt"]
+    assert fail.chain is not None and fail.chain.startswith("r-")  # a by-hand revert's own chain
     assert not j.quarantine_list("svc") and j.frozen("svc") is None
     assert st.receiver is not None
     msgs = st.receiver.wait_for(1)
@@ -161,6 +162,29 @@ def test_auto_revert_from_the_cli_reverts_and_reports_json(st: Stage, opskit) ->
     assert Git(st.sb.bare).message(new).startswith("Auto-revert: svc: customers see v2 bugs")
     ev = st.journal().last("rollback.complete", "svc")
     assert ev is not None and doc["event_id"] is not None
+
+
+def test_dry_run_in_process_returns_the_plan_and_takes_nothing(st: Stage) -> None:
+    from opskit.base.errors import UsageError
+
+    merge = st.merge_feature({"app.txt": "v2\n"})
+    assert st.deploy().status == "healthy"  # live now: the one a human would revert
+    tip, head, n = st.sb.tip(), st.worktree_head(), len(st.types())
+    lines: list[str] = []
+    r = auto_revert(st.settings, st.journal(), "svc", commit=merge[:12], dry_run=True, write=lines.append)
+    assert (r.service, r.ok, r.status, r.reason, r.exit_code, r.bad, r.reverted) == (
+        "svc", True, "planned", "reverted by hand (opskit auto-revert)", 0, merge, [merge])
+    assert r.plan is not None and r.plan.strategy == "merge-first-parent"
+    assert r.plan.tree == Git(st.sb.bare).tree(f"{merge}^1") and r.plan.bad == merge
+    assert lines[0] == f"auto-revert plan for svc (master at {merge[:12]}):"
+    assert lines[-1] == "dry run: nothing was changed"
+    assert (st.sb.tip(), st.worktree_head(), len(st.types())) == (tip, head, n)
+    # without --commit: what the worktree runs
+    r = auto_revert(st.settings, st.journal(), "svc", dry_run=True, reason="by me", write=lines.append)
+    assert r.bad == head == merge and r.reason == "by me" and r.status == "planned"
+    with pytest.raises(UsageError) as e:
+        auto_revert(st.settings, st.journal(), "svc", commit="nope", dry_run=True, write=lines.append)
+    assert e.value.message == f"svc: --commit 'nope' is not a commit in {st.sb.bare}; fix the SHA"
 
 
 def test_receiver_down_rollback_completes_and_message_is_queued(tmp_path: Path) -> None:
