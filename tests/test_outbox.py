@@ -94,7 +94,7 @@ def test_claim_takes_a_dead_holders_whole_queue_in_order(state_dir: Path) -> Non
 
 def test_finish_records_the_outcome_and_stamps_only_a_delivery(state_dir: Path) -> None:
     j, clock = Journal(state_dir), FakeClock()
-    a, b = add(j, clock), add(j, clock)
+    a, b, c = add(j, clock), add(j, clock), add(j, clock)
     outbox.claim_channel(j, clock, "ops")
     clock.advance(42)
     later = dt.datetime(2026, 4, 26, 4, 0, tzinfo=dt.timezone.utc)
@@ -108,7 +108,9 @@ def test_finish_records_the_outcome_and_stamps_only_a_delivery(state_dir: Path) 
     assert (rb.status, rb.attempts, rb.delivered, rb.next_try, rb.claimed_by) == (
         "queued", 1, None, iso(later), None)
     assert rb.last_error == "HTTP 503 https://discord.com/api/webhooks/***"  # masked before it is stored
+    assert outbox.finish(j, clock, c, "queued", attempts=1, error="")
+    assert outbox.get(j, c).last_error is None  # type: ignore[union-attr]  # an empty error is none
     assert not outbox.finish(j, clock, a, "delivered", attempts=1)  # no longer ours: not touched twice
     assert outbox.get(j, a).attempts == 2  # type: ignore[union-attr]
-    assert outbox.summary(j) == {"ops": {"delivered": 1, "queued": 1}} and outbox.queued_count(j) == 1
+    assert outbox.summary(j) == {"ops": {"delivered": 1, "queued": 2}} and outbox.queued_count(j) == 2
     assert outbox.get(j, 9999) is None
