@@ -129,6 +129,21 @@ def test_every_refusal_says_exactly_what_and_what_to_do(kw: dict[str, Any], ref:
     assert d != (False, want[0], want[1])  # not equal to a plain tuple
 
 
+@pytest.mark.parametrize("hook, what", [("pre-commit", "commits"), ("pre-merge-commit", "merge commits")])
+def test_worktree_refusal_says_exactly_what_and_what_to_do(hook: str, what: str) -> None:
+    d = check_commit(hook, "web", {})
+    assert (d.allowed, d.rule, d.reason) == (False, "worktree-commit", f"{what} in the deployed worktree")
+    assert d.lines == (
+        f"opskit: refused: {what} are not allowed in the deployed worktree of 'web'.",
+        "  Ship through the pipeline: commit in your own clone and push a feature branch to the "
+        "canonical repo (e.g. git push origin HEAD:feature/my-change).",
+        '  Emergency only: OPSKIT_BREAK_GLASS="why" git commit …  (journaled and notified)')
+    ok = check_commit(hook, "web", {"OPSKIT_BREAK_GLASS": " db down "})
+    assert (ok.allowed, ok.rule, ok.reason, ok.lines) == (True, "break-glass", "db down", ())
+    accepted = check_ref_update(svc(), "refs/heads/other", A, B, Facts())
+    assert (accepted.allowed, accepted.rule, accepted.reason, accepted.lines) == (True, "accept", "", ())
+
+
 def test_deletion_does_not_walk_history() -> None:
     f = Facts()
     check_ref_update(svc(), "refs/heads/feature/x", A, ZERO, f)
@@ -397,15 +412,21 @@ def test_git_facts_and_pre_receive_in_process(tmp_path: Path, state_dir: Path) -
     ok = [(first, second, "refs/heads/master"), (ZERO, second, "refs/heads/topic")]
     assert lockdown.pre_receive(svc_, ok, facts, j, out.append) == 0 and out == []
     assert h.events("lockdown.blocked") == []
+    mixed = [(ZERO, second, "refs/heads/ok-first"), (second, first, "refs/heads/master")]
+    assert lockdown.pre_receive(svc_, mixed, facts, j, out.append) == 1  # an allowed ref first does not end the check
+    assert [e.data["ref"] for e in h.events("lockdown.blocked")] == ["refs/heads/master"]
+    out.clear()
     bad = [(second, first, "refs/heads/master"), (ZERO, first, "refs/tags/v0"), (ZERO, second, "refs/heads/x")]
     assert lockdown.pre_receive(svc_, bad, facts, j, out.append) == 1
     assert out[0].startswith("opskit: refused: non-fast-forward update of refs/heads/master")
     assert out[2].startswith(f"opskit: refused: {first[:12]} on refs/tags/v0 has the tree")
     assert len(out) == 4
     assert [(e.data["ref"], e.data["rule"], e.data["old"], e.data["new"], e.data["hook"], e.sha)
-            for e in h.events("lockdown.blocked")] == [
+            for e in h.events("lockdown.blocked")][1:] == [
         ("refs/heads/master", "non-fast-forward", second, first, "pre-receive", first),
         ("refs/tags/v0", "quarantine", ZERO, first, "pre-receive", first)]
+    assert h.events("lockdown.blocked")[-1].data["reason"] == (
+        f"tree {rev(h.sb.bare, f'{first}^{{tree}}')} was auto-reverted (event 5): HTTP 503")
     assert lockdown.pre_receive(svc_, [(second, ZERO, "refs/heads/master")], facts, j, out.append) == 1
     assert h.events("lockdown.blocked")[-1].sha is None  # a deletion has no commit
 
@@ -424,8 +445,13 @@ def test_release_quarantine_by_tree_commit_or_any_commit_with_that_tree(tmp_path
         with pytest.raises(UsageError, match="is not a tree or commit id"):
             release_quarantine(s, j, svc_, ident, "me")
     assert release_quarantine(s, j, svc_, tree[:8], "me") == []  # nothing quarantined yet
+    j.quarantine_add("other", tree, bad, 8, "another service's")  # not this service's to release
+    assert release_quarantine(s, j, svc_, tree[:8], "me") == []
     j.quarantine_add("svc", tree, bad, 9, "HTTP 503")
     [row] = release_quarantine(s, j, svc_, tree[:8].upper(), "me")
+    assert j.quarantined("other", tree) is not None
+    [done] = [r for r in j.quarantine_list("svc", include_released=True) if r["event_id"] == 9]
+    assert done["released_by"] == "me" and done["released"]
     assert (row["tree"], row["sha"], row["event_id"]) == (tree, bad, 9) and j.quarantined("svc", tree) is None
     ev = j.last("quarantine.released", "svc")
     assert ev is not None and ev.data == {"tree": tree, "reverted": bad, "rollback_event": 9, "by": "me"}
@@ -457,6 +483,11 @@ def test_current_ref_reads_head_without_git(tmp_path: Path) -> None:
     (linked / "gd" / "HEAD").write_bytes(b"ref: refs/heads/caf\xe9\n")
     (linked / ".git").write_text("gitdir: gd\n")
     assert current_ref(str(linked)) == "refs/heads/caf\ufffd"
+    odd = linked / os.fsdecode(b"a:b-\xff")  # a colon and a non-UTF-8 byte in the gitdir path
+    odd.mkdir()
+    (odd / "HEAD").write_text("ref: refs/heads/side\n")
+    (linked / ".git").write_bytes(b"gitdir: " + os.fsencode(odd.name) + b"\n")
+    assert current_ref(str(linked)) == "refs/heads/side"
     assert current_ref(str(tmp_path / "nowhere")) is None
     (linked / ".git").write_text("no colon here\n")
     assert current_ref(str(linked)) is None
