@@ -174,8 +174,22 @@ def test_sigterm_is_recorded_as_failure(state_dir: Path, tmp_path: Path) -> None
 
 def test_killed_run_job_is_found_by_cron_check(write_config, state_dir: Path) -> None:
     s = settings_with(write_config, '[jobs.etl]\nschedule = "*/5 * * * *"\n')
-    p = subprocess.Popen([sys.executable, "-m", "opskit", "run-job", "etl", "--", "sleep", "60"],
+    child = state_dir / "job-child.pid"
+    p = subprocess.Popen([sys.executable, "-m", "opskit", "run-job", "etl", "--",
+                          "sh", "-c", f"echo $$ > {child}; exec sleep 60"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _killed_run_job_is_found(s, state_dir, p)
+    finally:
+        # the job runs in a session of its own (proc.run): a crash of run-job leaves it, so end it
+        if child.exists() and child.read_text().strip():
+            try:
+                os.kill(int(child.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _killed_run_job_is_found(s: Settings, state_dir: Path, p: subprocess.Popen[bytes]) -> None:
     j = Journal(state_dir)
     deadline = time.monotonic() + 20
     while not j.query(type_prefix="job.start") and time.monotonic() < deadline:
