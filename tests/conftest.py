@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 
 from tests.support.gitsandbox import Sandbox, make_sandbox
+from tests.support.procs import end_leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The run fails when anything a test started is alive at its end (the per-test check
+    below names the test; this one also catches processes given an environment of their own)."""
+    yield
+    end_leftovers(tmp_path_factory.getbasetemp(), "the test session")
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +52,9 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
     monkeypatch.setattr(_common, "STATE", _common._State())
     yield home
+    # Torn down after the test's own fixtures (this one is set up first): what they stop is
+    # stopped by now. A child of the test carries this HOME in its environment.
+    end_leftovers(home, "this test")
 
 
 @pytest.fixture

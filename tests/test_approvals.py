@@ -74,6 +74,14 @@ def test_reject_ends_it(cs: ChainStage) -> None:
     assert late.returncode == 1 and "rejected by bob" in late.stderr
     no_reason = cs.cli("reject", str(row.id), "--reason", " ")
     assert no_reason.returncode == 2
+    # --json: the decided row, one object
+    other = _park(cs, "feature/j")
+    pj = cs.cli("reject", str(other.id), "--reason", "not now", "--json", env={"SUDO_USER": "carol"})
+    assert pj.returncode == 0, pj.stderr
+    doc = json.loads(pj.stdout)
+    assert (doc["id"], doc["status"], doc["decided_by"], doc["branch"], doc["sha"]) == (
+        other.id, "rejected", "carol", "feature/j", other.sha)
+    assert doc["reason"] == "not now" and "ref" not in doc and cs.tip() == before
     assert cs.cli("reject", "4242", "--reason", "x").returncode == 2
 
 

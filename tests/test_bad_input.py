@@ -176,8 +176,13 @@ def test_hostile_file_names_messages_and_branches_are_never_interpreted(hooked: 
     (dev / "feature.txt").write_text("f\n")
     git(dev, "add", "feature.txt")
     git(dev, "commit", "-q", "-m", f"feature {HOSTILE}")
+    feature = git(dev, "rev-parse", "HEAD").stdout.strip()
     fp = git(dev, "push", "origin", branch, check=False)
-    assert fp.returncode in (0, 1), fp.stderr  # no test/review configured: the chain merges or says why
+    assert fp.returncode == 0, fp.stderr
+    # no test/review configured: the chain merges it into master and deploys the merge
+    tip = git(st.sb.bare, "rev-parse", "refs/heads/master").stdout.strip()
+    assert git(st.sb.bare, "rev-parse", f"{tip}^2").stdout.strip() == feature, fp.stderr
+    assert st.worktree_head() == tip and st.journal().last_good("svc") == tip
     assert _pwned(st) == [], "a name was interpreted by a shell"
     # Journaled readably: valid JSON, bytes replaced, not dropped.
     out = subprocess.run([sys.executable, "-m", "opskit", "--config", str(st.config_path), "events", "--json"],

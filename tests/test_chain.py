@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -29,7 +28,7 @@ def test_feature_push_is_tested_reviewed_merged_deployed(cs: ChainStage) -> None
     head = cs.feature("feature/x", {"app.txt": "v2\n"}, message="make it v2")
     p = cs.push("feature/x")
     assert "remote:" in p.stderr and "merged feature/x into master" in p.stderr, p.stderr
-    assert "3 passed" in p.stderr and "healthy" in p.stderr
+    assert "3 passed" in p.stderr and "✔ healthy:" in p.stderr
     g = Git(cs.sb.bare)
     tip = cs.tip()
     # a real merge commit: first parent the old tip, so `git revert -m 1` undoes exactly it
@@ -102,9 +101,7 @@ def test_hanging_test_is_bounded_by_test_timeout(tmp_path: Path) -> None:
     try:
         before = c.tip()
         c.feature("feature/h", {"test.hang": "1\n"})
-        t0 = time.monotonic()
-        c.push("feature/h")
-        assert time.monotonic() - t0 < 10
+        c.push("feature/h")  # returns: the 60 s test was stopped at test_timeout
         ev = c.last("test.fail")
         assert ev.data["timed_out"] is True and "timed out after 1s" in ev.data["reason"]
         assert "hanging" in ev.data["tail"] and c.tip() == before
@@ -206,7 +203,7 @@ def test_later_push_supersedes_a_chain_waiting_for_the_lock(cs: ChainStage) -> N
     sup = cs.last("push.superseded")
     assert sup.sha == first and sup.data["by"] == second and not sup.data["deleted"]
     assert [e.data["head"] for e in cs.events("merge.complete")] == [second]
-    assert "healthy" in out2
+    assert "✔ healthy:" in out2
 
 
 def test_branch_deleted_while_its_chain_waits(cs: ChainStage) -> None:

@@ -61,9 +61,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def test_demo_json_checks_the_whole_loop_and_cleans_up(tmp_path: Path, state_dir: Path, opskit: RunOpskit) -> None:
     env = _env(tmp_path)
-    t0 = time.monotonic()
     p = opskit("demo", "--json", env=env, cwd=tmp_path, timeout=90)
-    took = time.monotonic() - t0
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads(p.stdout)
     facts = {f["name"]: f for f in out["facts"]}
@@ -92,9 +90,6 @@ def test_demo_json_checks_the_whole_loop_and_cleans_up(tmp_path: Path, state_dir
     # the re-push pre-receive refuses is a feature branch carrying the merge's (quarantined) tree
     assert "pre-receive refused" in facts["repush_quarantined"]["detail"]
     assert f"the tree of {commits['merge'][:10]}, quarantined" in facts["repush_quarantined"]["detail"]
-    print(f"opskit demo --json took {took:.1f}s; push → rollback.complete "
-          f"{out['timings']['push_to_rollback_complete']:.1f}s")
-    assert took < 45
     # nothing left behind: no service process, no sandbox, nothing in the user's journal
     assert out["service_pids"] and not [pid for pid in out["service_pids"] if _alive(pid)]
     assert not Path(out["sandbox"]).exists()

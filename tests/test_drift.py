@@ -75,8 +75,11 @@ def tree_sum(root: Path) -> str:
 
 def scan_json(opskit, env: Env, *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     r = opskit("--config", str(env.conf), "drift-scan", "--json", *args)
-    assert r.returncode in (0, 1), r.stdout + r.stderr
-    return r.returncode, json.loads(r.stdout)
+    doc = json.loads(r.stdout)
+    # the contract: exit 1 exactly when some service drifted (or could not be healed), else 0
+    drifted = any(s["findings"] or s.get("heal_error") for s in doc["services"])
+    assert r.returncode == (1 if drifted else 0), r.stdout + r.stderr
+    return r.returncode, doc
 
 
 def kinds(doc: dict, service: str = "svc") -> dict[str, list[str]]:  # type: ignore[type-arg]
@@ -151,6 +154,27 @@ def test_detached_and_behind(env: Env, opskit) -> None:
     git(env.sb.bare, "fetch", "-q", str(env.sb.dev), "master:master")
     _, doc = scan_json(opskit, env)
     assert list(kinds(doc)) == ["behind"] and "0 ahead, 1 behind" in kinds(doc)["behind"][0]
+
+
+def test_wrong_branch_and_diverged(env: Env, opskit) -> None:
+    wt = env.sb.worktree
+    git(wt, "checkout", "-q", "-b", "hotfix")  # same commit, another branch
+    code, doc = scan_json(opskit, env)
+    assert code == 1 and kinds(doc) == {"wrong-branch": ["HEAD is on hotfix, not master"]}
+    git(wt, "checkout", "-q", "master")
+    # A bypass commit on prod while the canonical branch moved on: each has what the other lacks.
+    (wt / "app.txt").write_text("prod hotfix\n")
+    git(wt, "commit", "-q", "--no-verify", "-am", "hotfix on prod")
+    git(env.sb.dev, "pull", "-q", "origin", "master")
+    env.sb.commit({"other.txt": "v2\n"}, "v2")
+    git(env.sb.bare, "fetch", "-q", str(env.sb.dev), "master:master")
+    code, doc = scan_json(opskit, env)
+    k = kinds(doc)
+    assert code == 1 and sorted(k) == ["bypass", "diverged"], k
+    assert k["diverged"][0].endswith("the canonical repo lacks HEAD")  # the tip is not in the worktree
+    git(wt, "fetch", "-q", str(env.sb.bare), "master")  # now both commits are here: counted
+    _, doc = scan_json(opskit, env)
+    assert "1 ahead, 1 behind" in kinds(doc)["diverged"][0]
 
 
 def test_never_deployed_is_one_finding(sandbox: Sandbox, write_config, opskit) -> None:
@@ -272,6 +296,34 @@ def test_heal_saves_every_byte_then_restores(env: Env, opskit) -> None:
     ev = Journal(env.state_dir).last("drift.healed")
     assert ev is not None and ev.data["ref"] == ref and ev.data["previous_head"] == bypass
     assert sorted(ev.data["removed"]) == ["link", "sub/new.bin"]
+
+
+def test_heal_aborts_when_a_file_changes_while_it_is_saved(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A writer on prod (the app itself, an operator) changes a file between the save and the
+    # checkout: the check of every saved byte must stop the heal, or that write is lost.
+    from opskit.git.repo import Git
+
+    wt = env.sb.worktree
+    (wt / "app.txt").write_text("hand edit\n")
+    real_save = Git.save_state
+
+    def save_then_race(self: Git, ref: str, message: str, include_untracked: bool = True) -> str | None:
+        saved = real_save(self, ref, message, include_untracked)
+        (wt / "app.txt").write_text("written during the save\n")
+        return saved
+
+    monkeypatch.setattr(Git, "save_state", save_then_race)
+    report = drift.scan(env.settings, Journal(env.state_dir), heal=True, lock_wait=0)
+    [rep] = report.services
+    assert report.exit_code == 1 and rep.healed is None
+    assert rep.heal_error is not None and "app.txt changed while it was being saved" in rep.heal_error
+    assert (wt / "app.txt").read_text() == "written during the save\n"  # nothing lost
+    assert Journal(env.state_dir).last("drift.healed") is None
+    monkeypatch.setattr(Git, "save_state", real_save)
+    report = drift.scan(env.settings, Journal(env.state_dir), heal=True, lock_wait=0)
+    assert report.exit_code == 0 and report.services[0].healed is not None
+    ref = report.services[0].healed["ref"]
+    assert _blob(wt, f"{ref}:app.txt") == b"written during the save\n"
 
 
 def test_heal_without_a_deploy_changes_nothing(sandbox: Sandbox, write_config, opskit) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing
 from pathlib import Path
 
@@ -143,6 +144,32 @@ def test_internal_error_writes_traceback(state_dir: Path, monkeypatch, capsys) -
     assert len(err.strip().splitlines()) == 1 and "ABCDEFSECRET" not in err
     logs = list(state_dir.glob("crash-*.log"))
     assert logs and "ABCDEFSECRET" not in logs[0].read_text()
+
+
+def test_internal_error_through_the_real_cli_masks_a_config_secret(tmp_path: Path, write_config, opskit,
+                                                                   state_dir: Path) -> None:
+    # A real `opskit` process that crashes with the webhook URL of its config in the error:
+    # exit 3, one stderr line naming the crash log, the secret in neither. The fault comes from
+    # a sitecustomize the child imports at start-up (its only way into a real process).
+    secret = "http://127.0.0.1:9/hooks/tok-Zq8xK2mVn4Lp7RtY"
+    conf = write_config(f'[opskit]\nnotify = ["ops"]\n[notify.ops]\ntype = "webhook"\nurl = "{secret}"\n')
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "import opskit.storage.journal as j\n"
+        "def boom(*a, **k):\n"
+        "    raise RuntimeError('could not reach ' + os.environ['LEAK_ME'] + ' today')\n"
+        "j.Journal.query = boom\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(inject), os.environ.get("PYTHONPATH", "")]), "LEAK_ME": secret}
+    r = opskit("--config", str(conf), "events", env=env)
+    assert r.returncode == 3, r.stdout + r.stderr
+    [line] = r.stderr.strip().splitlines()
+    [log] = list(state_dir.glob("crash-*.log"))
+    assert line == f"opskit: internal error: RuntimeError: could not reach *** today (traceback in {log})"
+    text = log.read_text()
+    assert "tok-Zq8xK2mVn4Lp7RtY" not in text and "RuntimeError: could not reach *** today" in text
+    assert "Traceback (most recent call last)" in text and "tok-Zq8xK2mVn4Lp7RtY" not in r.stdout
 
 
 def _all_commands() -> list[list[str]]:

@@ -93,12 +93,10 @@ def test_body_mismatch(start_service) -> None:
 
 def test_hang_is_bounded_by_timeout(start_service) -> None:
     svc = start_service("hang")
-    t0 = time.monotonic()
     v = run_gate(spec(url=svc.url, timeout=0.3, startup=0.5, period=0.25), clock=FakeClock())
-    wall = time.monotonic() - t0
     assert not v.healthy and "timed out after 0.3s" in v.reason
-    assert len(v.probes) == 3 and wall < 5.0
-    assert all(0.25 < p.elapsed < 1.5 for p in v.probes)
+    # each probe gave up (the service never answers): three probes, each one a timeout
+    assert len(v.probes) == 3 and all(p.detail == "timed out after 0.3s" for p in v.probes), v.probes
 
 
 def test_slow_within_and_over_timeout(start_service) -> None:
@@ -189,26 +187,26 @@ def test_cmd_probe_exit_code_and_output(tmp_path: Path) -> None:
 
 
 def test_hanging_cmd_is_killed_at_timeout(tmp_path: Path) -> None:
-    marker = tmp_path / "survived"
-    t0 = time.monotonic()
-    p = probe_once(spec(cmd=f"sleep 5 && touch {marker}", timeout=0.3))
+    from tests.support.procs import gone
+
+    pid = tmp_path / "probe.pid"
+    p = probe_once(spec(cmd=f"echo $$ > {pid}; sleep 60", timeout=0.3))
     assert not p.ok and p.detail == "timed out after 0.3s"
-    assert time.monotonic() - t0 < 3.0
-    time.sleep(0.2)
-    assert not marker.exists()
+    assert gone(int(pid.read_text()))  # killed, not left running after the verdict
 
 
 def test_fail_fast_in_real_time(start_service) -> None:
     """Real clock: a gate with a 60 s window returns as soon as the rule is met."""
     svc = start_service("die-after=0.6")
-    t0 = time.monotonic()
     v = run_gate(spec(url=svc.url, window=60, period=0.2, failures=3, timeout=0.5))
-    wall = time.monotonic() - t0
-    assert not v.healthy and trailing_failures(v.probes) == 3
-    assert 0.9 < wall < 6.0, wall
-    t0 = time.monotonic()
+    # it stopped at the third failure in a row: a gate that waited for its window would
+    # have gone on probing (and failing) for a minute
+    assert not v.healthy and trailing_failures(v.probes) == 3 and v.probes[0].ok
+    assert all(p.ok for p in v.probes[:-3]) and "3 consecutive" in v.reason
     v = run_gate(spec(url=refused_url(), window=60, startup=0.5, period=0.2))
-    assert not v.healthy and time.monotonic() - t0 < 3.0
+    # ended when startup did (the probe that found it past 0.5 s), not by the 60 s window
+    assert not v.healthy and "refused" in v.reason and not any(p.ok for p in v.probes)
+    assert v.probes[-1].at >= 0.5 and all(p.at < 0.5 for p in v.probes[:-1])
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -279,22 +277,24 @@ def journal_types(state_dir: Path) -> list[str]:
 
 
 def test_cli_refused_exits_1_in_about_startup(opskit, state_dir: Path) -> None:
-    t0 = time.monotonic()
-    r = opskit("health-gate", "--url", refused_url(), "--startup", "3", "--period", "0.5")
-    wall = time.monotonic() - t0
+    r = opskit("health-gate", "--url", refused_url(), "--startup", "3", "--period", "0.5", "--json")
     assert r.returncode == 1, r.stderr
-    # ~3 s of gate plus interpreter start-up (slow when the machine is busy).
-    assert "refused" in r.stdout and 2.9 < wall < 7.0, (r.stdout, wall)
+    out = json.loads(r.stdout)
+    # refused for the whole startup grace, on the gate's own clock: it gave up once startup ended
+    assert out["healthy"] is False and "refused" in out["reason"]
+    assert [p["ok"] for p in out["probes"]] == [False] * len(out["probes"]) and out["probes"][-1]["at"] >= 3.0
+    assert out["probes"][-2]["at"] < 3.0  # and not later
     assert journal_types(state_dir) == ["health.fail"]
 
 
 def test_cli_healthy_window_exits_0_after_about_window(opskit, start_service, state_dir: Path) -> None:
     svc = start_service()
-    t0 = time.monotonic()
-    r = opskit("health-gate", "--url", svc.url, "--window", "2", "--period", "0.5")
-    wall = time.monotonic() - t0
+    r = opskit("health-gate", "--url", svc.url, "--window", "2", "--period", "0.5", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert 1.9 < wall < 6.5 and "healthy" in r.stdout
+    out = json.loads(r.stdout)
+    # healthy only once the whole window was watched (the gate's own clock), every probe ok
+    assert out["healthy"] is True and all(p["ok"] for p in out["probes"])
+    assert out["probes"][-1]["at"] >= 2.0 and len(out["probes"]) >= 4
     assert journal_types(state_dir) == ["health.pass"]
 
 
@@ -316,7 +316,7 @@ def test_cli_dying_server_fails_after_exactly_failures_json(start_service) -> No
     assert set(out["probes"][0]) == {"at", "ok", "detail", "status", "elapsed"}
     oks = [probe["ok"] for probe in out["probes"]]
     assert oks[0] and oks[-3:] == [False, False, False] and oks[-4] is True
-    assert "3 consecutive" in out["reason"] and out["duration"] < 5
+    assert "3 consecutive" in out["reason"]
 
 
 def test_cli_takes_service_health_from_config_and_flags_override(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -129,11 +130,46 @@ def test_install_refuses_when_a_displaced_hook_would_be_overwritten(tmp_path: Pa
 
 def test_uninstall_removes_and_status_says_missing(tmp_path: Path, state_dir: Path, opskit) -> None:
     h = hooked_service(tmp_path, state_dir)
-    r = opskit("--config", str(h.config), "hooks", "uninstall", "svc")
+    r = opskit("--config", str(h.config), "hooks", "uninstall", "svc", "--json")
     assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)  # one JSON object, nothing else on stdout
+    assert doc["service"] == "svc" and doc["all_installed"] is False and doc["notes"] == []
+    assert [(c["name"], c["where"], c["action"]) for c in doc["changes"]] == [
+        ("pre-receive", "repo", "removed"), ("post-receive", "repo", "removed"),
+        ("pre-commit", "worktree", "removed"), ("pre-merge-commit", "worktree", "removed")]
+    assert {s["name"]: s["state"] for s in doc["states"]} == states(h) == dict.fromkeys(
+        ["pre-receive", "post-receive", "pre-commit", "pre-merge-commit"], "missing")
+    assert all(not Path(c["path"]).exists() for c in doc["changes"])
     assert set(states(h).values()) == {"missing"}
     # Without hooks the worktree accepts commits again.
     h.sb.commit({"f.txt": "f\n"}, "after uninstall", repo=h.sb.worktree)
+
+
+def test_interpreter_path_with_dotdot_is_the_same_interpreter(tmp_path: Path, state_dir: Path) -> None:
+    # A suite (or cron) started as .venv/bin/../bin/python is the same interpreter as
+    # .venv/bin/python: hooks installed by one are not "modified" for the other.
+    import shlex
+    import subprocess
+    import sys
+
+    h = hooked_service(tmp_path, state_dir, install=False)
+    plain = sys.executable
+    dotted = os.path.join(os.path.dirname(plain), "..", os.path.basename(os.path.dirname(plain)),
+                          os.path.basename(plain))
+    assert dotted != plain and os.path.samefile(dotted, plain)
+    env = {**os.environ, "OPSKIT_CONFIG": str(h.config)}
+    for installer, checker in ((dotted, plain), (plain, dotted)):
+        r = subprocess.run([installer, "-m", "opskit", "hooks", "install", "svc"], env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([checker, "-m", "opskit", "hooks", "status", "svc", "--json"], env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+        doc = json.loads(r.stdout)
+        assert {s["name"]: s["state"] for s in doc["states"]} == dict.fromkeys(
+            ["pre-receive", "post-receive", "pre-commit", "pre-merge-commit"], "installed"), (installer, checker)
+        assert r.returncode == 0, r.stderr
+    # and the hook names the interpreter without the detour
+    assert f"\npython={shlex.quote(plain)}\n" in (h.sb.bare / "hooks" / "pre-receive").read_text()
 
 
 def test_core_hooks_path_is_detected(tmp_path: Path, state_dir: Path, opskit) -> None:
@@ -165,7 +201,8 @@ def test_core_hooks_path_is_detected(tmp_path: Path, state_dir: Path, opskit) ->
 def test_install_needs_a_config_file(tmp_path: Path, opskit) -> None:
     r = opskit("hooks", "install", "svc", cwd=tmp_path)
     assert r.returncode == 2
-    assert "config" in r.stderr
+    assert r.stderr.strip() == ("opskit: no config file: unknown service 'svc' (configured: none); "
+                                "add a [service.svc] table or fix the name")
 
 
 def test_pull_mode_installs_worktree_hooks_only(tmp_path: Path, state_dir: Path) -> None:

@@ -180,8 +180,22 @@ def test_sigterm_is_recorded_as_failure(state_dir: Path, tmp_path: Path) -> None
 
 def test_killed_run_job_is_found_by_cron_check(write_config, state_dir: Path) -> None:
     s = settings_with(write_config, '[jobs.etl]\nschedule = "*/5 * * * *"\n')
-    p = subprocess.Popen([sys.executable, "-m", "opskit", "run-job", "etl", "--", "sleep", "60"],
+    child = state_dir / "job-child.pid"
+    p = subprocess.Popen([sys.executable, "-m", "opskit", "run-job", "etl", "--",
+                          "sh", "-c", f"echo $$ > {child}; exec sleep 60"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _killed_run_job_is_found(s, state_dir, p)
+    finally:
+        # the job runs in a session of its own (proc.run): a crash of run-job leaves it, so end it
+        if child.exists() and child.read_text().strip():
+            try:
+                os.kill(int(child.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _killed_run_job_is_found(s: Settings, state_dir: Path, p: subprocess.Popen[bytes]) -> None:
     j = Journal(state_dir)
     deadline = time.monotonic() + 20
     while not j.query(type_prefix="job.start") and time.monotonic() < deadline:
@@ -332,6 +346,37 @@ def test_dst_daily_0230_berlin(write_config, state_dir: Path) -> None:
     rep = check(s, j, clock, notes)
     assert rep.ok and rep.jobs[0].expected == "2026-10-26T01:30:00Z"
     assert [n[1] for n in notes] == ["opskit job nightly missed its run", "opskit job nightly recovered"]
+
+
+@pytest.mark.parametrize("expr", ["7 * * * *", "*/20 * * * *"])
+@pytest.mark.parametrize("start, end", [
+    ("2026-03-28T22:00:00", "2026-03-29T04:00:00"),   # spring: 02:00 CET jumps to 03:00 CEST
+    ("2026-10-24T22:00:00", "2026-10-25T04:00:00"),   # autumn: 03:00 CEST falls back to 02:00 CET
+], ids=["spring", "autumn"])
+def test_dst_wildcard_hour_jobs_berlin(write_config, state_dir: Path, expr: str, start: str, end: str) -> None:
+    # An hourly and a */N job follow the wall clock through both DST changes: every run that
+    # cron makes is seen on time (no false miss in the short or the doubled hour), and the one
+    # run that does not happen is reported, once.
+    from opskit.base import schedule
+
+    berlin = schedule.zone("Europe/Berlin")
+    s = settings_with(write_config, f'[jobs.tick]\nschedule = "{expr}"\ntimezone = "Europe/Berlin"\n')
+    clock, notes = at(FakeClock(), start), Notes()
+    j = Journal(state_dir, clock)
+    t0 = clock.now()
+    runs = schedule.runs_between(expr, t0, dt.datetime.fromisoformat(end).replace(tzinfo=UTC), berlin)
+    gaps = {(b - a).total_seconds() for a, b in zip(runs, runs[1:], strict=False)}
+    assert gaps == {3600.0 if expr.startswith("7") else 1200.0}  # real time between runs never jumps
+    grace = schedule.default_grace(gaps.pop())  # 10% of the period
+    skip = runs[len(runs) // 2]  # inside the changed hour
+    for when in runs:
+        clock.set(when + dt.timedelta(seconds=5))
+        if when != skip:
+            run(s, j, clock, notes, "tick", ["true"])
+        clock.set(when + dt.timedelta(seconds=grace + 30))  # past the grace, before the next run
+        rep = check(s, j, clock, notes)
+        assert [x.state for x in rep.jobs] == (["missed"] if when == skip else ["ok"]), (when, rep.jobs)
+    assert [n[1] for n in notes] == ["opskit job tick missed its run", "opskit job tick recovered"]
 
 
 # --- cron-check: overrun, failed, crontab ---------------------------------------------------

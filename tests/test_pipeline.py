@@ -18,7 +18,7 @@ from opskit.git.repo import Git
 from opskit.chain.routing import on_post_receive
 from opskit.views.status import collect
 from tests.support.gitsandbox import git, rev
-from tests.support.pipeline import Stage, env_for, make_stage, seeded_stage
+from tests.support.pipeline import Stage, env_for, hooked_stage, make_stage, seeded_stage
 from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture
 from tests.support.reliability import kill_parked
 
@@ -50,6 +50,27 @@ def test_good_deploy_is_gated_and_recorded(st: Stage) -> None:
     n = len(st.types())
     again = st.deploy()
     assert again.ok and again.status == "nothing" and len(st.types()) == n
+
+
+def test_cmd_probe_runs_in_the_worktree_through_a_real_push(tmp_path: Path) -> None:
+    # `service.mode` exists only in the deployed worktree: a probe run anywhere else (opskit's
+    # own directory, the bare repo the hook runs in) fails, and the deploy would be reverted.
+    st = hooked_stage(tmp_path, health={"url": None, "cmd": "test -f service.mode && test -f feature.txt",
+                                        "window": 0.6, "period": 0.2, "startup": 1.0})
+    try:
+        assert not (Path.cwd() / "service.mode").exists() and not (st.sb.bare / "service.mode").exists()
+        new = st.sb.commit({"feature.txt": "on\n"}, "add a feature the probe checks")
+        p = st.sb.push("master", check=False)
+        assert p.returncode == 0, p.stderr
+        j = st.journal()
+        assert j.last_good("svc") == new, p.stderr
+        assert st.worktree_head() == new and st.sb.tip() == new  # not reverted
+        assert _order(st.types(), "push.received", "deploy.start", "deploy.complete", "health.pass")
+        assert "rollback.start" not in st.types()
+        ev = j.last("health.pass", "svc")
+        assert ev is not None and ev.sha == new
+    finally:
+        st.close()
 
 
 @pytest.mark.parametrize("mode, words", [
@@ -96,12 +117,9 @@ def test_done_when_pushed_merge_that_refuses_connections(st: Stage) -> None:
     git(dev, "checkout", "-q", "master")
     git(dev, "merge", "-q", "--no-ff", "-m", "Merge feature/bad", "feature/bad")
     merge = rev(dev)
-    t0 = time.monotonic()
     p = git(dev, "push", "origin", "master", check=False)
-    took = time.monotonic() - t0
     push_out.append(p.stderr)
     assert "remote:" in p.stderr and "health gate failed" in p.stderr, p.stderr  # the pusher saw each step
-    assert took < 20
     g = Git(st.sb.bare)
     tip = st.sb.tip()
     assert tip != merge and g.is_ancestor(merge, tip)
@@ -148,21 +166,32 @@ def test_deploy_command_fails_then_reverted(tmp_path: Path) -> None:
 
 
 def test_deploy_command_timeout_and_background_child(tmp_path: Path) -> None:
-    deploy = ("sleep 20 & echo started-bg; "  # a background child holding stdout must not hang us
-              "if [ -e slow ]; then echo slow; sleep 30; fi; {restart}")
+    from opskit.base.proc import pid_alive
+    from tests.support.reliability import wait_until
+
+    bg, slow_pid = tmp_path / "bg.pids", tmp_path / "slow.pid"
+    deploy = (f"sleep 20 </dev/null & echo $! >> {bg}; echo started-bg; "  # a background child holding stdout
+              f"if [ -e slow ]; then echo slow; echo $$ > {slow_pid}; sleep 30; fi; {{restart}}")
     st = seeded_stage(tmp_path, deploy=deploy, extra={"deploy_timeout": 1.5})
     try:
         st.good(files={"slow": "1\n"})
-        t0 = time.monotonic()
         r = st.deploy()
         # times out at 1.5 s, then the revert's deploy (with its background child) passes its gate
         assert r.status == "reverted" and "timed out" in r.reason and r.revert is not None and r.revert.ok
-        assert time.monotonic() - t0 < 15
         ev = st.journal().last("deploy.fail", "svc")
         assert ev is not None and ev.data["timed_out"] is True and "slow" in ev.data["tail"]
+        # the timed-out deploy command was killed, not left running beside the revert's deploy
+        wait_until(lambda: not pid_alive(int(slow_pid.read_text())), 5, "the timed-out deploy command to die")
         done = [e for e in st.journal().query(service="svc", type_prefix="deploy.complete")]
-        assert done and "started-bg" in done[-1].data["tail"] and done[-1].data["duration"] < 5
+        assert done and "started-bg" in done[-1].data["tail"]
+        # the deploy returned while its last background child (holding stdout) still ran
+        assert pid_alive(int(bg.read_text().split()[-1]))
     finally:
+        for pid in bg.read_text().split() if bg.exists() else []:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         st.close()
 
 
@@ -215,10 +244,8 @@ def test_killed_mid_deploy_is_reported_and_lock_recovered(tmp_path: Path) -> Non
         good = st.sb.commit({"slow": None}, "remove slow")
         st.sb.push("master")
         lines: list[str] = []
-        t0 = time.monotonic()
         r = st.deploy(good, lines=lines, lock_wait=5)
-        assert time.monotonic() - t0 < 10  # the dead holder's lock was recovered at once
-        assert r.ok, lines
+        assert r.ok, lines  # within lock_wait: the dead holder's lock was recovered
         ev = [e for e in j.query(service="svc", type_prefix="deploy.fail") if e.data.get("interrupted")]
         assert len(ev) == 1 and ev[0].data["step"] == "deploy" and ev[0].data["sha"] == bad
         assert any("interrupted at step 'deploy'" in ln for ln in lines)
@@ -228,21 +255,26 @@ def test_killed_mid_deploy_is_reported_and_lock_recovered(tmp_path: Path) -> Non
 
 
 def test_background_mode_returns_at_once(tmp_path: Path) -> None:
-    st = seeded_stage(tmp_path, extra={"background": True})
+    hold = tmp_path / "hold"  # while it exists, the deploy command waits: the hook must not
+    st = seeded_stage(tmp_path, extra={"background": True},
+                      deploy=f"while [ -e {hold} ]; do sleep 0.05; done; {{restart}}")
     try:
         new = st.good(files={"bg.txt": "1\n"})
         old = rev(st.sb.bare, f"{new}^")
         out: list[str] = []
-        t0 = time.monotonic()
+        hold.write_text("")
         rc = on_post_receive(st.config_path, "svc", [(old, new, "refs/heads/master")], out.append)
-        assert rc == 0 and time.monotonic() - t0 < 1.5 and "background" in out[0]
+        # returned while the deploy command is still held: the pusher never waits for it
+        assert rc == 0 and "background" in out[0]
         j = st.journal()
+        assert j.last_good("svc") != new and "deploy.complete" not in st.types()
+        hold.unlink()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and j.last_good("svc") != new:
             time.sleep(0.1)
         assert j.last_good("svc") == new
         log = "".join(p.read_text() for p in (st.settings.state_dir / "logs").glob("push-svc-*.log"))
-        assert "healthy" in log
+        assert "✔ healthy:" in log
         assert j.last("push.received", "svc") is not None
     finally:
         st.close()
@@ -250,13 +282,20 @@ def test_background_mode_returns_at_once(tmp_path: Path) -> None:
 
 def test_feature_push_is_journaled_and_left_to_the_chain(tmp_path: Path) -> None:
     st = seeded_stage(tmp_path)
-    st.close()  # the chain is not run against the service here
-    out: list[str] = []
-    sha = st.sb.tip()
-    rc = on_post_receive(st.config_path, "svc", [("0" * 40, sha, "refs/heads/feature/y")], out.append)
-    assert rc in (0, 1) and out  # the chain itself (opskit.chain.feature) is tested with issue 5
-    ev = st.journal().last("push.received", "svc")
-    assert ev is not None and ev.data["action"] == "chain"
+    try:
+        out: list[str] = []
+        git(st.sb.dev, "checkout", "-q", "-b", "feature/y")
+        sha = st.sb.commit({"y.txt": "y\n"}, "feature y")
+        st.sb.push("feature/y")  # no hooks installed here: the hook's work is called below
+        rc = on_post_receive(st.config_path, "svc", [("0" * 40, sha, "refs/heads/feature/y")], out.append)
+        ev = st.journal().last("push.received", "svc")
+        assert ev is not None and ev.data["action"] == "chain"
+        assert rc == 0, out
+        tip = st.sb.tip()
+        assert Git(st.sb.bare).parents(tip)[1:] == [sha] and st.journal().last_good("svc") == tip
+        assert _order(st.types(), "push.received", "test.skipped", "review.skipped", "deploy.start", "health.pass")
+    finally:
+        st.close()  # the chain's deploy restarted the service: stop it
 
 
 def test_git_failure_inside_deliver_is_notified_and_retried(st: Stage) -> None:

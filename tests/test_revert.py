@@ -6,11 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 
 from opskit.git.repo import Git
 from opskit.storage.journal import Journal
 from opskit.notify import outbox_summary
-from opskit.deploy.revert import auto_revert
+from opskit.deploy.revert import auto_revert, is_revert_commit
 from opskit.sandbox import free_port
 from opskit.views.status import collect, render
 from tests.support.gitsandbox import git
@@ -36,6 +37,7 @@ def test_revert_conflict_leaves_nothing_half_done(st: Stage) -> None:
     j = st.journal()
     fail = j.last("rollback.fail", "svc")
     assert fail is not None and fail.data["conflicts"] == ["app.txt"]
+    assert fail.chain is not None and fail.chain.startswith("r-")  # a by-hand revert's own chain
     assert not j.quarantine_list("svc") and j.frozen("svc") is None
     assert st.receiver is not None
     msgs = st.receiver.wait_for(1)
@@ -98,9 +100,30 @@ def test_redeploy_of_revert_fails_freezes_without_loop(tmp_path: Path, opskit) -
         st.close()
 
 
-def test_a_revert_is_never_reverted(st: Stage) -> None:
+@pytest.mark.parametrize("message, is_revert", [
+    ("Auto-revert: svc: HTTP 503\n\nOpskit-Reverts: " + "a" * 40 + "\n", True),
+    ("Auto-revert: svc: HTTP 503\n", True),                     # the subject alone
+    ("Fix typo\n\nOpskit-Reverts: 0123abc\n", True),            # the trailer alone (a reworded revert)
+    ("Fix typo\n\nOpskit-Reverts:   " + "f" * 40 + "  \n", True),
+    ("Revert \"feature\"\n\nThis reverts commit " + "a" * 40 + ".\n", False),  # git's own revert
+    ("Fix: Auto-revert: mentioned in the subject\n", False),
+    ("Fix\n\nOpskit-Reverts: 012345\n", False),                  # 6 hex digits: not a commit id
+    ("Fix\n\nOpskit-Reverts: nothing-here\n", False),
+    ("Fix\n\nsee Opskit-Reverts: " + "a" * 40 + "\n", False),     # not a trailer line
+    ("Fix\n\nOpskit-Reverts: " + "a" * 40 + " and more\n", False),
+])
+def test_is_revert_commit_knows_either_marker(message: str, is_revert: bool) -> None:
+    assert is_revert_commit(message) is is_revert
+
+
+@pytest.mark.parametrize("marker", ["subject", "trailer"])
+def test_a_revert_is_never_reverted(st: Stage, marker: str) -> None:
+    # Each marker alone must stop a second revert: a human may reword the subject of an
+    # auto-revert, and a revert made by other tooling may carry only the subject.
     prev = st.sb.tip()
-    st.sb.commit({"service.mode": "crash\n"}, f"Auto-revert: svc: by hand\n\nOpskit-Reverts: {prev}\n")
+    message = ("Auto-revert: svc: by hand\n" if marker == "subject"
+               else f"Put the old mode back\n\nOpskit-Reverts: {prev}\n")
+    st.sb.commit({"service.mode": "crash\n"}, message)
     st.sb.push("master")
     r = st.deploy()
     assert r.status == "failed" and r.revert is not None and r.revert.status == "frozen"
@@ -120,6 +143,48 @@ def test_dry_run_prints_the_plan_and_changes_nothing(st: Stage, opskit) -> None:
     assert "merge-first-parent" in r.stdout and first_parent_tree in r.stdout and merge[:10] in r.stdout
     assert "update-ref refs/heads/master" in r.stdout and "nothing was changed" in r.stdout
     assert (st.sb.tip(), st.worktree_head(), len(st.types())) == (tip, head, n)
+
+
+def test_auto_revert_from_the_cli_reverts_and_reports_json(st: Stage, opskit) -> None:  # type: ignore[no-untyped-def]
+    # By hand (or from cron), not from the pipeline: a commit that is live but bad.
+    merge = st.merge_feature({"app.txt": "v2 with a bug the probe cannot see\n"})
+    assert st.deploy(merge).status == "healthy"  # the probe does not see this one; a human does
+    good_tree = Git(st.sb.bare).tree(f"{merge}^1")
+    r = opskit("auto-revert", "svc", "--reason", "customers see v2 bugs", "--json", env=env_for(st))
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)  # one JSON object, nothing else on stdout
+    new = st.sb.tip()
+    assert (doc["service"], doc["ok"], doc["status"], doc["exit_code"]) == ("svc", True, "reverted", 0)
+    assert (doc["bad"], doc["revert"], doc["reverted"]) == (merge, new, [merge])
+    assert doc["reason"] == "customers see v2 bugs" and doc["plan"]["strategy"] == "merge-first-parent"
+    assert doc["plan"]["tree"] == good_tree == Git(st.sb.bare).tree(new)
+    assert st.worktree_head() == new and st.journal().last_good("svc") == new
+    assert Git(st.sb.bare).message(new).startswith("Auto-revert: svc: customers see v2 bugs")
+    ev = st.journal().last("rollback.complete", "svc")
+    assert ev is not None and doc["event_id"] is not None
+
+
+def test_dry_run_in_process_returns_the_plan_and_takes_nothing(st: Stage) -> None:
+    from opskit.base.errors import UsageError
+
+    merge = st.merge_feature({"app.txt": "v2\n"})
+    assert st.deploy().status == "healthy"  # live now: the one a human would revert
+    tip, head, n = st.sb.tip(), st.worktree_head(), len(st.types())
+    lines: list[str] = []
+    r = auto_revert(st.settings, st.journal(), "svc", commit=merge[:12], dry_run=True, write=lines.append)
+    assert (r.service, r.ok, r.status, r.reason, r.exit_code, r.bad, r.reverted) == (
+        "svc", True, "planned", "reverted by hand (opskit auto-revert)", 0, merge, [merge])
+    assert r.plan is not None and r.plan.strategy == "merge-first-parent"
+    assert r.plan.tree == Git(st.sb.bare).tree(f"{merge}^1") and r.plan.bad == merge
+    assert lines[0] == f"auto-revert plan for svc (master at {merge[:12]}):"
+    assert lines[-1] == "dry run: nothing was changed"
+    assert (st.sb.tip(), st.worktree_head(), len(st.types())) == (tip, head, n)
+    # without --commit: what the worktree runs
+    r = auto_revert(st.settings, st.journal(), "svc", dry_run=True, reason="by me", write=lines.append)
+    assert r.bad == head == merge and r.reason == "by me" and r.status == "planned"
+    with pytest.raises(UsageError) as e:
+        auto_revert(st.settings, st.journal(), "svc", commit="nope", dry_run=True, write=lines.append)
+    assert e.value.message == f"svc: --commit 'nope' is not a commit in {st.sb.bare}; fix the SHA"
 
 
 def test_receiver_down_rollback_completes_and_message_is_queued(tmp_path: Path) -> None:

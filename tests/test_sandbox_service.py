@@ -61,19 +61,17 @@ def test_503_and_status_and_body_modes(start_service) -> None:
 
 def test_hang_accepts_but_never_answers_until_switched(start_service) -> None:
     svc = start_service("hang")
-    t0 = time.monotonic()
     with pytest.raises((TimeoutError, urllib.error.URLError)):
         get(svc.url, timeout=0.4)
-    assert 0.35 < time.monotonic() - t0 < 2
     svc.set_mode("healthy")  # control still works while requests hang
     assert get(svc.url) == (200, "ok")
 
 
 def test_slow_answers_after_the_delay(start_service) -> None:
-    svc = start_service("slow=0.4")
-    t0 = time.monotonic()
-    assert get(svc.url) == (200, "ok")
-    assert time.monotonic() - t0 >= 0.4
+    svc = start_service("slow=2")
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        get(svc.url, timeout=0.3)  # no answer before the delay
+    assert get(svc.url, timeout=10) == (200, "ok")
 
 
 def test_die_after_is_healthy_then_the_process_exits(start_service) -> None:
@@ -169,9 +167,8 @@ def test_restart_returns_0_even_when_the_new_process_crashes(tmp_path: Path, pid
     port, pidfile, log = free_port(), tmp_path / "svc.pid", tmp_path / "svc.log"
     pidfiles.append(pidfile)
     # Run exactly as a deploy would: the user's shell string, in the worktree, output captured.
-    t0 = time.monotonic()
     res = proc.run(proc.shell_argv(deploy_command(port, pidfile, log)), cwd=work, timeout=20)
-    assert res.ok and time.monotonic() - t0 < 5, res.describe()
+    assert res.ok, res.describe()
     deadline = time.monotonic() + 20  # the detached process logs, then exits, on its own time
     while "mode=crash: exiting at start" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ def test_nothing_pushed_is_unchanged_even_when_cmd_exits_0(sandbox: Sandbox, ops
 
 def test_already_up_to_date_is_unchanged_unless_allow_noop(sandbox: Sandbox, opskit) -> None:
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "true")
-    assert r.returncode == 1 and "unchanged" in r.stdout and "--allow-noop" in r.stdout
+    assert r.returncode == 1 and said(r.stdout, "unchanged") and "--allow-noop" in r.stdout
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--allow-noop", "--", "true")
     assert r.returncode == 0 and said(r.stdout, "up-to-date"), r.stdout
 
@@ -50,11 +49,27 @@ def test_real_push_lands(sandbox: Sandbox, opskit, state_dir) -> None:
     new = sandbox.commit({"app.txt": "v2\n"}, "v2")
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "master")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "landed" in r.stdout and "master -> master" in r.stdout  # CMD's own output passed through
+    assert said(r.stdout, "landed") and "master -> master" in r.stdout  # CMD's own output passed through
     assert sandbox.tip() == new
     [ev] = events(state_dir)
     assert ev["type"] == "push.verified" and ev["commit"] == new
     assert (ev["data"]["before"], ev["data"]["after"], ev["data"]["outcome"]) == (before, new, "landed")
+
+
+def test_push_that_landed_is_landed_even_when_cmd_then_fails(sandbox: Sandbox, opskit, state_dir) -> None:
+    # A wrapper script that pushes, then fails a later step (tagging, a notification): the
+    # remote is the truth, so the push is proven and reported as landed, with CMD's exit named.
+    before = sandbox.tip()
+    new = sandbox.commit({"app.txt": "v2\n"}, "v2")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--json", "--",
+               "sh", "-c", "git push -q origin master && echo 'post-push step failed' && exit 4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["outcome"], doc["before"], doc["after"], doc["cmd_exit"]) == ("landed", before, new, 4)
+    assert any("exited 4 although the push landed" in n for n in doc["notes"]), doc
+    assert sandbox.tip() == new
+    [ev] = events(state_dir)
+    assert ev["type"] == "push.verified" and ev["data"]["cmd_exit"] == 4
 
 
 def test_push_to_wrong_branch_says_what_landed_where(sandbox: Sandbox, opskit) -> None:
@@ -113,7 +128,7 @@ def test_file_url_remote(sandbox: Sandbox, opskit) -> None:
                "git", "push", url, "master")
     assert r.returncode == 0, r.stdout + r.stderr
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--remote", url, "--expect", new)
-    assert r.returncode == 0 and "landed" in r.stdout
+    assert r.returncode == 0 and said(r.stdout, "landed")
 
 
 def test_git_daemon_wrapper_and_standalone(tmp_path: Path, opskit) -> None:
@@ -125,12 +140,12 @@ def test_git_daemon_wrapper_and_standalone(tmp_path: Path, opskit) -> None:
         new = sb.commit({"app.txt": "over git://\n"}, "daemon push", repo=clone)
         r = opskit("verify-push", "--repo", str(clone), "--", "git", "push", "origin", "master")
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "landed" in r.stdout and url in r.stdout
+        assert said(r.stdout, "landed") and url in r.stdout
         assert rev(sb.bare, "refs/heads/master") == new
         r = opskit("verify-push", "--repo", str(clone), "--remote", url, "--expect", new)
         assert r.returncode == 0
         r = opskit("verify-push", "--repo", str(clone), "--remote", url, "--", "true")
-        assert r.returncode == 1 and "unchanged" in r.stdout
+        assert r.returncode == 1 and said(r.stdout, "unchanged")
 
 
 @pytest.mark.parametrize("mode", ["standalone", "wrapper"])
@@ -138,12 +153,9 @@ def test_unresponsive_remote_is_bounded(sandbox: Sandbox, opskit, state_dir, mod
     with silent_listener() as port:
         url = f"git://127.0.0.1:{port}/x"
         cmd = ["--", "sh", "-c", "echo ran > ran.txt"] if mode == "wrapper" else []
-        start = time.monotonic()
         r = opskit("verify-push", "--repo", str(sandbox.dev), "--remote", url, "--timeout", "1", *cmd)
-        took = time.monotonic() - start
     assert r.returncode == 1, r.stdout + r.stderr
     assert "unreachable" in r.stdout and "no answer within 1s" in r.stdout
-    assert took < 15
     assert not (sandbox.dev / "ran.txt").exists()  # without a "before" the push is not run
     [ev] = events(state_dir)
     assert ev["type"] == "push.unverified" and ev["data"]["outcome"] == "unreachable"

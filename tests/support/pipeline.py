@@ -25,8 +25,9 @@ from opskit.storage.journal import Journal
 from opskit.deploy.pipeline import DeployResult, deploy
 from opskit.sandbox import free_port
 from opskit.sandbox.receiver import Receiver
-from opskit.sandbox.service import deploy_command, stop
+from opskit.sandbox.service import deploy_command, kill_pid, stop
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
+from tests.support.procs import processes_pointing_into
 
 FAST_HEALTH = {"window": 0.8, "period": 0.2, "timeout": 0.5, "failures": 2, "startup": 2.0}
 
@@ -95,6 +96,10 @@ class Stage:
 
     def close(self) -> None:
         stop(self.pidfile)
+        # `restart` returns before the new `serve` writes its pidfile: a service started a
+        # moment ago is found by the pidfile path on its command line.
+        for pid, _ in processes_pointing_into(self.pidfile):
+            kill_pid(pid)
         if self.receiver is not None:
             self.receiver.stop()
 

@@ -1,0 +1,34 @@
+"""The one process module: a command that outlives its timeout is killed, with its whole group."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from opskit.base import proc
+from tests.support.procs import gone
+
+
+def test_timed_out_command_and_its_background_child_are_killed(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    # The shell starts a background child, records both pids, then waits: only a kill of the
+    # whole process group ends either before 60 s.
+    script = f"sleep 60 & echo $! > {pids}.tmp; echo $$ >> {pids}.tmp; mv {pids}.tmp {pids}; wait"
+    r = proc.run(proc.shell_argv(script), timeout=0.5)
+    assert r.timed_out and not r.ok and r.returncode < 0
+    assert "timed out" in r.describe()
+    child, shell = (int(x) for x in pids.read_text().split())
+    try:
+        assert gone(shell) and gone(child)
+    finally:
+        for pid in (child, shell):  # when the kill did not happen, the test still ends its processes
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_command_that_finishes_in_time_is_not_marked_timed_out(tmp_path: Path) -> None:
+    r = proc.run(proc.shell_argv("echo done; exit 3"), timeout=30)
+    assert (r.timed_out, r.returncode, r.tail) == (False, 3, ["done"])
