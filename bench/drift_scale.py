@@ -23,8 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (OPSKIT, PY, ROOT, Result, Stats, bench_env, child_peak_rss_mb, interleave,  # noqa: E402
-                    ratios, wall_ms)
+from common import OPSKIT, PY, ROOT, Result, Stats, bench_env, child_peak_rss_mb, interleave, ratios, wall_ms  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
 CACHE = Path(tempfile.gettempdir()) / "opskit-bench-cache" / "drift"
@@ -56,8 +55,8 @@ def config_text(n: int) -> str:
 def build(env: dict[str, str], say: Callable[[str], None] = print) -> Path:
     """The cached fleet; returns the config path (rewritten per scale by use())."""
     from opskit.base import config
-    from opskit.wiring import hooks
     from opskit.storage.journal import Journal
+    from opskit.wiring import hooks
 
     conf = CACHE / "opskit.toml"
     if (CACHE / "complete").exists():

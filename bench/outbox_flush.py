@@ -35,8 +35,8 @@ def _queue(db: Path, n: int) -> None:
 
 
 def run(rounds: int = 5, warmup: int = 1, n: int = 1000) -> Result:
-    from opskit.storage.journal import Journal
     from opskit.sandbox.receiver import Receiver
+    from opskit.storage.journal import Journal
 
     res = Result()
     with tempfile.TemporaryDirectory(prefix="opskit-bench-outbox-") as t, Receiver.start() as rx:

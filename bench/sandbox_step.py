@@ -21,12 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PY, Result, Stats, diffs, interleave  # noqa: E402
 
-from opskit.base import bwrap  # noqa: E402
+from opskit.base import (
+    bwrap,  # noqa: E402
+    config,
+)
 from opskit.chain import feature as chain
-from opskit.base import config
 from opskit.demo.scenario import BRANCH, FEATURE, FEATURE_FILES, FIRST_FILES, SERVICE  # noqa: E402
-from opskit.storage.journal import Journal  # noqa: E402
 from opskit.sandbox.repos import build  # noqa: E402
+from opskit.storage.journal import Journal  # noqa: E402
 
 
 def _stage(root: Path) -> tuple[config.Settings, str]:

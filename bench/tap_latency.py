@@ -28,8 +28,8 @@ def run(rounds: int = 7, warmup: int = 1) -> Result:
 
     from opskit.base import config
     from opskit.notify import decisions
-    from opskit.storage.journal import Journal
     from opskit.sandbox.receiver import Receiver
+    from opskit.storage.journal import Journal
 
     res = Result()
     with tempfile.TemporaryDirectory(prefix="opskit-bench-tap-") as t, Receiver.start() as rx:

@@ -6,11 +6,11 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from opskit.chain import approvals
 from opskit.base.clock import FakeClock
+from opskit.chain import approvals
 from opskit.git.repo import Git
-from tests.support.gitsandbox import git
 from tests.support.chain import ChainStage, chain_stage_fixture, make_chain_stage, order  # noqa: F401 - a fixture
+from tests.support.gitsandbox import git
 
 
 def _park(cs: ChainStage, name: str = "feature/h", **files: str) -> approvals.Parked:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from opskit.base.lock import ServiceLock
 from opskit.chain.feature import ChainResult, run_now
 from opskit.git.repo import Git
-from opskit.base.lock import ServiceLock
 from opskit.views.status import collect, render
 from tests.support.chain import ChainStage, chain_stage_fixture, make_chain_stage, order  # noqa: F401 - a fixture
 from tests.support.gitsandbox import git
@@ -339,9 +339,9 @@ def test_a_failing_ref_does_not_drop_the_other_refs_of_the_push(tmp_path: Path) 
 def test_approve_that_cannot_merge_leaves_the_change_parked(cs: ChainStage, monkeypatch: pytest.MonkeyPatch) -> None:
     """Approving while the service is frozen (or when the chain crashes before the merge landed)
     must not use the decision up: after `opskit unfreeze` the human approves it again and it merges."""
+    from opskit.base.errors import OpsError
     from opskit.chain import approvals
     from opskit.chain import feature as chain
-    from opskit.base.errors import OpsError
     from opskit.deploy.freeze import unfreeze
 
     head = cs.feature("feature/h", {"review.exit": "3\n", "app.txt": "h\n"})

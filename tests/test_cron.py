@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from opskit.base import config
-from opskit.wiring import cron
-from opskit.base import schedule
+from opskit.base import config, schedule
 from opskit.base.errors import UsageError
 from opskit.storage.journal import Journal
+from opskit.wiring import cron
 from tests.support.crontab import (  # noqa: F401  (fixtures)
     CronUser,
     cron_account_fixture,

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from opskit.base import config
-from opskit.git import files as gitfiles
-from opskit.guard import drift
-from opskit.wiring import hooks
 from opskit.base.clock import FakeClock
 from opskit.base.config import Settings
+from opskit.git import files as gitfiles
+from opskit.guard import drift
 from opskit.storage.journal import Journal
+from opskit.wiring import hooks
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from opskit.wiring import hooks
 from opskit.base.errors import UsageError
+from opskit.wiring import hooks
 from tests.support.gitsandbox import git, rev
 from tests.support.hooks import Hooked, hooked_service, write_service_config
 

@@ -13,12 +13,11 @@ import threading
 import time
 from pathlib import Path
 
-from opskit.chain import approvals
 from opskit.base import config
-from opskit.notify import decisions
-from opskit.chain import inbox
 from opskit.base.clock import FakeClock
+from opskit.chain import approvals, inbox
 from opskit.git.repo import Git
+from opskit.notify import decisions
 from opskit.storage.journal import Journal
 from tests.support.chain import order
 from tests.support.crontab import cron_account_fixture, cron_user_fixture  # noqa: F401 - fixtures

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from opskit.base import config
 from opskit import jobs
-from opskit.jobs import record
+from opskit.base import config
 from opskit.base.clock import FakeClock, iso
 from opskit.base.config import Settings
+from opskit.jobs import record
 from opskit.storage.journal import Journal
 from tests.support.crontab import CronUser, cron_account_fixture, cron_user_fixture  # noqa: F401  (fixtures)
 

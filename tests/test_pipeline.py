@@ -12,14 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from opskit.wiring import hooks
 from opskit.base.errors import OpsError
-from opskit.git.repo import Git
 from opskit.chain.routing import on_post_receive
+from opskit.git.repo import Git
 from opskit.views.status import collect
+from opskit.wiring import hooks
 from tests.support.gitsandbox import git, rev
-from tests.support.pipeline import Stage, env_for, hooked_stage, make_stage, seeded_stage
-from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture
+from tests.support.pipeline import (
+    Stage,
+    deployed_stage_fixture,  # noqa: F401 - the `st` fixture
+    env_for,
+    hooked_stage,
+    make_stage,
+    seeded_stage,
+)
 from tests.support.reliability import kill_parked
 
 

@@ -16,12 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from opskit.git.repo import Git
 from opskit.base.lock import is_held
+from opskit.git.repo import Git
 from tests.support.gitsandbox import git
 from tests.support.pipeline import Stage, env_for, seeded_stage
 from tests.support.reliability import (
-    block_deploy_cmd, blocking_git, kill_group, kill_parked, spawn_opskit, wait_until,
+    block_deploy_cmd,
+    blocking_git,
+    kill_group,
+    kill_parked,
+    spawn_opskit,
+    wait_until,
 )
 
 

@@ -8,15 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from opskit.git.repo import Git
-from opskit.storage.journal import Journal
-from opskit.notify import outbox_summary
 from opskit.deploy.revert import auto_revert, is_revert_commit
+from opskit.git.repo import Git
+from opskit.notify import outbox_summary
 from opskit.sandbox import free_port
+from opskit.storage.journal import Journal
 from opskit.views.status import collect, render
 from tests.support.gitsandbox import git
-from tests.support.pipeline import Stage, deployed_stage, env_for, make_stage, seeded_stage
-from tests.support.pipeline import deployed_stage_fixture  # noqa: F401 - the `st` fixture
+from tests.support.pipeline import (
+    Stage,
+    deployed_stage,
+    deployed_stage_fixture,  # noqa: F401 - the `st` fixture
+    env_for,
+    make_stage,
+    seeded_stage,
+)
 
 
 def _worktrees(bare: Path) -> list[str]:

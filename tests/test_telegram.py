@@ -12,9 +12,9 @@ from opskit import notify
 from opskit.base import config
 from opskit.base.config import Settings
 from opskit.base.errors import ConfigError
-from opskit.storage.journal import Journal
 from opskit.notify.base import Action
 from opskit.sandbox.receiver import Receiver
+from opskit.storage.journal import Journal
 from tests.support.notify import (
     RecordingClock,
     channel_toml,

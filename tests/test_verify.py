@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from opskit.base import config
-from opskit.guard import verify
 from opskit.base.clock import FakeClock
+from opskit.guard import verify
 from opskit.storage.journal import Journal
 from tests.support.gitdaemon import git_daemon, silent_listener
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev

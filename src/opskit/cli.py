@@ -19,8 +19,8 @@ try:  # typer >= 0.2x vendors click as typer._click
 except ImportError:  # pragma: no cover - older typer depends on click
     from click import ClickException  # type: ignore[no-redef]
 
-from opskit.commands import _common
 from opskit.base.errors import ExitCode, OpsError, redact
+from opskit.commands import _common
 
 app = typer.Typer(
     name="opskit",

@@ -137,8 +137,8 @@ def pre_receive(args: _Args, stdin: bytes) -> int:
         from pathlib import Path
 
         from opskit.base import config
-        from opskit.guard import lockdown
         from opskit.git.repo import Git, read_hook_lines
+        from opskit.guard import lockdown
         from opskit.storage.journal import Journal
 
         updates = list(read_hook_lines(stdin.decode("utf-8", "surrogateescape")))

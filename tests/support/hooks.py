@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opskit.base import config
-from opskit.wiring import hooks
 from opskit.base.config import Settings
 from opskit.storage.journal import Event, Journal
+from opskit.wiring import hooks
 from tests.support.gitsandbox import Sandbox, make_sandbox
 
 

@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 
-from opskit.base import config
-from opskit.base import proc
+from opskit.base import config, proc
 from opskit.base.config import Settings
-from opskit.storage.journal import Journal
 from opskit.deploy.pipeline import DeployResult, deploy
 from opskit.sandbox import free_port
 from opskit.sandbox.receiver import Receiver
 from opskit.sandbox.service import deploy_command, kill_pid, stop
+from opskit.storage.journal import Journal
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
 from tests.support.procs import processes_pointing_into
 

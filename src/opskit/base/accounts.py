@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
-import sys
 
 SETPRIV = "/usr/bin/setpriv"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

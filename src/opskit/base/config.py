@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opskit.base import placement
 from opskit.base.errors import ConfigError, register_secret
 from opskit.base.safety import refuse_as_root
-import pwd
-from opskit.base import placement
 
 CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise", "telegram")
 LEVELS = ("info", "warning", "error", "critical")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import pwd
+import re
 import select
 import signal
 import subprocess

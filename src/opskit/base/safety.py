@@ -8,11 +8,11 @@ root's opskit run what it likes. Stdlib only.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
-import pwd
-import grp
 
 
 def writable_by_others(path: str | os.PathLike[str]) -> str | None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 import stat
 from pathlib import Path
-import pwd
 
 
 def is_shared(state_dir: str | os.PathLike[str]) -> bool:

@@ -17,15 +17,26 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from opskit.notify import decisions
+from opskit.base.actor import who
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.config import Settings
-from opskit.base.actor import who
 from opskit.base.errors import UsageError
+from opskit.notify import decisions
 from opskit.notify.announce import announce
 from opskit.notify.base import Action
 from opskit.storage.approvals import (
-    DECIDED, SCHEMA, Parked, claim_reminder, decide, get, mark, park, pending, reopen, set_event, supersede,
+    DECIDED,
+    SCHEMA,
+    Parked,
+    claim_reminder,
+    decide,
+    get,
+    mark,
+    park,
+    pending,
+    reopen,
+    set_event,
+    supersede,
 )
 from opskit.storage.journal import Journal
 

@@ -24,21 +24,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opskit.base import accounts, bwrap
-from opskit.chain import decision_text
-from opskit.notify import decisions
-from opskit.base import proc
+from opskit.base import accounts, bwrap, proc
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, LockBusy, OpsError, UsageError, redact
 from opskit.base.lock import ServiceLock
 from opskit.base.text import printable, short
-from opskit.chain import approvals
-from opskit.deploy.pipeline import ROLLOUT_STEPS, GUARD_STEPS
+from opskit.chain import approvals, decision_text
+from opskit.deploy.pipeline import GUARD_STEPS, ROLLOUT_STEPS
 from opskit.deploy.run import DeployResult, Run, StopChain, Write, announce_run, run_steps
 from opskit.git.land import land_commit
 from opskit.git.repo import OPSKIT_IDENT, Git
 from opskit.git.worktree import deployed_head
+from opskit.notify import decisions
 from opskit.storage.journal import Event, Journal
 
 LOCK_WAIT = 1800.0  # a chain waits behind a running deploy/chain at most this long

@@ -20,16 +20,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from opskit.chain import approvals
-from opskit.chain import feature as chain
-from opskit.notify import decisions
-from opskit.deploy import freeze
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import ChannelSettings, Settings
 from opskit.base.errors import GitError, UsageError, redact
+from opskit.chain import approvals
+from opskit.chain import feature as chain
+from opskit.deploy import freeze
 from opskit.git.repo import Git
-from opskit.storage.journal import Journal
+from opskit.notify import decisions
 from opskit.notify.base import Action
+from opskit.storage.journal import Journal
 
 NTFY_POLL = 3.0  # seconds between polls of an ntfy reply topic while --wait lasts
 TG_POLL_MAX = 50  # Telegram long-poll ceiling per call

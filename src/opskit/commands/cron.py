@@ -104,8 +104,7 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit cron show --json
         """
-        from opskit.wiring import cron
-        from opskit.wiring import crond
+        from opskit.wiring import cron, crond
 
         settings = _common.settings()
         result = None if system else cron.show(settings)

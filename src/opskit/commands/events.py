@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit events --service primerouter --type rollback --since 2h --json
         """
-        from opskit.views.events import render_events
         from opskit.storage.journal import parse_since
+        from opskit.views.events import render_events
 
         since_dt = parse_since(since) if since else None
         j = _common.journal()

@@ -22,8 +22,8 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit incident last --service primerouter --markdown > postmortem.md
         """
-        from opskit.views import incident as core
         from opskit.git.repo import Git
+        from opskit.views import incident as core
 
         if as_json and as_markdown:
             _common.usage("--json and --markdown: choose one")

@@ -34,19 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from opskit.demo import tap as demo_tap
 from opskit.base import proc
 from opskit.base.config import HealthSettings
 from opskit.base.errors import ExitCode, OpsError, redact, register_secret
-from opskit.views.events import summarize
+from opskit.demo import tap as demo_tap
+from opskit.deploy import health
 from opskit.git import repo as gitrepo
 from opskit.git.repo import Git
-from opskit.storage.journal import Event, Journal
 from opskit.sandbox import free_port
 from opskit.sandbox.receiver import Receiver
 from opskit.sandbox.repos import Repos, build
 from opskit.sandbox.service import deploy_command, kill_pid, stop
-from opskit.deploy import health
+from opskit.storage.journal import Event, Journal
+from opskit.views.events import summarize
 
 SERVICE = "primerouter"
 BRANCH = "master"

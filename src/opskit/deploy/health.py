@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opskit.base import proc
+from opskit.base.accounts import drop_for
 from opskit.base.clock import SYSTEM, Clock, iso_precise
 from opskit.base.config import HealthSettings, check_hostport, check_url
 from opskit.base.errors import OpsError, UsageError, redact
-from opskit.base import proc
-from opskit.base.accounts import drop_for
 
 if TYPE_CHECKING:
     import httpx  # start-up: only the HTTP probe needs it

@@ -23,9 +23,9 @@ from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
 from opskit.base.lock import ServiceLock
 from opskit.base.text import short
-from opskit.deploy.rollout import roll_out
 from opskit.deploy.recovery import last_deployed, step_report_interrupted
 from opskit.deploy.revert import revert_locked
+from opskit.deploy.rollout import roll_out
 from opskit.deploy.run import DeployResult, Run, Step, StopChain, Write, new_chain_id, run_steps
 from opskit.git.land import canonical_tip
 from opskit.git.worktree import fetch_worktree

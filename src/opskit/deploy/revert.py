@@ -32,16 +32,16 @@ from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, UsageError, redact
 from opskit.base.lock import ServiceLock
 from opskit.base.text import printable, short
-from opskit.deploy.rollout import roll_out
 from opskit.deploy.freeze import freeze
 from opskit.deploy.recovery import step_report_interrupted
+from opskit.deploy.rollout import roll_out
 from opskit.deploy.run import Run, Write, announce_run, new_chain_id
 from opskit.git.land import canonical, land_commit, local_tip
 from opskit.git.repo import Git
 from opskit.git.worktree import deployed_head
-from opskit.storage.journal import Journal
 from opskit.notify import decisions
 from opskit.notify.base import Action
+from opskit.storage.journal import Journal
 
 _TRAILER = re.compile(r"(?m)^Opskit-Reverts:\s*[0-9a-f]{7,40}\s*$")
 

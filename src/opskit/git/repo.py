@@ -10,15 +10,14 @@ must keep GIT_QUARANTINE_PATH to see the objects being pushed).
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from opskit.base import accounts
-from opskit.base import proc
+from opskit.base import accounts, proc
 from opskit.base.errors import GitError, UsageError
-import stat
 
 ZERO = "0" * 40
 GIT_TIMEOUT = 120.0

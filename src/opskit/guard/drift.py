@@ -21,19 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit.git import repo as gitrepo
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.errors import GitError, LockBusy, OpsError, UsageError
-from opskit.git.repo import Git, StatusEntry
 from opskit.base.ignore import ignored
+from opskit.base.lock import ServiceLock
+from opskit.base.proc import pid_alive
 from opskit.base.text import short
-from opskit.notify.announce import announce
+from opskit.git import repo as gitrepo
 from opskit.git.files import RepoInfo, repo_info
 from opskit.git.land import canonical_tip
+from opskit.git.repo import Git, StatusEntry
 from opskit.git.worktree import free_ref, save_dirty
-from opskit.base.proc import pid_alive
+from opskit.notify.announce import announce
 from opskit.wiring import hooks
-from opskit.base.lock import ServiceLock
 
 if TYPE_CHECKING:
     from opskit.base.config import ServiceSettings, Settings

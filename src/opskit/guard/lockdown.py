@@ -232,9 +232,8 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
     drift-scan as a bypass until it ships through the pipeline)."""
 
     from opskit.base import config as cfg
-    from opskit.storage.journal import Journal
-
     from opskit.base.actor import who
+    from opskit.storage.journal import Journal
 
     user = who()
     settings = cfg.load_file(_path(config_path))

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit.git import repo as gitrepo
 from opskit.base import proc
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.errors import GitError, OpsError, UsageError, redact
-from opskit.git.repo import Git
 from opskit.base.text import short
+from opskit.git import repo as gitrepo
+from opskit.git.repo import Git
 from opskit.notify.announce import announce
 
 if TYPE_CHECKING:

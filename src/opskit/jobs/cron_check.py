@@ -16,10 +16,9 @@ if TYPE_CHECKING:
     from opskit.base.config import Settings
     from opskit.storage.journal import Journal
 
-from opskit.jobs.unfinished import Unfinished, finish_unfinished
 from opskit.jobs.record import CHECK, FUTURE_SLACK, JOB, Notifier, notify_owner, reap_lost, report_recovery
+from opskit.jobs.unfinished import Unfinished, finish_unfinished
 from opskit.wiring import cron
-
 
 # --- cron-check -----------------------------------------------------------------------------
 

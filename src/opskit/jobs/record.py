@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from opskit.base.config import NAME
 from opskit.base.clock import iso
+from opskit.base.config import NAME
 from opskit.base.errors import UsageError, redact
 from opskit.base.proc import pid_alive
 from opskit.notify.announce import announce

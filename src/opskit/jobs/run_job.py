@@ -18,9 +18,20 @@ if TYPE_CHECKING:
     from opskit.base.config import Settings
     from opskit.storage.journal import Journal
 
-from opskit.jobs.record import JOB, Notifier, Outcome, TAIL, apply_result, check_name, proc_ticks, reap_lost, report_failure, report_recovery
 import shlex
 
+from opskit.jobs.record import (
+    JOB,
+    TAIL,
+    Notifier,
+    Outcome,
+    apply_result,
+    check_name,
+    proc_ticks,
+    reap_lost,
+    report_failure,
+    report_recovery,
+)
 
 # --- run-job --------------------------------------------------------------------------------
 

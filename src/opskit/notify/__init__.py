@@ -17,12 +17,12 @@ from typing import Any
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import LEVELS, Settings
 from opskit.base.errors import UsageError
-from opskit.storage.journal import Journal
 from opskit.notify.base import Action
 from opskit.notify.courier import Courier
 from opskit.notify.direct import send_direct
 from opskit.storage import outbox
 from opskit.storage.fallback import JournalWriteError
+from opskit.storage.journal import Journal
 
 __all__ = ["FlushReport", "NotifyReport", "broken_channels", "flush", "outbox_summary", "send", "show"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from opskit.base.errors import redact
-import os
 
 if TYPE_CHECKING:
     import httpx  # start-up: only sending needs it

@@ -12,16 +12,16 @@ event; no URL or token ever does.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import importlib
+import json
 from dataclasses import dataclass, field
 
 from opskit.base.clock import Clock, iso
 from opskit.base.config import ChannelSettings, Settings
 from opskit.base.errors import redact
-from opskit.storage.journal import Journal
-from opskit.storage import outbox
 from opskit.notify.base import Action, Message, Outcome
+from opskit.storage import outbox
+from opskit.storage.journal import Journal
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0

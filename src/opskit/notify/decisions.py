@@ -35,12 +35,11 @@ from typing import Any, Protocol
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
+from opskit.base.proc import pid_alive
+from opskit.notify.base import Action
 from opskit.storage import decisions as store
 from opskit.storage.decisions import SCHEMA, Offer
 from opskit.storage.journal import Journal
-from opskit.notify.base import Action
-from opskit.base.proc import pid_alive
-
 
 ACTIONS = ("approve", "reject", "freeze", "unfreeze")
 LABELS = {"approve": "Approve", "reject": "Reject", "freeze": "Freeze", "unfreeze": "Unfreeze"}

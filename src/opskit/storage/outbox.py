@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from opskit.base.clock import Clock, iso, parse_iso
 from opskit.base.errors import redact
-from opskit.storage.fallback import JournalWriteError
-from opskit.storage import fallback
-from opskit.storage.journal import Journal
 from opskit.base.proc import pid_alive
+from opskit.storage import fallback
+from opskit.storage.fallback import JournalWriteError
+from opskit.storage.journal import Journal
 
 # A live process that has not touched its claim for this long is assumed hung (or its
 # pid was reused) and its rows are taken over.

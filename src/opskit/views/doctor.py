@@ -13,17 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from opskit.notify import decisions
-from opskit.base.config import Settings, ServiceSettings
-from opskit.git import repo as gitrepo
+from opskit.base import bwrap, safety
+from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import OpsError, redact
+from opskit.git import repo as gitrepo
+from opskit.git.repo import Git
+from opskit.notify import decisions
 from opskit.storage.journal import Journal
 from opskit.storage.recover import quick_check
-from opskit.wiring import cron, crond
-from opskit.git.repo import Git
-from opskit.base import bwrap
-from opskit.wiring import hooks, sudoers
-from opskit.base import safety
+from opskit.wiring import cron, crond, hooks, sudoers
 
 
 @dataclass

@@ -6,21 +6,22 @@ state, each service shows its drift and its feature-branch chains (SECTIONS, bel
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
+from opskit.base import accounts
 from opskit.base.clock import SYSTEM
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import OpsError
-from opskit.git.repo import Git
-from opskit.storage.journal import Journal
 from opskit.base.lock import is_held, read_holder
 from opskit.base.proc import pid_alive
 from opskit.base.text import printable
-from opskit.notify import broken_channels, outbox_summary
 from opskit.chain.feature import status_section
-import os
-from opskit.base import accounts
+from opskit.git.repo import Git
+from opskit.notify import broken_channels, outbox_summary
+from opskit.storage.journal import Journal
+
 
 def _deployed(svc: ServiceSettings) -> dict[str, Any]:
     wt = Git(svc.worktree)

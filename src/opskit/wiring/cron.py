@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opskit.base import proc
-from opskit.base import schedule
-from opskit.base.config import NAME
-from opskit.base import statefs
+from opskit.base import proc, schedule, statefs
 from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.config import NAME
 from opskit.base.errors import OpsError, UsageError
 from opskit.wiring.templates import TEMPLATES
 

@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from opskit.base import accounts
-from opskit.wiring import cron
-from opskit.base import schedule
-from opskit.base import statefs
+from opskit.base import accounts, schedule, statefs
 from opskit.base.errors import UsageError
+from opskit.wiring import cron
 
 if TYPE_CHECKING:
     from opskit.base.config import Settings

@@ -19,13 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opskit.base import accounts
+from opskit.base import accounts, proc
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import UsageError
-from opskit.wiring.templates import TEMPLATES
-from opskit.git.repo import Git, config_with_origin
-from opskit.base import proc
 from opskit.base.safety import refuse_as_root
+from opskit.git.repo import Git, config_with_origin
+from opskit.wiring.templates import TEMPLATES
 
 REPO_HOOKS = ("pre-receive", "post-receive")
 WORKTREE_HOOKS = ("pre-commit", "pre-merge-commit")

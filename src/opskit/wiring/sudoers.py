@@ -10,15 +10,14 @@ the rule is in place.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from opskit.base import accounts
-from opskit.base import proc
+from opskit.base import accounts, proc
 from opskit.base.config import ServiceSettings
 from opskit.base.errors import UsageError
 
