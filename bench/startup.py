@@ -21,10 +21,10 @@ def opskit_argv() -> list[str]:
     return [str(script)] if script.exists() else [PY, "-m", "opskit"]
 
 
-def importtime(args: list[str], top: int = 10) -> list[str]:
+def importtime(args: list[str], top: int = 10, env: dict[str, str] | None = None) -> list[str]:
     """The `top` largest cumulative imports (µs) of `python -X importtime -m opskit ARGS`."""
     r = subprocess.run([PY, "-X", "importtime", "-m", "opskit", *args], capture_output=True, text=True,
-                       check=False)
+                       check=False, env=env)
     rows = []
     for line in r.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
@@ -71,7 +71,7 @@ def run(rounds: int = 10, warmup: int = 2) -> Result:
     res.add(b, "opskit events --limit 50 minus python -c pass", Stats.of(diffs(xs["events"], xs["python"])), "ms")
     for args in (["--help"], ["health-gate", "--help"], ["events", "--limit", "50"]):
         res.extra.append(f"`python -X importtime -m opskit {' '.join(args)}`, top 10 cumulative:\n\n```\n"
-                         + "\n".join(importtime(args)) + "\n```")
+                         + "\n".join(importtime(args, env=env)) + "\n```")
     return res
 
 

@@ -80,7 +80,7 @@ def test_pushed_test_cannot_read_secrets_journal_or_production(base: Path, mode:
         targets = [c.st.config_path.parent / ".env", c.st.settings.state_dir / "journal.db",
                    c.sb.worktree / "prod.secret", base / "home" / "id_secret"]
         # `rev`: the secrets reach the tail reversed, past any redaction, if they are readable at all
-        script = "".join(f'echo "== {t}"; cat "{t}" 2>&1 | head -c 4000 | LC_ALL=C tr -cd "[:print:]\\n" | LC_ALL=C rev\n' for t in targets) + "exit 1\n"
+        script = "".join(f'echo "== {t}"; cat "{t}" 2>&1 | head -c 300 | LC_ALL=C tr -cd "[:print:]\\n" | LC_ALL=C rev; echo\n' for t in targets) + "exit 1\n"
         out, ev = push(c, script)
         tail = ev.data["tail"]
         secrets = ["env-secret-51d2", "prod-secret-a93e", "home-secret-7c1f"]
