@@ -7,15 +7,13 @@ deciding at once cannot both win, and a change is never merged twice. The rules 
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.errors import OpsError, UsageError, redact
 from opskit.base.text import printable
-from opskit.storage.journal import Journal
+from opskit.storage.journal import Journal, with_tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -39,18 +37,8 @@ CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, service, id);
 """
 
 DECIDED = ("approved", "rejected", "superseded")
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
-
-
 def _db(journal: Journal) -> Journal:
-    """The table is ours, created on first use (the journal's schema belongs to others)."""
-    key = f"{os.getpid()}:{journal.path}"
-    with _ready_lock:
-        if key not in _ready:
-            journal.conn.executescript(SCHEMA)
-            _ready.add(key)
-    return journal
+    return with_tables(journal, "approvals", SCHEMA)
 
 
 @dataclass(frozen=True)

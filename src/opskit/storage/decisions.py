@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from opskit.storage.journal import Journal
+from opskit.storage.journal import Journal, with_tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decision_offers (
@@ -44,17 +43,8 @@ CREATE TABLE IF NOT EXISTS decision_taps (
 );
 """
 
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
-
-
 def _db(journal: Journal) -> Journal:
-    key = f"{os.getpid()}:{journal.path}"
-    with _ready_lock:
-        if key not in _ready:
-            journal.conn.executescript(SCHEMA)
-            _ready.add(key)
-    return journal
+    return with_tables(journal, "decisions", SCHEMA)
 
 
 @dataclass(frozen=True)

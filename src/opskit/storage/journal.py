@@ -567,3 +567,17 @@ def kv_update(journal: Journal, scope: str, key: str,
 
 
 from collections.abc import Callable  # noqa: E402  (kept with the section that needs it)
+
+_tables_ready: set[tuple[int, str, str]] = set()
+_tables_lock = threading.Lock()
+
+
+def with_tables(journal: Journal, name: str, schema: str) -> Journal:
+    """A storage module's own tables (approvals, decisions), created on first use in this
+    process: the journal's schema belongs to others."""
+    key = (os.getpid(), str(journal.path), name)
+    with _tables_lock:
+        if key not in _tables_ready:
+            journal.conn.executescript(schema)
+            _tables_ready.add(key)
+    return journal
