@@ -160,7 +160,10 @@ def _interpreter(hidden: Sequence[Path]) -> list[Path]:
     # /tmp and /run are fresh tmpfs mounts inside: a venv made there (pipx --global in a
     # container, a test's fresh virtualenv) is as hidden as one in HOME.
     hidden = [*hidden, Path("/tmp"), Path("/run")]
-    for prefix in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}:
+    # opskit's own code too: an editable install's source sits outside the venv (a clone in
+    # /tmp, as CI and a newcomer's first try have it), and the demo's test imports opskit.
+    package_root = Path(__file__).resolve().parents[2]
+    for prefix in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), package_root}:
         under = any(prefix.is_relative_to(h) for h in hidden)
         holds = any(h.is_relative_to(prefix) for h in hidden)
         if under and not holds:
