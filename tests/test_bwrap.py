@@ -477,3 +477,24 @@ def test_a_path_shown_again_does_not_bring_back_a_hidden_one_below_it(base: Path
     out = r.tail_text()
     assert r.ok and "tree-visible" in out and "end" in out, out
     assert "journal-secret" not in out and "home-secret" not in out and not (tree / "x").exists()
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_health_gate_by_hand_runs_the_services_cmd_probe_sandboxed(tmp_path: Path, opskit, mode: str) -> None:
+    """`opskit health-gate SERVICE` runs the service's own cmd probe (code from the deployed
+    tree) as the deploy gate does: in the sandbox, where the state dir is hidden. A --cmd the
+    operator types is theirs and runs as given."""
+    state, wt = tmp_path / "state", tmp_path / "wt"
+    state.mkdir()
+    wt.mkdir()
+    (state / "journal-probe").write_text("secret")
+    cfg = tmp_path / "opskit.toml"
+    cfg.write_text(f'[opskit]\nstate_dir = "{state}"\n\n[service.web]\nrepo = "{tmp_path / "r.git"}"\n'
+                   f'worktree = "{wt}"\nsandbox = "{mode}"\n\n[service.web.health]\n'
+                   f'cmd = "test ! -e {state / "journal-probe"}"\nwindow = 0.3\nperiod = 0.1\nstartup = 1\n')
+    r = opskit("--config", str(cfg), "health-gate", "web", "--json")
+    verdict = json.loads(r.stdout)
+    assert verdict["healthy"] is (mode == "bwrap"), r.stdout + r.stderr
+    own = opskit("--config", str(cfg), "health-gate", "web", "--cmd", f"test -e {state / 'journal-probe'}",
+                 "--window", "0.3", "--period", "0.1", "--json")
+    assert json.loads(own.stdout)["healthy"] is True, own.stdout + own.stderr

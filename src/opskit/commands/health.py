@@ -66,15 +66,21 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit health-gate --url http://127.0.0.1:9400/health --window 30 --period 1
         """
+        from opskit.base import bwrap
         from opskit.base.config import HealthSettings
         from opskit.deploy.health import gate, override, parse_expect_status, validate
 
         base = HealthSettings()
         cwd = None
+        wrap, sandbox = None, None
         if service:
             svc = _common.settings().service(service)
             base = svc.health
             cwd = svc.worktree if svc.worktree.is_dir() else None
+            if cmd is None and svc.health.cmd:
+                # The service's own cmd probe comes from the pushed tree: sandboxed like the
+                # deploy gate runs it. A --cmd given here is the operator's, and runs as given.
+                wrap, sandbox = bwrap.probe_wrapper(_common.settings(), svc), svc.sandbox
         spec = override(
             base, url=url, tcp=tcp, cmd=cmd,
             window=parse_seconds("--window", window), period=parse_seconds("--period", period),
@@ -102,7 +108,7 @@ def register(app: typer.Typer) -> None:
             con.print(p.detail, markup=False, highlight=False, soft_wrap=True)
 
         verdict = gate(spec, journal=_common.journal(), service=service or None,
-                       on_probe=progress if show else None, cwd=cwd)
+                       on_probe=progress if show else None, cwd=cwd, wrap=wrap, sandbox=sandbox)
         if as_json:
             _common.print_json(verdict.to_dict())
         else:
