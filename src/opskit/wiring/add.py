@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opskit.base import accounts
+from opskit.base.atomic import replace_file
 from opskit.base.config import check_url, load_file
 from opskit.base.errors import UsageError
 from opskit.git.repo import Git
@@ -205,17 +205,5 @@ def _write_table(config: Path, name: str, table: dict[str, Any]) -> None:
     services.add(name, t)
     text = tomlkit.dumps(doc)
     st = os.stat(config)
-    fd, tmp = tempfile.mkstemp(dir=config.parent, prefix=f".{config.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, st.st_mode & 0o7777)
-        if os.geteuid() == 0:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        os.replace(tmp, config)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    replace_file(config, text, mode=st.st_mode & 0o7777,
+                 owner=(st.st_uid, st.st_gid) if os.geteuid() == 0 else None)

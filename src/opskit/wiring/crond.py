@@ -12,13 +12,13 @@ runs under cron's bare environment with absolute paths and its PATH and OPSKIT_S
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from opskit.base import accounts, schedule, statefs
+from opskit.base.atomic import replace_file
 from opskit.base.errors import UsageError
 from opskit.wiring import cron
 
@@ -117,11 +117,7 @@ def install(settings: Settings, journal: Journal | None = None, *, dry_run: bool
         log = logs / "cron.log"
         log.touch(exist_ok=True)
         statefs.share(log, settings.state_dir)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".opskit.")  # cron skips dotted names
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # cron ignores a cron.d file that others can write
-        os.replace(tmp, target)
+        replace_file(target, text, mode=0o644)  # cron ignores a cron.d file that others can write
     if journal is not None and not dry_run and (changed or journal.kv_get("cron-check", "installed") is None):
         # As cron.install: cron-check's silence counts from here until its first run.
         from opskit.base.clock import SYSTEM, iso

@@ -14,12 +14,12 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opskit.base import accounts, proc
+from opskit.base.atomic import replace_file
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import UsageError
 from opskit.base.safety import refuse_as_root
@@ -282,22 +282,10 @@ def _install_one(t: _Target, path: Path, text: str) -> HookChange:
 
 
 def _write_executable(path: Path, text: str) -> None:
-    # Atomic: a push arriving mid-install runs either the old hook or the new one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o755)
-        owner = accounts.drop_for(path.parent)
-        if owner is not None:  # root installing into the git account's repo: the hook is theirs
-            os.chown(tmp, owner.pw_uid, owner.pw_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # Atomic: a push arriving mid-install runs either the old hook or the new one. Root
+    # installing into the git account's repo: the hook is theirs.
+    owner = accounts.drop_for(path.parent)
+    replace_file(path, text, mode=0o755, owner=(owner.pw_uid, owner.pw_gid) if owner is not None else None)
 
 
 def uninstall(settings: Settings, service: ServiceSettings) -> HooksReport:
