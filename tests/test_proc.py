@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
+
+import pytest
 
 from opskit.base import proc
 from tests.support.procs import gone
@@ -32,3 +35,32 @@ def test_timed_out_command_and_its_background_child_are_killed(tmp_path: Path) -
 def test_a_command_that_finishes_in_time_is_not_marked_timed_out(tmp_path: Path) -> None:
     r = proc.run(proc.shell_argv("echo done; exit 3"), timeout=30)
     assert (r.timed_out, r.returncode, r.tail) == (False, 3, ["done"])
+
+
+def test_a_signal_before_the_wait_still_takes_the_child_with_us(tmp_path: Path, monkeypatch) -> None:
+    # SIGTERM or Ctrl-C can land while the output readers start, after the child is already
+    # running (run-job saw this under load): the child's group must go with us all the same.
+    pids = tmp_path / "pids"
+    started = tmp_path / "started"
+
+    def interrupted(self: object) -> None:
+        deadline = time.monotonic() + 20
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started.touch()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(proc._Reader, "start", interrupted)
+    script = f"sleep 60 & echo $! > {pids}.tmp; echo $$ >> {pids}.tmp; mv {pids}.tmp {pids}; wait"
+    with pytest.raises(KeyboardInterrupt):
+        proc.run(proc.shell_argv(script), timeout=30)
+    assert started.exists()
+    child, shell = (int(x) for x in pids.read_text().split())
+    try:
+        assert gone(shell) and gone(child)
+    finally:
+        for pid in (child, shell):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

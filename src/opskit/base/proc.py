@@ -176,31 +176,33 @@ def run(
         raise OpsError(f"cannot run `{argv[0]}` in {cwd}: {e.strerror}") from None
 
     readers: dict[int, _Reader] = {}
-    assert proc.stdout is not None
-    readers[1] = _Reader(proc.stdout.fileno(), keep_all=capture, tail=tail_lines,
-                         stream=None if capture else stream)
-    if capture:
-        assert proc.stderr is not None
-        readers[2] = _Reader(proc.stderr.fileno(), keep_all=True, tail=tail_lines, stream=None)
-    for r in readers.values():
-        r.start()
-    if input is not None:
-        assert proc.stdin is not None
-        threading.Thread(target=_feed, args=(proc.stdin, input), daemon=True).start()
-
     timed_out = False
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(proc)
+        # From here on a signal of our own (SIGTERM, Ctrl-C) takes the child's group with us,
+        # however early it comes: the child may already be running while the readers start.
+        assert proc.stdout is not None
+        readers[1] = _Reader(proc.stdout.fileno(), keep_all=capture, tail=tail_lines,
+                             stream=None if capture else stream)
+        if capture:
+            assert proc.stderr is not None
+            readers[2] = _Reader(proc.stderr.fileno(), keep_all=True, tail=tail_lines, stream=None)
+        for r in readers.values():
+            r.start()
+        if input is not None:
+            assert proc.stdin is not None
+            threading.Thread(target=_feed, args=(proc.stdin, input), daemon=True).start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
     except BaseException:
-        # Ctrl-C or a kill of our own: take the child's group with us.
         _kill_group(proc)
         raise
     finally:
         for r in readers.values():
-            r.finish(DRAIN_GRACE)
+            if r.ident is not None:  # started (a signal may come before they all are)
+                r.finish(DRAIN_GRACE)
         for f in (proc.stdout, proc.stderr, proc.stdin):
             if f is not None:
                 try:
