@@ -85,3 +85,26 @@ def test_two_services_in_their_own_places_load(tmp_path: Path, two: tuple[Sandbo
     cfg = _config(tmp_path, {"repo": str(sa.bare), "worktree": str(sa.worktree)},
                   {"repo": str(sb.bare), "worktree": str(sb.worktree)})
     assert sorted(config.load(cfg).services) == ["a", "b"]
+
+
+def test_placement_reads_each_path_once_however_many_services(tmp_path: Path, monkeypatch) -> None:
+    # Every command and hook loads the whole config: a check of every pair made 90,000 realpath
+    # calls for 300 services (seconds per `opskit events`). Count them: linear in the services.
+    from opskit.base import placement
+    from opskit.base.errors import ConfigError
+
+    class Svc:
+        def __init__(self, i: int) -> None:
+            self.name, self.pull_mode = f"s{i}", False
+            self.repo, self.worktree = str(tmp_path / "git" / f"s{i}.git"), tmp_path / "srv" / f"s{i}"
+
+    calls = []
+    real = os.path.realpath
+    monkeypatch.setattr(placement.os.path, "realpath", lambda p: calls.append(p) or real(p))
+    placement.check([Svc(i) for i in range(200)], lambda k, p, f: ConfigError(f"{k}: {p}"))
+    assert len(calls) == 400  # one worktree and one repo a service
+
+    nested = [Svc(i) for i in range(200)]
+    nested[150].worktree = nested[3].worktree / "inner"
+    with pytest.raises(ConfigError, match=r"service\.s150\.worktree: .* inside service\.s3\.worktree"):
+        placement.check(nested, lambda k, p, f: ConfigError(f"{k}: {p}"))

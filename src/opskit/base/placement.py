@@ -42,8 +42,9 @@ def check(services: Iterable[_Placed], fail: Callable[[str, str, str], ConfigErr
     seen_wt: dict[Path, str] = {}
     seen_repo: dict[Path, str] = {}
     placed = list(services)
+    real: dict[str, Path] = {}
     for svc in placed:
-        wt = _real(svc.worktree)
+        wt = real[svc.name] = _real(svc.worktree)
         key = f"service.{svc.name}.worktree"
         repo = None if svc.pull_mode else _real(svc.repo)
         if repo is not None and wt == repo:
@@ -62,11 +63,14 @@ def check(services: Iterable[_Placed], fail: Callable[[str, str, str], ConfigErr
                            f"is the same bare repo as service.{seen_repo[repo]}.repo ({svc.repo})",
                            "give each service its own bare repo: its hooks serve one service")
             seen_repo[repo] = svc.name
+    # Inside another's worktree: look each worktree's parents up (a config of 300 services is
+    # read by every command and hook, so not every pair).
+    by_name = {svc.name: svc for svc in placed}
     for svc in placed:
-        wt = _real(svc.worktree)
-        for other in placed:
-            owt = _real(other.worktree)
-            if other is not svc and wt != owt and wt.is_relative_to(owt):
+        for parent in real[svc.name].parents:
+            owner = seen_wt.get(parent)
+            if owner is not None:
+                other = by_name[owner]
                 raise fail(f"service.{svc.name}.worktree",
                            f"{svc.worktree} is inside service.{other.name}.worktree ({other.worktree})",
                            "move it out: a deploy of one would overwrite or wipe the other's files")
