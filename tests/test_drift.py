@@ -98,6 +98,15 @@ def test_clean_worktree_exits_0(env: Env, opskit) -> None:
     assert r.stdout.strip() == "svc: clean"
 
 
+def test_a_file_name_with_an_escape_sequence_is_shown_not_obeyed(env: Env, opskit) -> None:
+    # A pushed or hand-made file name reaches an operator's terminal through the hourly report.
+    (env.sb.worktree / "x\x1b]0;owned\x07\x1b[2J.txt").write_text("dropped on production\n")
+    r = opskit("--config", str(env.conf), "drift-scan")
+    assert r.returncode == 1
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "x\\x1b]0;owned\\x07\\x1b[2J.txt" in r.stdout
+
+
 def test_edited_file_named_and_nothing_changed(env: Env, opskit) -> None:
     wt = env.sb.worktree
     (wt / "app.txt").write_text("hand-fixed on prod\n")

@@ -2,7 +2,9 @@
 
 This file is the *only* place that turns exceptions into exit codes. Each
 area's commands live in opskit/commands/<area>.py and are registered here; they import
-their core modules inside the command body so `opskit --help` stays fast.
+their core modules inside the command body so `opskit --help` stays fast. Typer itself is
+imported only when the fast path (opskit/fastpath.py) does not take the command line: it is
+half of an `opskit events`' start-up.
 """
 
 from __future__ import annotations
@@ -10,39 +12,60 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-try:  # typer >= 0.2x vendors click as typer._click
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover - older typer depends on click
-    from click import ClickException  # type: ignore[no-redef]
-
+from opskit import fastpath
 from opskit.base.errors import ExitCode, OpsError, redact
 from opskit.commands import _common
 
-app = typer.Typer(
-    name="opskit",
-    help="Production services that operate themselves: gate every deploy, revert what fails, "
-    "prove pushes landed, find drift, and never fail silently.",
-    no_args_is_help=True,
-    add_completion=False,
-    # Locals hold webhook URLs and tokens: never print them.
-    pretty_exceptions_enable=False,
-    pretty_exceptions_show_locals=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode=None,
-)
+if TYPE_CHECKING:
+    import typer
+
+_APP: typer.Typer | None = None
 
 
-@app.callback()
-def _global(
-    config: Path = typer.Option(None, "--config", "-c", metavar="PATH",
-                                help="Config file (default: $OPSKIT_CONFIG, ./opskit.toml, "
-                                "~/.config/opskit/opskit.toml, /etc/opskit/opskit.toml)."),
-) -> None:
-    _common.STATE.config_path = config
+def build_app() -> typer.Typer:
+    """The Typer application with every command registered (built once, on first use)."""
+    global _APP
+    if _APP is None:
+        _APP = _build()
+    return _APP
+
+
+def __getattr__(name: str) -> Any:  # `opskit.cli.app`, built when first asked for
+    if name == "app":
+        return build_app()
+    raise AttributeError(name)
+
+
+def _build() -> typer.Typer:
+    import typer
+
+    app = typer.Typer(
+        name="opskit",
+        help="Production services that operate themselves: gate every deploy, revert what fails, "
+        "prove pushes landed, find drift, and never fail silently.",
+        no_args_is_help=True,
+        add_completion=False,
+        # Locals hold webhook URLs and tokens: never print them.
+        pretty_exceptions_enable=False,
+        pretty_exceptions_show_locals=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        rich_markup_mode=None,
+    )
+
+    @app.callback()
+    def _global(
+        config: Path = typer.Option(None, "--config", "-c", metavar="PATH",
+                                    help="Config file (default: $OPSKIT_CONFIG, ./opskit.toml, "
+                                    "~/.config/opskit/opskit.toml, /etc/opskit/opskit.toml)."),
+    ) -> None:
+        _common.STATE.config_path = config
+
+    _register(app)
+    return app
 
 
 # `opskit --help` lists commands in this order with these one-liners;
@@ -75,7 +98,7 @@ _ONE_LINE = {
 }
 
 
-def _register() -> None:
+def _register(app: typer.Typer) -> None:
     import importlib
     import pkgutil
 
@@ -92,8 +115,6 @@ def _register() -> None:
         if group.name in _ONE_LINE:
             group.short_help = _ONE_LINE[group.name]
 
-
-_register()
 
 
 def _crash_log(exc: BaseException) -> Path | None:
@@ -137,12 +158,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminated)
-    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    fast = fastpath.match(args)
+    if fast is not None:
+        return _guarded(fast)
+    return _guarded(lambda: _through_typer(args))
+
+
+def _through_typer(args: list[str]) -> int:
+    """Parse with Typer and run; Typer's and click's own outcomes become exit codes here."""
+    import typer
+
+    try:  # typer >= 0.2x vendors click as typer._click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover - older typer depends on click
+        from click import ClickException  # type: ignore[no-redef]
+
+    command = typer.main.get_command(build_app())
     try:
-        rv = command.main(args=argv, prog_name="opskit", standalone_mode=False)
-    except OpsError as e:
-        print(f"opskit: {e.message}", file=sys.stderr)
-        return int(e.exit_code)
+        rv = command.main(args=args, prog_name="opskit", standalone_mode=False)
     except typer.Exit as e:
         # typer turns Ctrl-C into Exit(130) itself; still say what happened.
         if e.exit_code == ExitCode.INTERRUPTED:
@@ -160,6 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         print(f"opskit: {e.format_message()}{hint}", file=sys.stderr)
         return int(ExitCode.USAGE)
+    return int(rv or 0)
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    """Run a parsed command; every other outcome becomes its exit code and one line."""
+    try:
+        return run()
+    except OpsError as e:
+        print(f"opskit: {e.message}", file=sys.stderr)
+        return int(e.exit_code)
     except KeyboardInterrupt:
         print("opskit: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
@@ -175,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"opskit: internal error: {redact(type(e).__name__ + ': ' + str(e))[:300]}{hint}",
               file=sys.stderr)
         return int(ExitCode.INTERNAL)
-    return int(rv or 0)
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -11,6 +11,15 @@ def printable(s: str | None) -> str:
     return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def shown(s: str) -> str:
+    """Text bound for a terminal with its control characters shown (`\\x1b`), not obeyed: a
+    branch or file name can carry an escape sequence."""
+    return s.translate(_CONTROLS)
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
 def short(sha: str | None) -> str:
     """A commit id as people read it in messages and tables; "-" for no commit."""
     return sha[:12] if sha else "(none)"

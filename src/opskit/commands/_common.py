@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
-
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -112,6 +110,8 @@ def seconds(option: str, value: float | None, *, positive: bool = False) -> floa
 
 
 def exit_with(code: int) -> NoReturn:
+    import typer  # only a command Typer runs gets here (the fast path returns its code)
+
     raise typer.Exit(int(code))
 
 

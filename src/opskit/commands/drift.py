@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import typer
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from opskit.commands import _common
 
+if TYPE_CHECKING:
+    import typer
+
 
 def register(app: typer.Typer) -> None:
+    import typer  # the fast path (opskit/fastpath.py) runs this module without typer
+
     @app.command("drift-scan")
     def drift_scan(
         services: list[str] = typer.Argument(None, metavar="[SERVICE ...]",
@@ -25,34 +31,19 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit drift-scan primerouter --json
         """
-        from opskit.guard.drift import scan
+        _common.exit_with(scan(services or (), heal, as_json, no_notify))
 
-        report = scan(_common.settings(), _common.journal(), services or (), heal=heal,
-                      notify=not no_notify)
-        if as_json:
-            _common.print_json(report.to_dict())
-        else:
-            out = _common.console()
-            for rep in report.services:
-                if rep.error:
-                    _common.err_console().print(f"opskit: {rep.error}", markup=False, highlight=False,
-                                                soft_wrap=True)
-                    continue
-                if rep.skipped:
-                    state = f"skipped: {rep.skipped}"
-                elif rep.drift:
-                    state = f"drift ({len(rep.findings)})"
-                else:
-                    state = "clean"
-                out.print(f"{rep.service}: {state}", markup=False, highlight=False, soft_wrap=True)
-                for f in rep.findings:
-                    out.print(f"  {f.kind:<20} {f.describe()}", markup=False, highlight=False, soft_wrap=True)
-                if rep.healed:
-                    h = rep.healed
-                    out.print(f"  healed: drifted state saved in {h['ref']} ({h['saved'][:12]}); "
-                              f"restored {h['restored'][:12]}"
-                              + (f"; removed {len(h['removed'])} untracked" if h["removed"] else ""),
-                              markup=False, highlight=False, soft_wrap=True)
-                for note in rep.notes:
-                    out.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
-        _common.exit_with(report.exit_code)
+
+def scan(services: Sequence[str], heal: bool, as_json: bool, no_notify: bool) -> int:
+    """The command itself, for typer and the fast path alike; returns the exit code."""
+    from opskit.guard import drift
+
+    report = drift.scan(_common.settings(), _common.journal(), services or (), heal=heal,
+                         notify=not no_notify)
+    if as_json:
+        _common.print_json(report.to_dict())
+    else:
+        from opskit.views.drift import render_scan
+
+        render_scan(report)
+    return report.exit_code

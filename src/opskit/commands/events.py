@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import typer
+from typing import TYPE_CHECKING
 
 from opskit.commands import _common
 
+if TYPE_CHECKING:
+    import typer
+
 
 def register(app: typer.Typer) -> None:
+    import typer  # the fast path (opskit/fastpath.py) runs this module without typer
+
     @app.command("events")
     def events(
         service: str = typer.Option(None, "--service", "-s", help="Only this service."),
@@ -21,17 +26,24 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit events --service primerouter --type rollback --since 2h --json
         """
-        from opskit.storage.journal import parse_since
-        from opskit.views.events import render_events
+        show(service, type_, since, limit, follow, as_json)
 
-        since_dt = parse_since(since) if since else None
-        j = _common.journal()
-        found = j.query(service=service, type_prefix=type_, since=since_dt,
-                        limit=limit if limit is not None else (None if as_json else 50))
-        render_events(found, as_json=as_json)
-        if follow:
-            last = found[-1].id if found else None
-            if last is None:
-                last = j.last_event_id()
-            for ev in j.follow(start_after=last, service=service, type_prefix=type_):
-                render_events([ev], as_json=as_json, header=False)
+
+def show(service: str | None, type_: str | None, since: str | None, limit: int | None,
+         follow: bool, as_json: bool) -> int:
+    """The command itself, for typer and the fast path alike."""
+    from opskit.storage.journal import parse_since
+    from opskit.views.events import render_events
+
+    since_dt = parse_since(since) if since else None
+    j = _common.journal()
+    found = j.query(service=service, type_prefix=type_, since=since_dt,
+                    limit=limit if limit is not None else (None if as_json else 50))
+    render_events(found, as_json=as_json)
+    if follow:
+        last = found[-1].id if found else None
+        if last is None:
+            last = j.last_event_id()
+        for ev in j.follow(start_after=last, service=service, type_prefix=type_):
+            render_events([ev], as_json=as_json, header=False)
+    return 0

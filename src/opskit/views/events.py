@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from opskit.base.text import shown
 from opskit.storage.journal import Event
 
 _STYLE = {"fail": "red", "failed": "red", "blocked": "red", "unverified": "red", "missed": "red",
@@ -28,13 +29,6 @@ def summarize(data: dict[str, object], width: int = 90) -> str:
     return s if len(s) <= width else s[: width - 3] + "..."
 
 
-def _plain(s: str) -> str:
-    """Control characters from the journal (a branch name can carry an escape sequence) are
-    shown, not sent to the terminal."""
-    return s.translate(_CONTROLS)
-
-
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
 _SGR = {"red": "31", "yellow": "33", "cyan": "36", "green": "32", "bold red": "1;31"}
 
 
@@ -61,8 +55,8 @@ def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True
         outcome = ev.type.rsplit(".", 1)[-1]
         style = _STYLE.get(outcome, "green" if outcome in ("pass", "complete", "ok", "sent", "verified",
                                                             "cleared", "healed", "recovered") else "")
-        kind = _plain(f"{ev.type:<22}")
+        kind = shown(f"{ev.type:<22}")
         if style and colour:
             kind = f"\x1b[{_SGR[style]}m{kind}\x1b[0m"
-        out.write(f"{ev.id:>7}  {ev.ts}  {kind} {_plain(ev.service or '-'):<16} {_plain(summarize(ev.data))}\n")
+        out.write(f"{ev.id:>7}  {ev.ts}  {kind} {shown(ev.service or '-'):<16} {shown(summarize(ev.data))}\n")
     out.flush()
