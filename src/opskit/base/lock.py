@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import re
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -121,7 +120,7 @@ class ServiceLock:
         except BaseException:
             os.close(fd)
             raise
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+        holder = {"pid": os.getpid(), "host": os.uname().nodename, "what": self.what,
                   "cmd": " ".join(sys.argv)[:200], "since": iso(self.clock.now())}
         try:
             os.ftruncate(fd, 0)

@@ -32,7 +32,6 @@ from opskit.git.files import RepoInfo, repo_info
 from opskit.git.land import canonical_tip
 from opskit.git.repo import Git, StatusEntry
 from opskit.git.worktree import free_ref, save_dirty
-from opskit.notify.announce import announce
 from opskit.wiring import hooks
 
 if TYPE_CHECKING:
@@ -390,6 +389,9 @@ def _remove_untracked(wt: Git, paths: Sequence[str]) -> list[str]:
 
 def _notify(settings: Settings, journal: Journal, message: str, *, title: str, level: str,
             service: str, event_id: int, clock: Clock, rep: ServiceDrift) -> None:
+    # here, not at the top: a clean scan (cron's every hour) never loads the notify stack
+    from opskit.notify.announce import announce
+
     announce(settings, journal, message, title=title, level=level, service=service, event_id=event_id,
              clock=clock, warn=rep.notes.append)
 
