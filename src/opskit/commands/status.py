@@ -14,6 +14,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Each service's deployed commit, last verdict, freeze, quarantine, deploy in progress; the outbox.
+        Exit 0 when nothing needs attention, 1 when something does (an interrupted deploy, a freeze,
+        a failed verdict, a broken channel, a stopped cron-check, records outside the journal).
 
         Example: opskit status --json
         """
@@ -25,4 +27,4 @@ def register(app: typer.Typer) -> None:
         else:
             for line in render(data):
                 print(line)
-        _common.exit_with(0)
+        _common.exit_with(1 if data["attention"] else 0)

@@ -20,6 +20,7 @@ from opskit.base.text import printable
 from opskit.chain.feature import status_section
 from opskit.git.repo import Git
 from opskit.notify import broken_channels, outbox_summary
+from opskit.storage import fallback
 from opskit.storage.journal import Journal
 
 
@@ -92,6 +93,35 @@ def collect(settings: Settings, journal: Journal, services: list[str] | None = N
     out["outbox"] = outbox_summary(journal)
     out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
     out["cron_check"] = _guarded(lambda: _cron_check(settings, journal))
+    out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
+    out["attention"] = attention(out)
+    return out
+
+
+def attention(data: dict[str, Any]) -> list[str]:
+    """What needs a person, or the safety net, now: `opskit status` exits 1 when this is not empty.
+    Drift is not here: drift-scan reports and notifies it."""
+    out = []
+    for s in data["services"]:
+        p = s.get("in_progress")
+        if p and not p["alive"]:
+            out.append(f"{s['name']}: a {p['kind']} of {p['sha'][:10]} was interrupted at step {p['step']} "
+                       f"(the next cron-check or `opskit deploy {s['name']}` finishes it)")
+        if s.get("frozen"):
+            out.append(f"{s['name']}: frozen, deploys refused (opskit unfreeze {s['name']})")
+        v = s.get("last_verdict")
+        if v and v["status"] == "failed" and not (p and p["alive"]):
+            out.append(f"{s['name']}: the last {v['kind']} failed ({v['sha'][:10]})"
+                       + (f": {v['reason']}" if v.get("reason") else ""))
+    for name in sorted(data.get("broken_channels") or {}):
+        out.append(f"channel {name} is broken: its notifications go to its fallback or wait")
+    cc = data.get("cron_check")
+    if isinstance(cc, dict) and "NOT RUNNING" in str(cc.get("message", "")):
+        out.append("cron-check is not running: nothing watches the jobs or finishes an interrupted deploy")
+    waiting = data.get("fallback_pending")
+    if isinstance(waiting, int) and waiting:
+        out.append(f"{waiting} record(s) wait in the fallback log, outside the journal (journaled by the "
+                   "next command that can write it; `opskit doctor` checks the journal)")
     return out
 
 
@@ -164,6 +194,9 @@ def render(data: dict[str, Any]) -> list[str]:
     cc = data.get("cron_check")
     if isinstance(cc, dict) and cc.get("message"):
         lines.append(f"cron-check: {cc['message']}")
+    needs = data.get("attention") or []
+    lines.append("needs attention:" if needs else "needs attention: nothing")
+    lines += [f"  - {line}" for line in needs]
     return lines
 
 
