@@ -5,6 +5,7 @@
 #   bench/mutation.sh lockdown revert # some of them
 #   MUTATION_BUDGET=900 bench/mutation.sh outbox   # seconds per module (default 1200)
 #   MUTATION_RESUME=1 bench/mutation.sh outbox     # go on after a run that hit its budget
+#   MUTATION_CHILDREN=2 bench/mutation.sh verify   # mutants at once (default 1: a shared machine)
 #
 # Needs `./install.sh --dev` and `.venv/bin/pip install mutmut==3.8.1` (not a dev dependency:
 # the run is minutes per module, outside CI). Each module runs in a copy of the tree under
@@ -20,6 +21,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${MUTATION_DIR:-/tmp/opskit-mutation}
 BUDGET=${MUTATION_BUDGET:-1200}
+CHILDREN=${MUTATION_CHILDREN:-1}
 PY="$ROOT/.venv/bin/python"
 MUTMUT="$ROOT/.venv/bin/mutmut"
 
@@ -67,10 +69,13 @@ for entry in "${MODULES[@]}"; do
   fi
   echo "== $name: $src against $tests (budget ${BUDGET}s)"
   start=$(date +%s)
-  # Calls made only in a test's subprocesses (`python -m opskit`, a git hook) are not seen by
+  # Calls made only in a test's subprocesses (a git hook, `opskit push-run`) are not seen by
   # mutmut's coverage pass and run the unmutated tree: their mutants show as "no tests".
   # (Pointing PYTHONPATH at mutants/src breaks that coverage pass: no mutant is run at all.)
-  (cd "$work" && timeout "$BUDGET" "$MUTMUT" run --max-children 1 >"$work/run.log" 2>&1) || \
+  # OPSKIT_TESTS_IN_PROCESS=1 makes the tests' `opskit` fixture run the CLI in the test process
+  # (tests/conftest.py), where mutmut can switch the mutant on.
+  (cd "$work" && OPSKIT_TESTS_IN_PROCESS=1 timeout "$BUDGET" "$MUTMUT" run --max-children "$CHILDREN" \
+      >"$work/run.log" 2>&1) || \
     echo "   (stopped after ${BUDGET}s or failed: see $work/run.log; what ran is counted)"
   (cd "$work" && "$MUTMUT" results --all true >"$work/all.txt" 2>&1 || true)
   (cd "$work" && "$MUTMUT" results >"$work/results.txt" 2>&1 || true)

@@ -70,6 +70,12 @@ def sandbox(tmp_path: Path) -> Sandbox:
 RunOpskit = Callable[..., subprocess.CompletedProcess[str]]
 
 
+# bench/mutation.sh sets this: mutmut switches a mutant on inside the test process only, so a
+# command run as a subprocess would run the unmutated code and kill nothing. In-process runs
+# keep what a subprocess gives a test (its own environment, cwd, stdin, stdout, stderr, exit code).
+IN_PROCESS = os.environ.get("OPSKIT_TESTS_IN_PROCESS") == "1"
+
+
 @pytest.fixture
 def opskit() -> RunOpskit:
     """Run the real `opskit` CLI in a subprocess: opskit("events", "--json", input=..., cwd=...)."""
@@ -79,10 +85,40 @@ def opskit() -> RunOpskit:
         e = dict(os.environ)
         if env:
             e.update(env)
+        if IN_PROCESS:
+            return _in_process(list(args), input, cwd, e)
         return subprocess.run([sys.executable, "-m", "opskit", *args], check=False, input=input, cwd=cwd, env=e,
                               capture_output=True, text=True, timeout=timeout, errors="replace")
 
     return run
+
+
+def _in_process(args: list[str], input: str | None, cwd: Path | None,
+                env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import contextlib
+    import io
+
+    from opskit import cli
+    from opskit.commands import _common
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved = (_common.STATE, _common._console, _common._err_console, sys.stdin)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        _common.STATE, _common._console, _common._err_console = _common._State(), None, None
+        sys.stdin = io.StringIO(input or "")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        _common.STATE, _common._console, _common._err_console, sys.stdin = saved
+    return subprocess.CompletedProcess(["opskit", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

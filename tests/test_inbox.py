@@ -13,8 +13,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from opskit.base import config
 from opskit.base.clock import FakeClock
+from opskit.base.errors import UsageError
 from opskit.chain import approvals, inbox
 from opskit.git.repo import Git
 from opskit.notify import decisions
@@ -422,3 +425,34 @@ def test_a_tap_read_too_late_to_answer_is_still_applied(phone: Phone) -> None:
     assert Git(cs.sb.bare).parents(cs.tip()) == [before, row.sha]
     assert phone.rcv.telegram.answers == [] and "answerCallbackQuery" in phone.rcv.telegram.calls
     assert "approved by telegram:4242 @alice: deployed" in msg.text  # the edit still tells everyone
+
+
+def test_the_decision_key_is_its_owners_and_in_a_shared_state_dir_its_groups(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    key = decisions.secret(own)
+    path = own / decisions.KEY_FILE
+    assert len(key) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o640)  # a group that is not a shared state dir's: refused, with the fix
+    with pytest.raises(UsageError, match=r"can be read by group \d+, not the shared state dir's; `chmod 600"):
+        decisions.secret(own)
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if os.geteuid() == 0:
+        os.chown(shared, -1, 65534)  # a group of its own, as install.sh --system makes `opskit`
+    shared.chmod(0o2770)
+    key = decisions.secret(shared)
+    path = shared / decisions.KEY_FILE
+    st = path.stat()
+    # the hooks' account makes the buttons; root's or another member's cron reads the taps
+    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == shared.stat().st_gid
+    assert decisions.secret(shared) == key
+    path.chmod(0o644)
+    with pytest.raises(UsageError, match="can be read by others"):
+        decisions.secret(shared)
+    path.chmod(0o640)
+    if os.geteuid() == 0:
+        os.chown(path, -1, 0)  # the right mode, the wrong group
+        with pytest.raises(UsageError, match="not the shared state dir's"):
+            decisions.secret(shared)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
@@ -48,8 +49,10 @@ MAC_BYTES = 16
 # --- the key and the tokens -----------------------------------------------------------------
 
 def secret(state_dir: Path) -> bytes:
-    """The HMAC key, created owner-only on first use. A key others can read is refused:
-    whoever reads it can approve any change."""
+    """The HMAC key, created on first use for its owner alone — and for the state dir's group
+    when the state dir is shared (the hooks' account makes the buttons, root's or another
+    account's cron reads the taps; that group can already approve with `opskit approve`).
+    A key anyone else can read is refused: whoever reads it can approve any change."""
     path = Path(state_dir) / KEY_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -57,12 +60,14 @@ def secret(state_dir: Path) -> bytes:
         pass
     else:
         with os.fdopen(fd, "wb") as fh:
+            if statefs.is_shared(state_dir):
+                os.fchmod(fh.fileno(), 0o640)  # the group is the setgid state dir's
             fh.write(secrets.token_bytes(32))
             fh.flush()
             os.fsync(fh.fileno())
-    st = path.stat()
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UsageError(f"{path} can be read by others; `chmod 600 {path}` (or delete it to make a new one)")
+    exposed = key_exposed(path, state_dir)
+    if exposed:
+        raise UsageError(f"{exposed[0]}; {exposed[1]}")
     data = path.read_bytes()
     if len(data) < 32:  # a crash between create and write: make it again
         path.unlink()
@@ -150,10 +155,23 @@ def setup_problems(settings: Settings) -> list[tuple[str, str, str]]:
                 out.append((f"notify.{ch.name}", "no token: opskit reads the reply topic anonymously",
                             "set token to a credential that can read the reply topic"))
     key = Path(settings.state_dir) / KEY_FILE
-    if key.exists() and key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        out.append(("decision.key", f"{key} can be read by others: whoever reads it can approve any change",
-                    f"chmod 600 {key}"))
+    exposed = key_exposed(key, settings.state_dir) if key.exists() else None
+    if exposed:
+        out.append(("decision.key", f"{exposed[0]}: whoever reads it can approve any change", exposed[1]))
     return out
+
+
+def key_exposed(path: Path, state_dir: Path) -> tuple[str, str] | None:
+    """(who else can use the key at path, the fix), or None when no one may who should not: its
+    owner may read it, and in a shared state dir the state dir's group."""
+    st = path.stat()
+    fix = f"`chmod 600 {path}` (or delete it to make a new one)"
+    if st.st_mode & stat.S_IRWXO:
+        return f"{path} can be read by others", fix
+    shared_group = statefs.is_shared(state_dir) and st.st_gid == os.stat(state_dir).st_gid
+    if st.st_mode & (stat.S_IWGRP | stat.S_IXGRP) or (st.st_mode & stat.S_IRGRP and not shared_group):
+        return f"{path} can be read by group {st.st_gid}, not the shared state dir's", fix
+    return None
 
 
 # --- receiving a tap ------------------------------------------------------------------------
