@@ -574,3 +574,36 @@ def test_secrets_never_leak_into_output_events_or_outbox(opskit, write_config, r
     assert DISCORD_TOKEN not in stored and "/discord/" not in stored
     crash_logs = [p for p in os.listdir(state_dir) if p.startswith("crash-")]
     assert crash_logs == []
+
+
+def test_a_direct_send_goes_to_the_fallback_of_a_channel_that_refuses(write_config, receiver, state_dir,
+                                                                      monkeypatch) -> None:
+    # The outbox cannot hold the message (disk full, corrupt journal), so it goes straight out;
+    # a channel that refuses it for good must still hand it to its fallback, as the courier does.
+    import sqlite3
+
+    from opskit.storage import fallback
+
+    text = config_toml(["ops"],
+                       channel_toml("ops", "discord", receiver.url("discord"), fallback="backup", retry_for=1),
+                       channel_toml("backup", "webhook", receiver.url("webhook"), retry_for=1))
+    s, _ = load(write_config, text)
+    j = Journal(state_dir)
+
+    def full(self: Journal):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Journal, "tx", full)
+    receiver.fail_next(1, 403)
+    report = notify.send(s, j, "web reverted to 4d62098a", level="error", service="web")
+    assert (report.broken, report.delivered, report.queued) == (["ops"], ["backup"], [])
+    [got] = receiver.messages
+    assert got.kind == "webhook" and got.body["message"].startswith("web reverted to 4d62098a")
+    assert "sent directly: opskit's outbox could not hold it" in got.body["message"]
+    assert "sent via fallback: channel 'ops' is broken: HTTP 403" in got.body["message"]
+    monkeypatch.undo()
+    j2 = Journal(state_dir)  # the journal can be written again: what was kept aside is journaled
+    sent = [e.data for e in j2.query(type_prefix="notify.")]
+    assert [(d["channel"], d["status"], d.get("fallback")) for d in sent] == [
+        ("ops", "queued", "backup"), ("backup", "delivered", None)]
+    assert fallback.pending(state_dir) == 0 and notify.outbox_summary(j2) == {}

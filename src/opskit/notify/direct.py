@@ -27,9 +27,13 @@ if TYPE_CHECKING:
 def send_direct(settings: Settings, journal: Journal, names: Sequence[str], message: str, *, title: str | None,
                 level: str, service: str | None, event_id: int | None, clock: Clock, retry_for: float | None,
                 error: JournalWriteError, report: NotifyReport) -> None:
-    """Deliver to each channel in names now, without an outbox row; results go into report."""
+    """Deliver to each channel in names now, without an outbox row; results go into report.
+    A channel that refuses for good hands the message to its `fallback`, as the courier does."""
     text = f"{message}\n\n(sent directly: opskit's outbox could not hold it: {error.message})"
-    for name in names:
+    todo = [(name, text) for name in names]
+    tried = set(names)
+    while todo:
+        name, text = todo.pop(0)
         ch = settings.channels[name]
         module = importlib.import_module(f"opskit.notify.{KINDS[ch.type]}")
         msg = Message(outbox_id=0, channel=name, level=level, title=title, text=text, service=service,
@@ -59,6 +63,13 @@ def send_direct(settings: Settings, journal: Journal, names: Sequence[str], mess
             continue
         (report.broken if outcome.kind == "permanent" else report.queued).append(name)
         report.errors[name] = outcome.error or "not delivered"
+        fb = ch.fallback
+        if outcome.kind == "permanent" and fb is not None and fb not in tried and fb in settings.channels:
+            tried.add(fb)
+            data["fallback"] = fb
+            todo.append((fb, f"{text}\n\n(sent via fallback: channel {name!r} is broken: {outcome.error})"))
         journal.append("notify.failed", service, {**data, "status": "queued", "error": outcome.error or ""})
+        if "fallback" in data:
+            continue  # its fallback carries it now (and is kept aside itself if it cannot)
         journal.keep_outbox(name, level=level, title=title, message=text, service=service, event_id=event_id,
                             error=error)
