@@ -20,6 +20,14 @@ def said(stdout: str, outcome: str) -> bool:
     return any(line.startswith(f"{outcome}:") for line in stdout.splitlines())
 
 
+def verdict(stdout: str) -> str:
+    """The verdict line itself: outcome and reason, as the operator reads them."""
+    outcomes = (verify.LANDED, verify.UP_TO_DATE, verify.UNCHANGED, verify.MISMATCH, verify.REJECTED,
+                verify.BRANCH_MISSING, verify.UNREACHABLE)
+    [line] = [ln for ln in stdout.splitlines() if ln.split(":")[0] in outcomes]
+    return line
+
+
 def events(state_dir: Path, prefix: str = "push.") -> list[dict]:  # type: ignore[type-arg]
     return [e.to_dict() for e in Journal(state_dir).query(type_prefix=prefix)]
 
@@ -30,7 +38,8 @@ def test_nothing_pushed_is_unchanged_even_when_cmd_exits_0(sandbox: Sandbox, ops
     local = sandbox.commit({"app.txt": "v2\n"}, "not pushed")
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "sh", "-c", "exit 0")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert said(r.stdout, "unchanged") and local[:12] in r.stdout
+    assert verdict(r.stdout) == (f"unchanged: `sh -c exit 0` exited 0 but origin ({sandbox.bare}) master is "
+                                 f"still at {sandbox.tip()[:12]}; {local[:12]} was not pushed")
     [ev] = events(state_dir)
     assert ev["type"] == "push.unverified"
     assert ev["data"]["outcome"] == "unchanged" and ev["data"]["cmd_exit"] == 0
@@ -39,9 +48,11 @@ def test_nothing_pushed_is_unchanged_even_when_cmd_exits_0(sandbox: Sandbox, ops
 
 def test_already_up_to_date_is_unchanged_unless_allow_noop(sandbox: Sandbox, opskit) -> None:
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "true")
-    assert r.returncode == 1 and said(r.stdout, "unchanged") and "--allow-noop" in r.stdout
+    at = f"origin ({sandbox.bare}) master was already at {sandbox.tip()[:12]} before the command; nothing new pushed"
+    assert r.returncode == 1
+    assert verdict(r.stdout) == f"unchanged: {at} (pass --allow-noop to accept an up-to-date remote)"
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--allow-noop", "--", "true")
-    assert r.returncode == 0 and said(r.stdout, "up-to-date"), r.stdout
+    assert r.returncode == 0 and verdict(r.stdout) == f"up-to-date: {at}", r.stdout
 
 
 def test_real_push_lands(sandbox: Sandbox, opskit, state_dir) -> None:
@@ -49,7 +60,8 @@ def test_real_push_lands(sandbox: Sandbox, opskit, state_dir) -> None:
     new = sandbox.commit({"app.txt": "v2\n"}, "v2")
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "master")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert said(r.stdout, "landed") and "master -> master" in r.stdout  # CMD's own output passed through
+    assert verdict(r.stdout) == f"landed: origin ({sandbox.bare}) master moved {before[:12]} → {new[:12]}"
+    assert "master -> master" in r.stdout  # CMD's own output passed through
     assert sandbox.tip() == new
     [ev] = events(state_dir)
     assert ev["type"] == "push.verified" and ev["commit"] == new
@@ -76,8 +88,8 @@ def test_push_to_wrong_branch_says_what_landed_where(sandbox: Sandbox, opskit) -
     new = sandbox.commit({"app.txt": "v2\n"}, "v2")
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "HEAD:wrong")
     assert r.returncode == 1
-    assert said(r.stdout, "mismatch")
-    assert f"{new[:12]} landed on wrong, not master" in r.stdout
+    assert verdict(r.stdout) == (f"mismatch: {new[:12]} landed on wrong, not master; origin ({sandbox.bare}) "
+                                 f"master is still at {sandbox.tip()[:12]}")
 
 
 def test_remote_moved_to_another_commit_is_mismatch(sandbox: Sandbox, opskit) -> None:
@@ -88,7 +100,8 @@ def test_remote_moved_to_another_commit_is_mismatch(sandbox: Sandbox, opskit) ->
     mine = sandbox.commit({"app.txt": "v2\n"}, "mine")
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "other:master")
     assert r.returncode == 1
-    assert f"moved {old[:12]} → {other[:12]}, expected {mine[:12]}" in r.stdout
+    assert verdict(r.stdout) == (f"mismatch: origin ({sandbox.bare}) master moved {old[:12]} → {other[:12]}, "
+                                 f"expected {mine[:12]}")
 
 
 def test_rejected_push_shows_exit_code_and_last_lines(sandbox: Sandbox, opskit, tmp_path: Path) -> None:
@@ -100,22 +113,32 @@ def test_rejected_push_shows_exit_code_and_last_lines(sandbox: Sandbox, opskit, 
     sandbox.commit({"app.txt": "ours\n"}, "ours")
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--", "git", "push", "origin", "master")
     assert r.returncode == 1
-    assert said(r.stdout, "rejected")
-    assert "exited 1" in r.stdout and "failed to push some refs" in r.stdout
+    line = verdict(r.stdout)
+    said_first = f"rejected: `git push origin master` exited 1; origin ({sandbox.bare}) master unchanged: "
+    assert line.startswith(said_first), line
+    # the reason ends with the last line the command printed (git's own words, which vary by version)
+    printed = [ln for ln in r.stdout.splitlines()[:r.stdout.splitlines().index(line)] if ln.strip()]
+    assert line[len(said_first):] == printed[-1].strip()[:200]
+    assert "failed to push some refs" in r.stdout
 
 
 def test_branch_missing(sandbox: Sandbox, opskit) -> None:
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--branch", "nosuch", "--", "true")
-    assert r.returncode == 1 and said(r.stdout, "branch-missing") and "nosuch" in r.stdout
+    assert r.returncode == 1
+    assert verdict(r.stdout) == f"branch-missing: `true` exited 0 but origin ({sandbox.bare}) has no branch nosuch"
 
 
 def test_json_keeps_stdout_clean(sandbox: Sandbox, opskit) -> None:
-    sandbox.commit({"app.txt": "v2\n"}, "v2")
+    before = sandbox.tip()
+    new = sandbox.commit({"app.txt": "v2\n"}, "v2")
     r = opskit("verify-push", "--repo", str(sandbox.dev), "--json", "--",
                "sh", "-c", "echo chatter; git push -q origin master")
     assert r.returncode == 0
-    doc = json.loads(r.stdout)
-    assert doc["outcome"] == "landed" and doc["cmd_exit"] == 0
+    remote = f"origin ({sandbox.bare})"
+    assert json.loads(r.stdout) == {  # the whole document: scripts read every key
+        "outcome": "landed", "ok": True, "remote": remote, "branch": "master", "before": before,
+        "after": new, "expected": new, "reason": f"{remote} master moved {before[:12]} → {new[:12]}",
+        "cmd_exit": 0, "cmd_tail": ["chatter"], "moved": {}, "notes": [], "event_id": 1}
     assert "chatter" in r.stderr
 
 
