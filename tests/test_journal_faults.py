@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from opskit.base import proc
 from opskit.git.repo import Git
 from opskit.storage import fallback
 from opskit.storage.journal import Journal
-from tests.support.pipeline import Stage, hooked_stage
+from tests.support.pipeline import Stage, env_for, hooked_stage
 from tests.support.reliability import REAL_GIT, wait_until
 
 
@@ -161,6 +162,70 @@ def test_unwritable_journal_still_reverts_and_tells(tmp_path: Path, monkeypatch:
         assert j.last_good("svc") == tip
         kv = json.loads(json.dumps(j.kv_all(fallback.SCOPE)))
         assert len(kv) >= 4
+    finally:
+        st.close()
+
+
+def _garbage_over_every_page(db: Path) -> None:
+    """A real corruption: every page but the header overwritten (a failing disk, a stray dd)."""
+    c = sqlite3.connect(db)
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size, pages = c.execute("PRAGMA page_size").fetchone()[0], c.execute("PRAGMA page_count").fetchone()[0]
+    c.close()
+    with open(db, "r+b") as f:
+        for n in range(2, pages + 1):
+            f.seek((n - 1) * size)
+            f.write(bytes((i * 37 + n) % 251 for i in range(size)))
+
+
+def test_a_journal_corrupted_during_the_gate_still_reverts_and_tells(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Garbage in journal.db itself mid-gate: reads fail as well as writes (the last known-good
+    commit cannot be looked up). The revert goes on from git's facts, is redeployed and re-gated,
+    the owner is told, and `opskit journal recover` brings the story back."""
+    from tests.support.pipeline import seeded_stage
+
+    st = seeded_stage(tmp_path, health={"startup": 1.0, "window": 0.5})
+    try:
+        j = st.journal()
+        for i in range(300):  # pages enough that the damage hits tables, not just the header
+            j.append("drift.detected", "svc", {"n": i, "pad": "x" * 60})
+        j.close()
+        good = st.sb.tip()
+        bad = st.good(mode="crash", message="crash")
+        from opskit.deploy import health
+
+        real_gate = health.gate
+
+        def gate(*a, **kw):  # type: ignore[no-untyped-def]
+            _garbage_over_every_page(st.settings.state_dir / "journal.db")
+            return real_gate(*a, **kw)
+
+        monkeypatch.setattr(health, "gate", gate)
+        lines: list[str] = []
+        r = st.deploy(bad, lines=lines)
+        assert r.status == "reverted", (r, lines[-10:])
+        tip = st.sb.tip()
+        bare = Git(st.sb.bare)
+        assert bare.parents(tip) == [bad] and bare.tree(tip) == bare.tree(good) and st.worktree_head() == tip
+        assert _healthy(st.port)
+        assert st.receiver is not None
+        [told] = st.receiver.wait_for(1, timeout=15)
+        text = told.body.get("content", "")
+        assert "was reverted automatically" in text and "database corrupt" in text, text
+        assert "opskit journal recover" in text, text
+        assert "Event: not journaled yet (kept aside until the journal can take it)" in text, text
+        monkeypatch.setattr(health, "gate", real_gate)
+        rec = subprocess.run([sys.executable, "-m", "opskit", "journal", "recover"], capture_output=True,
+                             text=True, timeout=60, check=False, env={**os.environ, **env_for(st)})
+        assert rec.returncode == 1, rec.stderr  # rows were lost with the damaged pages, and it says so
+        assert "some rows could not be read and are lost" in rec.stdout, rec.stdout
+        events = Journal(st.settings.state_dir).query(service="svc")
+        types = [e.type for e in events]
+        assert all(types.count(t) == 1 for t in ("health.fail", "rollback.start", "rollback.complete")), types
+        after = Journal(st.settings.state_dir)
+        assert after.last_good("svc") == tip
+        assert [q["tree"] for q in after.quarantine_list("svc")] == [bare.tree(bad)]  # kept aside, then journaled
     finally:
         st.close()
 

@@ -37,6 +37,7 @@ from opskit.git.land import land_commit
 from opskit.git.repo import OPSKIT_IDENT, Git
 from opskit.git.worktree import deployed_head
 from opskit.notify import decisions
+from opskit.notify.announce import event_ref
 from opskit.storage.journal import Event, Journal
 
 LOCK_WAIT = 1800.0  # a chain waits behind a running deploy/chain at most this long
@@ -363,7 +364,7 @@ def _announce_stop(ctx: _Ctx, what: str, reason: str, tail: str, ev: Event, *, l
              f"{svc.branch} is untouched.", f"Why: {reason}"]
     if tail.strip():
         lines.append("Last lines:\n" + _short_tail(tail))
-    lines.append(f"Event: #{ev.id} (`opskit events --service {svc.name} --since 1h`)")
+    lines.append(f"Event: {event_ref(ev.id)} (`opskit events --service {svc.name} --since 1h`)")
     announce_run(ctx.run, "\n".join(lines), title=f"{svc.name}: {what} ({printable(ctx.branch)})", level=level,
            event_id=ev.id)
 

@@ -24,6 +24,7 @@ from opskit.chain import feature
 from opskit.deploy.pipeline import deploy
 from opskit.deploy.run import Run, Write, announce_run, new_chain_id, was_notified
 from opskit.git.repo import ZERO
+from opskit.notify.announce import event_ref
 from opskit.storage.journal import Journal
 
 # Logs of earlier detached runs kept per service (each push writes one).
@@ -174,7 +175,7 @@ def _ref_failed(settings: Settings, journal: Journal, svc: ServiceSettings, ref:
     run.say(f"{svc.name}: {printable(ref)} {short(new)}: the {what} failed: {why} (event {ev.id})")
     if not was_notified(e):
         announce_run(run, f"{svc.name}: the push of {printable(ref)} ({short(new)}) landed, but its {what} failed: {why}\n"
-                    f"Nothing else was done for this ref; see `opskit events --service {svc.name}`. Event: #{ev.id}",
+                    f"Nothing else was done for this ref; see `opskit events --service {svc.name}`. Event: {event_ref(ev.id)}",
                title=f"{svc.name}: {what} of {printable(ref)} failed", level="error", event_id=ev.id)
 
 

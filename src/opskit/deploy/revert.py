@@ -40,6 +40,7 @@ from opskit.git.land import canonical, land_commit, local_tip
 from opskit.git.repo import Git
 from opskit.git.worktree import deployed_head
 from opskit.notify import decisions
+from opskit.notify.announce import event_ref
 from opskit.notify.base import Action
 from opskit.storage.journal import Journal
 
@@ -111,7 +112,10 @@ class _Conflict(OpsError):
 # --- the plan --------------------------------------------------------------------------------
 
 def _last_good(journal: Journal, service: str, bad: str) -> str | None:
-    for row in journal.deploys(service, limit=500):
+    """The last commit that passed its gate, other than bad; None when the journal has none or
+    cannot be read (then bad itself is reverted on top of the tip)."""
+    rows: list[Any] = journal.read_or(lambda: journal.deploys(service, limit=500), [])
+    for row in rows:
         if row["status"] == "healthy" and row["sha"] != bad:
             return str(row["sha"])
     return None
@@ -198,7 +202,7 @@ def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None,
     ev = run.emit("rollback.fail", data, sha=bad)
     run.say(f"✘ rollback failed: {reason}")
     msg = [f"{run.service}: the automatic rollback of {short(bad)} FAILED.", f"Why: {reason}",
-           f"Event: #{ev.id} (`opskit events --service {run.service} --type rollback`)"]
+           f"Event: {event_ref(ev.id)} (`opskit events --service {run.service} --type rollback`)"]
     buttons: list[Action] = []
     if freeze_it:
         freeze(run, reason, ev.id)
@@ -288,7 +292,7 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
         f"Why: {printable(reason)}",
         f"Reverted:\n{listing}",
         f"Now live: {short(new)} (Auto-revert) on {svc.branch}" + (", healthy." if not no_deploy else ", NOT redeployed."),
-        f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
+        f"Event: {event_ref(start.id)} (`opskit events --service {svc.name} --type rollback`)",
         f"Re-land: fix the cause and push again; the same tree is refused until "
         f"`opskit quarantine release {svc.name} {plan.bad_tree[:12]}`.",
         f"The story: `opskit incident last --service {svc.name}`. Hold further deploys: "
@@ -330,7 +334,7 @@ def _restore_last_good(run: Run, canon: Git, *, bad: str, good: str, reason: str
         f"{svc.name}: deploy of {short(bad)} {printable(canon.subject(bad))} failed and was rolled back.",
         f"Why: {printable(reason)}",
         f"Now live: {short(good)} (the last good deploy)" + (", healthy." if not no_deploy else ", NOT redeployed."),
-        f"Event: #{start.id} (`opskit events --service {svc.name} --type rollback`)",
+        f"Event: {event_ref(start.id)} (`opskit events --service {svc.name} --type rollback`)",
         f"The branch was not changed ({short(bad)} is not new work on {svc.branch}).",
         f"The story: `opskit incident last --service {svc.name}`. Hold further deploys: "
         f"`opskit freeze {svc.name}` (or the Freeze button).",

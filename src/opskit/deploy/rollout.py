@@ -18,6 +18,7 @@ from opskit.deploy import health
 from opskit.deploy.run import Rollout, Run, announce_run, mark_notified
 from opskit.git.repo import Git
 from opskit.git.worktree import fetch_worktree, save_dirty
+from opskit.notify.announce import event_ref
 from opskit.storage.journal import Event
 
 DIRTY_REF_PREFIX = "refs/opskit/dirty/"
@@ -142,7 +143,7 @@ def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None =
             what = "revert" if kind == "revert" else "deploy"
             announce_run(run, f"{svc.name}: the {what} of {short(sha)} stopped at step '{d.stage}': {why}\n"
                         f"It did not reach a verdict; the next `opskit deploy {svc.name}` tries again once "
-                        f"the cause is fixed. Event: #{ev.id if ev else '?'}",
+                        f"the cause is fixed. Event: {event_ref(ev.id if ev else None)}",
                    title=f"{svc.name}: {what} of {short(sha)} crashed", level="error",
                    event_id=ev.id if ev else None)
             mark_notified(e)

@@ -38,6 +38,12 @@ def announce(settings: Settings, journal: Journal, message: str, *, title: str, 
     return bool(report.ok)
 
 
+def event_ref(event_id: int | None) -> str:
+    """How a message names its event: `#42`, or why there is no number yet (the journal could
+    not take the event; it is kept aside and journaled later, `opskit events` then shows it)."""
+    return f"#{event_id}" if event_id else "not journaled yet (kept aside until the journal can take it)"
+
+
 def _warn(warn: Callable[[str], None] | None, line: str) -> None:
     if warn is None:
         return

@@ -131,6 +131,15 @@ def _warn(line: str) -> None:
         pass
 
 
+def warn_read(db: Path, error: BaseException) -> None:
+    """A read that failed and was done without: said once per process and cause."""
+    why = describe(db, error)
+    if (why.split(":")[0], "read") not in _WARNED:
+        _WARNED.add((why.split(":")[0], "read"))
+        _warn(f"opskit: {why}; going on without what it holds (the last known-good commit, "
+              "the quarantine list): git has the facts")
+
+
 def kept_value(state_dir: Path, scope: str, key: str) -> Any:
     """The newest kv value for (scope, key) still waiting aside, or None: a freeze written while
     the journal was full is in force before it is replayed."""

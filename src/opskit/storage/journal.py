@@ -18,15 +18,17 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock, iso, iso_precise, parse_iso
 from opskit.base.errors import UsageError, redact
 from opskit.storage import fallback
+
+_T = TypeVar("_T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -153,6 +155,7 @@ class Journal:
         self._local = threading.local()
         self._init_lock = threading.Lock()
         self._shadow: dict[int, dict[str, Any]] = {}  # deploys rows that could not be written
+        self._shadow_errors: dict[int, sqlite3.DatabaseError] = {}
         with self._init_lock:
             conn = self.conn
             conn.executescript(SCHEMA)
@@ -172,6 +175,16 @@ class Journal:
         """A message the outbox could not hold and its channel did not take: queued once there is room."""
         self._kept({"kind": "outbox", "channel": channel, "level": level, "title": title, "message": message,
                     "service": service, "event_id": event_id}, error)
+
+    def read_or(self, read: Callable[[], _T], default: _T) -> _T:
+        """A read the immune system can go on without (the last known-good commit, a freeze
+        flag for a message): on a damaged journal, `default`, said once on stderr with the path
+        and the fix. A revert must not stop because history cannot be read; git has the facts."""
+        try:
+            return read()
+        except sqlite3.DatabaseError as e:
+            fallback.warn_read(self.path, e)
+            return default
 
     def replay_fallback(self) -> int:
         """Journal what earlier writes had to keep aside, exactly once; 0 when nothing (or no room)."""
@@ -344,11 +357,12 @@ class Journal:
                 )
                 assert cur.lastrowid is not None
                 return cur.lastrowid
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as e:
             shadow_id = -1 - len(self._shadow)
             self._shadow[shadow_id] = {"service": service, "sha": sha, "previous": previous, "chain": chain,
                                        "kind": kind, "status": "running", "step": "start", "pid": os.getpid(),
                                        "started": started, "finished": None, "reason": None}
+            self._shadow_errors[shadow_id] = e  # named when the row is kept aside: full, corrupt, I/O
             return shadow_id
 
     def deploy_step(self, deploy_id: int, step: str) -> None:
@@ -366,7 +380,7 @@ class Journal:
         if deploy_id in self._shadow:
             row = self._shadow.pop(deploy_id)
             row.update(status=status, finished=finished, reason=why)
-            self._kept({"kind": "deploy", "row": row}, sqlite3.OperationalError("the row could not be written"))
+            self._kept({"kind": "deploy", "row": row}, self._shadow_errors.pop(deploy_id))
             return
         try:
             with self.tx() as c:
@@ -566,7 +580,6 @@ def kv_update(journal: Journal, scope: str, key: str,
     return new
 
 
-from collections.abc import Callable  # noqa: E402  (kept with the section that needs it)
 
 _tables_ready: set[tuple[int, str, str]] = set()
 _tables_lock = threading.Lock()
