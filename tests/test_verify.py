@@ -290,3 +290,57 @@ def test_missing_command_is_rejected_and_journaled(sandbox: Sandbox, opskit, sta
     assert r.returncode == 1 and said(r.stdout, "rejected") and "exited 127" in r.stdout
     [ev] = events(state_dir)
     assert ev["data"]["outcome"] == "rejected" and ev["data"]["cmd_exit"] == 127
+
+
+@pytest.mark.parametrize("case", ["at-it", "in-history", "contains-at-it", "mismatch-after-wait",
+                                  "mismatch-in-history", "branch-missing", "unreachable"])
+def test_check_only_mode_says_exactly_what_the_remote_holds(case: str, sandbox: Sandbox, opskit,
+                                                            tmp_path: Path) -> None:
+    """`verify-push --expect SHA` with no CMD: the whole --json document of each outcome."""
+    remote = f"origin ({sandbox.bare})"
+    base = sandbox.tip()
+    args = ["verify-push", "--repo", str(sandbox.dev), "--json"]
+    if case in ("in-history", "contains-at-it"):
+        new = sandbox.commit({"app.txt": "v2\n"}, "v2")
+        git(sandbox.dev, "push", "-q", "origin", "master")
+        expected, tip = (base if case == "in-history" else new), new
+        args += ["--expect", expected, "--contains"]
+        how = "has it in its history" if case == "in-history" else "is at it"
+        want = ("landed", tip, tip, f"{remote} master {how}: {tip[:12]}")
+    elif case.startswith("mismatch"):
+        expected = sandbox.commit({"app.txt": "not pushed\n"}, "local only")
+        args += ["--expect", expected]
+        if case == "mismatch-after-wait":
+            args += ["--wait", "0.3"]
+            want = ("mismatch", base, base, f"{remote} master is at {base[:12]}, expected {expected[:12]} "
+                    "after waiting 0.3s")
+        else:
+            args += ["--contains"]
+            want = ("mismatch", base, base, f"{remote} master is at {base[:12]}, expected {expected[:12]} "
+                    "in its history")
+    elif case == "branch-missing":
+        expected = base
+        args += ["--expect", base, "--branch", "nosuch"]
+        want = ("branch-missing", None, None, f"{remote} has no branch nosuch")
+    elif case == "unreachable":
+        expected = base
+        gone = tmp_path / "gone.git"  # a folder that was a bare repo: the disk under it was replaced
+        gone.mkdir()
+        args += ["--expect", base, "--remote", str(gone)]
+        remote = str(gone)
+        want = ("unreachable", None, None, f"cannot read {gone}: ")
+    else:
+        expected = base
+        args += ["--expect", base]
+        want = ("landed", base, base, f"{remote} master is at it: {base[:12]}")
+    r = opskit(*args)
+    assert r.returncode == (0 if want[0] == "landed" else 1), r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    outcome, before, after, reason = want
+    if case == "unreachable":
+        assert doc["reason"].startswith(reason) and len(doc["reason"]) > len(reason), doc["reason"]
+        reason = doc["reason"]
+    assert doc == {"outcome": outcome, "ok": outcome == "landed", "remote": remote,
+                   "branch": "nosuch" if case == "branch-missing" else "master", "before": before,
+                   "after": after, "expected": expected, "reason": reason, "cmd_exit": None, "cmd_tail": [],
+                   "moved": {}, "notes": [], "event_id": 1}
