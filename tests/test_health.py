@@ -186,6 +186,72 @@ def test_cmd_probe_exit_code_and_output(tmp_path: Path) -> None:
     assert run_gate(spec(cmd="test -f ready", window=0.5), clock=FakeClock(), cwd=tmp_path).healthy
 
 
+def test_cmd_probe_reasons_are_exact(tmp_path: Path) -> None:
+    assert probe_once(spec(cmd="echo starting; echo '  db down  '; exit 3")).detail == "exit 3: db down"
+    assert probe_once(spec(cmd="exit 4")).detail == "exit 4"  # nothing printed: the code alone
+    assert probe_once(spec(cmd="echo " + "x" * 300 + "; exit 1")).detail == "exit 1: " + "x" * 200
+    killed = probe_once(spec(cmd="echo dying; kill -9 $$"))
+    assert (killed.ok, killed.detail) == (False, "killed by signal 9: dying")
+    ok = probe_once(spec(cmd="exit 0"))
+    assert ok.ok and ok.detail.startswith("exit 0 in ") and ok.detail.endswith("ms")
+
+
+def test_cmd_probe_environment_typed_by_the_operator_and_from_a_pushed_tree(tmp_path: Path, monkeypatch) -> None:
+    # A probe the operator configured runs with opskit's environment (minus git's per-hook
+    # variables); one from the pushed tree (a sandbox wrapper given) gets only the allowlist.
+    monkeypatch.setenv("OPSKIT_PROBE_SECRET", "s3cret")
+    monkeypatch.setenv("GIT_DIR", str(tmp_path))
+    seen = tmp_path / "env"
+    probe = spec(cmd=f"env > {seen}")
+    assert probe_once(probe).ok
+    mine = seen.read_text()
+    assert "OPSKIT_PROBE_SECRET=s3cret" in mine and "GIT_DIR=" not in mine
+    wrapped: list[list[str]] = []
+
+    def sandbox(argv: list[str]) -> list[str]:  # stands in for bwrap.probe_wrapper: records, runs as is
+        wrapped.append(list(argv))
+        return argv
+
+    v = run_gate(spec(cmd=f"env > {seen}", window=0.2), clock=FakeClock(), wrap=sandbox)
+    assert v.healthy and wrapped and wrapped[0] == ["/bin/sh", "-c", f"env > {seen}"]
+    pushed = seen.read_text()
+    assert "OPSKIT_PROBE_SECRET" not in pushed and "GIT_DIR" not in pushed and "PATH=" in pushed
+
+    def no_sandbox(argv: list[str]) -> list[str]:
+        raise UsageError("bwrap: not installed; install bubblewrap")
+
+    seen.unlink()
+    v = run_gate(spec(cmd=f"env > {seen}", startup=0.2), clock=FakeClock(), wrap=no_sandbox)
+    assert not v.healthy and v.probes[0].detail == "bwrap: not installed; install bubblewrap"
+    assert not seen.exists()  # it never ran unsandboxed
+
+
+def test_tcp_probe_that_cannot_connect_in_time(tmp_path: Path) -> None:
+    import socket
+
+    # A listener whose accept queue is full: the kernel drops further SYNs, so connect hangs.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            fillers.append(c)
+        time.sleep(0.2)
+        p = probe_once(spec(tcp=f"127.0.0.1:{port}", timeout=0.3))
+        assert (p.ok, p.detail) == (False, "timed out after 0.3s")
+        p = probe_once(spec(tcp=f"[127.0.0.1]:{free_port()}", timeout=0.3))  # brackets, as for IPv6
+        assert (p.ok, p.detail) == (False, "Connection refused")
+    finally:
+        for c in fillers:
+            c.close()
+        srv.close()
+
+
 def test_hanging_cmd_is_killed_at_timeout(tmp_path: Path) -> None:
     from tests.support.procs import gone
 
@@ -233,9 +299,15 @@ def test_validate_rejects(bad: HealthSettings, needle: str) -> None:
 def test_parse_expect_status() -> None:
     assert parse_expect_status("200,204") == (200, 204)
     assert parse_expect_status("200-202, 301") == (200, 201, 202, 301)
-    for bad in ("2xx", "300-200", "99", "200,", "ok"):
-        with pytest.raises(UsageError):
+    assert parse_expect_status("100") == (100,) and parse_expect_status("599") == (599,)  # the edges
+    assert parse_expect_status("598-599") == (598, 599)
+    shape = "is not a status or range; use e.g. 200,204 or 200-299"
+    span = "is not within 100-599 (low-high); use e.g. 200-299"
+    for bad, why in (("2xx", shape), ("200,", shape), ("ok", shape), ("99", shape), ("300-200", span),
+                     ("099", span), ("600", span), ("599-600", span)):
+        with pytest.raises(UsageError) as e:
             parse_expect_status(bad)
+        assert e.value.message == f"--expect-status: {bad.split(',')[-1]!r} {why}", bad
 
 
 # --- journaling ------------------------------------------------------------------------------
