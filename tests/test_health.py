@@ -252,6 +252,46 @@ def test_tcp_probe_that_cannot_connect_in_time(tmp_path: Path) -> None:
         srv.close()
 
 
+def test_gate_event_is_the_whole_story_of_its_probes(tmp_path: Path, state_dir: Path) -> None:
+    # The journaled health event is what `opskit incident` reads downtime from: every field,
+    # the probe log (first and last half of a long gate), and the cmd probe run where and how asked.
+    from opskit.deploy.health import PROBE_LOG_MAX
+
+    j = Journal(state_dir, FakeClock())
+    (tmp_path / "count").write_text("0\n")
+    probe = ('n=$(cat count); echo $((n+1)) > count; '
+             'if [ "$n" -lt 2 ]; then echo "warming up $n"; exit 1; fi')
+    runs: list[list[str]] = []
+
+    def sandbox(argv: list[str]) -> list[str]:
+        runs.append(argv)
+        return argv
+
+    period = 0.01
+    window = period * (PROBE_LOG_MAX + 9)
+    v = gate(spec(cmd=probe, window=window, period=period, failures=3, startup=1.0, timeout=5), journal=j,
+             service="web", chain="c1", sha="abc123", clock=FakeClock(), cwd=tmp_path, wrap=sandbox,
+             sandbox="bwrap")
+    assert v.healthy, v.reason
+    assert len(runs) == len(v.probes) > PROBE_LOG_MAX  # every probe went through the sandbox wrapper
+    [ev] = j.query(type_prefix="health.")
+    d = ev.data
+    assert (ev.type, ev.service, ev.chain, ev.sha, v.event_id) == ("health.pass", "web", "c1", "abc123", ev.id)
+    assert (d["probes"], d["failed_probes"], d["sandbox"]) == (len(v.probes), 2, "bwrap")
+    assert (d["window"], d["period"], d["failures"], d["startup"], d["timeout"]) == (window, period, 3, 1.0, 5)
+    assert d["target"] == f"cmd: {probe}" and d["reason"] == v.reason and d["duration"] == round(v.duration, 3)
+    kept = v.probes[:PROBE_LOG_MAX // 2] + v.probes[-PROBE_LOG_MAX // 2:]
+    assert d["probe_log"] == [[round(p.at, 3), p.ok, p.detail] for p in kept]
+    assert d["probe_log"][0][1:] == [False, "exit 1: warming up 0"]
+    assert d["probe_log"][1][1:] == [False, "exit 1: warming up 1"]
+    doc = v.to_dict()
+    assert set(doc) == {"healthy", "reason", "target", "duration", "event_id", "probes"}
+    assert (doc["target"], doc["duration"], doc["event_id"]) == (v.target, round(v.duration, 3), ev.id)
+    first = doc["probes"][0]
+    assert first == {"at": round(v.probes[0].at, 3), "ok": False, "detail": "exit 1: warming up 0", "status": None,
+                     "elapsed": round(v.probes[0].elapsed, 3)}
+
+
 def test_hanging_cmd_is_killed_at_timeout(tmp_path: Path) -> None:
     from tests.support.procs import gone
 
@@ -446,3 +486,15 @@ def test_cli_ctrl_c_exits_130_and_journals_nothing(state_dir: Path, start_servic
     # typer turns KeyboardInterrupt into Exit(130) itself (typer/core.py), so no message here.
     assert p.returncode == 130
     assert journal_types(state_dir) == []
+
+
+def test_override_a_new_probe_kind_replaces_the_configured_one() -> None:
+    from opskit.deploy.health import override
+
+    base = spec(url="http://127.0.0.1:1/health", window=5)
+    assert (override(base, tcp="127.0.0.1:2").url, override(base, tcp="127.0.0.1:2").tcp) == (None, "127.0.0.1:2")
+    assert override(spec(tcp="127.0.0.1:2"), cmd="true").tcp is None
+    swapped = override(spec(cmd="true"), url="http://127.0.0.1:3/")
+    assert (swapped.cmd, swapped.url, swapped.window) == (None, "http://127.0.0.1:3/", 2.0)
+    same = override(base, window=9, url=None)  # None means "not given": the configured probe stays
+    assert (same.url, same.window) == ("http://127.0.0.1:1/health", 9)
