@@ -498,3 +498,9 @@ def test_override_a_new_probe_kind_replaces_the_configured_one() -> None:
     assert (swapped.cmd, swapped.url, swapped.window) == (None, "http://127.0.0.1:3/", 2.0)
     same = override(base, window=9, url=None)  # None means "not given": the configured probe stays
     assert (same.url, same.window) == ("http://127.0.0.1:1/health", 9)
+
+
+def test_refused_reads_the_same_for_http_and_tcp() -> None:
+    # "refused" is what an operator greps a 03:55 log for: exactly these words, both probes
+    assert probe_once(spec(url=refused_url())).detail == "Connection refused"
+    assert probe_once(spec(tcp=f"127.0.0.1:{free_port()}")).detail == "Connection refused"
