@@ -116,7 +116,6 @@ def _register(app: typer.Typer) -> None:
             group.short_help = _ONE_LINE[group.name]
 
 
-
 def _crash_log(exc: BaseException) -> Path | None:
     """Write the traceback (secrets masked) to the state dir; return its path."""
     import traceback  # only on the crash path: ~6 ms of every command's start-up otherwise

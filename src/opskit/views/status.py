@@ -16,7 +16,7 @@ from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import OpsError
 from opskit.base.lock import is_held, read_holder
 from opskit.base.proc import pid_alive
-from opskit.base.text import printable
+from opskit.base.text import printable, shown
 from opskit.chain.feature import status_section
 from opskit.git.repo import Git
 from opskit.notify import broken_channels, outbox_summary
@@ -196,7 +196,7 @@ def render(data: dict[str, Any]) -> list[str]:
         lines.append(f"cron-check: {cc['message']}")
     needs = data.get("attention") or []
     lines.append("needs attention:" if needs else "needs attention: nothing")
-    lines += [f"  - {line}" for line in needs]
+    lines += [f"  - {shown(line)}" for line in needs]  # reasons carry branch names
     return lines
 
 
