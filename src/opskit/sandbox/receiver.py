@@ -303,6 +303,9 @@ class _Handler(BaseHTTPRequestHandler):
             data, ctype = b"", "text/plain"
         else:
             data, ctype = str(body).encode(), "text/plain; charset=utf-8"
+        # Recorded before the answer goes out: a client that has its answer may look at once.
+        with self.server.receiver._lock:
+            self.server.receiver.requests.append((self._public_path(), status))
         self.send_response(status)
         if status != 204:
             self.send_header("Content-Type", ctype)
@@ -312,8 +315,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if status != 204 and data:
             self.wfile.write(data)
-        with self.server.receiver._lock:
-            self.server.receiver.requests.append((self._public_path(), status))
 
     def _public_path(self) -> str:
         path = urlsplit(self.path).path
