@@ -275,18 +275,52 @@ def test_status_shows_verdict_freeze_quarantine_outbox(st: Stage, opskit) -> Non
     assert os.environ["OPSKIT_STATE_DIR"] == str(st.settings.state_dir)
 
 
-def test_failed_deploy_of_an_older_commit_restores_the_last_good_without_a_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["older", "off-branch"])
+def test_failed_deploy_of_an_older_commit_restores_the_last_good_without_a_commit(tmp_path: Path,
+                                                                                 where: str) -> None:
     st = seeded_stage(tmp_path)
     try:
-        broken = st.good(mode="crash", message="broke it")
-        fixed = st.good(mode="healthy", message="fixed it")
+        if where == "older":
+            broken = st.good(mode="crash", message="broke it")
+        else:  # a commit on a side branch, deployed by hand with --sha: never on master
+            git(st.sb.dev, "checkout", "-q", "-b", "experiment")
+            broken = st.sb.commit({"service.mode": "crash\n"}, "broke it")
+            git(st.sb.dev, "push", "-q", "origin", "experiment")
+            git(st.sb.dev, "checkout", "-q", st.sb.branch)
+        fixed = st.good(mode="healthy", files={"fix.txt": "fixed\n"}, message="fixed it")
         assert st.deploy(fixed).ok
         r = st.deploy(broken)  # a human "rolls back" to a commit that never worked
-        assert r.status == "reverted" and r.revert is not None and r.revert.revert_sha == fixed
+        assert r.status == "reverted" and r.revert is not None
+        rr = r.revert
+        assert (rr.service, rr.ok, rr.status, rr.bad, rr.revert_sha, rr.reverted, rr.exit_code) == (
+            "svc", True, "reverted", broken, fixed, [broken], 0)
         assert st.sb.tip() == fixed  # no revert commit undoing good work on the branch
         assert st.worktree_head() == fixed
-        done = st.journal().last("rollback.complete", "svc")
-        assert done is not None and done.data["strategy"] == "redeploy-last-good"
+        j = st.journal()
+        start, done = j.last("rollback.start", "svc"), j.last("rollback.complete", "svc")
+        assert start is not None and done is not None and rr.event_id == start.id
+        reason = start.data["reason"]
+        assert reason.startswith("no healthy probe within") and start.sha == broken
+        assert start.data == {"bad": broken, "reverted": [broken], "good": fixed, "strategy": "redeploy-last-good",
+                              "reason": reason, "stage": "health", "trigger_event": start.data["trigger_event"]}
+        assert isinstance(start.data["trigger_event"], int)
+        assert (done.sha, done.data) == (fixed, {
+            "reverted": [broken], "bad": broken, "revert": fixed, "reason": reason,
+            "strategy": "redeploy-last-good", "deployed": True, "rollback_event": start.id})
+        rows = {row["sha"]: (row["status"], row["kind"]) for row in j.deploys("svc")}
+        assert rows[broken] == ("reverted", "deploy") and j.last_good("svc") == fixed
+        # a tree that never reached the branch is kept from coming back by a push; one on the
+        # branch already is history there, and pushing it again is not possible
+        quarantined = [(q["tree"], q["sha"], q["event_id"]) for q in j.quarantine_list("svc")]
+        bare = Git(st.sb.bare)
+        assert quarantined == ([] if where == "older" else [(bare.tree(broken), broken, start.id)])
+        assert st.receiver is not None
+        [told] = st.receiver.wait_for(1, timeout=15)
+        text = told.body["content"]
+        assert f"svc: deploy of {broken[:12]} broke it failed and was rolled back." in text
+        assert f"Now live: {fixed[:12]} (the last good deploy), healthy." in text
+        assert f"The branch was not changed ({broken[:12]} is not new work on master)." in text
+        assert f"Event: #{start.id} (`opskit events --service svc --type rollback`)" in text
     finally:
         st.close()
 
