@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from opskit.base.errors import OpsError
 from opskit.deploy.revert import auto_revert, is_revert_commit
 from opskit.git.repo import Git
 from opskit.notify import outbox_summary
@@ -37,7 +38,8 @@ def test_revert_conflict_leaves_nothing_half_done(st: Stage) -> None:
     lines: list[str] = []
     r = auto_revert(st.settings, st.journal(), "svc", commit=merge, reason="HTTP 503", write=lines.append)
     assert not r.ok and r.status == "conflict" and r.exit_code == 1
-    assert "app.txt" in r.reason
+    assert r.reason.startswith(f"the revert of {merge[:12]} conflicts with commits that landed on top (app.txt)")
+    assert r.reason.endswith("; nothing was changed")
     assert st.sb.tip() == on_top and st.worktree_head() == head  # repo and worktree untouched
     assert len(_worktrees(st.sb.bare)) == 1 and not git(st.sb.worktree, "status", "--porcelain").stdout
     j = st.journal()
@@ -48,6 +50,17 @@ def test_revert_conflict_leaves_nothing_half_done(st: Stage) -> None:
     assert st.receiver is not None
     msgs = st.receiver.wait_for(1)
     assert msgs and "FAILED" in msgs[0].body["content"]
+
+
+def test_auto_revert_by_hand_of_a_frozen_service_is_refused_and_changes_nothing(st: Stage) -> None:
+    bad = st.good(mode="crash", message="crash")
+    j = st.journal()
+    j.kv_set("frozen", "svc", {"reason": "rollback failed at 03:55", "since": "2026-12-02T03:55:00Z"})
+    tip, head, before = st.sb.tip(), st.worktree_head(), len(j.query())
+    with pytest.raises(OpsError) as e:
+        auto_revert(st.settings, j, "svc", commit=bad, reason="by hand", write=lambda _: None)
+    assert e.value.message == "svc is frozen (rollback failed at 03:55); `opskit unfreeze svc` first"
+    assert (st.sb.tip(), st.worktree_head(), len(j.query())) == (tip, head, before)
 
 
 def test_revert_on_top_without_conflict_and_no_deploy(st: Stage) -> None:
