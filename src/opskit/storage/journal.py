@@ -29,6 +29,7 @@ from opskit.base.errors import UsageError, redact
 from opskit.storage import fallback
 
 _T = TypeVar("_T")
+_SQL_INT_MAX = 2**63 - 1  # SQLite integers are 64-bit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -286,7 +287,7 @@ class Journal:
             sql += " WHERE " + " AND ".join(where)
         if limit is not None:
             sql += " ORDER BY id DESC LIMIT ?"
-            args.append(limit)
+            args.append(min(limit, _SQL_INT_MAX))  # `--limit 99999999999999999999` means all of them
             rows = list(self.conn.execute(sql, args))
             rows.reverse()
         else:
