@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,30 @@ def test_check_only_mode_says_exactly_what_the_remote_holds(case: str, sandbox: 
                    "branch": "nosuch" if case == "branch-missing" else "master", "before": before,
                    "after": after, "expected": expected, "reason": reason, "cmd_exit": None, "cmd_tail": [],
                    "moved": {}, "notes": [], "event_id": 1}
+
+
+def test_cmd_that_deletes_the_branch_and_pushes_elsewhere(sandbox: Sandbox, opskit) -> None:
+    git(sandbox.dev, "push", "-q", "origin", "master:release")
+    before = sandbox.tip("release")
+    new = sandbox.commit({"app.txt": "v2\n"}, "v2")
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--branch", "release", "--", "sh", "-c",
+               "git push -q origin :release && git push -q origin HEAD:hotfix")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert verdict(r.stdout) == (
+        f"branch-missing: `sh -c git push -q origin :release && git push -q origin HEAD:hotfix` exited 0 but "
+        f"origin ({sandbox.bare}) has no branch release (it was at {before[:12]} before: deleted); "
+        f"{new[:12]} landed on hotfix")
+
+
+def test_remote_gone_after_cmd_is_unreachable_not_landed(sandbox: Sandbox, opskit, tmp_path: Path) -> None:
+    sandbox.commit({"app.txt": "v2\n"}, "v2")
+    gone = tmp_path / "moved.git"
+    r = opskit("verify-push", "--repo", str(sandbox.dev), "--json", "--", "sh", "-c",
+               f"git push -q origin master && mv {sandbox.bare} {gone}")
+    assert r.returncode == 1, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["outcome"], doc["ok"], doc["after"]) == ("unreachable", False, None)
+    # the command is shown cut to a line's width; git's own last words follow
+    assert re.fullmatch(r"`sh -c git push -q origin master && mv .+` exited 0, then "
+                        + re.escape(f"origin ({sandbox.bare}) could not be read: git ls-remote origin: ") + ".+",
+                        doc["reason"]), doc["reason"]
