@@ -277,3 +277,26 @@ def test_a_freeze_kept_aside_is_in_force_before_it_is_replayed(tmp_path: Path) -
     Journal(tmp_path)  # an open with room journals it, once
     assert j.kv_get("frozen", "svc") == {"reason": "rollback failed", "event_id": 0}
     assert fallback.pending(tmp_path) == 0 and j.frozen("svc") == {"reason": "rollback failed", "event_id": 0}
+
+
+def test_rows_kept_in_memory_never_share_an_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # While the journal cannot be written, deploy rows live in memory under negative ids; the
+    # first finishing before the second must not hand the second's id to a third.
+    j = Journal(tmp_path / "state")
+    real_tx = Journal.tx
+
+    def full(self: Journal):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Journal, "tx", full)
+    a = j.deploy_start("svc", "a" * 40, previous=None, chain="c")
+    b = j.deploy_start("svc", "b" * 40, previous=None, chain="c")
+    j.deploy_finish(a, "failed", "gate")
+    c = j.deploy_start("svc", "c" * 40, previous=None, chain="c")
+    assert len({a, b, c}) == 3 and max(a, b, c) < 0
+    j.deploy_finish(b, "reverted", "gate")
+    j.deploy_finish(c, "healthy", None)
+    monkeypatch.setattr(Journal, "tx", real_tx)
+    again = Journal(tmp_path / "state")  # replays what was kept aside
+    assert {(r["sha"][0], r["status"]) for r in again.deploys("svc")} == {("a", "failed"), ("b", "reverted"),
+                                                                          ("c", "healthy")}

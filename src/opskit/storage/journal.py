@@ -359,7 +359,7 @@ class Journal:
                 assert cur.lastrowid is not None
                 return cur.lastrowid
         except sqlite3.DatabaseError as e:
-            shadow_id = -1 - len(self._shadow)
+            shadow_id = min(self._shadow, default=0) - 1  # below every live one: ids never collide
             self._shadow[shadow_id] = {"service": service, "sha": sha, "previous": previous, "chain": chain,
                                        "kind": kind, "status": "running", "step": "start", "pid": os.getpid(),
                                        "started": started, "finished": None, "reason": None}
@@ -579,7 +579,6 @@ def kv_update(journal: Journal, scope: str, key: str,
                 (scope, key, redact(json.dumps(new, default=str)), journal.now()),
             )
     return new
-
 
 
 _tables_ready: set[tuple[int, str, str]] = set()
