@@ -97,12 +97,15 @@ def _in_process(args: list[str], input: str | None, cwd: Path | None,
                 env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import contextlib
     import io
+    import signal
 
     from opskit import cli
     from opskit.commands import _common
+    from opskit.storage import fallback
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     saved = (_common.STATE, _common._console, _common._err_console, sys.stdin)
+    saved_term, saved_warned = signal.getsignal(signal.SIGTERM), set(fallback._WARNED)
     out, err = io.StringIO(), io.StringIO()
     try:
         os.environ.clear()
@@ -111,13 +114,20 @@ def _in_process(args: list[str], input: str | None, cwd: Path | None,
             os.chdir(cwd)
         _common.STATE, _common._console, _common._err_console = _common._State(), None, None
         sys.stdin = io.StringIO(input or "")
+        fallback._WARNED.clear()  # a new process would warn again
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(args)
+            try:
+                code = cli.main(args)
+            except SystemExit as e:  # what a process would have exited with
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_cwd)
         _common.STATE, _common._console, _common._err_console, sys.stdin = saved
+        signal.signal(signal.SIGTERM, saved_term)
+        fallback._WARNED.clear()
+        fallback._WARNED.update(saved_warned)
     return subprocess.CompletedProcess(["opskit", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -230,6 +230,36 @@ def test_a_journal_corrupted_during_the_gate_still_reverts_and_tells(tmp_path: P
         st.close()
 
 
+def test_a_corrupt_journal_never_turns_a_failed_older_deploy_into_a_revert_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`deploy --sha OLD` of a commit the branch has long moved past fails its gate while the
+    journal is corrupted: with no history to read, what was live before the deploy is put back,
+    and no revert commit undoing good work lands on the branch."""
+    from tests.support.pipeline import seeded_stage
+
+    st = seeded_stage(tmp_path, health={"startup": 1.0, "window": 0.5})
+    try:
+        old = st.good(mode="crash", message="an old bad commit")
+        fixed = st.good(mode="healthy", files={"fix.txt": "fixed\n"}, message="fixed it")
+        assert st.deploy(fixed).ok
+        from opskit.deploy import health
+
+        real_gate = health.gate
+
+        def gate(*a, **kw):  # type: ignore[no-untyped-def]
+            _garbage_over_every_page(st.settings.state_dir / "journal.db")
+            return real_gate(*a, **kw)
+
+        monkeypatch.setattr(health, "gate", gate)
+        lines: list[str] = []
+        r = st.deploy(old, lines=lines)
+        monkeypatch.setattr(health, "gate", real_gate)
+        assert r.status == "reverted" and r.revert is not None and r.revert.revert_sha == fixed, lines[-8:]
+        assert st.sb.tip() == fixed and st.worktree_head() == fixed and _healthy(st.port)
+    finally:
+        st.close()
+
+
 def test_push_to_an_already_full_state_dir_is_still_reverted_and_told(tmp_path: Path, small_state_dir: Path) -> None:
     st: Stage = hooked_stage(tmp_path, health={"startup": 1.0, "window": 0.5})
     try:

@@ -202,7 +202,10 @@ def run(
     finally:
         for r in readers.values():
             if r.ident is not None:  # started (a signal may come before they all are)
-                r.finish(DRAIN_GRACE)
+                try:
+                    r.finish(DRAIN_GRACE)
+                except RuntimeError:  # the signal came inside start(): it never ran
+                    pass
         for f in (proc.stdout, proc.stderr, proc.stdin):
             if f is not None:
                 try:

@@ -111,24 +111,29 @@ class _Conflict(OpsError):
 
 # --- the plan --------------------------------------------------------------------------------
 
-def _last_good(journal: Journal, service: str, bad: str) -> str | None:
-    """The last commit that passed its gate, other than bad; None when the journal has none or
-    cannot be read (then bad itself is reverted on top of the tip)."""
-    rows: list[Any] = journal.read_or(lambda: journal.deploys(service, limit=500), [])
+def _last_good(journal: Journal, service: str, bad: str, live_before: str | None = None) -> str | None:
+    """The last commit that passed its gate, other than bad; None when the journal has none.
+    When the journal cannot be read, what was live before this deploy (`live_before`, which the
+    pipeline knows from the worktree) stands in for it: a failed `deploy --sha` of an older
+    commit is then still put back by redeploying, never by a revert commit undoing good work."""
+    rows: list[Any] | None = journal.read_or(lambda: journal.deploys(service, limit=500), None)
+    if rows is None:
+        return live_before if live_before and live_before != bad else None
     for row in rows:
         if row["status"] == "healthy" and row["sha"] != bad:
             return str(row["sha"])
     return None
 
 
-def make_plan(svc: ServiceSettings, journal: Journal, canon: Git, bad: str) -> RevertPlan:
+def make_plan(svc: ServiceSettings, journal: Journal, canon: Git, bad: str,
+              live_before: str | None = None) -> RevertPlan:
     tip = local_tip(svc, canon)
     if tip is None:
         raise OpsError(f"{svc.name}: branch {svc.branch!r} not found in {svc.repo}; nothing to revert")
     if not canon.is_ancestor(bad, tip):
         raise OpsError(f"{svc.name}: {short(bad)} is not on {svc.branch} (tip {short(tip)}); nothing to revert")
     parents = canon.parents(bad)
-    good = _last_good(journal, svc.name, bad)
+    good = _last_good(journal, svc.name, bad, live_before)
     if good is not None and (canon.rev_parse(good) is None or not canon.is_ancestor(good, bad)):
         good = None  # the known-good commit is not behind this one (history was replaced): ignore it
     if len(parents) >= 2 and (good is None or good == parents[0]):
@@ -233,7 +238,7 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
         return _fail(run, bad, f"{short(bad)} is itself an auto-revert and it failed too ({reason}); "
                      "refusing to revert a revert", status="frozen", start_id=None, plan=None, freeze_it=True)
     try:
-        good = _last_good(run.journal, svc.name, bad)
+        good = _last_good(run.journal, svc.name, bad, run.previous)
         tip = local_tip(svc, canon)
         if (good is not None and tip is not None and canon.rev_parse(good) is not None
                 and (canon.is_ancestor(bad, good) or not canon.is_ancestor(bad, tip))):
@@ -242,7 +247,7 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
             return _restore_last_good(run, canon, bad=bad, good=good, reason=reason, bad_deploy_id=bad_deploy_id,
                                       stage=stage, no_deploy=no_deploy, trigger_event=trigger_event,
                                       off_branch=not canon.is_ancestor(bad, tip))
-        plan = make_plan(svc, run.journal, canon, bad)
+        plan = make_plan(svc, run.journal, canon, bad, run.previous)
     except OpsError as e:
         return _fail(run, bad, str(e), status="failed", start_id=None, plan=None, freeze_it=False)
     start = run.emit("rollback.start", {"bad": bad, "reverted": plan.reverted, "tip": plan.tip, "good": plan.good,

@@ -68,7 +68,11 @@ def secret(state_dir: Path) -> bytes:
     exposed = key_exposed(path, state_dir)
     if exposed:
         raise UsageError(f"{exposed[0]}; {exposed[1]}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except PermissionError:  # made 0600 by another account (before keys were shared)
+        raise UsageError(f"{path} cannot be read by this account; in a shared state dir its owner runs "
+                         f"`chmod 640 {path}` (the state dir's group reads it)") from None
     if len(data) < 32:  # a crash between create and write: make it again
         path.unlink()
         return secret(state_dir)
@@ -165,7 +169,10 @@ def key_exposed(path: Path, state_dir: Path) -> tuple[str, str] | None:
     """(who else can use the key at path, the fix), or None when no one may who should not: its
     owner may read it, and in a shared state dir the state dir's group."""
     st = path.stat()
-    fix = f"`chmod 600 {path}` (or delete it to make a new one)"
+    if statefs.is_shared(state_dir):  # the group must keep reading it
+        fix = f"`chgrp {os.stat(state_dir).st_gid} {path} && chmod 640 {path}` (or delete it to make a new one)"
+    else:
+        fix = f"`chmod 600 {path}` (or delete it to make a new one)"
     if st.st_mode & stat.S_IRWXO:
         return f"{path} can be read by others", fix
     shared_group = statefs.is_shared(state_dir) and st.st_gid == os.stat(state_dir).st_gid
