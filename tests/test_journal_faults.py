@@ -6,6 +6,7 @@ kept aside and journaled once when there is room again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -178,6 +179,24 @@ def _garbage_over_every_page(db: Path) -> None:
             f.write(bytes((i * 37 + n) % 251 for i in range(size)))
 
 
+@contextlib.contextmanager
+def _corrupted_when_the_gate_starts(st: Stage, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """journal.db is overwritten with garbage as the health gate begins, for the block's deploy."""
+    from opskit.deploy import health
+
+    real_gate = health.gate
+
+    def gate(*a, **kw):  # type: ignore[no-untyped-def]
+        _garbage_over_every_page(st.settings.state_dir / "journal.db")
+        return real_gate(*a, **kw)
+
+    monkeypatch.setattr(health, "gate", gate)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(health, "gate", real_gate)
+
+
 def test_a_journal_corrupted_during_the_gate_still_reverts_and_tells(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Garbage in journal.db itself mid-gate: reads fail as well as writes (the last known-good
@@ -193,17 +212,9 @@ def test_a_journal_corrupted_during_the_gate_still_reverts_and_tells(tmp_path: P
         j.close()
         good = st.sb.tip()
         bad = st.good(mode="crash", message="crash")
-        from opskit.deploy import health
-
-        real_gate = health.gate
-
-        def gate(*a, **kw):  # type: ignore[no-untyped-def]
-            _garbage_over_every_page(st.settings.state_dir / "journal.db")
-            return real_gate(*a, **kw)
-
-        monkeypatch.setattr(health, "gate", gate)
         lines: list[str] = []
-        r = st.deploy(bad, lines=lines)
+        with _corrupted_when_the_gate_starts(st, monkeypatch):
+            r = st.deploy(bad, lines=lines)
         assert r.status == "reverted", (r, lines[-10:])
         tip = st.sb.tip()
         bare = Git(st.sb.bare)
@@ -215,7 +226,6 @@ def test_a_journal_corrupted_during_the_gate_still_reverts_and_tells(tmp_path: P
         assert "was reverted automatically" in text and "database corrupt" in text, text
         assert "opskit journal recover" in text, text
         assert "Event: not journaled yet (kept aside until the journal can take it)" in text, text
-        monkeypatch.setattr(health, "gate", real_gate)
         rec = subprocess.run([sys.executable, "-m", "opskit", "journal", "recover"], capture_output=True,
                              text=True, timeout=60, check=False, env={**os.environ, **env_for(st)})
         assert rec.returncode == 1, rec.stderr  # rows were lost with the damaged pages, and it says so
@@ -242,18 +252,9 @@ def test_a_corrupt_journal_never_turns_a_failed_older_deploy_into_a_revert_commi
         old = st.good(mode="crash", message="an old bad commit")
         fixed = st.good(mode="healthy", files={"fix.txt": "fixed\n"}, message="fixed it")
         assert st.deploy(fixed).ok
-        from opskit.deploy import health
-
-        real_gate = health.gate
-
-        def gate(*a, **kw):  # type: ignore[no-untyped-def]
-            _garbage_over_every_page(st.settings.state_dir / "journal.db")
-            return real_gate(*a, **kw)
-
-        monkeypatch.setattr(health, "gate", gate)
         lines: list[str] = []
-        r = st.deploy(old, lines=lines)
-        monkeypatch.setattr(health, "gate", real_gate)
+        with _corrupted_when_the_gate_starts(st, monkeypatch):
+            r = st.deploy(old, lines=lines)
         assert r.status == "reverted" and r.revert is not None and r.revert.revert_sha == fixed, lines[-8:]
         assert st.sb.tip() == fixed and st.worktree_head() == fixed and _healthy(st.port)
     finally:
