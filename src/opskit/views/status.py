@@ -116,7 +116,7 @@ def attention(data: dict[str, Any]) -> list[str]:
     for name in sorted(data.get("broken_channels") or {}):
         out.append(f"channel {name} is broken: its notifications go to its fallback or wait")
     cc = data.get("cron_check")
-    if isinstance(cc, dict) and "NOT RUNNING" in str(cc.get("message", "")):
+    if isinstance(cc, dict) and cc.get("overdue"):
         out.append("cron-check is not running: nothing watches the jobs or finishes an interrupted deploy")
     waiting = data.get("fallback_pending")
     if isinstance(waiting, int) and waiting:
