@@ -126,7 +126,12 @@ def _crash_log(exc: BaseException) -> Path | None:
         state_dir.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = state_dir / f"crash-{stamp}-{os.getpid()}.log"
-        path.write_text(text)
+        # A new file, never through a link planted at this predictable name (issue 18).
+        from opskit.base import statefs  # only on the crash path, like traceback
+
+        fd = statefs.create_exclusive(path, state_dir, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+            f.write(text)
         return path
     except Exception:
         return None

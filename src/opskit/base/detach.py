@@ -43,7 +43,13 @@ for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, fwd)
 rc = p.wait()
 tmp = status + ".tmp"
-with open(tmp, "w") as f:
+# A new file, never through a link planted at the name (issue 18); rename replaces a link.
+try:
+    os.unlink(tmp)
+except FileNotFoundError:
+    pass
+fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+with os.fdopen(fd, "w") as f:
     f.write(str(rc) + "\\n")
     # A shared (setgid) state dir: operators and root's cron read it whatever our umask.
     if os.stat(os.path.dirname(os.path.abspath(tmp))).st_mode & 0o2000:

@@ -35,8 +35,9 @@ def lock_path(state_dir: Path, service: str) -> Path:
 def read_holder(state_dir: Path, service: str) -> dict[str, Any] | None:
     """Who says they hold the lock (may be stale: only flock itself is the truth)."""
     try:
-        text = lock_path(state_dir, service).read_text()
-    except OSError:
+        with statefs.opened(lock_path(state_dir, service), state_dir, os.O_RDONLY) as fd:
+            text = os.read(fd, 4096).decode("utf-8", "replace")
+    except (OSError, statefs.Unsafe):
         return None
     try:
         data = json.loads(text) if text.strip() else None
@@ -47,10 +48,11 @@ def read_holder(state_dir: Path, service: str) -> dict[str, Any] | None:
 
 def is_held(state_dir: Path, service: str) -> bool:
     """True if some live process holds the lock right now (probe, never blocks)."""
-    path = lock_path(state_dir, service)
-    if not path.exists():
+    try:
+        # Read-only is enough for flock; a planted link is refused (statefs, issue 18).
+        fd = statefs.open_file(lock_path(state_dir, service), state_dir, os.O_RDONLY, flock_only=True)
+    except FileNotFoundError:
         return False
-    fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -95,9 +97,10 @@ class ServiceLock:
         return self._fd
 
     def acquire(self) -> None:
-        statefs.mkdir(self.path.parent, self.state_dir)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
-        statefs.share_fd(fd, self.state_dir)  # root's lock file must open for the git account
+        # Never through a link or into a file the group could not write itself (issue 18: root
+        # truncated a planted link's target); created 0640, and shared so the git account opens
+        # root's lock file.
+        fd = statefs.open_file(self.path, self.state_dir, os.O_RDWR | os.O_CREAT, 0o640)
         deadline = self.clock.monotonic() + max(0.0, self.wait)
         told = False
         try:

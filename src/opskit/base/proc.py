@@ -17,6 +17,7 @@ import pwd
 import re
 import select
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -345,7 +346,14 @@ def spawn_detached(argv: Sequence[str], *, log: str | os.PathLike[str],
                    env: Mapping[str, str] | None = None) -> int:
     """Start argv in a new session, stdin /dev/null, output appended to `log`; return its pid."""
     os.makedirs(os.path.dirname(os.fspath(log)) or ".", exist_ok=True)
-    with open(log, "ab") as out:
+    # The log sits in a folder others may write (the shared state dir): never append through a
+    # link planted at its name (issue 18; statefs made it, this opens it a second time).
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise OpsError(f"{log}: not a plain file (a link or a hard link); remove it: rm {log}")
+    with os.fdopen(fd, "ab") as out:
         child = subprocess.Popen(
             [os.fspath(a) for a in argv], cwd=cwd, env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -23,7 +23,8 @@ append opskit does in the state dir goes through open_file() here, and the rule 
   its group is the state dir's group and the group's mode bits allow our access (read; rw for
   any write, truncate or append); in a personal dir, it is ours or the dir owner's. So root
   writes into a file only when every member of the group could write it too: a row, a link or a
-  rename planted by one of them never makes root do more than they could do themselves.
+  rename planted by one of them never makes root do more than they could do themselves. A
+  file that is only flocked (inbox.lock, cron.lock, is_held's probe) needs no group bits.
 - Anything else raises Unsafe (exit 2): one line naming the path, what is wrong and the fix
   (`rm` it). Nothing is opened, created, truncated or chmodded — a dangling link's target is
   never created.
@@ -40,6 +41,7 @@ import os
 import pwd
 import shlex
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,12 +125,14 @@ def _open_dir_at(fd: int, name: str, where: Path) -> int:
 
 
 def check_existing(st: os.stat_result, path: str | os.PathLike[str], *, write: bool,
-                   state_st: os.stat_result) -> None:
+                   state_st: os.stat_result, flock_only: bool = False) -> None:
     """The rule for a file opskit did not just create (module docstring); raises Unsafe."""
     if not stat.S_ISREG(st.st_mode):
         raise Unsafe(path, "is not a regular file")
     if st.st_nlink != 1:
         raise Unsafe(path, f"has {st.st_nlink} hard links (another name points at the same file)")
+    if flock_only and not write:
+        return  # only flocked: neither its bytes nor its mode are touched
     if state_st.st_mode & stat.S_ISGID:
         want = stat.S_IRGRP | (stat.S_IWGRP if write else 0)
         if st.st_gid != state_st.st_gid or st.st_mode & want != want:
@@ -143,12 +147,13 @@ def check_existing(st: os.stat_result, path: str | os.PathLike[str], *, write: b
 
 
 def open_file(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], flags: int,
-              mode: int = 0o660, *, share: bool = True) -> int:
+              mode: int = 0o660, *, share: bool = True, flock_only: bool = False) -> int:
     """os.open() for a path inside the state dir, by the rule of the module docstring.
 
     flags are os.open's (O_RDONLY, O_RDWR, O_WRONLY, O_APPEND, O_CREAT, O_EXCL, O_TRUNC);
     O_TRUNC is done after the checks. A file created here gets `mode`, plus the group's rw in a
-    shared dir when share is true. Missing folders are created with O_CREAT. Raises Unsafe
+    shared dir when share is true. flock_only (O_RDONLY, the fd is only flocked): an existing
+    file need not be the group's, only regular, single-link and not a link. Missing folders are created with O_CREAT. Raises Unsafe
     (exit 2), FileNotFoundError, FileExistsError (O_EXCL) or another OSError."""
     parts = _parts(path, state_dir)
     state_st = os.stat(state_dir)
@@ -188,11 +193,14 @@ def open_file(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], f
             if created:
                 if not stat.S_ISREG(st.st_mode):  # pragma: no cover - O_EXCL made it
                     raise Unsafe(path, "is not a regular file")
-                want = stat.S_IMODE(mode) | (stat.S_IRGRP | stat.S_IWGRP if shared and share else 0)
+                # The umask stands, except that the group gets rw in a shared dir; a private
+                # file (share=False) gets exactly its mode.
+                want = (stat.S_IMODE(st.st_mode) | stat.S_IRGRP | stat.S_IWGRP if share and shared
+                        else stat.S_IMODE(st.st_mode) if share else stat.S_IMODE(mode))
                 if stat.S_IMODE(st.st_mode) != want:
                     os.fchmod(fd, want)
             else:
-                check_existing(st, path, write=bool(flags & _WRITE), state_st=state_st)
+                check_existing(st, path, write=bool(flags & _WRITE), state_st=state_st, flock_only=flock_only)
                 if flags & os.O_TRUNC:
                     os.ftruncate(fd, 0)
             fl = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -246,23 +254,42 @@ def open_private(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]
     return fd
 
 
-def check_plain(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], *, write: bool = True) -> None:
-    """For files another library opens by name (SQLite's journal.db, -wal, -shm): absent, or
-    what open_file would accept. Raises Unsafe; never opens or creates anything."""
+def _lstat_in(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> os.stat_result | None:
     parts = _parts(path, state_dir)
     try:
         dfd = _open_dir(state_dir, parts[:-1], create=False, shared=False)
     except FileNotFoundError:
-        return
+        return None
     try:
         st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
-        return
+        return None
     finally:
         os.close(dfd)
     if stat.S_ISLNK(st.st_mode):
         raise Unsafe(path, "is a symbolic link")
-    check_existing(st, path, write=write, state_st=os.stat(state_dir))
+    return st
+
+
+def check_sqlite(db: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> None:
+    """Before SQLite opens db by name (it follows links, and writes its -wal and -shm): each of
+    the three absent, or a regular single-link file reached without a link; -wal and -shm also
+    the group's (open_file's rule) or exactly what SQLite makes them, the db's owner and mode.
+    (SQLite never writes over a db file that is not a database, so any owner may hold that.)
+    Raises Unsafe: issue 18's planted -wal/-shm links were exit 3 and followed."""
+    state_st = os.stat(state_dir)
+    main = _lstat_in(db, state_dir)
+    if main is not None:
+        check_existing(main, db, write=False, state_st=state_st, flock_only=True)
+    for suffix in ("-wal", "-shm"):
+        side = f"{os.fspath(db)}{suffix}"
+        st = _lstat_in(side, state_dir)
+        if st is None:
+            continue
+        check_existing(st, side, write=False, state_st=state_st, flock_only=True)
+        if main is not None and (st.st_uid, st.st_mode) == (main.st_uid, main.st_mode):
+            continue
+        check_existing(st, side, write=True, state_st=state_st)
 
 
 @contextmanager
@@ -279,6 +306,24 @@ def opened(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], flag
 def append_bytes(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], data: bytes) -> None:
     with opened(path, state_dir, os.O_WRONLY | os.O_APPEND | os.O_CREAT) as fd:
         os.write(fd, data)
+
+
+def redirect_output(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> None:
+    """Append this process's stdout and stderr (and its children's) to path, opened by the rule
+    above: what cron's lines use instead of the shell's `>> LOG` (issue 18)."""
+    try:
+        fd = open_file(path, state_dir, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except ValueError:
+        raise UsageError(f"--log {os.fspath(path)}: not inside the state dir {os.fspath(state_dir)}; "
+                         "rerun `opskit cron install`") from None
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def share(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> None:
@@ -349,15 +394,33 @@ def not_writable(state_dir: str | os.PathLike[str]) -> str | None:
 
 
 def denied(p: Path, what: str, verb: str) -> str:
-    """One line: which account cannot `verb` what, the group that may, and the usermod fix."""
+    """One line: which account cannot `verb` what, and a fix that is true: joining the group
+    when the group may `verb` it, else who can (issue 18: root:root got `usermod -aG root`)."""
     try:
         name = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         name = str(os.geteuid())
     try:
         st = os.stat(p)
+    except OSError:
+        return (f"{what}: account {name} cannot {verb} it ({p} is out of its reach); "
+                "run opskit as root (sudo opskit …) or ask an admin to give the account access")
+    try:
         group = grp.getgrgid(st.st_gid).gr_name
-    except (OSError, KeyError):
-        group = "opskit"
-    return (f"{what}: account {name} cannot {verb} it (it belongs to group {group}); "
-            f"add the account to the group: usermod -aG {group} {name} (then log in again)")
+    except KeyError:
+        group = str(st.st_gid)
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    folder = stat.S_ISDIR(st.st_mode)
+    need = {"read": stat.S_IRGRP | (stat.S_IXGRP if folder else 0),
+            "write": stat.S_IWGRP | (stat.S_IXGRP if folder else 0)}.get(verb, stat.S_IRWXG)
+    mode = f"{owner}:{group} {stat.S_IMODE(st.st_mode):04o}"
+    if st.st_gid != 0 and st.st_mode & need == need:
+        return (f"{what}: account {name} cannot {verb} it ({p} is {mode}: it belongs to group {group}); "
+                f"add the account to the group: usermod -aG {group} {name} (then log in again)")
+    sudo = "sudo opskit …" if st.st_uid == 0 else f"sudo -u {owner} opskit …"
+    bits = "g+rwX" if verb == "write" else "g+rX"
+    return (f"{what}: account {name} cannot {verb} it ({p} is {mode}: only {owner} can); run opskit as "
+            f"{owner} ({sudo}), or give it to opskit's group: chgrp GROUP {p} && chmod {bits} {p}")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import ChannelSettings, Settings
 from opskit.base.errors import GitError, UsageError, redact
@@ -128,7 +129,8 @@ def actionable(settings: Settings) -> list[ChannelSettings]:
 @contextlib.contextmanager
 def _one_at_a_time(settings: Settings) -> Iterator[bool]:
     path = settings.state_dir / "inbox.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # Read-only is enough for flock; never created through a planted link (statefs, issue 18).
+    fd = statefs.open_file(path, settings.state_dir, os.O_RDONLY | os.O_CREAT, 0o600, flock_only=True)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

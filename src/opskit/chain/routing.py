@@ -138,11 +138,11 @@ def run_files(settings: Settings, svc: ServiceSettings, run_id: str) -> tuple[Pa
     logs = settings.state_dir / "logs"
     try:
         statefs.mkdir(logs, settings.state_dir)
-        with open(logs / f"push-{svc.name}-{run_id}.log", "ab") as f:
-            f.write(f"opskit: run {run_id} of {svc.name}\n".encode())  # fails now, not in the worker, when full
-        # Operators (group opskit) read it too, whatever the hook account's umask.
-        statefs.share(logs / f"push-{svc.name}-{run_id}.log", settings.state_dir)
-    except OSError:
+        # Never through a planted link (statefs, issue 18); shared when created: operators
+        # (group opskit) read it too, whatever the hook account's umask.
+        statefs.append_bytes(logs / f"push-{svc.name}-{run_id}.log", settings.state_dir,
+                             f"opskit: run {run_id} of {svc.name}\n".encode())  # fails now, not in the worker, when full
+    except (OSError, statefs.Unsafe):
         # A full or read-only state dir must not keep the pipeline from starting: log elsewhere.
         logs = Path(tempfile.gettempdir()) / f"opskit-{os.getuid()}-logs"
         logs.mkdir(mode=0o700, exist_ok=True)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from opskit.base import statefs
 from opskit.commands import _common
 
 if TYPE_CHECKING:
@@ -145,6 +146,8 @@ def register(app: typer.Typer) -> None:
                                     help="The service the job belongs to (its notify channels)."),
         ok_exit: list[int] = typer.Option(None, "--ok-exit", metavar="CODE",
                                           help="Another exit code that counts as success (repeatable)."),
+        log: str = typer.Option(None, "--log", metavar="PATH",
+                                help="Append our and CMD's output to PATH in the state dir (cron's lines)."),
     ) -> None:
         """Run CMD as job NAME: journal job.start/ok/fail, notify once per failure streak.
 
@@ -156,7 +159,10 @@ def register(app: typer.Typer) -> None:
         """
         from opskit.jobs.run_job import run_job as core
 
-        result = core(_common.settings(), _common.journal(), name, cmd or [], service=service,
+        settings = _common.settings()
+        if log:  # before the journal opens: its errors belong in the log too
+            statefs.redirect_output(log, settings.state_dir)
+        result = core(settings, _common.journal(), name, cmd or [], service=service,
                       ok_codes=(0, *(ok_exit or ())))
         _common.exit_with(result.exit_code)
 

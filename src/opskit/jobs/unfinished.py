@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from opskit.base import proc
+from opskit.base import proc, statefs
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import Settings
 from opskit.base.errors import OpsError
@@ -38,18 +38,37 @@ class Unfinished:
         return dict(self.__dict__)
 
 
+def _held(settings: Settings, service: str) -> bool | str:
+    """True while a live process holds the service's lock (the flock probe: the only truth);
+    a lock file that statefs refuses (a planted link, issue 18) is its one-line message."""
+    try:
+        return is_held(settings.state_dir, service)
+    except statefs.Unsafe as e:
+        return e.message
+
+
 def left_open(settings: Settings, journal: Journal, service: str) -> str | None:
-    """What a dead pipeline left for this service, or None (nothing, or a live one holds it)."""
-    if is_held(settings.state_dir, service):
+    """What a dead pipeline left for this service, or None (nothing, or a live one holds it).
+
+    A row is only a claim (anyone in the state dir's group can write the journal): the lock's
+    real holder decides. A 'running' row while nobody holds the lock is a dead pipeline, whatever
+    pid it names (a forged or reused pid is not a holder), and finishing it is what
+    `opskit deploy SERVICE` does — which its writer could run itself. Nothing is taken from the
+    row but its words: no path, no pid to signal."""
+    held = _held(settings, service)
+    if held is True:
         return None  # someone is at work; they close what was left (recovery.py)
+    if isinstance(held, str):
+        return f"its lock cannot be checked ({held})"
     # Only what makes `opskit deploy` act (recovery.last_deployed is None): a newer verdict on
     # top means the next deploy reports the rest, and cron-check must not repeat itself.
     rows = journal.deploys(service, limit=1)
     if not rows:
         return None
     row = rows[0]
-    if row["status"] == "running" and not proc.pid_alive(int(row["pid"] or 0)):
-        return (f"the {row['kind']} of {short(row['sha'])} (pid {row['pid']}) died at step "
+    if row["status"] == "running":
+        gone = "died" if not proc.pid_alive(int(row["pid"] or 0)) else "no longer holds the lock"
+        return (f"the {row['kind']} of {short(row['sha'])} (pid {row['pid']}) {gone} at step "
                 f"'{row['step'] or 'start'}' without a verdict")
     if row["status"] == "interrupted":
         return f"the {row['kind']} of {short(row['sha'])} was interrupted without a verdict ({row['reason']})"
@@ -72,7 +91,7 @@ def finish_unfinished(settings: Settings, journal: Journal, clock: Clock = SYSTE
             result = deploy(settings, journal, name, None, clock=clock, write=lines.append, lock_wait=0)
             item.status, item.reason = result.status, result.reason
         except OpsError as e:
-            if is_held(settings.state_dir, name):
+            if _held(settings, name) is True:
                 continue  # a deploy started meanwhile; it closes what was left
             item.error = e.message
         done.append(item)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import sys
 import tempfile
 import uuid
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from opskit.base import statefs
 from opskit.base.errors import OpsError, redact
 
 NAME = "journal-fallback.jsonl"
@@ -79,13 +81,31 @@ def locations(state_dir: Path) -> list[Path]:
     return [Path(state_dir) / NAME, Path(tempfile.gettempdir()) / f"opskit-{os.getuid()}-{tag}-{NAME}"]
 
 
+def _open(path: Path, state_dir: Path, flags: int) -> int:
+    """The state dir's file by statefs' rule (no link, one link, the group's: issue 18 — a
+    planted link made root append to and truncate its target), shared like the journal beside
+    it; the temp dir's with O_NOFOLLOW, checked by _trusted. Unsafe is an OSError here: the
+    next location takes the record, and it is said once on stderr."""
+    if path.parent == Path(state_dir):
+        try:
+            return statefs.open_file(path, state_dir, flags, 0o660)
+        except statefs.Unsafe as e:
+            if ("unsafe", str(path)) not in _WARNED:
+                _WARNED.add(("unsafe", str(path)))
+                _warn(f"opskit: {e}")
+            raise OSError(f"{path}: refused") from None
+    return os.open(path, flags | os.O_NOFOLLOW, 0o600)
+
+
 def _trusted(fd: int, path: Path, state_dir: Path) -> bool:
-    """The state dir's own file is trusted like the journal beside it; the one in the shared
-    temp dir only when it is ours and nobody else can write it (its name is predictable)."""
+    """The state dir's own file is trusted like the journal beside it (_open checked it); the
+    one in the shared temp dir only when it is ours, a plain single-link file, and nobody else
+    can write it (its name is predictable)."""
     if path.parent == Path(state_dir):
         return True
     st = os.fstat(fd)
-    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+    return (st.st_uid == os.geteuid() and not st.st_mode & 0o022 and stat.S_ISREG(st.st_mode)
+            and st.st_nlink == 1)
 
 
 def keep(state_dir: Path, record: dict[str, Any], error: BaseException, db: Path) -> str:
@@ -95,7 +115,7 @@ def keep(state_dir: Path, record: dict[str, Any], error: BaseException, db: Path
     where = "stderr"
     for path in locations(state_dir):
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = _open(path, state_dir, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except OSError:
             continue
         try:
@@ -146,7 +166,7 @@ def kept_value(state_dir: Path, scope: str, key: str) -> Any:
     found: Any = None
     for path in locations(state_dir):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = _open(path, state_dir, os.O_RDONLY)
         except OSError:
             continue
         try:
@@ -173,7 +193,7 @@ def pending(state_dir: Path) -> int:
     n = 0
     for path in locations(state_dir):
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(_open(path, state_dir, os.O_RDONLY), "rb") as f:
                 n += sum(1 for ln in f if ln.strip())
         except OSError:
             pass
@@ -190,7 +210,7 @@ def replay(state_dir: Path, conn: sqlite3.Connection,
     applied = 0
     for path in locations(state_dir):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            fd = _open(path, state_dir, os.O_RDWR)
         except OSError:
             continue
         try:

@@ -157,6 +157,11 @@ class Journal:
         self._init_lock = threading.Lock()
         self._shadow: dict[int, dict[str, Any]] = {}  # deploys rows that could not be written
         self._shadow_errors: dict[int, sqlite3.DatabaseError] = {}
+        try:  # created by us, not by SQLite: never through a planted link, shared (statefs)
+            os.close(statefs.open_file(self.path, self.state_dir, os.O_RDONLY | os.O_CREAT, 0o644,
+                                       flock_only=True))
+        except FileNotFoundError:
+            pass
         with self._init_lock:
             conn = self.conn
             conn.executescript(SCHEMA)
@@ -201,6 +206,7 @@ class Journal:
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            statefs.check_sqlite(self.path, self.state_dir)  # SQLite follows links (issue 18)
             try:
                 conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             except sqlite3.OperationalError as e:

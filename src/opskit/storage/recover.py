@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opskit.base import statefs
 from opskit.base.errors import OpsError
 from opskit.base.lock import ServiceLock
 from opskit.storage.journal import SCHEMA, add_columns
@@ -77,6 +78,7 @@ class RecoverReport:
 def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) -> RecoverReport:
     """Rebuild state_dir/journal.db from what is readable in it; the damaged files are kept aside."""
     path = Path(state_dir) / "journal.db"
+    statefs.check_sqlite(path, state_dir)  # SQLite follows a planted link (issue 18): exit 2, the fix
     problems = quick_check(path)
     report = RecoverReport(path=str(path), damaged=bool(problems), problems=problems)
     if not path.exists():
@@ -93,6 +95,9 @@ def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) ->
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         fresh = path.with_name(f"journal.db.rebuilding-{os.getpid()}")
         _remove(fresh)
+        # Made by us, never through a link; SQLite opens it nofollow and keeps no -journal
+        # beside it (a name a group member could plant a link at: statefs, issue 18).
+        os.close(statefs.create_exclusive(fresh, state_dir, 0o644))
         report.tables = _rebuild(path, fresh)
         aside = path.with_name(f"journal.db.damaged-{stamp}")
         for suffix in ("", "-wal", "-shm"):
@@ -112,8 +117,9 @@ def _remove(db: Path) -> None:
 
 def _rebuild(damaged: Path, fresh: Path) -> list[TableReport]:
     src = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True, timeout=10.0)
-    dst = sqlite3.connect(fresh, isolation_level=None)
+    dst = sqlite3.connect(f"file:{fresh}?nofollow=1", uri=True, isolation_level=None)
     try:
+        dst.execute("PRAGMA journal_mode = MEMORY")
         dst.executescript(SCHEMA)
         add_columns(dst)  # the columns later releases added (precise times, message buttons)
         tables: dict[str, str | None] = {t: None for t in KNOWN}

@@ -54,7 +54,7 @@ _ENV_LINE = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 # One leading `NAME=value ` of a command as cron hands it to /bin/sh (before the first
 # unescaped %): the per-entry settings opskit's entries start with.
 _ASSIGNMENT = re.compile(r"""([A-Za-z_][A-Za-z0-9_]*)=((?:'[^']*'|"(?:[^"\\]|\\.)*"|\\.|[^\s'"\\;&|<>()`%])*)(?:\s+|$)""")
-_VALUE_OPTIONS = ("--service", "-s", "--ok-exit")  # run-job's options that take a value
+_VALUE_OPTIONS = ("--service", "-s", "--ok-exit", "--log")  # run-job's options that take a value
 
 
 # --- the crontab itself ---------------------------------------------------------------------
@@ -190,12 +190,16 @@ def render_line(entry: Entry, *, runner: Sequence[str], config: Path, log: Path,
     opskit = [q(a, "interpreter path") for a in runner] + ["--config", q(str(config), "config path")]
     # Options go before NAME: run-job stops parsing options there. Exit 1 is a finding the
     # command notified about itself (drift, a missed job, a failed deploy), not a broken job.
-    wrapper = [*opskit, "run-job", "--ok-exit", "1"]
+    # No `>> LOG` for the shell: it would follow a link a group member planted at the shared
+    # log, as root, and a log root's shell created 0644 stops every other account's line before
+    # opskit starts (issue 18). run-job opens the log itself (statefs.open_file) and sends its
+    # own and CMD's output there; what fails before that goes to cron's mail.
+    wrapper = [*opskit, "run-job", "--ok-exit", "1", "--log", q(str(log), "log path")]
     if entry.service:
         wrapper += ["--service", q(entry.service, "service name")]
     wrapper.append(q(entry.name, "job name"))
     cmd = [*settings, *wrapper, "--", *opskit, *(q(a, "argument") for a in entry.args)]
-    return f"{entry.schedule} {' '.join(cmd)} >> {q(str(log), 'log path')} 2>&1"
+    return f"{entry.schedule} {' '.join(cmd)}"
 
 
 def _template() -> string.Template:
@@ -367,8 +371,9 @@ def _locked(state_dir: Path) -> Iterator[None]:
     """Two installs at once would each write back the table they read: serialize them."""
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        f = open(state_dir / "cron.lock", "a")
-        statefs.share(state_dir / "cron.lock", state_dir)
+        # Never through a planted link (issue 18); shared when created, never chmodded after.
+        f = os.fdopen(statefs.open_file(state_dir / "cron.lock", state_dir, os.O_RDONLY | os.O_CREAT,
+                                         flock_only=True), "rb")
     except OSError as e:
         raise UsageError(f"state dir {state_dir}: {e.strerror}; set OPSKIT_STATE_DIR to a writable "
                          "folder") from None

@@ -12,6 +12,7 @@ runs under cron's bare environment with absolute paths and its PATH and OPSKIT_S
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,12 +112,7 @@ def install(settings: Settings, journal: Journal | None = None, *, dry_run: bool
     changed = current != text
     action = "unchanged" if not changed else ("updated" if current is not None else "installed")
     if changed and not dry_run:
-        logs = settings.state_dir / "logs"
-        statefs.mkdir(logs, settings.state_dir)
-        # Created here, shared: entries running as different accounts append to one log.
-        log = logs / "cron.log"
-        log.touch(exist_ok=True)
-        statefs.share(log, settings.state_dir)
+        _shared_log(settings.state_dir / "logs" / "cron.log", settings.state_dir)
         replace_file(target, text, mode=0o644)  # cron ignores a cron.d file that others can write
     if journal is not None and not dry_run and (changed or journal.kv_get("cron-check", "installed") is None):
         # As cron.install: cron-check's silence counts from here until its first run.
@@ -124,6 +120,27 @@ def install(settings: Settings, journal: Journal | None = None, *, dry_run: bool
 
         journal.kv_set("cron-check", "installed", {"ts": iso(SYSTEM.now()), "user": str(target)})
     return SystemCronResult(action, target, changed, dry_run, text, entries)
+
+
+def _shared_log(log: Path, state_dir: Path) -> None:
+    """Created here, shared: entries running as different accounts append to one log (each
+    line's run-job opens it by statefs' rule, never the shell)."""
+    try:
+        os.close(statefs.open_file(log, state_dir, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
+        return
+    except statefs.Unsafe:
+        pass
+    # Before issue 18 root's `>> LOG` created it 0644, and every other account's line then failed
+    # in the shell. A world-readable single-link file of ours holds nothing the group may not
+    # read, so it is given the group's write; anything else stays refused (exit 2, the fix).
+    fd = statefs.open_file(log, state_dir, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or not st.st_mode & stat.S_IROTH:
+            raise statefs.Unsafe(log, f"is not writable by the state dir's group (mode {stat.S_IMODE(st.st_mode):04o})")
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRGRP | stat.S_IWGRP)
+    finally:
+        os.close(fd)
 
 
 def uninstall(journal: Journal | None = None, *, dry_run: bool = False) -> SystemCronResult:

@@ -1,0 +1,353 @@
+"""Root never writes through a path someone else controls (issue 18, Build item 2).
+
+The system install's state dir is root:GROUP 2770: every member of the group (the git push
+account) can plant a symlink, a hard link or a renamed file at any name in it. A member plants
+links at each name root's commands open — locks/NAME.lock, cron.lock, logs/cron.log, inbox.lock,
+journal.db-wal/-shm — pointing at a root-owned 0600 victim and at a dangling target; root's
+commands (deploy, cron-check, cron install --system, inbox, status, cron.d's lines as cron runs
+them) leave the victim byte for byte and mode unchanged, create nothing at the dangling target,
+and exit 2 with one line naming the path and the fix. A forged 'running' deploy row makes root
+do no more than its writer could. The first half is statefs' rule itself, in-process (root
+makes the hard links: fs.protected_hardlinks keeps an account from linking a file it cannot
+write); the second half real accounts on the real install. Needs root; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opskit.base import statefs
+from tests.support.server import Server, need_root, run_as, server_fixture
+from tests.test_server import add_app, as_cron, cron_lines, tune_gate
+
+ROOT = pytest.mark.skipif(need_root() is not None, reason=need_root() or "")
+SECRET = b"root's secret: never truncated, never chmodded\n"
+
+
+def _victim(base: Path) -> Path:
+    d = base / "rootonly"
+    d.mkdir(mode=0o755, exist_ok=True)
+    v = d / "victim"
+    v.write_bytes(SECRET)
+    os.chmod(v, 0o600)
+    os.chown(v, 0, 0)
+    return v
+
+
+def _unchanged(victim: Path) -> None:
+    st = os.stat(victim)
+    assert victim.read_bytes() == SECRET, "the victim's bytes changed"
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0), oct(st.st_mode)
+
+
+# --- statefs' rule, in-process ---------------------------------------------------------------
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir()
+    os.chmod(d, 0o2770)
+    return d
+
+
+def test_open_file_refuses_links_hard_links_fifos_and_linked_folders(shared: Path, tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    nowhere = tmp_path / "rootonly" / "made-through-a-link"
+    (shared / "locks").mkdir()
+    os.symlink(victim, shared / "locks" / "sym.lock")
+    os.symlink(nowhere, shared / "locks" / "dangling.lock")
+    os.link(victim, shared / "locks" / "hard.lock")
+    os.mkfifo(shared / "locks" / "fifo.lock")
+    os.symlink(tmp_path / "rootonly", shared / "logs")
+    cases = {"sym.lock": "symbolic link", "dangling.lock": "symbolic link", "hard.lock": "2 hard links",
+             "fifo.lock": "not a regular file"}
+    for name, why in cases.items():
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY, os.O_WRONLY | os.O_APPEND | os.O_TRUNC):
+            with pytest.raises(statefs.Unsafe) as e:
+                statefs.open_file(shared / "locks" / name, shared, flags)
+            assert why in str(e.value) and f"rm {shared}/locks/{name}" in str(e.value)
+            assert "\n" not in str(e.value)
+    with pytest.raises(statefs.Unsafe, match="logs: is a link or not a folder"):
+        statefs.open_file(shared / "logs" / "victim", shared, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with pytest.raises(statefs.Unsafe):
+        statefs.mkdir(shared / "logs" / "sub", shared)
+    with pytest.raises(FileExistsError):  # a dangling link is "something there", never followed
+        statefs.create_exclusive(shared / "locks" / "dangling.lock", shared)
+    statefs.share(shared / "locks" / "sym.lock", shared)
+    statefs.share(shared / "locks" / "hard.lock", shared)
+    _unchanged(victim)
+    assert not nowhere.exists() and not (tmp_path / "rootonly" / "sub").exists()
+
+
+def test_a_renamed_secret_of_ours_is_never_written_or_shared(shared: Path) -> None:
+    """A group member can rename any file in the (non-sticky) state dir: root's 0600 file
+    moved to a lock's or a log's name is regular, single-link and root's own."""
+    secret = shared / "decision.key"
+    secret.write_bytes(SECRET)
+    os.chmod(secret, 0o600)
+    (shared / "logs").mkdir()
+    os.rename(secret, shared / "logs" / "cron.log")
+    with pytest.raises(statefs.Unsafe, match="not writable by group"):
+        statefs.open_file(shared / "logs" / "cron.log", shared, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with pytest.raises(statefs.Unsafe, match="not readable by group"):
+        statefs.open_file(shared / "logs" / "cron.log", shared, os.O_RDONLY)
+    statefs.share(shared / "logs" / "cron.log", shared)
+    _unchanged(shared / "logs" / "cron.log")
+
+
+def test_created_files_are_shared_and_existing_group_files_open(shared: Path) -> None:
+    fd = statefs.open_file(shared / "locks" / "app.lock", shared, os.O_RDWR | os.O_CREAT, 0o640)
+    os.close(fd)
+    assert stat.S_IMODE(os.stat(shared / "locks" / "app.lock").st_mode) == 0o660
+    assert os.stat(shared / "locks").st_mode & 0o2070 == 0o2070
+    os.close(statefs.open_file(shared / "locks" / "app.lock", shared, os.O_RDWR))  # the group's: fine
+    fd = statefs.create_exclusive(shared / "crash-x.log", shared, 0o640)
+    os.close(fd)
+    assert stat.S_IMODE(os.stat(shared / "crash-x.log").st_mode) == 0o640
+
+
+def test_fallback_never_appends_to_or_truncates_a_hard_link(shared: Path, tmp_path: Path) -> None:
+    from opskit.storage import fallback
+
+    victim = _victim(tmp_path)
+    os.link(victim, shared / fallback.NAME)
+    where = fallback.keep(shared, {"kind": "event", "type": "x"}, OSError(28, "No space left on device"),
+                          shared / "journal.db")
+    assert where != str(shared / fallback.NAME)
+    _unchanged(victim)
+    for p in fallback.locations(shared)[1:]:
+        Path(p).unlink(missing_ok=True)
+
+
+def test_crash_log_is_never_written_through_a_planted_link(shared: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+
+    from opskit import cli
+    from opskit.commands import _common
+
+    victim = _victim(tmp_path)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for s in (stamp, (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).strftime("%Y%m%dT%H%M%SZ")):
+        os.symlink(victim, shared / f"crash-{s}-{os.getpid()}.log")
+    monkeypatch.setattr(_common.STATE, "state_dir", lambda: shared)
+    assert cli._crash_log(RuntimeError("boom")) is None
+    _unchanged(victim)
+
+
+def test_the_service_lock_refuses_a_link_before_touching_it(shared: Path, tmp_path: Path) -> None:
+    from opskit.base.lock import ServiceLock, is_held, read_holder
+
+    victim = _victim(tmp_path)
+    (shared / "locks").mkdir()
+    os.symlink(victim, shared / "locks" / "app.lock")
+    with pytest.raises(statefs.Unsafe, match="app.lock: is a symbolic link"):
+        ServiceLock(shared, "app", wait=0).acquire()
+    with pytest.raises(statefs.Unsafe):
+        is_held(shared, "app")
+    assert read_holder(shared, "app") is None
+    _unchanged(victim)
+
+
+def test_crontab_install_lock_is_never_created_through_a_link(shared: Path, tmp_path: Path) -> None:
+    from opskit.wiring import cron
+
+    victim = _victim(tmp_path)
+    nowhere = tmp_path / "rootonly" / "made-through-a-link"
+    for target in (victim, nowhere):
+        os.symlink(target, shared / "cron.lock")
+        with pytest.raises(statefs.Unsafe, match="cron.lock: is a symbolic link"), cron._locked(shared):
+            pass
+        (shared / "cron.lock").unlink()
+    _unchanged(victim)
+    assert not nowhere.exists()
+
+
+# --- real accounts on the real system install -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    if need_root() is not None:
+        pytest.skip(need_root() or "")
+    for srv in server_fixture():
+        r = add_app(srv)
+        assert r.returncode == 0, r.stdout + r.stderr
+        tune_gate(srv)
+        yield srv
+
+
+def _plant(srv: Server, name: str, target: Path) -> Path:
+    """The git account (a member of the group) puts a symlink at state/name."""
+    at = srv.state / name
+    r = run_as(srv.git, ["/bin/sh", "-c", 'mkdir -p "$(dirname "$1")" && rm -f "$1" && ln -s "$2" "$1"',
+                         "sh", str(at), str(target)])
+    assert r.returncode == 0, r.stderr
+    return at
+
+
+def _unplant(srv: Server, at: Path) -> None:
+    r = run_as(srv.git, ["rm", "-f", str(at)])
+    assert r.returncode == 0, r.stderr
+
+
+def _targets(srv: Server) -> tuple[Path, Path]:
+    victim = _victim(srv.base)
+    nowhere = srv.base / "rootonly" / "made-through-a-link"
+    nowhere.unlink(missing_ok=True)
+    return victim, nowhere
+
+
+def _one_line_fix(r: subprocess.CompletedProcess[str], at: Path) -> None:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(at) in lines[0] and f"rm {at}" in lines[0], r.stderr
+
+
+@ROOT
+def test_root_deploy_and_cron_check_never_follow_a_planted_lock(server: Server) -> None:
+    srv = server
+    victim, nowhere = _targets(srv)
+    head = run_as(srv.git, ["git", "-C", str(srv.worktree), "rev-parse", "HEAD"]).stdout.strip()
+    for target in (victim, nowhere):
+        at = _plant(srv, "locks/app.lock", target)
+        try:
+            _one_line_fix(srv.ops("root", "deploy", "app", "--sha", head), at)
+            srv.ops("root", "cron-check")
+            srv.ops("root", "status")
+        finally:
+            _unplant(srv, at)
+        _unchanged(victim)
+        assert not nowhere.exists()
+
+
+@ROOT
+def test_a_forged_running_row_makes_root_do_no_more_than_its_writer(server: Server) -> None:
+    """The git account writes a 'running' deploy row (the journal is the group's) and plants the
+    lock: root's 5-minute cron-check touches nothing. With the lock clean, what it does is what
+    `opskit deploy app` as the account does: the deploy runs as the account."""
+    srv = server
+    victim, nowhere = _targets(srv)
+    forge = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"INSERT INTO deploys "
+             "(service, sha, kind, status, step, pid, started) VALUES ('app', ?, 'deploy', 'running', "
+             "'deploy', 1, '2026-01-01T00:00:00Z')\", ('f' * 40,)); c.commit()")
+    r = run_as(srv.git, [str(srv.prefix / "bin" / "python"), "-c", forge, str(srv.state / "journal.db")])
+    assert r.returncode == 0, r.stderr
+    for target in (victim, nowhere):
+        at = _plant(srv, "locks/app.lock", target)
+        try:
+            check = srv.ops("root", "cron-check", "--json")
+            assert check.returncode in (0, 1), check.stdout + check.stderr
+            assert "app.lock" in check.stdout, check.stdout
+        finally:
+            _unplant(srv, at)
+        _unchanged(victim)
+        assert not nowhere.exists()
+    # pid 1 is alive but holds no lock: the row is a claim, the flock is the truth.
+    check = srv.ops("root", "cron-check", "--json")
+    assert check.returncode in (0, 1), check.stdout + check.stderr
+    home = Path(os.path.expanduser(f"~{srv.git}"))
+    log = (home / "deploys.log").read_text()
+    assert f"as {srv.git}" in log and "as root" not in log, log
+    st = os.stat(srv.state / "locks" / "app.lock")
+    assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
+@ROOT
+def test_planted_journal_wal_and_shm_links_are_exit_2_never_followed(server: Server) -> None:
+    srv = server
+    victim, nowhere = _targets(srv)
+    for name in ("journal.db-wal", "journal.db-shm"):
+        for target in (victim, nowhere):
+            at = _plant(srv, name, target)
+            try:
+                for user in ("root", srv.operator):
+                    _one_line_fix(srv.ops(user, "status"), at)
+                _one_line_fix(srv.ops("root", "cron-check"), at)
+                _one_line_fix(srv.ops("root", "journal", "recover", "--force"), at)
+            finally:
+                _unplant(srv, at)
+            _unchanged(victim)
+            assert not nowhere.exists()
+    assert srv.ops("root", "status").returncode in (0, 1)
+
+
+@ROOT
+def test_cron_install_system_never_follows_the_log(server: Server) -> None:
+    srv = server
+    env = {"OPSKIT_CRON_D": str(srv.crond)}
+    srv.crond.parent.mkdir(exist_ok=True)
+    srv.crond.unlink(missing_ok=True)
+    victim, nowhere = _targets(srv)
+    for name in ("logs/cron.log",):
+        for target in (victim, nowhere):
+            at = _plant(srv, name, target)
+            try:
+                _one_line_fix(srv.ops("root", "cron", "install", "--system", env=env), at)
+            finally:
+                _unplant(srv, at)
+            _unchanged(victim)
+            assert not nowhere.exists()
+            srv.crond.unlink(missing_ok=True)
+
+
+@ROOT
+def test_cron_d_lines_write_their_own_log_and_every_account_runs_after_root(server: Server) -> None:
+    srv = server
+    env = {"OPSKIT_CRON_D": str(srv.crond)}
+    srv.crond.parent.mkdir(exist_ok=True)
+    r = srv.ops("root", "cron", "install", "--system", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = cron_lines(srv.crond)
+    assert lines and all(">" not in cmd for _, _, cmd in lines), lines  # no shell redirection
+    root_line = next(cmd for _, user, cmd in lines if user == "root" and "notify-flush" in cmd)
+    git_line = next(cmd for _, user, cmd in lines if user == srv.git)
+    log = srv.state / "logs" / "cron.log"
+    # Rotated away: root's line runs first and creates it; the account's line still runs.
+    log.unlink()
+    first = as_cron("root", root_line)
+    assert first.returncode == 0, first.stdout + first.stderr
+    st = os.stat(log)
+    assert stat.S_IMODE(st.st_mode) & 0o060 == 0o060 and st.st_gid == os.stat(srv.state).st_gid, oct(st.st_mode)
+    second = as_cron(srv.git, git_line)
+    assert second.returncode == 0, second.stdout + second.stderr
+    events = [json.loads(ln) for ln in srv.ops("root", "events", "--json", "--limit", "50").stdout.splitlines()]
+    assert any(e["type"] == "job.ok" and e["data"].get("job") == f"drift-scan-app" for e in events) or \
+        second.returncode == 0
+    # A link at the log: root's line refuses it (one line, to cron's mail), the victim is intact.
+    victim, nowhere = _targets(srv)
+    for target in (victim, nowhere):
+        at = _plant(srv, "logs/cron.log", target)
+        try:
+            ran = as_cron("root", root_line)
+            assert ran.returncode == 2 and str(at) in ran.stderr, ran.stdout + ran.stderr
+        finally:
+            _unplant(srv, at)
+        _unchanged(victim)
+        assert not nowhere.exists()
+
+
+@ROOT
+def test_inbox_lock_is_never_created_through_a_link(server: Server) -> None:
+    srv = server
+    before = srv.config.read_text()
+    srv.config.write_text(before + '\n[notify.phone]\ntype = "telegram"\ntoken = "123456:abcdefgh"\n'
+                          'chat_id = "1"\nallowed_users = [1]\napi_url = "http://127.0.0.1:9"\n')
+    victim, nowhere = _targets(srv)
+    try:
+        for target in (victim, nowhere):
+            at = _plant(srv, "inbox.lock", target)
+            try:
+                _one_line_fix(srv.ops("root", "inbox"), at)
+            finally:
+                _unplant(srv, at)
+            _unchanged(victim)
+            assert not nowhere.exists()
+    finally:
+        srv.config.write_text(before)
