@@ -71,7 +71,7 @@ def _build() -> typer.Typer:
 # `opskit --help` lists commands in this order with these one-liners;
 # a command module not named here is still registered, after these, with its docstring.
 _ORDER = ["health", "deploy", "verify", "drift", "notify", "chain", "events", "hooks", "quarantine",
-          "cron", "status", "doctor", "demo"]
+          "cron", "keys", "status", "doctor", "demo"]
 _ONE_LINE = {
     "health-gate": "Probe a service until there is a verdict: healthy or not.",
     "deploy": "Run the pipeline: deploy, gate, auto-revert on failure.",
@@ -88,6 +88,7 @@ _ONE_LINE = {
     "hooks": "Install, remove or check opskit's git hooks for a service.",
     "quarantine": "List or release trees refused after an auto-revert.",
     "cron": "Install, remove or show opskit's block in the crontab.",
+    "keys": "SSH keys of the push account: git push and fetch only.",
     "run-job": "Run a job and journal how it went; notify when it fails.",
     "cron-check": "Find jobs that missed their schedule, overran or failed.",
     "status": "One screen: what runs where, and is it all right.",

@@ -9,6 +9,10 @@ import typer
 from opskit.commands import _common
 
 
+def _keys_step(user: str) -> str:
+    return f"sudo opskit keys add NAME NAME.pub --user {user}"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("add")
     def add(
@@ -49,7 +53,7 @@ def register(app: typer.Typer) -> None:
             _common.print_json({"name": result.name, "config": str(result.config), "user": result.user,
                                 "repo": str(result.repo), "branch": result.branch, "dry_run": result.dry_run,
                                 "changed": result.changed, "actions": result.actions,
-                                "remote": result.remote_line})
+                                "remote": result.remote_line, "keys_add": _keys_step(result.user)})
             return
         out = _common.console()
         for a in result.actions:
@@ -58,6 +62,8 @@ def register(app: typer.Typer) -> None:
         if not result.changed:
             out.print(f"{name} is already under opskit with these values; nothing changed", markup=False)
         out.print(f"developers add: {result.remote_line}", markup=False, soft_wrap=True)
+        out.print(f"and each developer's or agent's key (git push and fetch only): {_keys_step(result.user)}",
+                  markup=False, soft_wrap=True)
 
     @app.command("sudoers")
     def sudoers(name: str = typer.Argument(..., help="The service whose deploy command needs sudo.")) -> None:
