@@ -17,6 +17,7 @@ import pytest
 
 from opskit.git.repo import Git
 from opskit.storage.journal import Journal
+from tests.conftest import RunOpskit
 from tests.support.gitsandbox import Sandbox, git, make_sandbox
 from tests.support.hooks import toml_str
 from tests.support.pipeline import Stage, hooked_stage, seeded_stage
@@ -133,6 +134,43 @@ def test_option_parse_errors_exit_2_naming_the_option(bench: Bench) -> None:
     assert _snapshot(bench) == before
 
 
+# --- ids out of range --------------------------------------------------------------------------
+
+BIG = "99999999999999999999"  # past SQLite's 64-bit INTEGER: sqlite3 raised OverflowError, exit 3
+RANGE = "not an id; an id is a whole number from 1 to 9223372036854775807"
+BAD_IDS = [
+    (["incident", BIG], f"EVENT_ID '{BIG}'"),
+    (["incident", "--", "-1"], "EVENT_ID '-1'"),
+    (["incident", "0"], "EVENT_ID '0'"),
+    (["incident", "\u00b2"], "EVENT_ID '\u00b2'"),  # isdigit() but not a number int() reads
+    (["approve", BIG], f"ID '{BIG}'"),
+    (["approve", "0"], "ID '0'"),
+    (["approve", "--", "-3"], "ID '-3'"),
+    (["reject", BIG, "--reason", "no"], f"ID '{BIG}'"),
+    (["reject", "0", "--reason", "no"], "ID '0'"),
+    (["notify", "--show", BIG], f"--show '{BIG}'"),
+    (["notify", "--show", "-5"], "--show '-5'"),
+    (["notify", "--show", "0"], "--show '0'"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), BAD_IDS, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_ids_out_of_range_exit_2_naming_the_option_and_the_range(bench: Bench, args: list[str], named: str) -> None:
+    before = _snapshot(bench)
+    p = _cli(["--config", str(bench.good), *args], cwd=bench.conf_dir.parent)
+    assert (p.returncode, p.stderr, p.stdout) == (2, f"opskit: {named}: {RANGE}\n", "")
+    assert _snapshot(bench) == before
+    assert not list(bench.state.glob("crash-*.log"))
+
+
+def test_since_too_far_back_exits_2(bench: Bench) -> None:
+    for since in (f"{BIG}d", "99999999w"):
+        p = _cli(["--config", str(bench.good), "events", "--since", since], cwd=bench.conf_dir.parent)
+        assert (p.returncode, p.stderr) == (2, f"opskit: --since '{since}': too far back; a duration reaches "
+                                               "at most to the year 1, e.g. 2h, 30m, 7d, 5200w\n"), p.stderr
+    assert not list(bench.state.glob("crash-*.log"))
+
+
 # --- hostile names through the real pipeline --------------------------------------------------
 
 HOSTILE = "q'uo\"te $(touch pwned) `touch pwned2` ;touch pwned3; \\x"
@@ -193,6 +231,69 @@ def test_hostile_file_names_messages_and_branches_are_never_interpreted(hooked: 
         "utf-8", "surrogateescape").decode("utf-8", "replace")}
     start = [e for e in events if e["type"] == "deploy.start" and e["data"]["sha"] == sha]
     assert start and HOSTILE in start[0]["data"]["subject"]
+
+
+# Escape sequences in a commit subject, a branch name and a test's output: OSC (sets the
+# terminal's title), the 8-bit CSI U+009B (C1) and a right-to-left override (U+202E).
+SUBJECT = "S \x1b]0;pwned\x07 C1 \x9b31m RLO \u202e end"
+SUBJECT_SHOWN = "S \\x1b]0;pwned\\x07 C1 \\x9b31m RLO \\u202e end"
+TEST_SAYS = "printf 'out \\033]0;pwned\\007 \\302\\23331m \\342\\200\\256 x\\n'; exit 1"
+TEST_SHOWN = "out \\x1b]0;pwned\\x07 \\x9b31m \\u202e x"
+
+
+def _raw(text: str) -> set[str]:
+    """What a terminal or a chat client would obey: C0 but newline and tab, DEL, C1, bidi."""
+    return {c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F
+            or c in "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"}
+
+
+def test_escape_sequences_from_git_and_steps_reach_no_terminal_and_no_message(tmp_path: Path, opskit: RunOpskit) -> None:
+    st = hooked_stage(tmp_path, health={"window": 0.3, "startup": 2.0},
+                      extra={"feature_branches": ["feature/*"], "merge": "merge", "test": TEST_SAYS,
+                             "test_failure": "human"})
+    try:
+        dev = st.sb.dev
+        # A feature branch whose test prints escape sequences: parked for a human, announced.
+        branch = "feature/x\u202eq"
+        git(dev, "checkout", "-q", "-b", branch)
+        (dev / "f.txt").write_text("f\n")
+        git(dev, "add", "f.txt")
+        git(dev, "commit", "-q", "-m", "feat " + SUBJECT)
+        fp = git(dev, "push", "origin", branch, check=False)
+        git(dev, "checkout", "-q", "master")
+        # A deploy of a bad commit with that subject: gated, reverted, announced.
+        (dev / "service.mode").write_text("crash\n")
+        git(dev, "commit", "-q", "-am", "bad " + SUBJECT)
+        bp = git(dev, "push", "origin", "master", check=False)
+        assert bp.returncode == 0 and fp.returncode == 0, (bp.stderr, fp.stderr)
+        remote = {name: "\n".join(ln for ln in p.stderr.splitlines() if ln.startswith("remote:"))
+                  for name, p in (("feature", fp), ("bad", bp))}
+        assert {k: _raw(v) for k, v in remote.items()} == {"feature": set(), "bad": set()}, remote
+        assert f"remote:   | {TEST_SHOWN}" in remote["feature"], remote["feature"]
+        assert f"bad {SUBJECT_SHOWN}" in remote["bad"] and "revert" in remote["bad"], remote["bad"]
+
+        cfg = ["--config", str(st.config_path)]
+        seen: dict[str, str] = {}
+        for args in (["incident"], ["incident", "--markdown"], ["incident", "--list"], ["status"], ["pending"],
+                     ["events"], ["events", "--json"], ["status", "--json"], ["notify", "--show", "1"],
+                     ["notify", "--show", "2"]):
+            p = opskit(*cfg, *args, cwd=st.root)
+            assert p.returncode in (0, 1), (args, p.stderr)
+            seen[" ".join(args)] = p.stdout + p.stderr
+        assert {k: _raw(v) for k, v in seen.items()} == {k: set() for k in seen}, seen
+        assert f"started: bad {SUBJECT_SHOWN}" in seen["incident"], seen["incident"]
+        assert f"bad {SUBJECT_SHOWN}" in seen["incident --markdown"]
+        assert "#1 svc feature/x\\u202eq" in seen["pending"] and TEST_SHOWN in seen["pending"]
+        shows = seen["notify --show 1"] + seen["notify --show 2"]
+        assert f"• feat {SUBJECT_SHOWN}" in shows and f"\n{TEST_SHOWN}\n" in shows, shows
+        assert f" bad {SUBJECT_SHOWN}" in shows and "title: svc: approval needed (feature/x\\u202eq)" in shows
+        # The messages as the channel got them: escaped, the same text `notify --show` prints.
+        assert st.receiver is not None
+        bodies = [str(m.body["content"]) for m in st.receiver.messages]
+        assert len(bodies) == 2 and [_raw(b) for b in bodies] == [set(), set()], bodies
+        assert f"• feat {SUBJECT_SHOWN}" in bodies[0] and f" bad {SUBJECT_SHOWN}" in bodies[1], bodies
+    finally:
+        st.close()
 
 
 def test_huge_deploy_output_keeps_only_the_tail(tmp_path: Path) -> None:

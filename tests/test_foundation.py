@@ -257,3 +257,31 @@ def test_sigterm_takes_the_child_process_group_down(tmp_path: Path) -> None:
         time.sleep(0.05)
     else:
         raise AssertionError("the job's child outlived opskit")
+
+
+# --- shown(): text opskit did not write, escaped for a terminal or a message --------------------
+
+def test_shown_escapes_c0_del_c1_bidi_and_raw_bytes() -> None:
+    from opskit.base.text import json_shown, shown
+
+    hostile = "S \x1b]0;pwned\x07 C1 \x9b31m \x85 RLO \u202e LRI \u2066 RLM \u200f ALM \u061c DEL \x7f end"
+    assert shown(hostile) == ("S \\x1b]0;pwned\\x07 C1 \\x9b31m \\x85 RLO \\u202e LRI \\u2066 RLM \\u200f "
+                              "ALM \\u061c DEL \\x7f end")
+    every = [*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
+             *range(0x2066, 0x206A)]
+    out = shown("".join(map(chr, every)))
+    assert out.isascii() and out.isprintable() and out.count("\\") == len(every)
+    # A non-UTF-8 byte from git (surrogate-escaped) is shown as that byte, never written raw.
+    assert shown(b"caf\xe9 \x9b".decode("utf-8", "surrogateescape")) == "caf\\xe9 \\x9b"
+    # lines=True keeps the lines of a message body or a log tail, nothing else.
+    assert shown("a\x1b[2J\n\tb\r\n", lines=True) == "a\\x1b[2J\n\tb\\x0d\n"
+    assert shown("a\nb") == "a\\x0ab"
+    # Text people write is left alone: letters, emoji, quotes, backslashes.
+    plain = "déployé ✔ 🔴 “quoted” \\x1b already-escaped"
+    assert shown(plain) == plain and shown(plain, lines=True) == plain
+    # JSON for a terminal: the same data back, nothing raw.
+    doc = json.dumps({"s": hostile + "\udce9"}, ensure_ascii=False)
+    assert json.loads(json_shown(doc)) == json.loads(doc)
+    assert json_shown(doc) == ('{"s": "S \\u001b]0;pwned\\u0007 C1 \\u009b31m \\u0085 RLO \\u202e LRI \\u2066 '
+                               'RLM \\u200f ALM \\u061c DEL \\u007f end\\udce9"}')
+    assert json_shown('{"s": "déployé ✔"}') == '{"s": "déployé ✔"}'

@@ -607,3 +607,25 @@ def test_a_direct_send_goes_to_the_fallback_of_a_channel_that_refuses(write_conf
     assert [(d["channel"], d["status"], d.get("fallback")) for d in sent] == [
         ("ops", "queued", "backup"), ("backup", "delivered", None)]
     assert fallback.pending(state_dir) == 0 and notify.outbox_summary(j2) == {}
+
+
+def test_show_escapes_what_the_message_quotes(opskit, write_config, receiver, state_dir) -> None:
+    """`notify --show` prints a stored message through shown(): a row queued raw (by `opskit
+    notify` itself, or before announce escaped every message) cannot drive the terminal."""
+    _, path = discord_settings(write_config, receiver)
+    j = Journal(state_dir)
+    oid = outbox.enqueue(j, j.clock, "ops", level="error", title="svc: \x1b]0;pwned\x07 \u202e",
+                         message="• abc S \x1b]0;pwned\x07 C1 \x9b31m RLO \u202e end\n\ttail \x1b[2J\n",
+                         service="svc\u2066", event_id=None)
+    j.close()
+    r = opskit("--config", str(path), "notify", "--show", str(oid))
+    assert r.returncode == 0, r.stderr
+    head, body = r.stdout.split("\n\n", 1)
+    assert head.splitlines()[1:] == ["service: svc\\u2066", "title: svc: \\x1b]0;pwned\\x07 \\u202e"]
+    assert body == "• abc S \\x1b]0;pwned\\x07 C1 \\x9b31m RLO \\u202e end\n\ttail \\x1b[2J\n"
+    assert not any(ord(c) < 0x20 and c not in "\n\t" or 0x7F <= ord(c) <= 0x9F or c in "\u202e\u2066"
+                   for c in r.stdout)
+    # --json gives the data back exactly, with JSON's own escapes on the terminal.
+    j = opskit("--config", str(path), "notify", "--show", str(oid), "--json")
+    assert json.loads(j.stdout)["message"].startswith("• abc S \x1b]0;pwned\x07 C1 \x9b31m RLO \u202e")
+    assert "\\u009b31m RLO \\u202e end" in j.stdout and "\x9b" not in j.stdout

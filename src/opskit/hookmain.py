@@ -81,14 +81,23 @@ def main(argv: list[str] | None = None) -> int:
 # --- output -------------------------------------------------------------------------------
 
 def _out(line: str) -> None:
-    """One line to the pusher: a receive hook's stdout reaches them as `remote: …`."""
-    sys.stdout.buffer.write(line.encode("utf-8", "surrogateescape") + b"\n")
+    """One line to the pusher: a receive hook's stdout reaches them as `remote: …`. Every
+    line they see passes here (the streamed log of the push's run too), so here it is escaped:
+    a commit subject, a branch name or a test's output is shown, never obeyed by their terminal."""
+    sys.stdout.buffer.write(_shown(line).encode("utf-8", "surrogateescape") + b"\n")
     sys.stdout.flush()
 
 
 def _err(line: str) -> None:
-    sys.stderr.buffer.write(line.encode("utf-8", "surrogateescape") + b"\n")
+    sys.stderr.buffer.write(_shown(line).encode("utf-8", "surrogateescape") + b"\n")
     sys.stderr.flush()
+
+
+def _shown(line: str) -> str:
+    # here, not at the top: this module imports os and sys only (base/text.py is stdlib-free)
+    from opskit.base.text import shown
+
+    return shown(line)
 
 
 def _describe(e: BaseException, config_path: str = "") -> str:

@@ -79,18 +79,21 @@ def err_console() -> Console:
 
 def print_json(obj: Any) -> None:
     from opskit.base.errors import redact
+    from opskit.base.text import json_shown
 
     # Result objects can carry a repo URL with a token in it (pull mode): mask on the way out.
-    sys.stdout.write(redact(json.dumps(obj, default=str, ensure_ascii=False)) + "\n")
+    sys.stdout.write(json_shown(redact(json.dumps(obj, default=str, ensure_ascii=False))) + "\n")
     sys.stdout.flush()
 
 
 def progress_writer(as_json: bool) -> Callable[[str], None]:
     """Where step-by-step progress goes: stderr under --json, so stdout stays one JSON object."""
+    from opskit.base.text import shown  # only commands that report progress need it
+
     out = sys.stderr if as_json else sys.stdout
 
     def write(line: str) -> None:
-        out.write(line + "\n")
+        out.write(shown(line) + "\n")  # subjects, branch names and step output are data
         out.flush()
 
     return write
@@ -107,6 +110,22 @@ def seconds(option: str, value: float | None, *, positive: bool = False) -> floa
         usage(f"{option} {value}: must be a finite number of seconds"
               f"{' greater than 0' if positive else ', 0 or more'}")
     return value
+
+
+# SQLite's INTEGER is 64-bit signed: sqlite3 raises OverflowError (exit 3) for a larger id,
+# and no row has an id below 1 (tests/test_bad_input.py, ids out of range).
+ID_MAX = 2**63 - 1
+
+
+def row_id(option: str, value: int | str) -> int:
+    """A journal row's id from the command line (an event, a parked change, an outbox
+    message): a whole number from 1 to ID_MAX, else exit 2 naming the option and the range."""
+    text = str(value).strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    number = int(text) if digits.isascii() and digits.isdigit() else None
+    if number is None or not 1 <= number <= ID_MAX:
+        usage(f"{option} {text!r}: not an id; an id is a whole number from 1 to {ID_MAX}")
+    return number
 
 
 def exit_with(code: int) -> NoReturn:

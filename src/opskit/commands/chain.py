@@ -29,8 +29,10 @@ def register(app: typer.Typer) -> None:
         elif not rows:
             print("nothing parked" + (f" for {service}" if service else ""))
         else:
+            from opskit.base.text import shown  # only for the plain listing
+
             for row in rows:
-                print(row.describe())
+                print(shown(row.describe()))  # the branch and the cause (a test's output) are data
             if any(r.status == "parked" for r in rows):
                 print('decide: opskit approve ID   |   opskit reject ID --reason "…"')
         _common.exit_with(0)
@@ -48,6 +50,7 @@ def register(app: typer.Typer) -> None:
         Example: opskit approve 3
         """
         _common.seconds("--lock-wait", lock_wait)
+        approval_id = _common.row_id("ID", approval_id)
         from opskit.chain.feature import approve as run_approve
 
         result = run_approve(_common.settings(), _common.journal(), approval_id, write=_common.progress_writer(as_json),
@@ -55,7 +58,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _common.print_json(result.to_dict())
         else:
-            print(f"{result.service}: change #{approval_id}: {result.status}: {result.reason}")
+            from opskit.base.text import shown  # only for the plain result line
+
+            print(shown(f"{result.service}: change #{approval_id}: {result.status}: {result.reason}"))
         _common.exit_with(result.exit_code)
 
     @app.command("reject")
@@ -70,9 +75,12 @@ def register(app: typer.Typer) -> None:
         """
         from opskit.chain import approvals
 
+        approval_id = _common.row_id("ID", approval_id)
         row = approvals.reject(_common.settings(), _common.journal(), approval_id, reason)
         if as_json:
             _common.print_json(row.to_dict())
         else:
-            print(f"{row.service}: change #{row.id} ({row.branch} {row.sha[:10]}) rejected by {row.decided_by}")
+            from opskit.base.text import shown  # only for the plain result line
+
+            print(shown(f"{row.service}: change #{row.id} ({row.branch} {row.sha[:10]}) rejected by {row.decided_by}"))
         _common.exit_with(0)

@@ -28,12 +28,13 @@ def register(app: typer.Typer) -> None:
 
         result = run_deploy(_common.settings(), _common.journal(), service, sha, chain=chain,
                             write=_common.progress_writer(as_json), lock_wait=lock_wait)
+        say = _common.progress_writer(False)  # escaped: a reason quotes subjects and step output
         if as_json:
             _common.print_json(result.to_dict())
         elif result.status == "nothing":
-            print(f"{service}: nothing to do ({result.reason})")
+            say(f"{service}: nothing to do ({result.reason})")
         else:
-            print(f"{service}: {result.status}: {result.reason}")
+            say(f"{service}: {result.status}: {result.reason}")
         _common.exit_with(result.exit_code)
 
     @app.command("auto-revert")
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _common.print_json(result.to_dict())
         elif not dry_run:
-            print(f"{service}: {result.status}: {result.reason}")
+            _common.progress_writer(False)(f"{service}: {result.status}: {result.reason}")  # escaped
         _common.exit_with(result.exit_code)
 
     @app.command("freeze")

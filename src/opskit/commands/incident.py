@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
 
         if as_json and as_markdown:
             _common.usage("--json and --markdown: choose one")
+        if which.lstrip("+-").isdigit() and not list_:  # words are core.find's to refuse
+            which = str(_common.row_id("EVENT_ID", which))
         settings = _common.settings()
         if service:
             settings.service(service)

@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
 
         _common.seconds("--retry-for", retry_for)
         if show is not None:
-            row = core.show(_common.journal(), show)
+            outbox_id = _common.row_id("--show", show)
+            row = core.show(_common.journal(), outbox_id)
             if as_json:
                 _common.print_json(row)
             else:
@@ -98,4 +99,7 @@ def _render_row(row: dict[str, object]) -> str:
         head.append(f"service: {row['service']}")
     if row.get("title"):
         head.append(f"title: {row['title']}")
-    return "\n".join(head) + "\n\n" + str(row["message"]).rstrip("\n") + "\n"
+    from opskit.base.text import shown  # only for --show
+
+    # Rows queued before every message went through shown() (notify/announce.py) hold raw text.
+    return shown("\n".join(head) + "\n\n" + str(row["message"]).rstrip("\n"), lines=True) + "\n"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from opskit.base.clock import Clock
 from opskit.base.config import Settings
 from opskit.base.errors import redact
-from opskit.base.text import printable
+from opskit.base.text import printable, shown
 from opskit.notify import send
 from opskit.notify.base import Action
 from opskit.storage.journal import Journal
@@ -26,7 +26,10 @@ def announce(settings: Settings, journal: Journal, message: str, *, title: str, 
              actions: Sequence[Action] = ()) -> bool:
     """Queue and send; True when every channel has it. Never raises."""
     try:
-        report = send(settings, journal, printable(message), title=printable(title), level=level,
+        # Messages quote commit subjects, branch names and step output: escaped once, here,
+        # for every system's message (and so in the outbox and `notify --show`).
+        report = send(settings, journal, shown(printable(message), lines=True), title=shown(printable(title)),
+                      level=level,
                       service=service, event_id=event_id, clock=clock or journal.clock, retry_for=retry_for,
                       actions=actions)
     except Exception as e:  # a bug in a channel, a journal that cannot be written

@@ -553,7 +553,11 @@ def parse_since(text: str, clock: Clock = SYSTEM) -> dt.datetime:
     t = text.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     if t and t[-1] in units and t[:-1].replace(".", "", 1).isdigit():
-        return clock.now() - dt.timedelta(seconds=float(t[:-1]) * units[t[-1]])
+        try:
+            return clock.now() - dt.timedelta(seconds=float(t[:-1]) * units[t[-1]])
+        except OverflowError:  # before the year 1: was exit 3 (tests/test_bad_input.py)
+            raise UsageError(f"--since {text!r}: too far back; a duration reaches at most "
+                             "to the year 1, e.g. 2h, 30m, 7d, 5200w") from None
     try:
         return parse_iso(t)
     except ValueError:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from opskit.base.text import shown
+from opskit.base.text import json_shown, shown
 from opskit.storage.journal import Event
 
 _STYLE = {"fail": "red", "failed": "red", "blocked": "red", "unverified": "red", "missed": "red",
@@ -43,7 +43,7 @@ def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True
     out = out or sys.stdout
     if as_json:
         for ev in events:
-            out.write(json.dumps(ev.to_dict(), ensure_ascii=False) + "\n")
+            out.write(json_shown(json.dumps(ev.to_dict(), ensure_ascii=False)) + "\n")
         out.flush()
         return
     if not events and header:

@@ -25,6 +25,7 @@ from typing import Any
 
 from opskit.base.clock import iso_precise, parse_iso
 from opskit.base.errors import GitError, UsageError
+from opskit.base.text import shown
 from opskit.git.repo import Git
 from opskit.storage import outbox
 from opskit.storage.journal import Event, Journal
@@ -254,7 +255,7 @@ def render(inc: Incident) -> list[str]:
               f"restored after:  {_secs(inc.restored_after)} (deploy end → healthy on the reverted code)",
               f"downtime:        {_secs(inc.downtime)} (first failed probe → first healthy probe after the revert)",
               "human involvement: " + ("; ".join(inc.humans) if inc.humans else "none")]
-    return lines
+    return [shown(line) for line in lines]  # steps quote commit subjects and probe output
 
 
 def markdown(inc: Incident, repo: Git | None) -> str:
@@ -282,10 +283,10 @@ def markdown(inc: Incident, repo: Git | None) -> str:
     out += ["", "## Human involvement", ""] + ([f"- {h}" for h in inc.humans] or ["- none"])
     out += ["", "## Follow-ups", "", "- [ ] Root cause: _to fill in_", "- [ ] Why the tests/review did not catch it: _to fill in_",
             "- [ ] Re-land the fix (the reverted tree stays quarantined until released)", ""]
-    return "\n".join(out)
+    return shown("\n".join(out), lines=True)
 
 
 def summary_line(journal: Journal, ev: Event) -> str:
     inc = build(journal, ev)
-    return (f"#{ev.id} {ev.ts} {inc.service} {inc.status}: {inc.reason[:80]}"
-            + (f" (downtime {_secs(inc.downtime)})" if inc.downtime is not None else ""))
+    return shown(f"#{ev.id} {ev.ts} {inc.service} {inc.status}: {inc.reason[:80]}"
+                 + (f" (downtime {_secs(inc.downtime)})" if inc.downtime is not None else ""))

@@ -196,8 +196,8 @@ def render(data: dict[str, Any]) -> list[str]:
         lines.append(f"cron-check: {cc['message']}")
     needs = data.get("attention") or []
     lines.append("needs attention:" if needs else "needs attention: nothing")
-    lines += [f"  - {shown(line)}" for line in needs]  # reasons carry branch names
-    return lines
+    lines += [f"  - {line}" for line in needs]
+    return [shown(line) for line in lines]  # subjects, branch names and reasons are data
 
 
 # --- feature-branch chains and parked changes -------------------------------

@@ -3,9 +3,10 @@
 Checks everything before changing anything (exit 2, one line, nothing changed), then: the bare
 repo (default /srv/git/NAME.git, the service account's) made from the checkout's history, the
 worktree's origin pointed at it, a [service.NAME] table added to the config with tomlkit so every
-existing line and comment stays byte for byte, the hooks installed, and the line developers add
-printed. Running it again with the same values changes nothing; other values for an existing
-NAME are refused.
+existing line and comment stays byte for byte, the hooks installed, the running HEAD adopted as
+deployed (`deploy.adopted` and a deploys row, so `status` shows it and drift-scan is clean until
+something really changes), and the line developers add printed. Running it again with the same values changes nothing; other values for
+an existing NAME are refused.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from opskit.base import accounts
 from opskit.base.atomic import replace_file
 from opskit.base.config import check_url, load_file
 from opskit.base.errors import UsageError
+from opskit.base.text import short
 from opskit.git.repo import Git
+from opskit.storage.journal import Journal
 from opskit.wiring import hooks
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -67,6 +70,7 @@ class _Plan:
     create_repo: bool
     set_origin: str | None  # "add" | "set-url" | None
     write_config: bool
+    head: str  # what runs now: adopted as deployed
 
 
 def _plan(config: Path, req: AddRequest) -> _Plan:
@@ -104,6 +108,9 @@ def _plan(config: Path, req: AddRequest) -> _Plan:
                          "pass --branch")
     if wt.branch_tip(branch) is None:
         raise UsageError(f"--branch {branch}: no such branch in {worktree}; check the name")
+    head = wt.head()
+    if head is None:
+        raise UsageError(f"--worktree {worktree} has no commit checked out; check out the deploy branch")
     problem = check_url(req.health_url)
     if problem:
         raise UsageError(f"--health-url: {problem}; use http://host:port/path")
@@ -133,7 +140,7 @@ def _plan(config: Path, req: AddRequest) -> _Plan:
                              "another path")
     origin = wt.config_get("remote.origin.url")
     set_origin = None if origin == str(repo) else ("set-url" if origin is not None else "add")
-    return _Plan(table, pw.pw_name, repo, branch, wt, create_repo, set_origin, write_config)
+    return _Plan(table, pw.pw_name, repo, branch, wt, create_repo, set_origin, write_config, head)
 
 
 def add(config: Path, req: AddRequest, *, dry_run: bool = False) -> AddResult:
@@ -173,7 +180,32 @@ def add(config: Path, req: AddRequest, *, dry_run: bool = False) -> AddResult:
                               else "unchanged: hooks")
     else:
         result.actions.append(f"install hooks for {req.name}")
+    _adopt(config, req.name, plan, result, dry_run)
     return result
+
+
+def _adopt(config: Path, name: str, plan: _Plan, result: AddResult, dry_run: bool) -> None:
+    """The commit the service runs now is its deployed commit: without a deploys row the hourly
+    drift-scan reports "never-deployed" until the first push, `status` has no verdict, and a
+    failed first deploy has no last-good to go back to (tests/test_add_adopt.py). Once: any
+    deploys row of the service (an adoption or a real deploy) leaves the journal alone."""
+    what = f"HEAD {short(plan.head)} of {plan.wt.path} as deployed on {plan.branch}"
+    if dry_run:  # opening the journal creates it and replays what was kept aside: not now
+        result.actions.append(f"adopt {what} (unless the journal records a deploy of {name} already)")
+        return
+    journal = Journal(load_file(config).state_dir)
+    try:
+        if journal.deploys(name, limit=1):
+            result.actions.append(f"unchanged: deploy record of {name}")
+            return
+        deploy_id = journal.deploy_start(name, plan.head, previous=None, chain=None, kind="adopt")
+        journal.deploy_finish(deploy_id, "healthy", "adopted by opskit add: it ran before opskit (no gate)")
+        journal.append("deploy.adopted", name, {"sha": plan.head, "branch": plan.branch,
+                                                "worktree": str(plan.wt.path), "deploy_id": deploy_id},
+                       sha=plan.head)
+    finally:
+        journal.close()
+    result.actions.append(f"adopt {what}")
 
 
 def _make_repo_dir(repo: Path, pw: Any) -> None:
