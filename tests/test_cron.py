@@ -263,6 +263,9 @@ def test_entries_are_absolute_wrapped_and_escaped(opskit, cron_user: CronUser, t
         name_at = words.index("run-job") + 1
         assert words[name_at:name_at + 2] == ["--ok-exit", "1"]  # findings are not job failures
         name_at += 2
+        # run-job opens the log itself, never the shell's `>>` (issue 18: a planted link)
+        assert words[name_at:name_at + 2] == ["--log", str(state_dir / "logs" / "cron.log")]
+        name_at += 2
         if words[name_at] == "--service":
             name_at += 2
         by_name[words[name_at]] = ln
@@ -275,7 +278,7 @@ def test_entries_are_absolute_wrapped_and_escaped(opskit, cron_user: CronUser, t
         words = shlex.split(ln.split(None, 5)[5].replace("\\%", "%"))[2:]
         assert words[0] == str(Path(venv_bin) / "opskit") and Path(words[0]).is_absolute()
         assert words[1:3] == ["--config", str(cfg)]
-        assert words[-3:] == [">>", str(state_dir / "logs" / "cron.log"), "2>&1"]
+        assert not any(w.startswith(">") or w == "2>&1" for w in words)  # no shell redirection
     assert (state_dir / "logs").is_dir()
 
 
@@ -361,7 +364,7 @@ def test_parse_crontab_finds_run_job_lines_and_warns_on_unreadable_ones() -> Non
         "* * * * opskit run-job short\n"
         "0 * * * * echo 100\\% done % stdin run-job fake\n"
         "*/5 * * * * PATH='/o p\\%t/bin:/bin' OPSKIT_STATE_DIR=/var/lib/opskit '/o p\\%t/bin/opskit' --config "
-        "/c.toml run-job --ok-exit 1 --service api deploy-api -- '/o p\\%t/bin/opskit' deploy api >> /l 2>&1\n"
+        "/c.toml run-job --ok-exit 1 --log /l --service api deploy-api -- '/o p\\%t/bin/opskit' deploy api\n"
         "0 1 * * * X='a run-job b' /bin/true\n"
     )
     lines, warnings = cron.parse_crontab(text)

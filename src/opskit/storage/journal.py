@@ -157,10 +157,12 @@ class Journal:
         self._init_lock = threading.Lock()
         self._shadow: dict[int, dict[str, Any]] = {}  # deploys rows that could not be written
         self._shadow_errors: dict[int, sqlite3.DatabaseError] = {}
-        try:  # created by us, not by SQLite: never through a planted link, shared (statefs)
-            os.close(statefs.open_file(self.path, self.state_dir, os.O_RDONLY | os.O_CREAT, 0o644,
-                                       flock_only=True))
-        except FileNotFoundError:
+        # Created by us, not by SQLite: never through a planted link, shared (statefs). O_EXCL, so
+        # an existing journal is never opened here: closing any descriptor of it would drop the
+        # POSIX locks this process's SQLite connections hold on it (sqlite.org/howtocorrupt.html).
+        try:
+            os.close(statefs.open_file(self.path, self.state_dir, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except (FileExistsError, FileNotFoundError):
             pass
         with self._init_lock:
             conn = self.conn
