@@ -207,9 +207,24 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
         candidates.append(Path(home) / ".config" / "opskit" / "opskit.toml")
     candidates.append(Path("/etc/opskit/opskit.toml"))
     for c in candidates:
-        if c.is_file():
-            return c
+        try:
+            if c.is_file():
+                return c
+        except PermissionError:
+            # A folder of the search this account may not enter (/etc/opskit is root:opskit 0750;
+            # `sudo -u` can keep HOME=/root): one line naming it and the fix, not an internal error.
+            from opskit.base.statefs import denied  # the one wording of "cannot read, the fix"
+
+            raise ConfigError(denied(_blocking(c), f"config {c}", "read")) from None
     return None
+
+
+def _blocking(path: Path) -> Path:
+    """The nearest folder above path that this account may not enter (path's own when none)."""
+    for parent in reversed(path.parents):
+        if parent.is_dir() and not os.access(parent, os.X_OK):
+            return parent
+    return path.parent
 
 
 SYSTEM_STATE_DIR = Path("/var/lib/opskit")

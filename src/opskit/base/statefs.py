@@ -395,7 +395,7 @@ def not_writable(state_dir: str | os.PathLike[str]) -> str | None:
 
 def denied(p: Path, what: str, verb: str) -> str:
     """One line: which account cannot `verb` what, and a fix that is true: joining the group
-    when the group may `verb` it, else who can (issue 18: root:root got `usermod -aG root`)."""
+    when the group may `verb` it, else who can (a root:root file got `usermod -aG root`: tests/test_root_paths.py)."""
     try:
         name = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:

@@ -163,8 +163,12 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
         # never got to merge (the lock stayed busy, the service is frozen): the human may
         # approve it again later, e.g. after `opskit unfreeze`
         approvals.reopen(journal, row.id, result.reason)
-    elif result.status == "merge-failed":
-        approvals.mark(journal, row.id, "approved", result.reason)
+    elif result.status == "merge-failed" and ctx.merge is None:
+        # Nothing landed (a conflict, git failing as the account): the decision is not used up —
+        # the change waits again, and the approver is told (a tap's reply carries this reason).
+        approvals.reopen(journal, row.id, result.reason)
+        result.reason += (f"; change #{row.id} waits again: fix the cause and `opskit approve {row.id}`, "
+                          "or push the branch again")
     return result
 
 

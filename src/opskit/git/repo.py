@@ -9,7 +9,9 @@ must keep GIT_QUARANTINE_PATH to see the objects being pushed).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -222,12 +224,12 @@ class Git:
         head = self.head()
         base = [head] if head else []
         first = next((ln for ln in message.splitlines() if ln.strip()), "opskit saved state")
-        with tempfile.TemporaryDirectory(prefix="opskit-idx-") as tmp:
-            index_tree, stages = _index_trees(self, Path(tmp))
+        with scratch_dir(self, "opskit-idx-") as tmp:
+            index_tree, stages = _index_trees(self, tmp)
             parents = [*base, self.commit_tree(index_tree, base, f"index: {first}\n")]
             if stages is not None:
                 parents.append(self.commit_tree(stages, [], f"conflict stages: {first}\n"))
-            tree = _worktree_tree(self, index_tree, [e.path for e in entries], Path(tmp))
+            tree = _worktree_tree(self, index_tree, [e.path for e in entries], tmp)
         sha = self.commit_tree(tree, parents, message)
         self.update_ref(ref, sha, message=first)
         return sha
@@ -243,25 +245,65 @@ class Git:
         return _TempWorktree(self, sha, prefix)
 
 
+@contextlib.contextmanager
+def scratch_dir(repo: Git, prefix: str) -> Iterator[Path]:
+    """A private temp folder for git to write in (a throwaway worktree, index copies), removed after.
+
+    As root, git runs as the repository's owner (accounts.drop_for), so the folder is that
+    account's: a 0700 folder of root's made every merge of `opskit approve` fail with "could not
+    create leading directories … Permission denied" (tests/test_root_paths.py). Root then never writes or
+    deletes inside it itself — the account controls what is there — so removing it is the
+    account's `rm -rf` too."""
+    pw = accounts.drop_for(repo.path)
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        if pw is not None:
+            os.chown(path, pw.pw_uid, pw.pw_gid)  # still empty, and 0700: only the account's
+        yield path
+    finally:
+        if pw is None:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            proc.run(["rm", "-rf", "--", str(path)], user=pw, timeout=GIT_TIMEOUT)
+
+
+def _copy_as_owner(repo: Git, src: Path, dst: Path) -> None:
+    """Copy src to dst as the account git runs as: root never reads a file the account can point
+    elsewhere (a link to a secret), nor writes in the account's scratch folder."""
+    pw = accounts.drop_for(repo.path)
+    if pw is None:
+        shutil.copyfile(src, dst)
+        return
+    r = proc.run(["cp", "--", str(src), str(dst)], user=pw, capture=True, timeout=GIT_TIMEOUT)
+    if not r.ok:
+        raise GitError(f"cannot copy {src} as {pw.pw_name}: {r.stderr.strip() or r.describe()}")
+
+
 class _TempWorktree:
-    """A throwaway checkout of sha (used for tests, reviews and reverts), always removed."""
+    """A throwaway checkout of sha (used for tests, reviews, merges and reverts), always removed."""
 
     def __init__(self, repo: Git, sha: str, prefix: str) -> None:
         self.repo, self.sha, self.prefix = repo, sha, prefix
         self.path: Path | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._scratch: contextlib.ExitStack | None = None
 
     def __enter__(self) -> Git:
-        self._tmp = tempfile.TemporaryDirectory(prefix=self.prefix)
-        self.path = Path(self._tmp.name) / "wt"
-        self.repo.add_worktree(self.path, self.sha)
+        self._scratch = contextlib.ExitStack()
+        try:
+            self.path = self._scratch.enter_context(scratch_dir(self.repo, self.prefix)) / "wt"
+            self.repo.add_worktree(self.path, self.sha)
+        except BaseException:
+            self._scratch.close()
+            raise
         return Git(self.path, env=self.repo.env, timeout=self.repo.timeout)
 
     def __exit__(self, *exc: object) -> None:
-        if self.path is not None:
-            self.repo.remove_worktree(self.path)
-        if self._tmp is not None:
-            self._tmp.cleanup()
+        try:
+            if self.path is not None:
+                self.repo.remove_worktree(self.path)
+        finally:
+            if self._scratch is not None:
+                self._scratch.close()
 
 
 def read_hook_lines(text: str) -> Iterator[tuple[str, str, str]]:
@@ -431,7 +473,7 @@ def _index_trees(repo: Git, tmp: Path) -> tuple[str, str | None]:
     real = real if real.is_absolute() else repo.path / real
     copy = tmp / "index-copy"
     if real.exists():
-        copy.write_bytes(real.read_bytes())
+        _copy_as_owner(repo, real, copy)
     env = {"GIT_INDEX_FILE": str(copy)}
     unmerged = [e for e in index_entries(repo) if e[2] != 0]
     if not unmerged:
@@ -457,7 +499,7 @@ def _worktree_tree(repo: Git, index_tree: str, paths: Sequence[str], tmp: Path) 
     repo.run("read-tree", index_tree, env=env)
     gone: list[str] = []
     entries: list[tuple[str, str, str]] = []  # (mode, oid or "", path)
-    to_hash: list[str] = []  # what hash-object reads: worktree paths, or a file holding a link target
+    to_hash: list[str] = []  # the worktree files hash-object reads
     for path in dict.fromkeys(p.rstrip("/") for p in paths):
         full = repo.path / path
         try:
@@ -467,9 +509,11 @@ def _worktree_tree(repo: Git, index_tree: str, paths: Sequence[str], tmp: Path) 
             continue
         mode = worktree_mode(st)
         if mode == "120000":
-            holder = tmp / f"link-{len(to_hash)}"
-            holder.write_bytes(os.fsencode(os.readlink(full)))
-            to_hash.append(str(holder))
+            # The link's target is its blob; hashed from stdin, so nothing is written in tmp
+            # (the account's, when root heals: scratch_dir).
+            target = os.fsencode(os.readlink(full))
+            entries.append((mode, repo.out("hash-object", "--no-filters", "-w", "--stdin", input=target), path))
+            continue
         elif mode is not None:
             to_hash.append(path)
         elif stat.S_ISDIR(st.st_mode) and (full / ".git").exists():

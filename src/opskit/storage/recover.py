@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) ->
         # beside it (a name a group member could plant a link at: statefs, issue 18).
         os.close(statefs.create_exclusive(fresh, state_dir, 0o644))
         report.tables = _rebuild(path, fresh)
+        _keep_shared(fresh, Path(state_dir))
         aside = path.with_name(f"journal.db.damaged-{stamp}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{path}{suffix}")
@@ -108,6 +110,28 @@ def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) ->
         os.replace(fresh, path)
         report.rebuilt = True
     return report
+
+
+def _keep_shared(fresh: Path, state_dir: Path) -> None:
+    """The rebuilt journal is the state dir's, like the one it replaces: its group, and in a shared
+    (setgid) state dir group-writable. Root's umask made it 0644 root, and the git account's next
+    push failed "attempt to write a readonly database" (tests/test_root_paths.py). Through one descriptor opened
+    without following a link: what is changed is the file just built."""
+    if not statefs.is_shared(state_dir):
+        return  # a personal state dir: left as the umask made it, like every file opskit creates there
+    fd = os.open(fresh, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            raise OpsError(f"journal recover: {fresh} is not the file it just built; nothing was replaced")
+        gid = os.stat(state_dir).st_gid
+        if st.st_gid != gid:
+            os.fchown(fd, -1, gid)  # the setgid dir gave it the group already; this is for certain
+        want = stat.S_IRGRP | stat.S_IWGRP
+        if st.st_mode & want != want:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | want)
+    finally:
+        os.close(fd)
 
 
 def _remove(db: Path) -> None:

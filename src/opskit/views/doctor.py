@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from opskit.base import bwrap, safety
+from opskit.base import bwrap, safety, statefs
 from opskit.base.config import ServiceSettings, Settings
-from opskit.base.errors import OpsError, redact
+from opskit.base.errors import OpsError, UsageError, redact
 from opskit.git import repo as gitrepo
 from opskit.git.repo import Git
 from opskit.notify import decisions
@@ -37,6 +37,12 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
+    # An account outside the state dir's group can check nothing of this host: the one line of
+    # every other command (who it is, the group, usermod), not a crash in the first check that
+    # opens something (tests/test_root_paths.py).
+    blocked = statefs.not_writable(settings.state_dir)
+    if blocked:
+        raise UsageError(blocked)
     checks: list[Check] = [
         Check("python", sys.version_info >= (3, 11), sys.version.split()[0], "use Python 3.11 or newer"),
         _git_version(),
