@@ -127,7 +127,7 @@ def _crash_log(exc: BaseException) -> Path | None:
         state_dir.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = state_dir / f"crash-{stamp}-{os.getpid()}.log"
-        # A new file, never through a link planted at this predictable name (issue 18).
+        # A new file, never through a link planted at this predictable name (tests/test_state_links.py).
         from opskit.base import statefs  # only on the crash path, like traceback
 
         fd = statefs.create_exclusive(path, state_dir, 0o640)

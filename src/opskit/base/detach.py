@@ -43,7 +43,7 @@ for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, fwd)
 rc = p.wait()
 tmp = status + ".tmp"
-# A new file, never through a link planted at the name (issue 18); rename replaces a link.
+# A new file, never through a link planted at the name (tests/test_state_links.py); rename replaces a link.
 try:
     os.unlink(tmp)
 except FileNotFoundError:

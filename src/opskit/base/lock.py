@@ -49,7 +49,7 @@ def read_holder(state_dir: Path, service: str) -> dict[str, Any] | None:
 def is_held(state_dir: Path, service: str) -> bool:
     """True if some live process holds the lock right now (probe, never blocks)."""
     try:
-        # Read-only is enough for flock; a planted link is refused (statefs, issue 18).
+        # Read-only is enough for flock; a planted link is refused (statefs, tests/test_state_links.py).
         fd = statefs.open_file(lock_path(state_dir, service), state_dir, os.O_RDONLY, flock_only=True)
     except FileNotFoundError:
         return False
@@ -97,7 +97,7 @@ class ServiceLock:
         return self._fd
 
     def acquire(self) -> None:
-        # Never through a link or into a file the group could not write itself (issue 18: root
+        # Never through a link or into a file the group could not write itself (tests/test_state_links.py: root
         # truncated a planted link's target); created 0640, and shared so the git account opens
         # root's lock file.
         fd = statefs.open_file(self.path, self.state_dir, os.O_RDWR | os.O_CREAT, 0o640)

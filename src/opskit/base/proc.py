@@ -347,7 +347,7 @@ def spawn_detached(argv: Sequence[str], *, log: str | os.PathLike[str],
     """Start argv in a new session, stdin /dev/null, output appended to `log`; return its pid."""
     os.makedirs(os.path.dirname(os.fspath(log)) or ".", exist_ok=True)
     # The log sits in a folder others may write (the shared state dir): never append through a
-    # link planted at its name (issue 18; statefs made it, this opens it a second time).
+    # link planted at its name (tests/test_state_links.py; statefs made it, this opens it a second time).
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:

@@ -7,7 +7,7 @@ creates the journal would otherwise lock root and the operators out of it. A sta
 the setgid bit is a personal one, and is left as the umask makes it.
 
 Every member of the group can also plant a symlink, a hard link or a renamed file at any name
-in a shared state dir (issue 18: root's cron-check, following a planted locks/NAME.lock,
+in a shared state dir (tests/test_state_links.py: root's cron-check, following a planted locks/NAME.lock,
 truncated a root-owned 0600 file and made it 0660). So every open, create, chmod, truncate or
 append opskit does in the state dir goes through open_file() here, and the rule is:
 
@@ -60,7 +60,7 @@ class Unsafe(UsageError):
     def __init__(self, path: str | os.PathLike[str], why: str) -> None:
         p = os.fspath(path)
         super().__init__(f"{p}: {why}; opskit does not follow links or open files the state dir's "
-                         f"group could not (issue 18); if nothing of yours is there, remove it: rm {shlex.quote(p)}")
+                         f"group could not; if nothing of yours is there, remove it: rm {shlex.quote(p)}")
         self.path = p
 
 
@@ -276,7 +276,7 @@ def check_sqlite(db: str | os.PathLike[str], state_dir: str | os.PathLike[str]) 
     the three absent, or a regular single-link file reached without a link; -wal and -shm also
     the group's (open_file's rule) or exactly what SQLite makes them, the db's owner and mode.
     (SQLite never writes over a db file that is not a database, so any owner may hold that.)
-    Raises Unsafe: issue 18's planted -wal/-shm links were exit 3 and followed."""
+    Raises Unsafe: planted -wal/-shm links were exit 3 and followed (tests/test_state_links.py)."""
     state_st = os.stat(state_dir)
     main = _lstat_in(db, state_dir)
     if main is not None:
@@ -310,7 +310,7 @@ def append_bytes(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]
 
 def redirect_output(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> None:
     """Append this process's stdout and stderr (and its children's) to path, opened by the rule
-    above: what cron's lines use instead of the shell's `>> LOG` (issue 18)."""
+    above: what cron's lines use instead of the shell's `>> LOG` (tests/test_state_links.py)."""
     try:
         fd = open_file(path, state_dir, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     except ValueError:

@@ -129,7 +129,7 @@ def actionable(settings: Settings) -> list[ChannelSettings]:
 @contextlib.contextmanager
 def _one_at_a_time(settings: Settings) -> Iterator[bool]:
     path = settings.state_dir / "inbox.lock"
-    # Read-only is enough for flock; never created through a planted link (statefs, issue 18).
+    # Read-only is enough for flock; never created through a planted link (statefs, tests/test_state_links.py).
     fd = statefs.open_file(path, settings.state_dir, os.O_RDONLY | os.O_CREAT, 0o600, flock_only=True)
     try:
         try:

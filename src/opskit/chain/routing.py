@@ -138,7 +138,7 @@ def run_files(settings: Settings, svc: ServiceSettings, run_id: str) -> tuple[Pa
     logs = settings.state_dir / "logs"
     try:
         statefs.mkdir(logs, settings.state_dir)
-        # Never through a planted link (statefs, issue 18); shared when created: operators
+        # Never through a planted link (statefs, tests/test_state_links.py); shared when created: operators
         # (group opskit) read it too, whatever the hook account's umask.
         statefs.append_bytes(logs / f"push-{svc.name}-{run_id}.log", settings.state_dir,
                              f"opskit: run {run_id} of {svc.name}\n".encode())  # fails now, not in the worker, when full

@@ -40,7 +40,7 @@ class Unfinished:
 
 def _held(settings: Settings, service: str) -> bool | str:
     """True while a live process holds the service's lock (the flock probe: the only truth);
-    a lock file that statefs refuses (a planted link, issue 18) is its one-line message."""
+    a lock file that statefs refuses (a planted link, tests/test_state_links.py) is its one-line message."""
     try:
         return is_held(settings.state_dir, service)
     except statefs.Unsafe as e:

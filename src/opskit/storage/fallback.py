@@ -82,7 +82,7 @@ def locations(state_dir: Path) -> list[Path]:
 
 
 def _open(path: Path, state_dir: Path, flags: int) -> int:
-    """The state dir's file by statefs' rule (no link, one link, the group's: issue 18 — a
+    """The state dir's file by statefs' rule (no link, one link, the group's: tests/test_state_links.py — a
     planted link made root append to and truncate its target), shared like the journal beside
     it; the temp dir's with O_NOFOLLOW, checked by _trusted. Unsafe is an OSError here: the
     next location takes the record, and it is said once on stderr."""

@@ -208,7 +208,7 @@ class Journal:
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            statefs.check_sqlite(self.path, self.state_dir)  # SQLite follows links (issue 18)
+            statefs.check_sqlite(self.path, self.state_dir)  # SQLite follows links (tests/test_state_links.py)
             try:
                 conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             except sqlite3.OperationalError as e:

@@ -79,7 +79,7 @@ class RecoverReport:
 def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) -> RecoverReport:
     """Rebuild state_dir/journal.db from what is readable in it; the damaged files are kept aside."""
     path = Path(state_dir) / "journal.db"
-    statefs.check_sqlite(path, state_dir)  # SQLite follows a planted link (issue 18): exit 2, the fix
+    statefs.check_sqlite(path, state_dir)  # SQLite follows a planted link (tests/test_state_links.py): exit 2, the fix
     problems = quick_check(path)
     report = RecoverReport(path=str(path), damaged=bool(problems), problems=problems)
     if not path.exists():
@@ -97,7 +97,7 @@ def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) ->
         fresh = path.with_name(f"journal.db.rebuilding-{os.getpid()}")
         _remove(fresh)
         # Made by us, never through a link; SQLite opens it nofollow and keeps no -journal
-        # beside it (a name a group member could plant a link at: statefs, issue 18).
+        # beside it (a name a group member could plant a link at: statefs, tests/test_state_links.py).
         os.close(statefs.create_exclusive(fresh, state_dir, 0o644))
         report.tables = _rebuild(path, fresh)
         _keep_shared(fresh, Path(state_dir))

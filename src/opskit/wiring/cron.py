@@ -192,7 +192,7 @@ def render_line(entry: Entry, *, runner: Sequence[str], config: Path, log: Path,
     # command notified about itself (drift, a missed job, a failed deploy), not a broken job.
     # No `>> LOG` for the shell: it would follow a link a group member planted at the shared
     # log, as root, and a log root's shell created 0644 stops every other account's line before
-    # opskit starts (issue 18). run-job opens the log itself (statefs.open_file) and sends its
+    # opskit starts (tests/test_state_links.py). run-job opens the log itself (statefs.open_file) and sends its
     # own and CMD's output there; what fails before that goes to cron's mail.
     wrapper = [*opskit, "run-job", "--ok-exit", "1", "--log", q(str(log), "log path")]
     if entry.service:
@@ -371,7 +371,7 @@ def _locked(state_dir: Path) -> Iterator[None]:
     """Two installs at once would each write back the table they read: serialize them."""
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        # Never through a planted link (issue 18); shared when created, never chmodded after.
+        # Never through a planted link (tests/test_state_links.py); shared when created, never chmodded after.
         f = os.fdopen(statefs.open_file(state_dir / "cron.lock", state_dir, os.O_RDONLY | os.O_CREAT,
                                          flock_only=True), "rb")
     except OSError as e:

@@ -130,7 +130,7 @@ def _shared_log(log: Path, state_dir: Path) -> None:
         return
     except statefs.Unsafe:
         pass
-    # Before issue 18 root's `>> LOG` created it 0644, and every other account's line then failed
+    # Until abd47b7 root's `>> LOG` created it 0644, and every other account's line then failed
     # in the shell. A world-readable single-link file of ours holds nothing the group may not
     # read, so it is given the group's write; anything else stays refused (exit 2, the fix).
     fd = statefs.open_file(log, state_dir, os.O_RDONLY)
