@@ -211,7 +211,7 @@ def test_racing_taps_claim_an_offer_once_without_the_lock(tmp_path: Path, write_
                        f'type = "telegram"\ntoken = "{BOT}"\nchat_id = "1"\nallowed_users = [{ALICE}]\n')
     settings = config.load(cfg)
     j = Journal(settings.state_dir)
-    (tok,) = decisions.offer(settings, j, "svc", [("unfreeze", "svc")])
+    (tok,) = decisions.sign(settings, j, decisions.offer(settings, j, "svc", [("unfreeze", "svc")])) or ()
     applier = _SlowApplier()
     verdicts: list[decisions.Verdict] = []
 
@@ -427,32 +427,34 @@ def test_a_tap_read_too_late_to_answer_is_still_applied(phone: Phone) -> None:
     assert "approved by telegram:4242 @alice: deployed" in msg.text  # the edit still tells everyone
 
 
-def test_the_decision_key_is_its_owners_and_in_a_shared_state_dir_its_groups(tmp_path: Path) -> None:
+def test_the_decision_key_is_its_owners_and_in_a_shared_state_dir_roots_alone(tmp_path: Path) -> None:
     own = tmp_path / "own"
     own.mkdir()
     key = decisions.secret(own)
     path = own / decisions.KEY_FILE
     assert len(key) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
-    path.chmod(0o640)  # a group that is not a shared state dir's: refused, with the fix
-    with pytest.raises(UsageError, match=r"can be read by group \d+, not the shared state dir's; `chmod 600"):
+    path.chmod(0o640)  # a personal dir: refused, with the fix
+    with pytest.raises(UsageError, match=r"can be read by group \d+; `chmod 600"):
         decisions.secret(own)
-
+    if os.geteuid() != 0:
+        return
     shared = tmp_path / "shared"
     shared.mkdir()
-    if os.geteuid() == 0:
-        os.chown(shared, -1, 65534)  # a group of its own, as install.sh --system makes `opskit`
+    os.chown(shared, -1, 65534)  # a group of its own, as install.sh --system makes `opskit`
     shared.chmod(0o2770)
     key = decisions.secret(shared)
     path = shared / decisions.KEY_FILE
     st = path.stat()
-    # the hooks' account makes the buttons; root's or another member's cron reads the taps
-    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == shared.stat().st_gid
+    # issue 18: the push account writes the buttons' messages, never the key; root signs them
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
     assert decisions.secret(shared) == key
-    path.chmod(0o644)
-    with pytest.raises(UsageError, match="can be read by others"):
-        decisions.secret(shared)
+    # A key the group could read (the old 0640 contract), or one a member planted, is replaced.
     path.chmod(0o640)
-    if os.geteuid() == 0:
-        os.chown(path, -1, 0)  # the right mode, the wrong group
-        with pytest.raises(UsageError, match="not the shared state dir's"):
-            decisions.secret(shared)
+    assert decisions.secret(shared) != key
+    planted = shared / "planted"
+    planted.write_bytes(b"k" * 32)
+    os.chown(planted, 65534, 65534)
+    planted.chmod(0o600)
+    path.unlink()
+    planted.rename(path)
+    assert decisions.secret(shared) != b"k" * 32 and path.stat().st_uid == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from opskit.base import roles
 from opskit.base.actor import who
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.config import Settings
@@ -47,6 +48,9 @@ def reject(settings: Settings, journal: Journal, approval_id: int, reason: str, 
     """End a parked change: journal review.fail with who and why, notify, nothing merged."""
     if not reason or not reason.strip():
         raise UsageError('reject needs a reason: opskit reject ID --reason "what is wrong"')
+    found = get(journal, approval_id)
+    roles.refuse_push_account("reject", settings.state_dir, settings.services.values(),
+                              found.service if found else None)
     row = decide(journal, approval_id, "rejected", by=by or who(), reason=reason.strip(), clock=clock)
     ev = journal.append("review.fail", row.service,
                         {"approval": row.id, "branch": row.branch, "decided_by": row.decided_by,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opskit.base import accounts, bwrap, proc
+from opskit.base import accounts, bwrap, proc, roles
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, LockBusy, OpsError, UsageError, redact
@@ -140,6 +140,7 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
     found = approvals.get(journal, approval_id)
     if found is None:
         raise UsageError(f"no parked change #{approval_id}; `opskit pending` lists the ones waiting")
+    roles.refuse_push_account("approve", settings.state_dir, settings.services.values(), found.service)
     # Everything that can refuse (service gone from the config, repo missing) before the decision.
     ctx = _context(settings, journal, found.service, f"refs/heads/{found.raw_branch}", found.sha, chain=found.chain,
                    clock=clock, write=write, base=found.base)

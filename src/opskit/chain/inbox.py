@@ -68,10 +68,18 @@ class CliApplier:
                 return f"change #{found.target} no longer exists"
             if row.status != "parked":
                 return f"change #{row.id} no longer waits: {row.describe()}"
+            if found.subject is not None and row.sha != found.subject:  # bound to the commit it was offered for
+                return (f"change #{row.id} no longer waits: it is {row.sha[:10]} now, "
+                        f"not the {found.subject[:10]} this button was offered for")
             return self._branch_moved(row)
         frozen = self.journal.frozen(found.target)
         if found.action == "unfreeze" and frozen is None:
             return f"{found.target} is not frozen"
+        if found.action == "unfreeze" and found.subject is not None \
+                and str(frozen.get("frozen_event")) != found.subject:  # type: ignore[union-attr]
+            # issue 18: an Unfreeze offered for one freeze must not lift a later one
+            return (f"{found.target} no longer waits for this Unfreeze: it was offered for the freeze of event "
+                    f"#{found.subject}, which ended; the service was frozen again since")
         if found.action == "freeze" and frozen is not None:
             return f"{found.target} is already frozen"
         return None
@@ -148,6 +156,9 @@ def run(settings: Settings, journal: Journal, *, wait: float = 0.0, clock: Clock
     if not channels:
         raise UsageError("no channel can carry a decision back: add a [notify.NAME] with type = \"telegram\", "
                          "or reply_url on an ntfy channel (README: approve from your phone)")
+    if not decisions.holds_key(settings.state_dir):
+        raise UsageError("inbox: in a shared state dir only root holds the decision key and applies taps; "
+                         "root's cron runs it (sudo opskit cron install --system)")
     report = InboxReport()
     with _one_at_a_time(settings) as mine:
         if not mine:
@@ -155,7 +166,7 @@ def run(settings: Settings, journal: Journal, *, wait: float = 0.0, clock: Clock
             write("another `opskit inbox` is running; it takes the decisions")
             return report
         applier = CliApplier(settings, journal, clock, write)
-        for v in decisions.resume(journal, applier, clock):
+        for v in decisions.resume(settings, journal, applier, clock):
             _record(report, v, "resumed")
         deadline = clock.monotonic() + max(0.0, wait)
         down: set[str] = set()
@@ -164,6 +175,7 @@ def run(settings: Settings, journal: Journal, *, wait: float = 0.0, clock: Clock
         # (Telegram's timeout is whole seconds: 0 would answer at once, again and again).
         while first or deadline - clock.monotonic() >= 1.0:
             first = False
+            _send_offers(settings, journal, clock)
             live = [ch for ch in channels if ch.name not in down]
             if not live:
                 break
@@ -183,6 +195,19 @@ def run(settings: Settings, journal: Journal, *, wait: float = 0.0, clock: Clock
             if not has_tg and clock.monotonic() < deadline:
                 clock.sleep(min(NTFY_POLL, max(0.0, deadline - clock.monotonic())))
     return report
+
+
+def _send_offers(settings: Settings, journal: Journal, clock: Clock) -> None:
+    """Messages with buttons the push account's pipeline queued wait for the key holder to sign
+    them (notify/decisions.py sign): send them now, once a poll — a minute at most."""
+    from opskit import notify  # start-up: only when such a message waits
+    from opskit.storage import outbox
+
+    names = outbox.channels_waiting_to_sign(journal)
+    if not names:
+        return
+    with contextlib.suppress(Exception):  # a channel that is down keeps them queued; never stops the taps
+        notify.flush(settings, journal, clock=clock, retry_for=0, channels=names)
 
 
 def _record(report: InboxReport, v: decisions.Verdict, channel: str) -> None:
@@ -249,7 +274,7 @@ def _tap(settings: Settings, journal: Journal, applier: CliApplier, ch: ChannelS
         mark = "✅" if v.ok else "⚠️"
         text = cut(f"{msg.get('text') or ''}\n\n{mark} {v.text}", telegram.TEXT_MAX, "…")
         edit: dict[str, Any] = {"chat_id": reply["chat_id"], "message_id": reply["message_id"], "text": text}
-        undo = _undo(settings, journal, v, clock)
+        undo = decisions.sign(settings, journal, _undo(settings, journal, v, clock)) or ()
         if undo:
             edit["reply_markup"] = {"inline_keyboard": [[{"text": a.label, "callback_data": a.token} for a in undo]]}
         elif v.offer.status == "open" and isinstance(msg.get("reply_markup"), dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from opskit.base import roles
 from opskit.base.actor import who as acting
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.config import Settings
@@ -18,9 +19,11 @@ from opskit.storage.journal import Journal
 
 
 def freeze(run: Run, reason: str, event_id: int | None) -> int:
-    run.journal.kv_set("frozen", run.service, {"reason": reason, "event_id": event_id,
-                                               "since": iso(run.clock.now())})
+    state = {"reason": reason, "event_id": event_id, "since": iso(run.clock.now())}
+    run.journal.kv_set("frozen", run.service, state)
     ev = run.emit("service.frozen", {"reason": reason, "event_id": event_id})
+    if ev.id:  # which freeze this is: an Unfreeze button is bound to it (issue 18)
+        run.journal.kv_set("frozen", run.service, {**state, "frozen_event": ev.id})
     run.say(f"✘ {run.service} is FROZEN: {reason}. Deploys are refused until `opskit unfreeze {run.service}`")
     return ev.id
 
@@ -28,6 +31,7 @@ def freeze(run: Run, reason: str, event_id: int | None) -> int:
 def unfreeze(settings: Settings, journal: Journal, service: str, who: str | None = None) -> dict[str, Any] | None:
     """Clear the freeze; returns what was cleared (None: it was not frozen)."""
     settings.service(service)
+    roles.refuse_push_account("unfreeze", settings.state_dir, settings.services.values(), service)
     was = journal.frozen(service)
     if was is None:
         return None

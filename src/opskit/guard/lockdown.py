@@ -287,8 +287,10 @@ def release_quarantine(settings: Settings, journal: Journal, service: ServiceSet
     commit of the canonical repo whose tree is quarantined. Returns the released rows."""
     import re
 
+    from opskit.base import roles  # start-up: the hooks' fast path never releases
     from opskit.base.errors import UsageError
 
+    roles.refuse_push_account("quarantine release", settings.state_dir, settings.services.values(), service.name)
     ident = ident.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{4,64}", ident):
         raise UsageError(f"{ident!r} is not a tree or commit id; give at least 4 hex digits "

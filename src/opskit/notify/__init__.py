@@ -169,12 +169,13 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
 
 
 def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
-          retry_for: float | None = None) -> FlushReport:
-    """Retry the queue, oldest first, each message exactly once, per-channel order kept."""
+          retry_for: float | None = None, channels: Sequence[str] | None = None) -> FlushReport:
+    """Retry the queue, oldest first, each message exactly once, per-channel order kept.
+    `channels`: only these (inbox sends the messages waiting for their buttons to be signed)."""
     courier = Courier(settings, journal, clock, retry_for)
     busy = 0
     for name in outbox.channels_with_work(journal):
-        if name in courier.stalled:
+        if name in courier.stalled or (channels is not None and name not in channels):
             continue
         rows, held = outbox.claim_channel(journal, clock, name)
         busy += held

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from opskit.base.clock import Clock, iso
 from opskit.base.config import ChannelSettings, Settings
 from opskit.base.errors import redact
+from opskit.notify import decisions
 from opskit.notify.base import Action, Message, Outcome
 from opskit.storage import outbox
 from opskit.storage.journal import Journal
@@ -26,6 +27,9 @@ from opskit.storage.journal import Journal
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
 CLAIM_REFRESH = 60.0  # well inside outbox.CLAIM_STALE
+# A message with decision buttons queued by an account that may not sign them (issue 18).
+WAITS_FOR_KEY = ("its decision buttons are signed by root: root's `opskit inbox` sends it within a minute "
+                 "(or `sudo opskit notify --flush`)")
 KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",
          "ntfy": "ntfy", "apprise": "apprise_", "telegram": "telegram"}
 
@@ -66,7 +70,13 @@ class Courier:
                     self._queued(None, row, Outcome.transient(why), attempts=0, wait=None)
                     self.stalled[channel] = why
                     break
-                outcome, attempts, wait = self._attempt(ch, row, ids[i:])
+                actions = decisions.sign(self.settings, self.journal,
+                                         [Action(str(a), str(t)) for a, t in json.loads(row.actions or "[]")])
+                if actions is None:  # its buttons wait for the key holder: the channel's order is kept
+                    self._queued(ch, row, Outcome.transient(WAITS_FOR_KEY), attempts=0, wait=None)
+                    self.stalled[channel] = WAITS_FOR_KEY
+                    break
+                outcome, attempts, wait = self._attempt(ch, row, ids[i:], actions)
                 if outcome is None:  # taken over: the taker has the channel's queue, in order
                     self.lost.update(ids[i:])
                     break
@@ -83,8 +93,8 @@ class Courier:
             outbox.release(self.journal, ids)
 
     # --- one message ------------------------------------------------------------------------
-    def _attempt(self, ch: ChannelSettings, row: outbox.Row,
-                 claimed: list[int]) -> tuple[Outcome | None, int, float | None]:
+    def _attempt(self, ch: ChannelSettings, row: outbox.Row, claimed: list[int],
+                 actions: tuple[Action, ...]) -> tuple[Outcome | None, int, float | None]:
         """Deliver one row, retrying transient failures: (outcome, attempts, wait before the next
         try), or (None, ...) when the row stopped being ours before a POST."""
         module = importlib.import_module(f"opskit.notify.{KINDS[ch.type]}")
@@ -94,7 +104,7 @@ class Courier:
         attempts = 0
         msg = Message(outbox_id=row.id, channel=row.channel, level=row.level, title=row.title, text=row.message,
                       service=row.service, event_id=row.event_id, created=row.created,
-                      actions=tuple(Action(str(a), str(t)) for a, t in json.loads(row.actions or "[]")))
+                      actions=actions)
         while True:
             if row.id not in outbox.touch(self.journal, self.clock, claimed):
                 return None, attempts, None

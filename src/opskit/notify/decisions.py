@@ -21,6 +21,7 @@ it if the change still waits, else records what already happened.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -38,6 +39,7 @@ from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
 from opskit.base.proc import pid_alive
 from opskit.notify.base import Action
+from opskit.storage import approvals as approvals_store
 from opskit.storage import decisions as store
 from opskit.storage.decisions import SCHEMA, Offer
 from opskit.storage.journal import Journal
@@ -46,42 +48,103 @@ ACTIONS = ("approve", "reject", "freeze", "unfreeze")
 LABELS = {"approve": "Approve", "reject": "Reject", "freeze": "Freeze", "unfreeze": "Unfreeze"}
 KEY_FILE = "decision.key"
 MAC_BYTES = 16
+UNSIGNED = "offer:"  # a queued button: the offer it is for, signed when the message is sent
 # --- the key and the tokens -----------------------------------------------------------------
 
+def holds_key(state_dir: Path) -> bool:
+    """May this process make and check tokens? In a shared state dir only root (its cron's
+    `opskit inbox` and `notify --flush` sign and apply): the push account writes the journal and
+    the messages, and a key it could read would let it approve its own change (issue 18). A
+    personal state dir has one account, which holds it."""
+    return os.geteuid() == 0 or not statefs.is_shared(state_dir)
+
+
 def secret(state_dir: Path) -> bytes:
-    """The HMAC key, created on first use for its owner alone — and for the state dir's group
-    when the state dir is shared (the hooks' account makes the buttons, root's or another
-    account's cron reads the taps; that group can already approve with `opskit approve`).
-    A key anyone else can read is refused: whoever reads it can approve any change."""
+    """The HMAC key, created on first use, 0600 for its owner alone: root:root in a shared state
+    dir. Never read through a link. A key another account could have read or planted is refused
+    in a personal dir (with the fix); in a shared dir root replaces it (its tokens are void),
+    since every member of the group can rename or plant files there."""
     path = Path(state_dir) / KEY_FILE
+    if not holds_key(state_dir):
+        raise UsageError(f"{path}: in a shared state dir the decision key is root's alone (account {_me()} "
+                         "may not sign decisions); root's `opskit inbox` and `notify --flush` (cron.d) use it")
+    shared = statefs.is_shared(state_dir)
+    for _ in range(3):
+        try:
+            fd = statefs.open_private(path, state_dir)  # no link, one name, nobody else writes it
+        except FileNotFoundError:
+            _create(path, state_dir)
+            continue
+        except statefs.Unsafe:
+            if not shared:
+                raise
+            _replace(path, state_dir)  # planted by a group member
+            continue
+        try:
+            st = os.fstat(fd)
+            bad = _unsafe(st, path, state_dir)
+            data = b"" if bad else os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        if bad and not shared:
+            raise UsageError(f"{bad[0]}; {bad[1]}")
+        if bad or len(data) < 32:  # exposed or not root's (shared); or a crash between create and write
+            _replace(path, state_dir)
+            continue
+        return data
+    raise UsageError(f"{path} keeps changing under us (another account replaces it); "
+                     "see who writes the state dir, then delete it")
+
+
+def _me() -> str:
+    from opskit.base.accounts import me  # only for this refusal
+
+    return me()
+
+
+def _create(path: Path, state_dir: Path) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = statefs.create_exclusive(path, state_dir, 0o600)
     except FileExistsError:
-        pass
+        return  # someone made it first: the caller's next open checks whose it is
+    with os.fdopen(fd, "wb") as fh:
+        if os.geteuid() == 0:
+            os.fchown(fh.fileno(), 0, 0)  # not the setgid state dir's group: nobody else reads it
+        fh.write(secrets.token_bytes(32))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _replace(path: Path, state_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # the name only: unlink never follows a link
+    _create(path, state_dir)
+
+
+def _unsafe(st: os.stat_result, path: Path, state_dir: Path) -> tuple[str, str] | None:
+    """(what is wrong with the key file, the fix), or None: a regular file of this account's
+    (root's in a shared dir), one link, that nobody else may read or write."""
+    if statefs.is_shared(state_dir):
+        fix = f"delete it: root's next `opskit inbox` makes a new one, 0600 root (`rm {path}`)"
+        owner_ok = st.st_uid == 0
     else:
-        with os.fdopen(fd, "wb") as fh:
-            if statefs.is_shared(state_dir):
-                os.fchmod(fh.fileno(), 0o640)  # the group is the setgid state dir's
-            fh.write(secrets.token_bytes(32))
-            fh.flush()
-            os.fsync(fh.fileno())
-    exposed = key_exposed(path, state_dir)
-    if exposed:
-        raise UsageError(f"{exposed[0]}; {exposed[1]}")
-    try:
-        data = path.read_bytes()
-    except PermissionError:  # made 0600 by another account (before keys were shared)
-        raise UsageError(f"{path} cannot be read by this account; in a shared state dir its owner runs "
-                         f"`chmod 640 {path}` (the state dir's group reads it)") from None
-    if len(data) < 32:  # a crash between create and write: make it again
-        path.unlink()
-        return secret(state_dir)
-    return data
+        fix = f"`chmod 600 {path}` (or delete it to make a new one)"
+        owner_ok = st.st_uid == os.geteuid()
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return f"{path} is not a plain file of its own (a link or a special file)", fix
+    if not owner_ok:
+        return f"{path} belongs to uid {st.st_uid}, not to " + ("root" if statefs.is_shared(state_dir) else "you"), fix
+    if st.st_mode & stat.S_IRWXO:
+        return f"{path} can be read by others", fix
+    if st.st_mode & stat.S_IRWXG:
+        return f"{path} can be read by group {st.st_gid}", fix
+    return None
 
 
-def _mac(key: bytes, offer_id: int, action: str, target: str, expires: int) -> str:
-    msg = f"{offer_id}|{action}|{target}|{expires}".encode()
-    digest = hmac.new(key, msg, hashlib.sha256).digest()[:MAC_BYTES]
+def _mac(key: bytes, offer_id: int, action: str, target: str, expires: int, subject: str | None = None) -> str:
+    # Offers from before issue 18 have no subject: their tokens keep checking.
+    msg = f"{offer_id}|{action}|{target}|{expires}" + (f"|{subject}" if subject is not None else "")
+    digest = hmac.new(key, msg.encode(), hashlib.sha256).digest()[:MAC_BYTES]
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
@@ -97,19 +160,70 @@ def _b36(n: int) -> str:
 
 def offer(settings: Settings, journal: Journal, service: str, buttons: Sequence[tuple[str, str]], *,
           ttl: float | None = None, clock: Clock = SYSTEM) -> list[Action]:
-    """Signed buttons for (action, target) pairs, or [] when no channel of the service
-    can carry a tap back (no offer rows, no key file for nothing)."""
+    """Buttons for (action, target) pairs, or [] when no channel of the service can carry a tap
+    back (no offer rows, no key file for nothing).
+
+    Each offer is bound to the exact thing it is offered for (its subject: the change's commit,
+    the freeze's event id). The buttons carry `offer:ID`, not a token: tokens are made as the
+    message is sent (sign()), by a process that holds the key, and never stored in the journal,
+    which the push account can read."""
     if not any(settings.channels[n].actionable for n in settings.channels_for(service) if n in settings.channels):
         return []
     svc = settings.services.get(service)
     life = ttl if ttl is not None else (svc.approval_timeout if svc is not None else 24 * 3600.0)
-    key = secret(settings.state_dir)
+    if holds_key(settings.state_dir):
+        secret(settings.state_dir)  # made on first use; a key problem costs the buttons (buttons())
     now = clock.now()
     expires = int(now.timestamp() + life)
     assert all(action in ACTIONS for action, _ in buttons)
-    ids = store.insert_offers(journal, service, buttons, iso(now), expires)
-    return [Action(LABELS[action], f"1.{oid}.{_b36(expires)}.{_mac(key, oid, action, target, expires)}")
-            for oid, (action, target) in zip(ids, buttons, strict=True)]
+    triples = [(action, target, subject_of(journal, action, target)) for action, target in buttons]
+    ids = store.insert_offers(journal, service, triples, iso(now), expires)
+    return [Action(LABELS[action], f"{UNSIGNED}{oid}") for oid, (action, _) in zip(ids, buttons, strict=True)]
+
+
+def subject_of(journal: Journal, action: str, target: str) -> str | None:
+    """What an offer is for, exactly: the commit of the change it decides, the freeze it lifts."""
+    if action in ("approve", "reject"):
+        row = approvals_store.get(journal, int(target))
+        return row.sha if row is not None else None
+    if action == "unfreeze":
+        frozen = journal.frozen(target)
+        event = frozen.get("frozen_event") if frozen else None
+        return str(event) if event is not None else None
+    return None
+
+
+def token(key: bytes, found: Offer) -> str:
+    return f"1.{found.id}.{_b36(found.expires)}.{_mac(key, found.id, found.action, found.target, found.expires, found.subject)}"
+
+
+def needs_signing(actions: Sequence[Action]) -> bool:
+    return any(a.token.startswith(UNSIGNED) for a in actions)
+
+
+def sign(settings: Settings, journal: Journal, actions: Sequence[Action]) -> tuple[Action, ...] | None:
+    """The buttons with their tokens, made now; None when this process may not hold the key
+    (the message waits for root's `opskit inbox` or `notify --flush`). Each label is the offer's
+    own action, whatever the queued row says. A key that cannot be used, or an offer that is
+    gone, costs its buttons, never the message (its text names the commands)."""
+    if not needs_signing(actions):
+        return tuple(actions)
+    if not holds_key(settings.state_dir):
+        return None
+    try:
+        key = secret(settings.state_dir)
+    except (OpsError, OSError):
+        return tuple(a for a in actions if not a.token.startswith(UNSIGNED))
+    out = []
+    for a in actions:
+        if not a.token.startswith(UNSIGNED):
+            out.append(a)
+            continue
+        ident = a.token[len(UNSIGNED):]
+        found = store.get_offer(journal, int(ident)) if ident.isdigit() else None
+        if found is not None and found.action in ACTIONS:
+            out.append(Action(LABELS[found.action], token(key, found)))
+    return tuple(out)
 
 
 def buttons(settings: Settings, journal: Journal, service: str, pairs: Sequence[tuple[str, str]], *,
@@ -134,7 +248,7 @@ def check(settings: Settings, journal: Journal, token: str, clock: Clock = SYSTE
     found = store.get_offer(journal, int(parts[1]))
     if found is None:
         return None, "bad token (no such offer)"
-    good = _mac(secret(settings.state_dir), found.id, found.action, found.target, expires)
+    good = _mac(secret(settings.state_dir), found.id, found.action, found.target, expires, found.subject)
     if not hmac.compare_digest(good, parts[3]) or expires != found.expires:
         return None, "bad token (signature does not match)"
     if clock.now().timestamp() >= expires:
@@ -159,26 +273,16 @@ def setup_problems(settings: Settings) -> list[tuple[str, str, str]]:
                 out.append((f"notify.{ch.name}", "no token: opskit reads the reply topic anonymously",
                             "set token to a credential that can read the reply topic"))
     key = Path(settings.state_dir) / KEY_FILE
-    exposed = key_exposed(key, settings.state_dir) if key.exists() else None
+    exposed = key_exposed(key, settings.state_dir) if os.path.lexists(key) else None
     if exposed:
         out.append(("decision.key", f"{exposed[0]}: whoever reads it can approve any change", exposed[1]))
     return out
 
 
 def key_exposed(path: Path, state_dir: Path) -> tuple[str, str] | None:
-    """(who else can use the key at path, the fix), or None when no one may who should not: its
-    owner may read it, and in a shared state dir the state dir's group."""
-    st = path.stat()
-    if statefs.is_shared(state_dir):  # the group must keep reading it
-        fix = f"`chgrp {os.stat(state_dir).st_gid} {path} && chmod 640 {path}` (or delete it to make a new one)"
-    else:
-        fix = f"`chmod 600 {path}` (or delete it to make a new one)"
-    if st.st_mode & stat.S_IRWXO:
-        return f"{path} can be read by others", fix
-    shared_group = statefs.is_shared(state_dir) and st.st_gid == os.stat(state_dir).st_gid
-    if st.st_mode & (stat.S_IWGRP | stat.S_IXGRP) or (st.st_mode & stat.S_IRGRP and not shared_group):
-        return f"{path} can be read by group {st.st_gid}, not the shared state dir's", fix
-    return None
+    """(who else can use the key at path, the fix), or None when only its holder can: a plain
+    0600 file of its owner's (root's in a shared state dir)."""
+    return _unsafe(path.lstat(), path, state_dir)
 
 
 # --- receiving a tap ------------------------------------------------------------------------
@@ -217,8 +321,9 @@ def receive(settings: Settings, journal: Journal, applier: Applier, *, channel: 
             if found.status != "open" else applier.still_waits(found)
     if why is not None or found is None:
         return _refused(journal, channel, msg_id, found, by, why or "refused", clock)
+    proof = claim_proof(secret(settings.state_dir), found, channel, msg_id, by)
     again, claimed = store.claim_by_tap(journal, found.id, channel=channel, msg_id=msg_id, by=by, reply=reply,
-                                        now=iso(clock.now()))
+                                        now=iso(clock.now()), proof=proof)
     if again:
         return _seen(journal, channel, msg_id)
     if not claimed:
@@ -273,11 +378,34 @@ def _apply(journal: Journal, applier: Applier, offer_id: int, by: str) -> Verdic
     return Verdict("applied", text, store.get_offer(journal, offer_id), ok=ok)
 
 
-def resume(journal: Journal, applier: Applier, clock: Clock = SYSTEM) -> list[Verdict]:
-    """Finish the decisions a killed inbox run claimed but did not see through."""
+def claim_proof(key: bytes, found: Offer, channel: str, msg_id: str, by: str) -> str:
+    """What only the key holder can write beside a claim: resume() applies a claim only with it."""
+    msg = f"claim|{found.id}|{found.action}|{found.target}|{found.subject}|{channel}|{msg_id}|{by}"
+    return base64.urlsafe_b64encode(hmac.new(key, msg.encode(), hashlib.sha256).digest()).decode().rstrip("=")
+
+
+def resume(settings: Settings, journal: Journal, applier: Applier, clock: Clock = SYSTEM) -> list[Verdict]:
+    """Finish the decisions a killed inbox run claimed but did not see through.
+
+    Only a claim a tap made counts: the journal is the push account's to write too, and an
+    `applying` row under a dead pid, written by hand, must never make root decide (issue 18).
+    A claim without the key holder's proof goes back to open and is journaled as refused."""
     out = []
+    key: bytes | None = None
     for found in store.applying(journal):
-        if pid_alive(found.claimed_by) or not store.reclaim(journal, found, iso(clock.now())):
+        if pid_alive(found.claimed_by):
+            continue
+        key = key or secret(settings.state_dir)
+        good = claim_proof(key, found, found.channel or "", found.tap or "", found.decided_by or "")
+        if not found.proof or not hmac.compare_digest(good, found.proof):
+            forged = "a claim no tap made (no valid proof in the journal): not applied"
+            if store.unclaim(journal, found, f"refused: {forged}"):
+                journal.append("decision.refused", found.service, {
+                    "channel": found.channel, "by": found.decided_by, "action": found.action,
+                    "target": found.target, "offer": found.id, "reason": forged})
+                out.append(Verdict("refused", f"refused: {forged}; nothing changed", found, ok=False))
+            continue
+        if not store.reclaim(journal, found, iso(clock.now())):
             continue
         why = applier.still_waits(found)
         if why is None:

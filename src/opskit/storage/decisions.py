@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,6 +22,7 @@ CREATE TABLE IF NOT EXISTS decision_offers (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     action      TEXT NOT NULL,                  -- approve | reject | freeze | unfreeze
     target      TEXT NOT NULL,                  -- the approval id, or the service name
+    subject     TEXT,                           -- the exact thing offered for: the change's sha, the freeze's event id
     service     TEXT NOT NULL,
     created     TEXT NOT NULL,
     expires     INTEGER NOT NULL,               -- unix seconds, signed into the token
@@ -32,7 +34,8 @@ CREATE TABLE IF NOT EXISTS decision_offers (
     outcome     TEXT,
     reply       TEXT,                           -- JSON: where to answer the tapper
     tap         TEXT,                           -- the message id of the tap that claimed it
-    answered    TEXT                            -- when the tapper was told the outcome
+    answered    TEXT,                           -- when the tapper was told the outcome
+    proof       TEXT                            -- HMAC over the claim by the key holder (resume checks it)
 );
 CREATE TABLE IF NOT EXISTS decision_taps (
     channel  TEXT NOT NULL,
@@ -43,8 +46,25 @@ CREATE TABLE IF NOT EXISTS decision_taps (
 );
 """
 
+# Columns added after the first release (CREATE TABLE IF NOT EXISTS leaves an older journal
+# without them): issue 18's binding of an offer to its exact subject, and the claim's proof.
+_LATER = (("decision_offers", "subject", "TEXT"), ("decision_offers", "proof", "TEXT"))
+_migrated: set[tuple[int, str]] = set()
+
+
 def _db(journal: Journal) -> Journal:
-    return with_tables(journal, "decisions", SCHEMA)
+    with_tables(journal, "decisions", SCHEMA)
+    key = (os.getpid(), str(journal.path))
+    if key not in _migrated:
+        for table, column, kind in _LATER:
+            if column not in {r[1] for r in journal.conn.execute(f"PRAGMA table_info({table})")}:
+                try:
+                    journal.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as e:  # a concurrent opener added it first
+                    if "duplicate column" not in str(e):
+                        raise
+        _migrated.add(key)
+    return journal
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,7 @@ class Offer:
     id: int
     action: str
     target: str
+    subject: str | None
     service: str
     created: str
     expires: int
@@ -64,6 +85,7 @@ class Offer:
     reply: str | None
     tap: str | None
     answered: str | None
+    proof: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,14 +99,14 @@ def get_offer(journal: Journal, offer_id: int) -> Offer | None:
     return _offer(_db(journal).conn.execute("SELECT * FROM decision_offers WHERE id = ?", (offer_id,)).fetchone())
 
 
-def insert_offers(journal: Journal, service: str, pairs: Sequence[tuple[str, str]], created: str,
+def insert_offers(journal: Journal, service: str, triples: Sequence[tuple[str, str, str | None]], created: str,
                   expires: int) -> list[int]:
-    """One open offer per (action, target); their ids, in order."""
+    """One open offer per (action, target, subject); their ids, in order."""
     ids = []
     with _db(journal).tx() as c:
-        for action, target in pairs:
-            cur = c.execute("INSERT INTO decision_offers (action, target, service, created, expires) "
-                            "VALUES (?, ?, ?, ?, ?)", (action, target, service, created, expires))
+        for action, target, subject in triples:
+            cur = c.execute("INSERT INTO decision_offers (action, target, subject, service, created, expires) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (action, target, subject, service, created, expires))
             assert cur.lastrowid is not None
             ids.append(int(cur.lastrowid))
     return ids
@@ -96,7 +118,7 @@ def tap_seen(journal: Journal, channel: str, msg_id: str) -> bool:
 
 
 def claim_by_tap(journal: Journal, offer_id: int, *, channel: str, msg_id: str, by: str,
-                 reply: dict[str, Any] | None, now: str) -> tuple[bool, bool]:
+                 reply: dict[str, Any] | None, now: str, proof: str) -> tuple[bool, bool]:
     """Record the tap and claim its offer, in one transaction: (seen before, claimed)."""
     with _db(journal).tx() as c:
         if c.execute("SELECT 1 FROM decision_taps WHERE channel = ? AND msg_id = ?",
@@ -108,8 +130,8 @@ def claim_by_tap(journal: Journal, offer_id: int, *, channel: str, msg_id: str, 
         # compare-and-swap settles a race between them.
         claimed = c.execute(
             "UPDATE decision_offers SET status = 'applying', channel = ?, decided_by = ?, claimed_by = ?, "
-            "claimed_at = ?, reply = ?, tap = ?, answered = NULL WHERE id = ? AND status = 'open'",
-            (channel, by, os.getpid(), now, json.dumps(reply or {}), msg_id, offer_id)).rowcount
+            "claimed_at = ?, reply = ?, tap = ?, answered = NULL, proof = ? WHERE id = ? AND status = 'open'",
+            (channel, by, os.getpid(), now, json.dumps(reply or {}), msg_id, proof, offer_id)).rowcount
     return False, bool(claimed)
 
 
@@ -162,3 +184,13 @@ def mark_applied(journal: Journal, offer_id: int, outcome: str) -> None:
     with _db(journal).tx() as c:
         c.execute("UPDATE decision_offers SET status = 'applied', outcome = ?, claimed_by = NULL WHERE id = ?",
                   (outcome, offer_id))
+
+
+def unclaim(journal: Journal, found: Offer, outcome: str) -> bool:
+    """An applying offer whose claim no tap made (no valid proof) goes back to open: the real
+    button still works for a person; False when another run moved it first."""
+    with _db(journal).tx() as c:
+        return bool(c.execute("UPDATE decision_offers SET status = 'open', channel = NULL, decided_by = NULL, "
+                              "claimed_by = NULL, claimed_at = NULL, tap = NULL, proof = NULL, outcome = ? "
+                              "WHERE id = ? AND status = 'applying' AND claimed_by IS ?",
+                              (outcome, found.id, found.claimed_by)).rowcount)

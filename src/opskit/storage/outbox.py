@@ -184,6 +184,12 @@ def channels_with_work(journal: Journal) -> list[str]:
         "GROUP BY channel ORDER BY MIN(id)")]
 
 
+def channels_waiting_to_sign(journal: Journal) -> list[str]:
+    """Channels with a queued message whose buttons are not signed yet (notify/decisions.py sign)."""
+    return [r[0] for r in journal.conn.execute(
+        "SELECT DISTINCT channel FROM outbox WHERE status = 'queued' AND actions LIKE '%\"offer:%' ORDER BY channel")]
+
+
 def get(journal: Journal, row_id: int) -> Row | None:
     r = journal.conn.execute("SELECT * FROM outbox WHERE id = ?", (row_id,)).fetchone()
     return Row.of(r) if r else None
