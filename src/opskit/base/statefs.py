@@ -336,7 +336,10 @@ def share(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> No
         parts = _parts(path, state_dir)
         dfd = _open_dir(state_dir, parts[:-1], create=False, shared=True)
         try:
-            fd = os.open(parts[-1], os.O_RDONLY | _LEAF | os.O_NONBLOCK, dir_fd=dfd)
+            # O_PATH: closing a real descriptor of journal.db or its -shm would drop the POSIX
+            # locks this process's SQLite connections hold there (a follower then reads a stale
+            # snapshot: tests/test_server.py, events --follow); an O_PATH one holds and drops none.
+            fd = os.open(parts[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         finally:
             os.close(dfd)
         try:
@@ -350,7 +353,7 @@ def share(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> No
             else:
                 return
             if st.st_mode & want != want:
-                os.fchmod(fd, stat.S_IMODE(st.st_mode) | want)
+                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | want)  # that very inode
         finally:
             os.close(fd)
     except (OSError, ValueError, Unsafe):
