@@ -1,4 +1,4 @@
-"""Who may decide: the push account pushes, an operator decides (issue 18, "the pusher cannot decide").
+"""Who may decide: the push account pushes, an operator decides (docs/ARCHITECTURE.md, who may do what).
 
 On a server the account developers and agents push to (`git`) runs the hooks, so it writes the
 journal and the messages; if it could also approve, unfreeze or release, the human in the loop

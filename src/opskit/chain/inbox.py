@@ -30,6 +30,7 @@ from opskit.deploy import freeze
 from opskit.git.repo import Git
 from opskit.notify import decisions
 from opskit.notify.base import Action
+from opskit.storage import outbox
 from opskit.storage.journal import Journal
 
 NTFY_POLL = 3.0  # seconds between polls of an ntfy reply topic while --wait lasts
@@ -77,7 +78,7 @@ class CliApplier:
             return f"{found.target} is not frozen"
         if found.action == "unfreeze" and found.subject is not None \
                 and str(frozen.get("frozen_event")) != found.subject:  # type: ignore[union-attr]
-            # issue 18: an Unfreeze offered for one freeze must not lift a later one
+            # an Unfreeze offered for one freeze must not lift a later one
             return (f"{found.target} no longer waits for this Unfreeze: it was offered for the freeze of event "
                     f"#{found.subject}, which ended; the service was frozen again since")
         if found.action == "freeze" and frozen is not None:
@@ -201,7 +202,6 @@ def _send_offers(settings: Settings, journal: Journal, clock: Clock) -> None:
     """Messages with buttons the push account's pipeline queued wait for the key holder to sign
     them (notify/decisions.py sign): send them now, once a poll — a minute at most."""
     from opskit import notify  # start-up: only when such a message waits
-    from opskit.storage import outbox
 
     names = outbox.channels_waiting_to_sign(journal)
     if not names:

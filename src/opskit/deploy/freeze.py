@@ -22,7 +22,7 @@ def freeze(run: Run, reason: str, event_id: int | None) -> int:
     state = {"reason": reason, "event_id": event_id, "since": iso(run.clock.now())}
     run.journal.kv_set("frozen", run.service, state)
     ev = run.emit("service.frozen", {"reason": reason, "event_id": event_id})
-    if ev.id:  # which freeze this is: an Unfreeze button is bound to it (issue 18)
+    if ev.id:  # which freeze this is: an Unfreeze button is bound to it (tests/test_pusher_cannot_decide.py)
         run.journal.kv_set("frozen", run.service, {**state, "frozen_event": ev.id})
     run.say(f"✘ {run.service} is FROZEN: {reason}. Deploys are refused until `opskit unfreeze {run.service}`")
     return ev.id

@@ -27,7 +27,7 @@ from opskit.storage.journal import Journal
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
 CLAIM_REFRESH = 60.0  # well inside outbox.CLAIM_STALE
-# A message with decision buttons queued by an account that may not sign them (issue 18).
+# A message with decision buttons queued by an account that may not sign them (docs/ARCHITECTURE.md, who may do what).
 WAITS_FOR_KEY = ("its decision buttons are signed by root: root's `opskit inbox` sends it within a minute "
                  "(or `sudo opskit notify --flush`)")
 KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",

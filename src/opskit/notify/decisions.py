@@ -54,7 +54,7 @@ UNSIGNED = "offer:"  # a queued button: the offer it is for, signed when the mes
 def holds_key(state_dir: Path) -> bool:
     """May this process make and check tokens? In a shared state dir only root (its cron's
     `opskit inbox` and `notify --flush` sign and apply): the push account writes the journal and
-    the messages, and a key it could read would let it approve its own change (issue 18). A
+    the messages, and a key it could read would let it approve its own change (docs/ARCHITECTURE.md, who may do what). A
     personal state dir has one account, which holds it."""
     return os.geteuid() == 0 or not statefs.is_shared(state_dir)
 
@@ -142,7 +142,7 @@ def _unsafe(st: os.stat_result, path: Path, state_dir: Path) -> tuple[str, str] 
 
 
 def _mac(key: bytes, offer_id: int, action: str, target: str, expires: int, subject: str | None = None) -> str:
-    # Offers from before issue 18 have no subject: their tokens keep checking.
+    # Offers made before offers were bound to a subject have none: their tokens keep checking.
     msg = f"{offer_id}|{action}|{target}|{expires}" + (f"|{subject}" if subject is not None else "")
     digest = hmac.new(key, msg.encode(), hashlib.sha256).digest()[:MAC_BYTES]
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
@@ -388,7 +388,7 @@ def resume(settings: Settings, journal: Journal, applier: Applier, clock: Clock 
     """Finish the decisions a killed inbox run claimed but did not see through.
 
     Only a claim a tap made counts: the journal is the push account's to write too, and an
-    `applying` row under a dead pid, written by hand, must never make root decide (issue 18).
+    `applying` row under a dead pid, written by hand, must never make root decide (tests/test_pusher_cannot_decide.py).
     A claim without the key holder's proof goes back to open and is journaled as refused."""
     out = []
     key: bytes | None = None

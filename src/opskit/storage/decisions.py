@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS decision_taps (
 """
 
 # Columns added after the first release (CREATE TABLE IF NOT EXISTS leaves an older journal
-# without them): issue 18's binding of an offer to its exact subject, and the claim's proof.
+# without them): the binding of an offer to its exact subject, and the claim's proof.
 _LATER = (("decision_offers", "subject", "TEXT"), ("decision_offers", "proof", "TEXT"))
 _migrated: set[tuple[int, str]] = set()
 
