@@ -1,4 +1,4 @@
-"""Issue 18, item 3: the push account cannot decide. On the real system install (install.sh
+"""The push account cannot decide (docs/ARCHITECTURE.md, who may do what). On the real system install (install.sh
 --system, a git push account, an operator, root's opskit inbox against the Telegram stand-in):
 the push account's approve/reject/unfreeze/quarantine release are exit 2 naming the rule; it can
 neither read nor make decision.key; a claim it forges in the journal is not applied by root; an
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -112,6 +113,20 @@ def test_the_push_account_cannot_decide_and_an_operator_can(site: Site) -> None:
     assert r.stdout.strip() == "parked", r.stderr
     assert _frozen(site)
     assert site.events("decision") + site.events("review") + site.events("service") == before
+    # Root by sudo acts for the account behind it: a sudo rule for the group is no way around the rule.
+    r = srv.ops("root", "approve", str(change), env={"SUDO_UID": str(pwd.getpwnam(srv.git).pw_uid),
+                                                     "SUDO_USER": srv.git})
+    assert r.returncode == 2 and one_line(r).startswith(f"opskit: approve: account {srv.git} pushes to service app"), \
+        r.stdout + r.stderr
+    # An operator's approve needs root for the merge (git runs in the account's repository): said
+    # before the decision, so the change still waits.
+    r = srv.ops(srv.operator, "approve", str(change))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert one_line(r) == (f"opskit: approve: the merge runs git in service app's repository, which belongs to "
+                           f"{srv.git}; an operator approves as root: sudo opskit approve {change} "
+                           "(or taps the button on a phone)")
+    r = site.py("root", f"from opskit.storage import approvals; print(approvals.get(journal, {change}).status)")
+    assert r.stdout.strip() == "parked", r.stderr
     # An operator decides: reject and unfreeze as themselves; root's approve is not refused by the rule.
     r = srv.ops(srv.operator, "reject", str(change), "--reason", "not this way")
     assert r.returncode == 0 and f"rejected by {srv.operator}" in r.stdout, r.stdout + r.stderr

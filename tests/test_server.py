@@ -187,6 +187,9 @@ def test_push_over_ssh_deploys_gates_and_reverts_a_bad_merge(server: Server, tmp
     assert "health.pass" in kinds and "health.fail" in kinds and "rollback.complete" in kinds, kinds
     assert "health.pass" in out and "rollback.complete" in out, (out, err)
     assert any(f.name == "journal.db-wal" for f in made) and any(f.suffix == ".lock" for f in made), made
+    key = srv.state / "decision.key"  # root's alone (tests/test_pusher_cannot_decide.py)
+    if key in made:
+        assert made.pop(key)[0] == 0o600 and os.stat(key).st_uid == 0
     for f, (mode, gid) in made.items():  # journal, -wal, -shm, locks: whoever made them, any umask
         assert mode & 0o060 == 0o060, (f, oct(mode))
         assert gid == os.stat(srv.state).st_gid, f

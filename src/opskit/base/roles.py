@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 from collections.abc import Iterable
 
 from opskit.base import accounts, statefs
@@ -41,9 +42,19 @@ def refuse_push_account(verb: str, state_dir: str | os.PathLike[str], services: 
     """UsageError (exit 2, one line) when the push account tries to decide in a shared state dir.
 
     `service`: the one the decision is about, named first when the account pushes to it."""
-    if os.geteuid() == 0 or not statefs.is_shared(state_dir):
+    if not statefs.is_shared(state_dir):
         return
-    mine = pushes_to(services)
+    services = list(services)
+    if os.geteuid() == 0:
+        # Root by sudo acts for the account behind it (sudo sets SUDO_UID and the caller cannot
+        # change it): a sudo rule that lets group members run `opskit approve` must not let the
+        # push account decide through it. Root's own cron has no SUDO_UID.
+        behind = _sudo_uid()
+        if behind is None or behind == 0:
+            return
+        mine, who = pushes_to(services, behind), _name(behind)
+    else:
+        mine, who = pushes_to(services), accounts.me()
     if not mine:
         return
     name = service if service in mine else mine[0]
@@ -51,5 +62,17 @@ def refuse_push_account(verb: str, state_dir: str | os.PathLike[str], services: 
         group = grp.getgrgid(os.stat(state_dir).st_gid).gr_name
     except (OSError, KeyError):
         group = "opskit"
-    raise UsageError(f"{verb}: account {accounts.me()} pushes to service {name} and may not decide on its changes; "
+    raise UsageError(f"{verb}: account {who} pushes to service {name} and may not decide on its changes; "
                      f"an operator (another member of group {group}, or root) runs it")
+
+
+def _sudo_uid() -> int | None:
+    raw = os.environ.get("SUDO_UID", "")
+    return int(raw) if raw.isdigit() else None
+
+
+def _name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

@@ -141,6 +141,14 @@ def approve(settings: Settings, journal: Journal, approval_id: int, *, clock: Cl
     if found is None:
         raise UsageError(f"no parked change #{approval_id}; `opskit pending` lists the ones waiting")
     roles.refuse_push_account("approve", settings.state_dir, settings.services.values(), found.service)
+    svc = settings.services.get(found.service)
+    owner = accounts.service_account(svc) if svc is not None else None
+    if os.geteuid() != 0 and owner is not None and owner.pw_uid != os.geteuid():
+        # The merge runs git in the account's repository, which only root may hand to that
+        # account: said before the decision, so the change keeps waiting.
+        raise UsageError(f"approve: the merge runs git in service {found.service}'s repository, which belongs to "
+                         f"{owner.pw_name}; an operator approves as root: sudo opskit approve {approval_id} "
+                         "(or taps the button on a phone)")
     # Everything that can refuse (service gone from the config, repo missing) before the decision.
     ctx = _context(settings, journal, found.service, f"refs/heads/{found.raw_branch}", found.sha, chain=found.chain,
                    clock=clock, write=write, base=found.base)
