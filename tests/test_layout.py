@@ -213,3 +213,21 @@ def test_docs_architecture_names_every_module() -> None:
         if p.name not in blocks.get(pkg, ""):
             missing.append(str(rel))
     assert not missing, "docs/ARCHITECTURE.md, Layout, does not name: " + ", ".join(missing)
+
+
+def test_every_row_of_the_threat_model_names_tests_that_exist() -> None:
+    """docs/ARCHITECTURE.md, who may do what: each row names its tests, and each name is a real
+    test file (and function, or a prefix of one) — a row whose test was renamed away is a bug."""
+    doc = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text()
+    section = doc.split("## Who may do what", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| **")]
+    assert len(rows) >= 6, rows
+    tests = SRC.parent / "tests"
+    for row in rows:
+        refs = re.findall(r"`(test_\w+\.py)(?:::(\w+)\*?)?`", row.rsplit("|", 2)[1])
+        assert refs, f"a threat-model row names no test: {row[:80]}"
+        for file, func in refs:
+            path = tests / file
+            assert path.is_file(), f"{file} (named in the threat model) does not exist"
+            if func:
+                assert re.search(rf"^def {func}", path.read_text(), re.M), f"{file}::{func} does not exist"
