@@ -498,3 +498,46 @@ def test_health_gate_by_hand_runs_the_services_cmd_probe_sandboxed(tmp_path: Pat
     own = opskit("--config", str(cfg), "health-gate", "web", "--cmd", f"test -e {state / 'journal-probe'}",
                  "--window", "0.3", "--period", "0.1", "--json")
     assert json.loads(own.stdout)["healthy"] is True, own.stdout + own.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a Unix account for the unprivileged case")
+def test_roots_copy_of_an_accounts_checkout_is_made_and_removed_by_the_account(base: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root working for an account never walks the account's checkout: a folder swapped for a link
+    mid-copy, or mid-chown of the copy, would steer root onto files it should not read or chown
+    (/etc). The account copies (links stay links) and removes it, read-only folders included."""
+    import pwd
+    import shutil
+    import subprocess
+
+    from opskit.base import accounts
+
+    name = f"opskbw{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        pw = pwd.getpwnam(name)
+        os.chmod(base, 0o755)
+        checkout = base / "scratch" / "wt"
+        (checkout / "sub").mkdir(parents=True)
+        (checkout / "sub" / "f.txt").write_text("pushed\n")
+        os.symlink("/etc/shadow", checkout / "shadow")
+        for p in (checkout.parent, checkout, checkout / "sub", checkout / "sub" / "f.txt"):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        os.lchown(checkout / "shadow", pw.pw_uid, pw.pw_gid)
+
+        def walked(*_a: object, **_k: object) -> None:
+            raise AssertionError("root walked the account's tree")
+
+        monkeypatch.setattr(shutil, "copytree", walked)
+        monkeypatch.setattr(os, "lchown", walked)
+        assert not hasattr(accounts, "give")
+        with bwrap.private_copy(checkout, pw) as work:
+            assert work.stat().st_uid == pw.pw_uid and work.parent.stat().st_uid == pw.pw_uid
+            assert (work / "sub" / "f.txt").stat().st_uid == pw.pw_uid
+            assert os.readlink(work / "shadow") == "/etc/shadow"  # a link, never what it names
+            os.chmod(work / "sub", 0o500)  # what a step may leave behind
+            parent = work.parent
+        assert not parent.exists()
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)

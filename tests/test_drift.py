@@ -501,3 +501,46 @@ def test_repo_info_read_from_files_matches_git(sandbox, tmp_path) -> None:
     assert gitfiles._read_repo_info(sandbox.worktree, None) is None
     git(sandbox.bare, "config", "include.path", str(tmp_path / "extra.cfg"))
     assert gitfiles._read_repo_info(sandbox.bare, "master") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the account whose worktree root heals")
+def test_roots_heal_never_unlinks_through_a_folder_swapped_for_a_link(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heal as root removes the untracked files of an account's worktree. If the account swaps a
+    folder for a link to root's files between the check and the unlink, root must not follow it:
+    the account removes its own files, so the link leads only where the account may delete."""
+    import pwd
+    import uuid
+
+    name = f"opskdr{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        pw = pwd.getpwnam(name)
+        os.chmod(tmp_path, 0o755)
+        wt, victims = tmp_path / "wt", tmp_path / "roots"
+        (wt / "sub").mkdir(parents=True)
+        (wt / "sub" / "f").write_text("drift\n")
+        (wt / "stray").write_text("drift\n")
+        victims.mkdir()
+        (victims / "f").write_text("root's\n")
+        for p in (wt, wt / "sub", wt / "sub" / "f", wt / "stray"):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        real_is_dir = Path.is_dir
+        swapped: list[bool] = []
+
+        def is_dir_then_swap(self: Path) -> bool:
+            if not swapped:  # the account's move, right after root looked
+                swapped.append(True)
+                os.rename(wt / "sub", wt / "sub.old")
+                os.symlink(victims, wt / "sub")
+            return real_is_dir(self)
+
+        monkeypatch.setattr(Path, "is_dir", is_dir_then_swap)
+        removed = drift._remove_untracked(drift.Git(wt), ["sub/f", "stray"])
+        monkeypatch.undo()
+        assert swapped
+        assert (victims / "f").read_text() == "root's\n"
+        assert "sub/f" not in removed and "stray" in removed and not (wt / "stray").exists()
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)

@@ -155,11 +155,3 @@ class ServiceLike(Protocol):
     def worktree(self) -> Path: ...
     @property
     def user(self) -> str | None: ...
-
-
-def give(path: Path, pw: pwd.struct_passwd) -> None:
-    """Hand a folder root made (a sandbox's copy of the checkout) to the account that works in it."""
-    os.lchown(path, pw.pw_uid, pw.pw_gid)
-    for root, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)

@@ -237,24 +237,42 @@ def git_slice(checkout: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def private_copy(checkout: Path) -> Iterator[Path]:
+def private_copy(checkout: Path, user: pwd.struct_passwd | None = None) -> Iterator[Path]:
     """A writable copy of checkout that the sandboxed command may change at will; removed after.
-    The checkout itself (whose .git opskit's own git later uses to remove it) is never exposed."""
+    The checkout itself (whose .git opskit's own git later uses to remove it) is never exposed.
+
+    `user`: root works for that account. The checkout is the account's, so root must not walk
+    it: a folder swapped for a link mid-copy would make root read what the link names, and a
+    chown walk over the copy (the account owns each folder as soon as it is chowned) could be
+    steered onto /etc. The empty folder is handed over, and the account copies and removes."""
     try:
         parent = Path(tempfile.mkdtemp(prefix="opskit-sandbox-"))
+        if user is not None:
+            os.chown(parent, user.pw_uid, user.pw_gid)  # still empty, and 0700
     except OSError as e:
         raise OpsError(f"cannot make the sandbox's copy of the checkout in {tempfile.gettempdir()}: "
                        f"{e.strerror}; free space there or set TMPDIR") from None
     work = parent / checkout.name
     try:
-        try:
-            shutil.copytree(checkout, work, symlinks=True)
-        except OSError as e:  # shutil.Error (a disk filling up mid-copy) is one too
-            raise OpsError(f"cannot copy the checkout into {parent} for the sandbox: "
-                           f"{(getattr(e, 'strerror', None) or str(e))[:200]}; free space there or set TMPDIR") from None
+        if user is not None:
+            r = proc.run(["cp", "-a", "--", str(checkout), str(work)], user=user, capture=True, timeout=600)
+            if not r.ok:
+                raise OpsError(f"cannot copy the checkout into {parent} for the sandbox as {user.pw_name}: "
+                               f"{(r.stderr.strip() or r.describe())[:200]}; free space there or set TMPDIR")
+        else:
+            try:
+                shutil.copytree(checkout, work, symlinks=True)
+            except OSError as e:  # shutil.Error (a disk filling up mid-copy) is one too
+                raise OpsError(f"cannot copy the checkout into {parent} for the sandbox: "
+                               f"{(getattr(e, 'strerror', None) or str(e))[:200]}; free space there or set TMPDIR") from None
         yield work
     finally:
-        _remove(parent)
+        if user is None:
+            _remove(parent)
+        else:
+            # what the step made read-only is the account's: it opens it up, then removes it
+            proc.run(["chmod", "-R", "u+rwX", "--", str(parent)], user=user, timeout=600)
+            proc.run(["rm", "-rf", "--", str(parent)], user=user, timeout=600)
 
 
 def _remove(path: Path) -> None:

@@ -275,9 +275,7 @@ def _run_in_checkout(ctx: _Ctx, command: str, timeout: float, what: str) -> proc
         if tool is None:
             return proc.run(proc.shell_argv(command), cwd=wt.path, timeout=timeout, env=ctx.env(),
                             stream=_capped(ctx, what), user=user)
-        with bwrap.private_copy(wt.path) as work:
-            if user is not None:
-                accounts.give(work.parent, user)
+        with bwrap.private_copy(wt.path, user) as work:
             policy = bwrap.policy_for(ctx.run.settings, ctx.svc, work, wt.path)
             return proc.run(bwrap.argv(policy, proc.shell_argv(command), bwrap=tool), cwd=work, timeout=timeout,
                             env=ctx.env(), stream=_capped(ctx, what), user=user)

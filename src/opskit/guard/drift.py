@@ -15,12 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import pwd
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opskit.base import accounts, proc
 from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.errors import GitError, LockBusy, OpsError, UsageError
 from opskit.base.ignore import ignored
@@ -362,6 +364,9 @@ def heal_service(svc: ServiceSettings, rep: ServiceDrift, journal: Journal,
 
 def _remove_untracked(wt: Git, paths: Sequence[str]) -> list[str]:
     root = Path(wt.path).resolve()
+    pw = accounts.drop_for(root)
+    if pw is not None:
+        return _remove_as(pw, root, paths)
     removed = []
     for rel in paths:
         p = root / rel
@@ -382,6 +387,20 @@ def _remove_untracked(wt: Git, paths: Sequence[str]) -> list[str]:
             except OSError:
                 break
             parent = parent.parent
+    return removed
+
+
+def _remove_as(pw: pwd.struct_passwd, root: Path, paths: Sequence[str]) -> list[str]:
+    """As root in an account's worktree the account removes its own files: root checking a folder
+    and then unlinking in it could be steered by a folder swapped for a link in between."""
+    files = [rel for rel in paths if not (root / rel).is_dir() or (root / rel).is_symlink()]
+    if not files:
+        return []
+    proc.run(["rm", "-f", "--", *files], cwd=root, user=pw, timeout=120)
+    removed = [rel for rel in files if not os.path.lexists(root / rel)]
+    parents = sorted({str(Path(rel).parent) for rel in removed} - {"."}, key=len, reverse=True)
+    if parents:  # only empty folders the drift left behind
+        proc.run(["rmdir", "-p", "--ignore-fail-on-non-empty", "--", *parents], cwd=root, user=pw, timeout=120)
     return removed
 
 
