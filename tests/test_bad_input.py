@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -312,3 +312,19 @@ def test_huge_deploy_output_keeps_only_the_tail(tmp_path: Path) -> None:
         print(f"\nhuge output: event data {size} bytes")
     finally:
         st.close()
+
+
+def test_what_rich_prints_is_escaped_too(tmp_path: Path, opskit: RunOpskit,
+                                        write_config: Callable[[str], Path]) -> None:
+    """Rich passes ESC straight to the terminal: a quarantine reason (from a gate's detail, a
+    commit subject) printed by `quarantine list` must come out shown, not obeyed."""
+    state = tmp_path / "state"
+    cfg = write_config(f'[opskit]\nstate_dir = "{state}"\n')
+    j = Journal(state)
+    j.quarantine_add("web", "t" * 40, "s" * 40, None, "health: \x1b]0;pwned\x07 \x9b31m \u202egnp.exe")
+    j.close()
+    r = opskit("--config", str(cfg), "quarantine", "list")
+    assert r.returncode == 0, r.stderr
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in r.stdout, repr(r.stdout)
+    assert "\\x1b]0;pwned\\x07 \\x9b31m \\u202egnp.exe" in r.stdout, r.stdout

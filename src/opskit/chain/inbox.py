@@ -24,6 +24,7 @@ from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import ChannelSettings, Settings
 from opskit.base.errors import GitError, UsageError, redact
+from opskit.base.text import shown
 from opskit.chain import approvals
 from opskit.chain import feature as chain
 from opskit.deploy import freeze
@@ -332,7 +333,7 @@ def _follow_up(settings: Settings, journal: Journal, ch: ChannelSettings, v: dec
     what = f"{v.offer.action} {_target(v.offer)}" if v.offer is not None else "decision"
     with contextlib.suppress(Exception):  # durable in the outbox; never undoes the decision
         status = "applied" if v.status == "seen" else v.status
-        notify.send(settings, journal, v.text, title=f"{what}: {status}",
+        notify.send(settings, journal, shown(v.text, lines=True), title=shown(f"{what}: {status}"),
                     level="info" if v.ok else "warning", service=service, channels=[ch.name], clock=clock,
                     actions=_undo(settings, journal, v, clock))
 

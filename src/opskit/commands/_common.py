@@ -62,19 +62,29 @@ _err_console: Console | None = None
 def console() -> Console:
     global _console
     if _console is None:
-        from rich.console import Console
-
-        _console = Console(highlight=False)
+        _console = _shown_console(stderr=False)
     return _console
 
 
 def err_console() -> Console:
     global _err_console
     if _err_console is None:
-        from rich.console import Console
-
-        _err_console = Console(stderr=True, highlight=False)
+        _err_console = _shown_console(stderr=True)
     return _err_console
+
+
+def _shown_console(*, stderr: bool) -> Console:
+    """A Rich console whose text goes through shown(): Rich passes an ESC in a quarantine
+    reason or a crontab line straight to the terminal (tests/test_bad_input.py)."""
+    from rich.console import Console  # start-up: only commands that print through Rich
+
+    from opskit.base.text import shown
+
+    class Shown(Console):
+        def print(self, *objects: Any, **kw: Any) -> None:
+            super().print(*(shown(o, lines=True) if isinstance(o, str) else o for o in objects), **kw)
+
+    return Shown(stderr=stderr, highlight=False)
 
 
 def print_json(obj: Any) -> None:
