@@ -109,10 +109,15 @@ def test_ctrl_c_cleans_up_and_exits_130(tmp_path: Path, state_dir: Path) -> None
         assert child.stdout is not None
         for line in child.stdout:  # until the first deploy has started the service
             seen.append(line)
-            if "probe +" in line:
-                pidfiles = list((tmp_path / "tmp").glob("opskit-demo-*/run/primerouter.pid"))
-                if pidfiles:
-                    pid = int(pidfiles[0].read_text())
+            if "health: probing" in line:  # the gate started: the deploy command started the service
+                deadline = time.monotonic() + 5
+                while pid is None and time.monotonic() < deadline:
+                    pidfiles = list((tmp_path / "tmp").glob("opskit-demo-*/run/primerouter.pid"))
+                    if pidfiles and pidfiles[0].read_text().strip():
+                        pid = int(pidfiles[0].read_text())
+                    else:
+                        time.sleep(0.05)
+                if pid is not None:
                     break
         assert pid is not None and _alive(pid), "".join(seen)
         child.send_signal(signal.SIGINT)

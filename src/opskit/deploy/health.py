@@ -405,6 +405,37 @@ def gate(spec: HealthSettings, *, journal: Journal, service: str | None = None,
 def override(spec: HealthSettings, **changes: Any) -> HealthSettings:
     """spec with the given non-None fields replaced; a new probe kind replaces the old one."""
     changes = {k: v for k, v in changes.items() if v is not None}
+# --- what the pusher sees -------------------------------------------------------------------
+# A good push is a few lines however long the window (the journal keeps every probe); a failing
+# gate shows its failing probes, the last FAILED_SHOWN of them. Whole lines, no `\r` progress:
+# through git's sideband the pusher's stderr is not a terminal, and hookmain escapes control
+# characters anyway (tests/test_quiet_push.py).
+FAILED_SHOWN = 5
+
+
+def start_line(spec: HealthSettings) -> str:
+    return (f"health: probing {describe_target(spec)} every {spec.period:g}s for {spec.window:g}s "
+            f"(startup {spec.startup:g}s, {spec.failures} failed in a row fail it)…")
+
+
+def verdict_lines(verdict: Verdict) -> list[str]:
+    """The gate's verdict for the pusher: one line on a pass; the failing probes and one line on a fail."""
+    n = len(verdict.probes)
+    failed = [p for p in verdict.probes if not p.ok]
+    counts = f"{n - len(failed)}/{n} probes ok, {len(failed)} failed, in {verdict.duration:.1f}s"
+    if verdict.healthy:
+        last_bad = f"; last failed +{failed[-1].at:.1f}s: {failed[-1].detail}" if failed else ""
+        return [f"✔ healthy: {counts}{last_bad}"]
+    lines = []
+    hidden = len(failed) - FAILED_SHOWN
+    if hidden > 0:
+        where = f": opskit incident {verdict.event_id}" if verdict.event_id else ""
+        lines.append(f"  … {hidden} earlier failed probe(s) not shown (every probe{where})")
+    lines += [f"  probe +{p.at:.1f}s BAD {p.detail}" for p in failed[-FAILED_SHOWN:]]
+    lines.append(f"✘ health gate failed: {verdict.reason} ({counts})")
+    return lines
+
+
     if any(k in changes for k in ("url", "tcp", "cmd")):
         for k in ("url", "tcp", "cmd"):
             changes.setdefault(k, None)

@@ -105,23 +105,23 @@ def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None =
             journal.deploy_finish(deploy_id, "healthy", d.reason)
             return d
         h = svc.health
-        run.say(f"health gate: watching for {h.window:g}s (startup {h.startup:g}s, {h.failures} failures fail it)")
+        run.say(health.start_line(h))
         # A `cmd` probe runs in the worktree it gates, as `health-gate SERVICE` runs it, and
         # (sandbox = "bwrap") in the sandbox: it is code from the pushed tree.
         verdict = health.gate(h, journal=journal, service=svc.name, chain=run.chain, sha=sha, clock=run.clock,
-                              on_probe=lambda p: run.say(f"  probe +{p.at:.1f}s {'ok ' if p.ok else 'BAD'} {p.detail}"),
                               cwd=svc.worktree, wrap=bwrap.probe_wrapper(run.settings, svc),
                               sandbox=svc.sandbox if h.cmd else None)
         d.health_event_id = verdict.event_id
         if verdict.healthy:
             d.ok, d.stage, d.reason = True, "done", verdict.reason or "healthy"
             journal.deploy_finish(deploy_id, "healthy", None)
-            run.say(f"✔ healthy: {verdict.reason}")
         else:
             d.reason = verdict.reason or "health gate failed"
             d.fail_event_id = verdict.event_id
             journal.deploy_finish(deploy_id, "failed", d.reason)
-            run.say(f"✘ health gate failed: {d.reason}")
+        # Not a line a probe: the journal's health event keeps every probe (tests/test_quiet_push.py).
+        for line in health.verdict_lines(verdict):
+            run.say(line)
         return d
     except BaseException as e:
         # A crash or Ctrl-C inside a step: leave a record of where it stopped.

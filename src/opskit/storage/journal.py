@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -306,6 +306,21 @@ class Journal:
     def last(self, type_prefix: str | None = None, service: str | None = None) -> Event | None:
         found = self.query(type_prefix=type_prefix, service=service, limit=1)
         return found[0] if found else None
+
+    def newest_of(self, types: Sequence[str], service: str, since: str | dt.datetime) -> Event | None:
+        """The newest event of one of `types` for `service` at or after `since`. Each type is looked
+        up by the (type, id) index, newest first, so `opskit status` (run often) reads a few rows,
+        not the service's whole history."""
+        if not types:
+            return None
+        cutoff = since if isinstance(since, str) else iso(since)
+        one = "SELECT * FROM (SELECT * FROM events WHERE type = ? AND service = ? AND ts >= ? ORDER BY id DESC LIMIT 1)"
+        sql = " UNION ALL ".join([one] * len(types)) + " ORDER BY id DESC LIMIT 1"
+        args: list[Any] = []
+        for t in types:
+            args += [t, service, cutoff]
+        row = self.conn.execute(sql, args).fetchone()
+        return _row_event(row) if row else None
 
     def get(self, event_id: int) -> Event | None:
         row = self.conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()

@@ -25,7 +25,7 @@ from typing import Any
 
 from opskit.base.clock import iso_precise, parse_iso
 from opskit.base.errors import GitError, UsageError
-from opskit.base.text import shown
+from opskit.base.text import short, shown
 from opskit.git.repo import Git
 from opskit.storage import outbox
 from opskit.storage.journal import Event, Journal
@@ -290,3 +290,34 @@ def summary_line(journal: Journal, ev: Event) -> str:
     inc = build(journal, ev)
     return shown(f"#{ev.id} {ev.ts} {inc.service} {inc.status}: {inc.reason[:80]}"
                  + (f" (downtime {_secs(inc.downtime)})" if inc.downtime is not None else ""))
+
+
+# --- the last one, for `opskit status` ------------------------------------------------------------
+
+def last_since(journal: Journal, service: str, since: dt.datetime) -> Incident | None:
+    """The service's newest incident at or after `since`, built: found by service, type and time
+    (journal.newest_of), then its own chain, so a status run reads a few rows, not the journal."""
+    ev = journal.newest_of(ANCHORS, service, since)
+    if ev is None:
+        return None
+    if ev.chain:  # the incident's id is its chain's first incident event, as `--list` names it
+        ev = next((e for e in journal.query(chain=ev.chain) if e.type in ANCHORS), ev)
+    return build(journal, ev)
+
+
+def headline(journal: Journal, inc: Incident) -> str:
+    """What happened, in a few words: `auto-reverted 4d62098a1234: health gate failed: Connection refused`."""
+    anchor = journal.get(inc.anchor)
+    by_gate = anchor is not None and anchor.type == "health.fail"
+    auto = by_gate or (anchor is not None and anchor.type == "rollback.start"
+                       and anchor.data.get("trigger_event") is not None)
+    what = {"reverted": "auto-reverted" if auto else "reverted", "frozen": "frozen after",
+            "rollback-failed": "rollback failed for", "failed": "gate failed for"}.get(inc.status, inc.status)
+    bad = inc.bad or (anchor.sha if anchor else None)
+    cause = f"health gate failed: {inc.reason}" if by_gate and not inc.reason.startswith("health gate") else inc.reason
+    return shown(f"{what} {short(bad)}: {cause}" if bad else f"{what}: {cause}")
+
+
+def seconds(x: float | None) -> str:
+    """A figure as `opskit incident` prints it (`downtime: 6.20s`)."""
+    return _secs(x)

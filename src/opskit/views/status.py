@@ -6,12 +6,13 @@ state, each service shows its drift and its feature-branch chains (SECTIONS, bel
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Callable
 from typing import Any
 
 from opskit.base import accounts
-from opskit.base.clock import SYSTEM
+from opskit.base.clock import SYSTEM, Clock
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import OpsError
 from opskit.base.lock import is_held, read_holder
@@ -22,6 +23,10 @@ from opskit.git.repo import Git
 from opskit.notify import broken_channels, outbox_summary
 from opskit.storage import fallback
 from opskit.storage.journal import Journal
+from opskit.views import incident
+
+# How far back `opskit status` names a service's last incident.
+INCIDENT_DAYS = 7
 
 
 def _deployed(svc: ServiceSettings) -> dict[str, Any]:
@@ -49,7 +54,22 @@ def _from_journal(svc: ServiceSettings, rows: list[Any]) -> dict[str, Any] | Non
                                                       f"{pw.pw_name}'s)", "branch": svc.branch}
 
 
-def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -> dict[str, Any]:
+def last_incident(journal: Journal, svc: ServiceSettings, clock: Clock = SYSTEM) -> dict[str, Any] | None:
+    """The service's newest incident of the last INCIDENT_DAYS days, or None. History, not
+    attention: a reverted service is healthy again (a freeze or a failed verdict is what needs
+    a person, and attention() says so on its own)."""
+    inc = incident.last_since(journal, svc.name, clock.now() - dt.timedelta(days=INCIDENT_DAYS))
+    if inc is None:
+        return None
+    anchor = journal.get(inc.anchor)
+    return {"id": inc.anchor, "ts": anchor.ts if anchor else None, "status": inc.status,
+            "summary": incident.headline(journal, inc),
+            "downtime_s": round(inc.downtime, 3) if inc.downtime is not None else None,
+            "command": f"opskit incident {inc.anchor}"}
+
+
+def service_status(settings: Settings, journal: Journal, svc: ServiceSettings,
+                   clock: Clock = SYSTEM) -> dict[str, Any]:
     rows = journal.deploys(svc.name, limit=50)
     try:
         deployed = _from_journal(svc, rows) or _deployed(svc)
@@ -78,6 +98,7 @@ def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -
         "frozen": journal.frozen(svc.name),
         "quarantined": len(journal.quarantine_list(svc.name)),
         "in_progress": in_progress,
+        "last_incident": _guarded(lambda: last_incident(journal, svc, clock)),
     }
     for name, fn in SECTIONS.items():
         try:
@@ -87,9 +108,11 @@ def service_status(settings: Settings, journal: Journal, svc: ServiceSettings) -
     return entry
 
 
-def collect(settings: Settings, journal: Journal, services: list[str] | None = None) -> dict[str, Any]:
+def collect(settings: Settings, journal: Journal, services: list[str] | None = None,
+            clock: Clock = SYSTEM) -> dict[str, Any]:
     names = services or sorted(settings.services)
-    out: dict[str, Any] = {"services": [service_status(settings, journal, settings.service(n)) for n in names]}
+    out: dict[str, Any] = {"services": [service_status(settings, journal, settings.service(n), clock)
+                                        for n in names]}
     out["outbox"] = outbox_summary(journal)
     out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
     out["cron_check"] = _guarded(lambda: _cron_check(settings, journal))
@@ -184,6 +207,14 @@ def render(data: dict[str, Any]) -> list[str]:
             state = "running" if p["alive"] else "interrupted (holder gone; the next cron-check or deploy finishes it)"
             lines.append(f"  in progress: {p['kind']} {p['sha'][:10]} at step {p['step']} since {p['since']} "
                          f"(pid {p['pid']}, {state})")
+        inc = s.get("last_incident")
+        if isinstance(inc, dict) and "error" not in inc:
+            lines.append(f"  last incident: {inc['ts']} {inc['summary']}; downtime "
+                         f"{incident.seconds(inc['downtime_s'])} ({inc['command']})")
+        elif isinstance(inc, dict):
+            lines.append(f"  last incident: unknown ({inc['error']})")
+        else:
+            lines.append(f"  last incident: none in {INCIDENT_DAYS} days")
         for name in SECTIONS:
             if s.get(name) is not None:
                 lines.append(f"  {name}: {s[name]}")
