@@ -28,6 +28,8 @@ import contextlib
 import functools
 import os
 import pwd
+import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -100,36 +102,201 @@ def argv(policy: Policy, command: Sequence[str], *, bwrap: str = "bwrap") -> lis
     return out
 
 
-def policy_for(settings: Settings, svc: ServiceSettings, work: Path, checkout: Path) -> Policy:
+def policy_for(settings: Settings, svc: ServiceSettings, work: Path, checkout: Path, command: str | None = None,
+               *, home: Path | None = None) -> Policy:
     """What a test or review of `svc` may see: `work` (the copy of `checkout`) and nothing of
     opskit's or production's. Every service's repo and worktree is hidden, not only this one's:
-    one host's services trust each other no more than they trust the pushed code."""
+    one host's services trust each other no more than they trust the pushed code. The program
+    `command` names by an absolute path (`/etc/opskit/review.sh`) is shown again, that file
+    alone, and `sandbox_bind` read-only: the operator's own tools, not secrets beside them."""
     hidden, files = _hidden(settings)
+    tools = tool_files(settings, command, home=home) if command else []
     return Policy(work=work, hide=tuple(hidden), hide_files=tuple(files),
-                  read_only=tuple(git_slice(checkout) + _interpreter(hidden)), network=svc.sandbox_network)
+                  read_only=tuple(git_slice(checkout) + _interpreter(hidden) + tools + binds(svc)),
+                  network=svc.sandbox_network)
 
 
 def _hidden(settings: Settings, *, shown: Path | None = None) -> tuple[list[Path], list[Path]]:
     """(directories, files) hidden from pushed code; `shown`: a worktree left visible (read-only)."""
-    hide: list[Path] = [settings.state_dir, *homes()]
-    files: list[Path] = []
+    dirs, files = _hidden_labelled(settings, shown=shown)
+    return _resolved([p for p, _ in dirs]), [p for p, _ in files]
+
+
+def _hidden_labelled(settings: Settings, *, shown: Path | None = None
+                     ) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """The same as _hidden, each path with what it is (for the message that says why a tool is hidden)."""
+    hide: list[tuple[Path, str]] = [(settings.state_dir, "the state dir")]
+    hide += [(h, "the account's home") for h in homes()]
+    files: list[tuple[Path, str]] = []
     if settings.path is not None:
         cfg = Path(settings.path).resolve()
         if len(cfg.parent.parts) > 2:
-            hide.append(cfg.parent)
+            hide.append((cfg.parent, "the config dir (it holds the .env)"))
         else:  # /etc/opskit.toml: hiding /etc would take the system with it; hide the two files
-            files += [cfg, cfg.parent / ".env"]
+            files += [(cfg, "the config"), (cfg.parent / ".env", "the .env")]
     for other in settings.services.values():
         if shown is None or Path(other.worktree).resolve() != shown.resolve():
-            hide.append(Path(other.worktree))
+            hide.append((Path(other.worktree), f"service {other.name}'s deployed worktree"))
         if not other.pull_mode:
-            hide.append(Path(other.repo))
+            hide.append((Path(other.repo), f"service {other.name}'s bare repo"))
         # The home of the account the step runs as when root drops to it (its ~/.ssh, its git
         # credentials), and of every other service's account: not only the caller's own HOME.
         pw = accounts.service_account(other)
         if pw is not None and pw.pw_dir not in ("", "/"):
-            hide.append(Path(pw.pw_dir))
-    return _resolved(hide), files
+            hide.append((Path(pw.pw_dir), f"the home of {pw.pw_name}"))
+    return hide, files
+
+
+# --- the operator's tools: what a command names, shown again; what stays hidden, and why -------
+
+_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+# `sh script`, `python3 script`: the script is the program too.
+_INTERPRETERS = re.compile(r"^(sh|bash|dash|zsh|ksh|python[0-9.]*|perl|ruby|node)$")
+
+
+def programs(command: str, *, home: Path | None = None, path: str | None = None) -> list[Path]:
+    """The programs `command` runs, as the shell would find them: its first word (after `env`
+    and `VAR=value` prefixes; `~/` expanded, a bare name looked up on `path`), and the script of
+    `sh script` / `python3 script`. Only absolute results; a command that does not parse has none."""
+    try:
+        words = shlex.split(command, comments=True)
+    except ValueError:
+        return []
+    if words and words[0] in ("env", "/usr/bin/env"):
+        words = words[1:]
+    while words and (_ASSIGN.match(words[0]) or words[0].startswith("-")):
+        words = words[1:]
+    if not words:
+        return []
+    home_s = str(home or account_home() or "")
+
+    def absolute(word: str, lookup: bool) -> Path | None:
+        if word.startswith("~/") and home_s:
+            word = home_s.rstrip("/") + word[1:]
+        if word.startswith("/"):
+            return Path(os.path.normpath(word))
+        if lookup and "/" not in word and path != "":
+            found = shutil.which(word, path=path if path is not None else os.environ.get("PATH", ""))
+            return Path(found) if found else None
+        return None
+
+    out = [p for p in (absolute(words[0], True),) if p is not None]
+    if _INTERPRETERS.match(Path(words[0]).name):
+        rest = [w for w in words[1:] if not w.startswith("-")]
+        if rest and (p := absolute(rest[0], False)) is not None:
+            out.append(p)
+    return out
+
+
+def binds(svc: ServiceSettings) -> list[Path]:
+    """`sandbox_bind` paths that exist (a missing one is doctor's warning, not bwrap's error)."""
+    return [Path(b) for b in svc.sandbox_bind if os.path.lexists(b)]
+
+
+def _never_shown(settings: Settings, p: Path) -> bool:
+    """A file no tool may be: the config, its .env, anything in the state dir or a service's repo."""
+    real = p.resolve()
+    if real.name == ".env" or p.name == ".env":
+        return True
+    if settings.path is not None and real == Path(settings.path).resolve():
+        return True
+    guarded = [settings.state_dir] + [Path(s.repo) for s in settings.services.values() if not s.pull_mode]
+    return any(real.is_relative_to(g.resolve()) or p.is_relative_to(g) for g in guarded)
+
+
+def tool_files(settings: Settings, command: str | None, *, home: Path | None = None) -> list[Path]:
+    """The files `command` names by absolute path that are shown again inside: each file alone
+    (never its folder: a review.sh beside the config must not bring the .env with it), and never
+    the config, a .env, the state dir's or a repo's files."""
+    if not command:
+        return []
+    out: list[Path] = []
+    for p in programs(command, home=home, path=""):
+        if _exists(p, dir=False) and not _never_shown(settings, p) and p not in out:
+            out.append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class HiddenTool:
+    program: Path
+    why: str  # "is under the account's home, hidden by the sandbox"
+    bind: Path | None  # what sandbox_bind would need (None: it cannot be shown)
+
+    def fix(self, service: str) -> str:
+        if self.bind is None:
+            return "keep the tool somewhere else (system-wide, or in the repository)"
+        return f"install it system-wide, or add it to [service.{service}] sandbox_bind = [\"{self.bind}\"]"
+
+    def advice(self, service: str) -> str:
+        return f"{self.program} {self.why}; {self.fix(service)}"
+
+
+def hidden_tools(settings: Settings, svc: ServiceSettings, command: str | None, *,
+                 home: Path | None = None, path: str | None = None) -> list[HiddenTool]:
+    """The programs of `command` that exist on this host but that the sandbox of `svc` would
+    not show (doctor before any push; the step's message after a "not found")."""
+    if not command or svc.sandbox != "bwrap":
+        return []
+    dirs, files = _hidden_labelled(settings)
+    dirs += [(Path("/tmp"), "/tmp (the sandbox has its own, empty)")]
+    if not svc.sandbox_network:
+        dirs += [(Path("/run"), "/run (hidden without sandbox_network)")]
+    shown = [*binds(svc), *_interpreter(_hidden(settings)[0])]
+    auto = tool_files(settings, command, home=home)
+    out: list[HiddenTool] = []
+    for p in programs(command, home=home, path=path):
+        if not _exists(p, dir=False):
+            continue
+        for target, kind in _needs(p):
+            if any(target.is_relative_to(s) for s in shown) or (kind == "program" and p in auto):
+                continue
+            where = _why_hidden(target, dirs, files)
+            if where is None:
+                continue
+            if _never_shown(settings, target):
+                out.append(HiddenTool(p, f"is in {where}, hidden by the sandbox (and never shown)", None))
+            elif kind == "venv":
+                out.append(HiddenTool(p, f"is in the virtualenv {target}, under {where}, hidden by the sandbox "
+                                      "(it shows a program named by its path, not the virtualenv it needs)", target))
+            elif kind == "interpreter":
+                out.append(HiddenTool(p, f"needs its interpreter {target}, under {where}, hidden by the sandbox",
+                                      target))
+            else:
+                out.append(HiddenTool(p, f"is under {where}, hidden by the sandbox", target))
+            break
+    return out
+
+
+def _needs(p: Path) -> list[tuple[Path, str]]:
+    """What must be visible for `p` to run: itself, its virtualenv (bin/../pyvenv.cfg: a console
+    script or venv python imports from the venv's lib), and a `#!/abs/interpreter` of a script."""
+    out = [(p, "program")]
+    venv = p.parent.parent
+    if p.parent.name == "bin" and (venv / "pyvenv.cfg").is_file():
+        out.append((venv, "venv"))
+    with contextlib.suppress(OSError):
+        with open(p, "rb") as f:
+            first = f.read(256).split(b"\n", 1)[0]
+        if first.startswith(b"#!"):
+            interp = Path(first[2:].strip().split(b" ", 1)[0].decode(errors="replace"))
+            if interp.is_absolute() and not any(interp.is_relative_to(q) for q, _ in out[1:]):
+                out.append((interp, "interpreter"))
+    return out
+
+
+def _why_hidden(p: Path, dirs: Sequence[tuple[Path, str]], files: Sequence[tuple[Path, str]]) -> str | None:
+    real = p.resolve() if p.exists() else p
+    for f, label in files:
+        if real == f.resolve() or p == f:
+            return label
+    # the innermost hidden folder names it best (a worktree inside HOME: the worktree)
+    for d, label in sorted(dirs, key=lambda x: -len(x[0].parts)):
+        if d == Path("/"):
+            continue
+        if p.is_relative_to(d) or real.is_relative_to(d.resolve()):
+            return label
+    return None
 
 
 def probe_wrapper(settings: Settings, svc: ServiceSettings) -> Callable[[list[str]], list[str]] | None:
@@ -334,4 +501,4 @@ def require(service: str) -> str:
 
 
 __all__ = ["MODES", "Policy", "policy_for", "probe_wrapper", "Unavailable", "argv", "available", "require", "git_slice", "private_copy",
-           "homes", "account_home"]
+           "homes", "account_home", "programs", "tool_files", "hidden_tools", "HiddenTool", "binds"]

@@ -112,6 +112,7 @@ class ServiceSettings:
     review_timeout: float = 1800.0
     sandbox: str = "bwrap"  # bwrap | none: how test and review (pushed code) run
     sandbox_network: bool = False
+    sandbox_bind: tuple[str, ...] = ()  # absolute paths shown read-only inside the sandbox
     merge: str = "merge"  # merge | ff
     drift_ignore: tuple[str, ...] = ()
     background: bool = False
@@ -482,6 +483,8 @@ class _Parser:
             jobs[name] = JobSettings(name=name, **fields)
 
         placement.check(services.values(), self.fail)
+        for svc in services.values():
+            self.sandbox_binds(svc, state_dir, list(services.values()))
         settings = Settings(
             path=self.path, state_dir=state_dir, notify=base.get("notify", ()),
             drift_renotify=base.get("drift_renotify", 24.0),
@@ -497,6 +500,31 @@ class _Parser:
                     raise self.fail(where, f"names channel {n!r}, which is not configured (configured: {known})",
                                     f"add a [notify.{n}] table or fix the name")
         return settings
+
+    def sandbox_binds(self, svc: ServiceSettings, state_dir: Path, services: list[ServiceSettings]) -> None:
+        """sandbox_bind shows the operator's tools, never what the sandbox exists to hide: the
+        state dir, the config and its .env, a service's repo or deployed worktree. A path that
+        does not exist yet is doctor's warning, not an error here."""
+        key = f"service.{svc.name}.sandbox_bind"
+        cfg = self.path.resolve()
+        guarded = [(state_dir, "the state dir", True), (cfg, "the config", False),
+                   (cfg.parent / ".env", "the .env beside the config", False)]
+        for s in services:
+            guarded.append((s.worktree, f"service {s.name}'s deployed worktree", True))
+            if not s.pull_mode:
+                guarded.append((Path(s.repo), f"service {s.name}'s bare repo", True))
+        for b in svc.sandbox_bind:
+            if not b.startswith("/"):
+                raise self.fail(key, f"{b!r} is not an absolute path", 'write e.g. sandbox_bind = ["/opt/tools"]')
+            p = Path(os.path.normpath(b))
+            real = p.resolve()
+            for g, what, inside_too in guarded:
+                gr = g.resolve()
+                if gr.is_relative_to(real) or (inside_too and real.is_relative_to(gr)):
+                    how = "is" if gr == real else "contains" if gr.is_relative_to(real) else "is in"
+                    raise self.fail(key, f"{b} {how} {what} ({g}), "
+                                    "which the sandbox hides from pushed code",
+                                    "bind a folder that holds only the tools (e.g. the virtualenv)")
 
     def check_name(self, key: str, name: str) -> None:
         if not NAME.match(name):
@@ -568,6 +596,7 @@ class _Parser:
             "test_failure": self.choice("reject", "human"), "review": self.nonempty,
             "review_timeout": self.positive, "merge": self.choice("merge", "ff"),
             "sandbox": self.choice("bwrap", "none"), "sandbox_network": self.boolean,
+            "sandbox_bind": self.strings,
             "drift_ignore": self.strings, "background": self.boolean,
             "approval_timeout": self.positive, "notify": self.strings, "user": self.account,
         })

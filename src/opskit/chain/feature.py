@@ -22,6 +22,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opskit.base import accounts, bwrap, proc, roles
@@ -276,9 +277,28 @@ def _run_in_checkout(ctx: _Ctx, command: str, timeout: float, what: str) -> proc
             return proc.run(proc.shell_argv(command), cwd=wt.path, timeout=timeout, env=ctx.env(),
                             stream=_capped(ctx, what), user=user)
         with bwrap.private_copy(wt.path, user) as work:
-            policy = bwrap.policy_for(ctx.run.settings, ctx.svc, work, wt.path)
+            policy = bwrap.policy_for(ctx.run.settings, ctx.svc, work, wt.path, command, home=_home(user))
             return proc.run(bwrap.argv(policy, proc.shell_argv(command), bwrap=tool), cwd=work, timeout=timeout,
                             env=ctx.env(), stream=_capped(ctx, what), user=user)
+
+
+def _home(user: Any) -> Path | None:
+    return Path(user.pw_dir) if user is not None else None
+
+
+def _not_found(ctx: _Ctx, what: str, command: str, res: proc.Result) -> str | None:
+    """Why a step's program was not there, when that is the cause: hidden by the sandbox (which
+    path hides it, how to show it), or not found at all — the configured command, not bwrap's argv."""
+    if res.ok or res.timed_out:
+        return None
+    hidden = bwrap.hidden_tools(ctx.run.settings, ctx.svc, command, home=_home(accounts.drop_for_service(ctx.svc)),
+                                path=ctx.env().get("PATH"))
+    if hidden:
+        return f"{what}: \"{command}\" (exit {res.returncode}) — {hidden[0].advice(ctx.svc.name)}"
+    if res.returncode == 127:
+        inside = " inside the sandbox" if ctx.svc.sandbox == "bwrap" else ""
+        return f"{what} command not found{inside}: `{command}` (exit 127); fix `{what}` in the config"
+    return None
 
 
 def _sandbox_fields(ctx: _Ctx, e: OpsError | None = None) -> dict[str, Any]:
@@ -305,7 +325,7 @@ def _test(ctx: _Ctx) -> None:
         run.say(f"✔ test passed in {res.duration:.1f}s")
         return
     reason = (f"test timed out after {svc.test_timeout:g}s" if res.timed_out
-              else f"test failed: {res.describe()}")
+              else _not_found(ctx, "test", svc.test, res) or f"test failed: {res.describe()}")
     _fail_test(ctx, reason, data, data["tail"])
 
 
@@ -351,9 +371,8 @@ def _review(ctx: _Ctx) -> None:
         ctx.stop("rejected", reason)
     elif res.returncode == 3:
         _park(ctx, "the review asked for a human (exit 3)", data["tail"], review=data)
-    elif res.returncode == 127:
-        _review_error(ctx, f"review command not found: `{svc.review}` (exit 127); fix `review` in the config",
-                      data, data["tail"])
+    elif (missing := _not_found(ctx, "review", svc.review, res)) is not None:
+        _review_error(ctx, missing, data, data["tail"])
     elif res.returncode == 126:
         _review_error(ctx, f"review command is not executable: `{svc.review}` (exit 126); "
                       "chmod +x it or fix `review` in the config", data, data["tail"])

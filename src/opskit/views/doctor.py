@@ -170,6 +170,8 @@ def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
     out.append(_guard(f"{name}: hooks", lambda: _hooks(settings, svc)))
     if svc.test or svc.review or svc.health.cmd:
         out.append(_guard(f"{name}: sandbox", lambda: _sandbox(svc)))
+    if svc.sandbox == "bwrap" and (svc.test or svc.review or svc.sandbox_bind):
+        out.append(_guard(f"{name}: sandbox tools", lambda: _sandbox_tools(settings, svc)))
     out.append(_guard(f"{name}: sudo", lambda: _sudo(svc)))
     return out
 
@@ -187,6 +189,27 @@ def _sandbox(svc: ServiceSettings) -> Check:
     net = "network allowed (sandbox_network = true)" if svc.sandbox_network else "no network"
     return Check(name, True, f"bwrap ({bwrap.find()}): test and review see a read-only system, a private "
                  f"copy of the checkout, {net}")
+
+
+def _sandbox_tools(settings: Settings, svc: ServiceSettings) -> Check:
+    """Each step's program is visible inside the sandbox (bwrap.hidden_tools), and each
+    sandbox_bind path exists: a tool hidden by the sandbox is found here, not at 3 am."""
+    name = f"service {svc.name}: sandbox tools"
+    found: list[str] = []
+    fixes: list[str] = []
+    for what, command in (("test", svc.test), ("review", svc.review)):
+        for h in bwrap.hidden_tools(settings, svc, command):
+            found.append(f"{what} program {h.program} {h.why}")
+            fixes.append(h.fix(svc.name))
+    severity = "error" if found else "warning"  # a bind not there yet: a warning, nothing hidden yet
+    missing = [b for b in svc.sandbox_bind if not os.path.lexists(b)]
+    if missing:
+        found.append(f"sandbox_bind {', '.join(missing)} does not exist")
+        fixes.append(f"create it or remove it from [service.{svc.name}] sandbox_bind")
+    if found:
+        return Check(name, False, "; ".join(found), "; ".join(fixes), severity=severity)
+    shown = ", ".join(svc.sandbox_bind)
+    return Check(name, True, "every step's program is visible inside" + (f"; shown read-only: {shown}" if shown else ""))
 
 
 def _sudo(svc: ServiceSettings) -> Check:
