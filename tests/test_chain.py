@@ -265,14 +265,69 @@ def test_background_chain_returns_at_once(tmp_path: Path) -> None:
         c.st.close()
 
 
-def test_nothing_is_merged_while_the_service_is_frozen(cs: ChainStage) -> None:
+def test_nothing_is_merged_when_the_service_is_frozen_while_its_chain_runs(cs: ChainStage) -> None:
+    # Pre-receive refuses a feature push to a frozen service; a freeze that lands after the push
+    # was taken (here: while its chain waits for the lock) still stops it before the merge.
     before = cs.tip()
-    cs.st.journal().kv_set("frozen", "svc", {"reason": "revert failed too", "event_id": 1, "since": "x"})
     cs.feature("feature/z", {"z.txt": "1\n"})
-    p = cs.push("feature/z")
-    assert "frozen" in p.stderr
+    lock = ServiceLock(cs.st.settings.state_dir, "svc", wait=5)
+    lock.acquire()
+    try:
+        p = cs.push_async("feature/z")
+        cs.wait_chain_step("waiting for the lock", 1)
+        cs.st.journal().kv_set("frozen", "svc", {"reason": "revert failed too", "event_id": 1, "since": "x"})
+    finally:
+        lock.release()
+    out = p.communicate(timeout=60)[1]
+    assert "frozen" in out and p.returncode == 0, out
     assert cs.tip() == before and not cs.events("merge")
     assert cs.last("deploy.fail").data["frozen"] is True
+
+
+def _remote(stderr: str) -> list[str]:
+    """The hook's lines as the pusher reads them (git pads each `remote:` line with blanks)."""
+    return [ln[len("remote: "):].rstrip() for ln in stderr.splitlines() if ln.startswith("remote: ")]
+
+
+def test_a_feature_push_to_a_frozen_service_is_refused_at_push_time_until_unfreeze(cs: ChainStage) -> None:
+    cs.feature("feature/old", {"old.txt": "1\n"})
+    cs.push("feature/old")  # deployed; its branch stays, to be deleted while frozen
+    before, seen = cs.tip(), cs.st.journal().last_event_id()
+    frozen = cs.cli("freeze", "svc", "--reason", "db migration")
+    assert frozen.returncode == 0, frozen.stderr
+    state = cs.st.journal().frozen("svc")
+    assert state is not None and state["reason"].startswith("frozen by ")
+    head = cs.feature("feature/f", {"f.txt": "1\n"}, message="while frozen")
+    p = cs.push("feature/f", check=False)
+    assert p.returncode != 0
+    # who, when and why in the first line (a hand freeze's reason names who), what to do in the next
+    assert _remote(p.stderr)[:2] == [
+        f"opskit: refused: service 'svc' is frozen since {state['since']}: {state['reason']}",
+        "  refs/heads/feature/f would be tested, merged and deployed, so it was not taken (nothing tested, "
+        "nothing merged). A human must fix it first, then: opskit unfreeze svc — and push it again."], p.stderr
+    assert "3 passed" not in p.stderr and cs.tip() == before
+    assert git(cs.sb.bare, "rev-parse", "--verify", "-q", "refs/heads/feature/f", check=False).returncode != 0
+    after = [e for e in cs.events() if e.id > seen]
+    assert [e.type for e in after] == ["service.frozen", "lockdown.blocked"], [e.type for e in after]
+    assert after[1].data["rule"] == "frozen" and after[1].data["ref"] == "refs/heads/feature/f"
+    # the deploy branch's refusal is as it was: no `by`, the unfreeze line
+    master = git(cs.sb.dev, "push", "origin", f"{head}:refs/heads/master", check=False)
+    assert master.returncode != 0
+    assert _remote(master.stderr)[:2] == [
+        f"opskit: refused: service 'svc' is frozen since {state['since']}: {state['reason']}",
+        "  A human must fix it first, then: opskit unfreeze svc"], master.stderr
+    # deleting a feature branch deploys nothing: allowed while frozen, and starts no chain
+    gone = cs.push(":feature/old", check=False)
+    assert gone.returncode == 0, gone.stderr
+    assert git(cs.sb.bare, "rev-parse", "--verify", "-q", "refs/heads/feature/old", check=False).returncode != 0
+    assert not [e for e in cs.events() if e.id > seen and e.type.split(".")[0] in ("test", "merge", "deploy")]
+    # after the unfreeze the very same push is taken, tested, merged and deployed
+    assert cs.cli("unfreeze", "svc").returncode == 0
+    p = cs.push("feature/f")
+    assert "3 passed" in p.stderr and "✔ healthy:" in p.stderr, p.stderr
+    assert Git(cs.sb.bare).parents(cs.tip()) == [before, head] and cs.st.worktree_head() == cs.tip()
+    chain = cs.last("push.received").chain
+    assert order([e.type for e in cs.events(chain=chain)], *CHAIN_TYPES)
 
 
 def test_branch_names_are_data_not_shell(tmp_path: Path) -> None:

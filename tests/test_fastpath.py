@@ -3,14 +3,20 @@ exactly what Typer's path says, know the same options, and leave everything else
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from opskit import cli, fastpath
 from opskit.commands import _common
+from opskit.storage import event_types
 from opskit.storage.journal import Journal
 from tests.support.gitsandbox import Sandbox
 
@@ -85,6 +91,83 @@ def test_events_fast_and_through_typer_say_the_same(args: list[str], state_dir: 
     fast, slow = _both(args, monkeypatch, capsys)
     assert fast == slow
     assert fast[0] == (2 if "yesterday" in args else 0), fast
+
+
+MIXED = ("deploy.start", "health.fail", "rollback.start", "health.pass", "rollback.complete", "health.fail",
+         "notify.sent", "rollback.fail")
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("health.fail,rollback.", ["health.fail", "rollback.start", "rollback.complete", "health.fail", "rollback.fail"]),
+    ("rollback.", ["rollback.start", "rollback.complete", "rollback.fail"]),
+    ("rollback", ["rollback.start", "rollback.complete", "rollback.fail"]),  # the form notifications cite
+    (" health.fail , rollback.complete,health.fail", ["health.fail", "rollback.complete", "health.fail"]),
+])
+def test_events_type_takes_a_comma_list_of_types_and_prefixes(spec: str, want: list[str], state_dir: Path,
+                                                              monkeypatch, capsys) -> None:
+    j = Journal(state_dir)
+    for t in MIXED:
+        j.append(t, "api", {})
+    j.close()
+    for head in (["--type", spec], [f"--type={spec}"], ["-t", spec]):
+        fast, slow = _both(["events", "--json", *head], monkeypatch, capsys)
+        assert fast == slow and fast[0] == 0 and fast[2] == "", fast
+        events = [json.loads(ln) for ln in fast[1].splitlines()]
+        assert [e["type"] for e in events] == want  # both kinds, in the journal's order
+        assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+
+
+@pytest.mark.parametrize("spec, bad", [
+    ("health.fial", "health.fial"), ("health.fail,rollback.completed", "rollback.completed"),
+    ("heal", "heal"), ("rollback.x.", "rollback.x."), (".", "."), ("health.fail,nope.", "nope."),
+])
+def test_an_unknown_event_type_is_exit_2_naming_the_known_ones(spec: str, bad: str, state_dir: Path,
+                                                               monkeypatch, capsys) -> None:
+    _journal(state_dir)
+    fast, slow = _both(["events", "--type", spec], monkeypatch, capsys)
+    assert fast == slow
+    code, out, err = fast
+    assert code == 2 and out == "" and err.count("\n") == 1, fast
+    assert err.startswith(f"opskit: --type: unknown event type {bad!r} ")
+    assert "push.received|superseded|fail|verified|unverified, test.pass|fail|skipped" in err
+    assert "rollback.start|complete|fail" in err and "decision.received|refused|applied" in err
+
+
+def test_events_follow_honours_the_type_filter(state_dir: Path) -> None:
+    j = Journal(state_dir)
+    j.append("rollback.start", "api", {})
+    env = {**os.environ, "OPSKIT_STATE_DIR": str(state_dir)}
+    p = subprocess.Popen([sys.executable, "-m", "opskit", "events", "--follow", "--json", "--type",
+                          "health.fail,rollback."], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stop = threading.Timer(20, p.kill)  # a missing line must fail the test, not hang it
+    stop.start()
+    try:
+        assert p.stdout is not None
+        assert json.loads(p.stdout.readline())["type"] == "rollback.start"
+        time.sleep(0.3)  # following now
+        for t in ("health.pass", "deploy.start", "health.fail", "notify.sent", "rollback.complete"):
+            j.append(t, "api", {})
+        got = [json.loads(p.stdout.readline())["type"] for _ in range(2)]
+        assert got == ["health.fail", "rollback.complete"]
+    finally:
+        stop.cancel()
+        p.terminate()
+        p.wait(10)
+        j.close()
+
+
+def test_the_event_types_are_the_documented_ones_and_every_one_the_code_writes() -> None:
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "ARCHITECTURE.md").read_text()
+    section = doc[doc.index("### Events"):doc.index("### Files on disk")]
+    listed = " ".join(section.split("Types:", 1)[1].split("Every event also")[0].split())
+    documented = {f"{fam}.{kind}" for fam, kinds in re.findall(r"`([a-z]+)\.([a-z|-]+)`", listed)
+                  for kind in kinds.split("|")}
+    assert documented == set(event_types.TYPES)
+    written = set()
+    for path in (root / "src" / "opskit").rglob("*.py"):
+        written |= set(re.findall(r"\.(?:emit|append)\(\s*\"([a-z]+\.[a-z-]+)\"", path.read_text()))
+    assert written and written <= set(event_types.TYPES), written - set(event_types.TYPES)
 
 
 def _drift_config(tmp_path: Path, sandbox: Sandbox) -> Path:

@@ -57,6 +57,12 @@ def svc(**kw: Any) -> config.ServiceSettings:
     ({}, "refs/tags/v1", ZERO, B, Facts(quarantined={"t" + B[1:]: {"event_id": 7}}), "quarantine"),
     ({}, "refs/heads/other", A, B, Facts(ff=False), "accept"),
     ({"feature_branches": ("ft-*",)}, "refs/heads/feature/x", A, B, Facts(), "accept"),
+    # frozen: a feature branch would merge and deploy; its deletion, a tag or another branch would not
+    ({}, "refs/heads/feature/x", A, B, Facts(frozen={"reason": "r", "event_id": 9}), "frozen"),
+    ({}, "refs/heads/feature/x", ZERO, B, Facts(frozen={}), "frozen"),
+    ({}, "refs/heads/feature/x", A, ZERO, Facts(frozen={"reason": "r"}), "feature-branch"),
+    ({}, "refs/heads/other", A, B, Facts(frozen={"reason": "r"}), "accept"),
+    ({}, "refs/tags/v1", ZERO, B, Facts(frozen={"reason": "r"}), "accept"),
 ])
 def test_check_ref_update_rules(kw: dict[str, Any], ref: str, old: str, new: str, facts: Facts,
                                 rule: str) -> None:
@@ -99,6 +105,19 @@ T_C = "t" + C[1:]  # Facts.tree(C)
         "frozen", "service is frozen: a rollback failed",
         ("opskit: refused: service 'web' is frozen: a rollback failed",
          "  A human must fix it first, then: opskit unfreeze web"))),
+    ({}, "refs/heads/feature/x", A, B,
+     Facts(frozen={"reason": "revert failed", "event_id": 3, "since": "2026-04-26T04:00:00Z"}), (
+        "frozen", "service is frozen: revert failed",
+        ("opskit: refused: service 'web' is frozen since 2026-04-26T04:00:00Z by opskit after its "
+         "automatic rollback failed (event #3): revert failed",
+         "  refs/heads/feature/x would be tested, merged and deployed, so it was not taken (nothing tested, "
+         "nothing merged). A human must fix it first, then: opskit unfreeze web — and push it again."))),
+    ({}, "refs/heads/feature/x", ZERO, B,
+     Facts(frozen={"reason": "frozen by ana: db migration", "event_id": None, "since": "2026-04-26T04:00:00Z"}), (
+        "frozen", "service is frozen: frozen by ana: db migration",
+        ("opskit: refused: service 'web' is frozen since 2026-04-26T04:00:00Z: frozen by ana: db migration",
+         "  refs/heads/feature/x would be tested, merged and deployed, so it was not taken (nothing tested, "
+         "nothing merged). A human must fix it first, then: opskit unfreeze web — and push it again."))),
     ({"feature_branches": ("agent/**/wip-?",)}, "refs/heads/master", A, B, Facts(), (
         "direct-push", "direct pushes to 'master' are off",
         ("opskit: refused: direct pushes to refs/heads/master are off for 'web' (direct_push = false).",

@@ -76,7 +76,8 @@ def check_ref_update(service: ServiceSettings, ref: str, old: str, new: str,
     """May this push move `ref` from `old` to `new`?
 
     The deploy branch: no deletion, no non-fast-forward, nothing while frozen, and only
-    with direct_push. Any ref: a new tip whose tree was auto-reverted is quarantined.
+    with direct_push. A feature branch: nothing while frozen (its chain would merge and
+    deploy), deletion always. Any ref: a new tip whose tree was auto-reverted is quarantined.
     Feature branches and other refs (tags, personal branches) are otherwise accepted:
     nothing deploys from them except through the pipeline's chain, which starts in
     post-receive and merges into the deploy branch with `update-ref`, never through a push.
@@ -96,14 +97,7 @@ def check_ref_update(service: ServiceSettings, ref: str, old: str, new: str,
                            "force-pushing.")
         frozen = facts.frozen()
         if frozen is not None:
-            why = str(frozen.get("reason") or "a rollback failed")
-            eid = frozen.get("event_id")
-            since = frozen.get("since")
-            return _refuse("frozen", f"service is frozen: {why}",
-                           f"opskit: refused: service {service.name!r} is frozen"
-                           + (f" since {since}" if since else "")
-                           + (f" (event #{eid})" if eid is not None else "") + f": {why}",
-                           f"  A human must fix it first, then: opskit unfreeze {service.name}")
+            return _frozen_refusal(service, frozen)
         if not service.direct_push:
             example = feature_example(service)
             hint = (f"  Push a feature branch instead (it is tested, merged and deployed): "
@@ -112,6 +106,14 @@ def check_ref_update(service: ServiceSettings, ref: str, old: str, new: str,
             return _refuse("direct-push", f"direct pushes to {service.branch!r} are off",
                            f"opskit: refused: direct pushes to {label} are off for "
                            f"{service.name!r} (direct_push = false).", hint)
+    feature = service.is_feature_branch(ref)
+    if feature and new != ZERO:
+        # Every feature chain ends in a merge and a deploy, which the freeze refuses: say so
+        # now, before its tests run, rather than at the deploy, where nothing resumes after
+        # `opskit unfreeze` (tests/test_lockdown.py). A deletion deploys nothing: allowed.
+        frozen = facts.frozen()
+        if frozen is not None:
+            return _frozen_refusal(service, frozen, label)
     if new != ZERO:
         tree = facts.tree(new)
         q = facts.quarantined(tree) if tree else None
@@ -123,7 +125,39 @@ def check_ref_update(service: ServiceSettings, ref: str, old: str, new: str,
                            f"opskit: refused: {new[:12]} on {label} has the tree of a commit that "
                            f"was auto-reverted (rollback event #{eid}: {why}).",
                            f"  Once it is really fixed: opskit quarantine release {service.name} {tree}")
-    return Decision(True, "feature-branch" if service.is_feature_branch(ref) else "accept")
+    return Decision(True, "feature-branch" if feature else "accept")
+
+
+def _frozen_refusal(service: ServiceSettings, frozen: Mapping[str, Any],
+                    feature_ref: str | None = None) -> Decision:
+    """The one refusal of a frozen service: a push to its deploy branch, or (`feature_ref`) a
+    feature branch whose chain would merge and deploy. The feature refusal also names who
+    froze it and that the branch was not taken, since its pusher expected a test run."""
+    why = str(frozen.get("reason") or "a rollback failed")
+    eid = frozen.get("event_id")
+    since = frozen.get("since")
+    by = frozen_by(frozen) if feature_ref is not None else None
+    head = (f"opskit: refused: service {service.name!r} is frozen"
+            + (f" since {since}" if since else "") + (f" by {by}" if by else "")
+            + (f" (event #{eid})" if eid is not None else "") + f": {why}")
+    if feature_ref is None:
+        return _refuse("frozen", f"service is frozen: {why}", head,
+                       f"  A human must fix it first, then: opskit unfreeze {service.name}")
+    return _refuse("frozen", f"service is frozen: {why}", head,
+                   f"  {feature_ref} would be tested, merged and deployed, so it was not taken "
+                   f"(nothing tested, nothing merged). A human must fix it first, then: "
+                   f"opskit unfreeze {service.name} — and push it again.")
+
+
+def frozen_by(frozen: Mapping[str, Any]) -> str | None:
+    """Who froze the service, from its freeze (deploy/freeze.py): a hand freeze's reason
+    already starts with "frozen by NAME"; one with a rollback event was opskit's own, after
+    the automatic rollback failed; an entry with neither (damaged) names no one."""
+    if str(frozen.get("reason") or "").startswith("frozen by "):
+        return None  # the reason says it
+    if frozen.get("event_id") is not None:
+        return "opskit after its automatic rollback failed"
+    return None
 
 
 def _refuse(rule: str, reason: str, *lines: str) -> Decision:

@@ -270,8 +270,11 @@ class Journal:
 
     def query(self, *, service: str | None = None, type_prefix: str | None = None,
               since: str | dt.datetime | None = None, limit: int | None = None,
-              after_id: int | None = None, chain: str | None = None) -> list[Event]:
-        """Matching events, oldest first; with `limit`, the newest `limit` of them."""
+              after_id: int | None = None, chain: str | None = None,
+              types: tuple[str, ...] = ()) -> list[Event]:
+        """Matching events, oldest first; with `limit`, the newest `limit` of them. `types`:
+        any of these, each an exact type or a prefix ending in "." (storage/event_types.py
+        `parse`, the reading of `opskit events --type`)."""
         where: list[str] = []
         args: list[Any] = []
         if service is not None:
@@ -281,6 +284,16 @@ class Journal:
             # A range instead of LIKE so the index on type is used.
             where.append("type >= ? AND type < ?")
             args += [type_prefix, type_prefix + "\U0010ffff"]
+        if types:
+            either: list[str] = []
+            for t in types:
+                if t.endswith("."):
+                    either.append("(type >= ? AND type < ?)")  # a range, as above: the index is used
+                    args += [t, t + "\U0010ffff"]
+                else:
+                    either.append("type = ?")
+                    args.append(t)
+            where.append("(" + " OR ".join(either) + ")")
         if since is not None:
             where.append("ts >= ?")
             args.append(since if isinstance(since, str) else iso(since))
