@@ -142,6 +142,28 @@ def test_crash_log_is_never_written_through_a_planted_link(shared: Path, tmp_pat
     _unchanged(victim)
 
 
+def test_a_planted_cron_log_never_stops_the_job_it_logs(shared: Path, tmp_path: Path) -> None:
+    """One link at logs/cron.log must not stop every cron job (cron-check, inbox, notify --flush)
+    before it runs: the job runs, its output goes to cron's mail, job.start records why."""
+    import sys
+
+    victim = _victim(tmp_path)
+    (shared / "logs").mkdir()
+    os.symlink(victim, shared / "logs" / "cron.log")
+    cfg = tmp_path / "opskit.toml"
+    cfg.write_text(f'[opskit]\nstate_dir = "{shared}"\n')
+    r = subprocess.run([sys.executable, "-m", "opskit", "--config", str(cfg), "run-job", "--log",
+                        str(shared / "logs" / "cron.log"), "nightly", "--", "sh", "-c", "echo ran-it"],
+                       check=False, capture_output=True, text=True, timeout=60)
+    _unchanged(victim)
+    assert r.returncode == 0 and "ran-it" in r.stdout, r.stdout + r.stderr
+    assert "--log refused, output goes to cron's mail" in r.stderr and "symbolic link" in r.stderr, r.stderr
+    ev = subprocess.run([sys.executable, "-m", "opskit", "--config", str(cfg), "events", "--json", "--type", "job."],
+                        check=False, capture_output=True, text=True, timeout=60)
+    start = next(json.loads(ln) for ln in ev.stdout.splitlines() if '"job.start"' in ln)
+    assert "symbolic link" in start["data"]["log_refused"], start
+
+
 def test_the_service_lock_refuses_a_link_before_touching_it(shared: Path, tmp_path: Path) -> None:
     from opskit.base.lock import ServiceLock, is_held, read_holder
 

@@ -160,10 +160,17 @@ def register(app: typer.Typer) -> None:
         from opskit.jobs.run_job import run_job as core
 
         settings = _common.settings()
+        refused = None
         if log:  # before the journal opens: its errors belong in the log too
-            statefs.redirect_output(log, settings.state_dir)
+            try:
+                statefs.redirect_output(log, settings.state_dir)
+            except statefs.Unsafe as e:
+                # One planted link must not stop every cron job (cron-check, inbox, flush) before
+                # it runs: the job runs, its output goes to cron's mail, job.start says why.
+                refused = str(e)
+                print(f"opskit: run-job {name}: --log refused, output goes to cron's mail: {e}", file=sys.stderr)
         result = core(settings, _common.journal(), name, cmd or [], service=service,
-                      ok_codes=(0, *(ok_exit or ())))
+                      ok_codes=(0, *(ok_exit or ())), log_refused=refused)
         _common.exit_with(result.exit_code)
 
     @app.command("cron-check")

@@ -62,7 +62,8 @@ def _cmd_text(argv: Sequence[str]) -> str:
 
 def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str], *,
             service: str | None = None, ok_codes: Sequence[int] = (0,), clock: Clock = SYSTEM,
-            notifier: Notifier | None = None, echo: Callable[[str], None] | None = None) -> JobRun:
+            notifier: Notifier | None = None, echo: Callable[[str], None] | None = None,
+            log_refused: str | None = None) -> JobRun:
     """Run argv as job `name`, journal it, notify on the first failure of a streak.
 
     ok_codes: exit codes that mean the job did its work. opskit's own cron entries pass 1 too:
@@ -97,8 +98,11 @@ def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str]
         return st
 
     kv_update(journal, JOB, name, register)
-    journal.append("job.start", service, {"job": name, "pid": pid, "cmd": _cmd_text(argv),
-                                          "overlap": bool(others), "overlap_pids": others})
+    start_data: dict[str, Any] = {"job": name, "pid": pid, "cmd": _cmd_text(argv),
+                                  "overlap": bool(others), "overlap_pids": others}
+    if log_refused:  # the job still runs (cron's mail has its output); the refusal is on record
+        start_data["log_refused"] = log_refused
+    journal.append("job.start", service, start_data)
     if others:
         print(f"opskit: run-job {name}: an earlier run (pid {', '.join(map(str, others))}) is still "
               "running; running anyway (overlap journaled)", file=sys.stderr)
