@@ -192,3 +192,31 @@ def test_doctor_warns_where_a_tap_could_not_count(write_config, state_dir) -> No
     problems = {(c.name, c.detail.split(":")[0]) for c in doctor.run_checks(s) if not c.ok}
     assert ("notify.tg", "allowed_users is empty") in problems
     assert ("notify.nt", "reply_url without reply_token") in problems and ("notify.nt", "no token") in problems
+
+
+def test_buttons_root_never_signs_cost_the_buttons_after_ten_minutes_not_the_channel(
+        write_config, receiver, state_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the system install the push account's message with buttons waits for root to sign it,
+    and the channel's later messages wait behind it. When root's inbox never comes (no cron.d
+    yet, inbox failing) the alerts must not wait forever: after SIGN_WAIT the message goes
+    without its buttons, saying so, and the queue behind it follows."""
+    from opskit.base.clock import FakeClock
+    from opskit.notify import courier, decisions
+
+    monkeypatch.setattr(decisions, "holds_key", lambda _state: False)  # as the push account
+    s = tg_settings(write_config, receiver)
+    j = Journal(state_dir)
+    clock = FakeClock()
+    first = notify.send(s, j, "app: feature/x waits for a human", title="approval needed", service="app",
+                        actions=[Action("Approve", decisions.UNSIGNED + "1")], clock=clock)
+    second = notify.send(s, j, "app: auto-reverted", title="rollback", service="app", clock=clock)
+    assert not first.ok and not second.ok and not receiver.telegram.messages
+    clock.advance(courier.SIGN_WAIT - 1)
+    notify.flush(s, j, clock=clock)
+    assert not receiver.telegram.messages  # still inside the wait: order kept, nothing sent
+    clock.advance(2)
+    notify.flush(s, j, clock=clock)
+    texts = [m.text for m in receiver.telegram.messages]
+    assert len(texts) == 2 and "waits for a human" in texts[0] and "auto-reverted" in texts[1], texts
+    assert "no buttons: root's `opskit inbox` did not sign them within 10 minutes" in texts[0]
+    assert not receiver.telegram.messages[0].buttons()

@@ -11,12 +11,13 @@ event; no URL or token ever does.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib
 import json
 from dataclasses import dataclass, field
 
-from opskit.base.clock import Clock, iso
+from opskit.base.clock import Clock, iso, parse_iso
 from opskit.base.config import ChannelSettings, Settings
 from opskit.base.errors import redact
 from opskit.notify import decisions
@@ -30,6 +31,9 @@ CLAIM_REFRESH = 60.0  # well inside outbox.CLAIM_STALE
 # A message with decision buttons queued by an account that may not sign them (docs/ARCHITECTURE.md, who may do what).
 WAITS_FOR_KEY = ("its decision buttons are signed by root: root's `opskit inbox` sends it within a minute "
                  "(or `sudo opskit notify --flush`)")
+SIGN_WAIT = 600.0  # seconds a message waits for root to sign its buttons, then goes without them
+NO_BUTTONS = ("\n\n(no buttons: root's `opskit inbox` did not sign them within 10 minutes; decide with the "
+              "commands above, and see `sudo opskit cron install --system`)")
 KINDS = {"discord": "discord", "slack": "slack", "webhook": "webhook", "command": "command",
          "ntfy": "ntfy", "apprise": "apprise_", "telegram": "telegram"}
 
@@ -72,6 +76,11 @@ class Courier:
                     break
                 actions = decisions.sign(self.settings, self.journal,
                                          [Action(str(a), str(t)) for a, t in json.loads(row.actions or "[]")])
+                if actions is None and self._waited_for_key(row):
+                    # Root's inbox has not signed it for SIGN_WAIT (no cron.d yet, inbox failing):
+                    # the text names the commands, and the alerts behind it must not wait forever.
+                    actions = ()
+                    row = dataclasses.replace(row, message=row.message + NO_BUTTONS)
                 if actions is None:  # its buttons wait for the key holder: the channel's order is kept
                     self._queued(ch, row, Outcome.transient(WAITS_FOR_KEY), attempts=0, wait=None)
                     self.stalled[channel] = WAITS_FOR_KEY
@@ -91,6 +100,12 @@ class Courier:
         finally:
             # Whatever we claimed and did not finish goes back to the queue, in order.
             outbox.release(self.journal, ids)
+
+    def _waited_for_key(self, row: outbox.Row) -> bool:
+        try:
+            return (self.clock.now() - parse_iso(row.created)).total_seconds() >= SIGN_WAIT
+        except ValueError:
+            return True
 
     # --- one message ------------------------------------------------------------------------
     def _attempt(self, ch: ChannelSettings, row: outbox.Row, claimed: list[int],
