@@ -103,6 +103,7 @@ class ServiceSettings:
     branch: str = "master"
     deploy: str | None = None
     deploy_timeout: float = 300.0
+    logs: str | None = None  # prints the service's recent log (deploy/service_logs.py)
     direct_push: bool = False
     feature_branches: tuple[str, ...] = ("feature/*",)
     test: str | None = None
@@ -591,7 +592,8 @@ class _Parser:
         health_raw = raw.pop("health", {})
         fields = self.table(key, raw, {
             "repo": self.nonempty, "worktree": self.nonempty, "branch": self.nonempty,
-            "deploy": self.nonempty, "deploy_timeout": self.positive, "direct_push": self.boolean,
+            "deploy": self.nonempty, "deploy_timeout": self.positive, "logs": self.nonempty,
+            "direct_push": self.boolean,
             "feature_branches": self.strings, "test": self.nonempty, "test_timeout": self.positive,
             "test_failure": self.choice("reject", "human"), "review": self.nonempty,
             "review_timeout": self.positive, "merge": self.choice("merge", "ff"),

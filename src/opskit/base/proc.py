@@ -31,6 +31,8 @@ TAIL_LINES = 40
 # After the command exits, how long we keep draining a pipe that a background child
 # still holds open before giving up on it.
 DRAIN_GRACE = 0.5
+# What a command run with `output` (a file) may leave unread when it exits: more is skipped.
+FILE_BACKLOG = 1 << 20
 
 # Variables git sets for a hook; pointing a git command at *another* repo with them set
 # makes it act on the hook's repo instead (pre-commit's no_git_env).
@@ -135,6 +137,7 @@ def run(
     capture: bool = False,
     pass_fds: Sequence[int] = (),
     user: pwd.struct_passwd | None = None,
+    output: int | None = None,
 ) -> Result:
     """Run argv to completion (or timeout) and return what happened.
 
@@ -143,6 +146,10 @@ def run(
     kept, each passed to `stream` as it arrives. pass_fds: descriptors the child inherits
     (Popen's; every other one is closed), e.g. the service lock's (see `holding`). user: when
     we are root, run as that account instead, with its HOME and a clean environment.
+    output: a descriptor of a regular file (opened O_APPEND) that takes stdout and stderr
+    instead of a pipe; it is read back from where it ended when we started, for the tail and
+    `stream`. What the command leaves running in the background inherits the file, not a pipe
+    of ours: it never gets EPIPE once we are gone, and we never wait on it (deploy/rollout.py).
     """
     argv = [os.fspath(a) for a in argv]
     if user is not None and os.geteuid() == 0 and user.pw_uid != 0:
@@ -158,13 +165,14 @@ def run(
         # surrogateescape: text we read from git or crontab -l may hold non-UTF-8 bytes
         input = input.encode("utf-8", "surrogateescape")
     start = time.monotonic()
+    offset = os.fstat(output).st_size if output is not None else 0
     try:
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
             env=dict(env) if env is not None else None,
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=output if output is not None else subprocess.PIPE,
             stderr=subprocess.PIPE if capture else subprocess.STDOUT,
             start_new_session=True,
             pass_fds=tuple(pass_fds),
@@ -181,9 +189,12 @@ def run(
     try:
         # From here on a signal of our own (SIGTERM, Ctrl-C) takes the child's group with us,
         # however early it comes: the child may already be running while the readers start.
-        assert proc.stdout is not None
-        readers[1] = _Reader(proc.stdout.fileno(), keep_all=capture, tail=tail_lines,
-                             stream=None if capture else stream)
+        if output is not None:
+            readers[1] = _FileReader(output, offset, tail=tail_lines, stream=stream)
+        else:
+            assert proc.stdout is not None
+            readers[1] = _Reader(proc.stdout.fileno(), keep_all=capture, tail=tail_lines,
+                                 stream=None if capture else stream)
         if capture:
             assert proc.stderr is not None
             readers[2] = _Reader(proc.stderr.fileno(), keep_all=True, tail=tail_lines, stream=None)
@@ -335,6 +346,52 @@ class _Reader(threading.Thread):
 
     def text(self) -> str:
         return b"".join(self.chunks).decode("utf-8", "surrogateescape")
+
+
+class _FileReader(_Reader):
+    """Follows what a command writes to a file (run's `output`) from `offset` on. A file has no
+    end to wait for: once told to finish (the command exited), it reads up to the size the file
+    had then and stops — a background child that keeps writing is left to the file, and we are
+    not held for it. A backlog past FILE_BACKLOG is skipped to its last FILE_BACKLOG bytes: the
+    tail is what is kept anyway."""
+
+    def __init__(self, fd: int, offset: int, *, tail: int, stream: Callable[[str], None] | None) -> None:
+        super().__init__(fd, keep_all=False, tail=tail, stream=stream)
+        self.offset = offset
+        self._end: int | None = None
+
+    def run(self) -> None:
+        while True:
+            with self._lock:
+                end = self._end
+            if end is not None and end - self.offset > FILE_BACKLOG:
+                self.offset, self._partial = end - FILE_BACKLOG, b""
+            want = 65536 if end is None else min(65536, end - self.offset)
+            if want <= 0:
+                break
+            try:
+                data = os.pread(self.fd, want, self.offset)
+            except OSError:
+                break
+            if data:
+                self.offset += len(data)
+                self._take(data)
+            elif end is not None:
+                break  # truncated under us
+            else:
+                time.sleep(0.05)
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+
+    def finish(self, grace: float) -> None:
+        try:
+            size = os.fstat(self.fd).st_size
+        except OSError:
+            size = self.offset
+        with self._lock:
+            self._end = size
+        self.join()
 
 
 # --- detached processes (pipeline: background = true) ----------------------------------------

@@ -367,9 +367,11 @@ def run_gate(spec: HealthSettings, *, clock: Clock = SYSTEM,
 def gate(spec: HealthSettings, *, journal: Journal, service: str | None = None,
          chain: str | None = None, sha: str | None = None, clock: Clock = SYSTEM,
          on_probe: Callable[[ProbeResult], None] | None = None,
-         cwd: Path | None = None, wrap: Wrap | None = None, sandbox: str | None = None) -> Verdict:
+         cwd: Path | None = None, wrap: Wrap | None = None, sandbox: str | None = None,
+         on_fail: Callable[[], dict[str, Any]] | None = None) -> Verdict:
     """run_gate() and journal health.pass / health.fail; sets verdict.event_id. `sandbox`: how a
-    cmd probe ran ("bwrap" | "none"), recorded in the event."""
+    cmd probe ran ("bwrap" | "none"), recorded in the event. on_fail: more data for health.fail
+    (the service's own log, deploy/service_logs.py), asked for right after the verdict."""
     started = clock.now()
     verdict = run_gate(spec, clock=clock, on_probe=on_probe, cwd=cwd, wrap=wrap)
     failed = sum(1 for p in verdict.probes if not p.ok)
@@ -394,6 +396,7 @@ def gate(spec: HealthSettings, *, journal: Journal, service: str | None = None,
             "started": iso_precise(started),
             "probe_log": [[round(p.at, 3), p.ok, p.detail] for p in shown],
             **({"sandbox": sandbox} if sandbox is not None else {}),
+            **(on_fail() if on_fail is not None and not verdict.healthy else {}),
         },
         chain=chain,
         sha=sha,

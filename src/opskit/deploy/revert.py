@@ -32,6 +32,7 @@ from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import ExitCode, OpsError, UsageError, redact
 from opskit.base.lock import ServiceLock
 from opskit.base.text import printable, short
+from opskit.deploy import service_logs
 from opskit.deploy.freeze import freeze
 from opskit.deploy.recovery import step_report_interrupted
 from opskit.deploy.rollout import roll_out
@@ -199,11 +200,28 @@ def _message(plan: RevertPlan, reason: str, event_id: int, stage: str) -> str:
 
 # --- the revert ------------------------------------------------------------------------------
 
+def _logs_of(run: Run, sha: str | None) -> service_logs.Captured | None:
+    """What the service's own log said when sha failed (rollout.note_logs), if it was read."""
+    got = run.notes.get("logs", {}).get(sha) if sha else None
+    return got if isinstance(got, service_logs.Captured) else None
+
+
+def _log_block(run: Run, sha: str) -> list[str]:
+    """The failed deploy's last log lines for a message (last, so a channel's cut keeps the rest)."""
+    logs = _logs_of(run, sha)
+    block = service_logs.message_block(logs.lines, logs.note) if logs is not None else ""
+    return [block] if block else []
+
+
 def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None, plan: RevertPlan | None,
           freeze_it: bool, extra: dict[str, Any] | None = None) -> RevertResult:
     data: dict[str, Any] = {"bad": bad, "reason": reason, "status": status, **(extra or {})}
     if start_id is not None:
         data["rollback_event"] = start_id
+    # The re-gate's log when the revert went live and failed, else the bad deploy's own.
+    logs = _logs_of(run, data.get("revert")) or _logs_of(run, bad)
+    if logs is not None:
+        data.update(logs.data())
     ev = run.emit("rollback.fail", data, sha=bad)
     run.say(f"✘ rollback failed: {reason}")
     msg = [f"{run.service}: the automatic rollback of {short(bad)} FAILED.", f"Why: {reason}",
@@ -216,6 +234,8 @@ def _fail(run: Run, bad: str, reason: str, *, status: str, start_id: int | None,
     else:
         msg.append("The repository and the worktree were left as they were; a human must restore the service.")
     msg.append(f"The story: `opskit incident last --service {run.service}`")
+    if logs is not None and (block := service_logs.message_block(logs.lines, logs.note)):
+        msg.append(block)
     announce_run(run, "\n".join(msg), title=f"{run.service}: rollback failed", level="critical", event_id=ev.id,
                  actions=buttons)
     return RevertResult(service=run.service, ok=False, status=status, reason=reason, exit_code=int(ExitCode.FAILED),
@@ -302,6 +322,7 @@ def revert_locked(run: Run, *, bad: str, reason: str, bad_deploy_id: int | None 
         f"`opskit quarantine release {svc.name} {plan.bad_tree[:12]}`.",
         f"The story: `opskit incident last --service {svc.name}`. Hold further deploys: "
         f"`opskit freeze {svc.name}` (or the Freeze button).",
+        *_log_block(run, bad),
     ]), title=f"{svc.name}: auto-reverted {short(bad)}", level="error", event_id=done.id,
         actions=decisions.buttons(run.settings, run.journal, svc.name, [("freeze", svc.name)], clock=run.clock))
     return result
@@ -343,6 +364,7 @@ def _restore_last_good(run: Run, canon: Git, *, bad: str, good: str, reason: str
         f"The branch was not changed ({short(bad)} is not new work on {svc.branch}).",
         f"The story: `opskit incident last --service {svc.name}`. Hold further deploys: "
         f"`opskit freeze {svc.name}` (or the Freeze button).",
+        *_log_block(run, bad),
     ]), title=f"{svc.name}: rolled back {short(bad)}", level="error", event_id=done.id,
         actions=decisions.buttons(run.settings, run.journal, svc.name, [("freeze", svc.name)], clock=run.clock))
     return result

@@ -7,14 +7,15 @@ so a crash leaves a record of where it stopped; recovery.py reads it on the next
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Sequence
 from typing import Any
 
-from opskit.base import accounts, bwrap, proc
+from opskit.base import accounts, bwrap, proc, statefs
 from opskit.base.errors import OpsError, redact
 from opskit.base.ignore import ignored
 from opskit.base.text import printable, short
-from opskit.deploy import health
+from opskit.deploy import health, service_logs
 from opskit.deploy.run import Rollout, Run, announce_run, mark_notified
 from opskit.git.repo import Git
 from opskit.git.worktree import fetch_worktree, save_dirty
@@ -58,6 +59,44 @@ def run_locked(run: Run, argv: Sequence[str], **kw: Any) -> proc.Result:
     return res
 
 
+def deploy_log_path(run: Run) -> str:
+    return os.path.join(run.settings.state_dir, "logs", f"deploy-{run.svc.name}.log")
+
+
+def open_deploy_log(run: Run) -> int | None:
+    """The deploy command's stdout and stderr: a file, not a pipe of ours, so a server it starts
+    in the background (`python3 app.py 8000 &`) writes into the file after we are gone instead
+    of getting EPIPE, and we never wait on a pipe it holds (tests/test_deploy_output.py).
+    Truncated at each deploy, so it holds one deploy's output (plus what a backgrounded server
+    writes until the next deploy); opened by statefs' rule, group-rw in a shared state dir so
+    the service's account can write it. None (a pipe, as before) when it cannot be opened."""
+    path = deploy_log_path(run)
+    try:
+        return statefs.open_file(path, run.settings.state_dir,
+                                 os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o660)
+    except (OSError, OpsError) as e:
+        run.say(f"warning: deploy log {path}: {e}; the deploy's output goes through a pipe")
+        return None
+
+
+def note_logs(run: Run, d: Rollout, since: float) -> dict[str, Any]:
+    """Read the service's own log after a failure: kept on the rollout (and in run.notes by
+    commit, for the revert's message), the last lines told to the pusher; returns the event
+    data (`logs`, `logs_note`)."""
+    cap = service_logs.capture(run.svc, since)
+    d.logs, d.logs_note = cap.lines, cap.note
+    run.notes.setdefault("logs", {})[d.sha] = cap
+    if cap.lines:
+        n = min(len(cap.lines), service_logs.PUSHER_LINES)
+        run.say(f"service log, last {n} of {len(cap.lines)} line(s) (`opskit incident last --service "
+                f"{run.svc.name}` has them all):")
+        for ln in cap.lines[-n:]:
+            run.say(f"  log| {ln}")
+    if cap.note:
+        run.say(cap.note)
+    return cap.data()
+
+
 def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None = None) -> Rollout:
     """Move the worktree to sha, run `deploy`, run the health gate; the deploys row tells
     where it is at every moment so a crash leaves a record of where it stopped."""
@@ -74,12 +113,18 @@ def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None =
                                   "deploy_id": deploy_id, "subject": subject, "saved_ref": d.saved_ref},
                  sha=sha)
         run.say(f"{'reverting' if kind == 'revert' else 'deploying'} {svc.name} {short(sha)} {subject}")
+        since = run.clock.now().timestamp()  # OPSKIT_SINCE of the service's log (service_logs.py)
         if svc.deploy:
-            res = run_locked(run, proc.shell_argv(svc.deploy), cwd=svc.worktree, timeout=svc.deploy_timeout,
-                             stream=lambda ln: run.say(f"  | {ln}"),
-                             env=proc.clean_env({"OPSKIT_SERVICE": svc.name, "OPSKIT_SHA": sha,
-                                                 "OPSKIT_PREVIOUS": previous or ""}),
-                             user=accounts.drop_for_service(svc))
+            out = open_deploy_log(run)
+            try:
+                res = run_locked(run, proc.shell_argv(svc.deploy), cwd=svc.worktree, timeout=svc.deploy_timeout,
+                                 stream=lambda ln: run.say(f"  | {ln}"),
+                                 env=proc.clean_env({"OPSKIT_SERVICE": svc.name, "OPSKIT_SHA": sha,
+                                                     "OPSKIT_PREVIOUS": previous or ""}),
+                                 user=accounts.drop_for_service(svc), output=out)
+            finally:
+                if out is not None:
+                    os.close(out)
             data = {"sha": sha, "previous": previous, "step": "deploy", "kind": kind, "deploy_id": deploy_id,
                     "exit": res.returncode, "timed_out": res.timed_out, "duration": round(res.duration, 2),
                     "tail": res.tail_text()}
@@ -87,9 +132,10 @@ def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None =
                 d.reason = ("deploy command timed out after "
                             f"{svc.deploy_timeout:.0f}s" if res.timed_out else f"deploy command failed: {res.describe()}")
                 data["reason"] = d.reason
+                run.say(f"✘ {d.reason}")
+                data.update(note_logs(run, d, since))
                 d.fail_event_id = run.emit("deploy.fail", data, sha=sha).id
                 journal.deploy_finish(deploy_id, "failed", d.reason)
-                run.say(f"✘ {d.reason}")
                 return d
             run.emit("deploy.complete", data, sha=sha)
             run.say(f"deploy command finished in {res.duration:.1f}s")
@@ -110,7 +156,8 @@ def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None =
         # (sandbox = "bwrap") in the sandbox: it is code from the pushed tree.
         verdict = health.gate(h, journal=journal, service=svc.name, chain=run.chain, sha=sha, clock=run.clock,
                               cwd=svc.worktree, wrap=bwrap.probe_wrapper(run.settings, svc),
-                              sandbox=svc.sandbox if h.cmd else None)
+                              sandbox=svc.sandbox if h.cmd else None,
+                              on_fail=lambda: note_logs(run, d, since))
         d.health_event_id = verdict.event_id
         if verdict.healthy:
             d.ok, d.stage, d.reason = True, "done", verdict.reason or "healthy"

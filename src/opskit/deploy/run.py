@@ -63,6 +63,8 @@ class Rollout:
     saved_ref: str | None = None
     health_event_id: int | None = None
     fail_event_id: int | None = None
+    logs: list[str] = field(default_factory=list)  # the service's own log after a failure
+    logs_note: str | None = None  # why there are none, or why they stopped short
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 from opskit.base import bwrap, safety, statefs
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import OpsError, UsageError, redact
+from opskit.deploy import service_logs
 from opskit.git import repo as gitrepo
 from opskit.git.repo import Git
 from opskit.notify import decisions
@@ -168,12 +169,21 @@ def _service(settings: Settings, svc: ServiceSettings) -> list[Check]:
                      svc.health.url or svc.health.tcp or svc.health.cmd or "no probe: deploys are not gated",
                      "add [service.NAME.health] url/tcp/cmd"))
     out.append(_guard(f"{name}: hooks", lambda: _hooks(settings, svc)))
+    out.append(_guard(f"{name}: logs", lambda: _logs(svc)))
     if svc.test or svc.review or svc.health.cmd:
         out.append(_guard(f"{name}: sandbox", lambda: _sandbox(svc)))
     if svc.sandbox == "bwrap" and (svc.test or svc.review or svc.sandbox_bind):
         out.append(_guard(f"{name}: sandbox tools", lambda: _sandbox_tools(settings, svc)))
     out.append(_guard(f"{name}: sudo", lambda: _sudo(svc)))
     return out
+
+
+def _logs(svc: ServiceSettings) -> Check:
+    """Where a failure's message gets the service's own last lines (deploy/service_logs.py)."""
+    src = service_logs.source(svc, 0)
+    return Check(f"service {svc.name}: logs", src.argv is not None, src.label,
+                 f"set [service.{svc.name}] logs = \"COMMAND\" (e.g. \"tail -n 200 app.log\"): a failure's "
+                 "message then shows the service's own last lines", severity="warning")
 
 
 def _sandbox(svc: ServiceSettings) -> Check:

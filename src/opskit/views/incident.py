@@ -31,6 +31,7 @@ from opskit.storage import outbox
 from opskit.storage.journal import Event, Journal
 
 ANCHORS = ("health.fail", "rollback.start", "rollback.complete", "rollback.fail", "service.frozen")
+FENCE = "```"
 SHOWN = ("push.received", "test.", "review.", "merge.", "deploy.", "health.", "rollback.", "service.frozen")
 
 
@@ -61,13 +62,15 @@ class Incident:
     humans: list[str] = field(default_factory=list)
     reverted: list[str] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
+    # The service's own log as each failing event caught it (deploy/service_logs.py), all lines.
+    logs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"service": self.service, "chain": self.chain, "event_id": self.anchor, "status": self.status,
                 "bad": self.bad, "revert": self.revert, "reason": self.reason,
                 "detected_after": _r(self.detected_after), "restored_after": _r(self.restored_after),
                 "downtime": _r(self.downtime), "human_involvement": self.humans or None,
-                "reverted": self.reverted, "notifications": self.notifications,
+                "reverted": self.reverted, "notifications": self.notifications, "logs": self.logs,
                 "steps": [s.to_dict() for s in self.steps]}
 
 
@@ -138,6 +141,7 @@ def build(journal: Journal, anchor: Event) -> Incident:
             inc.steps.append(Step(e.when, e.type, describe(e), e.id))
         if e.type.startswith("health."):
             inc.steps.extend(_probes(e))
+    _logs(inc, events)
     ids = {e.id for e in events}
     _notifications(journal, inc, ids)
     _humans(journal, inc, events)
@@ -174,6 +178,21 @@ def _probes(ev: Event) -> list[Step]:
     t0 = parse_iso(started)
     return [Step(t0 + dt.timedelta(seconds=float(at)), "probe", f"probe +{float(at):.1f}s {'ok ' if ok else 'BAD'} {detail}",
                  ev.id) for at, ok, detail in log]
+
+
+def _logs(inc: Incident, events: list[Event]) -> None:
+    """Each failing event's `logs` once (a rollback.fail repeats the gate's when nothing newer ran)."""
+    seen: set[tuple[str, ...]] = set()
+    for e in events:
+        lines, note = e.data.get("logs"), e.data.get("logs_note")
+        if not isinstance(lines, list) or (not lines and not note):
+            continue
+        key = tuple(str(x) for x in lines) + (str(note or ""),)
+        if key in seen:
+            continue
+        seen.add(key)
+        inc.logs.append({"event_id": e.id, "type": e.type, "sha": e.sha, "lines": [str(x) for x in lines],
+                         "note": note})
 
 
 def _notifications(journal: Journal, inc: Incident, ids: set[int]) -> None:
@@ -255,6 +274,10 @@ def render(inc: Incident) -> list[str]:
               f"restored after:  {_secs(inc.restored_after)} (deploy end → healthy on the reverted code)",
               f"downtime:        {_secs(inc.downtime)} (first failed probe → first healthy probe after the revert)",
               "human involvement: " + ("; ".join(inc.humans) if inc.humans else "none")]
+    for lg in inc.logs:
+        lines.append(f"service log at {lg['type']} #{lg['event_id']} ({str(lg['sha'] or '')[:10]}):"
+                     + (f" {lg['note']}" if lg["note"] else ""))
+        lines += [f"  | {ln}" for ln in lg["lines"]]
     return [shown(line) for line in lines]  # steps quote commit subjects and probe output
 
 
@@ -278,6 +301,14 @@ def markdown(inc: Incident, repo: Git | None) -> str:
             except GitError:
                 out.append("(not in the repository any more)")
         out.append("")
+    if inc.logs:
+        out += ["## The service's log", ""]
+        for lg in inc.logs:
+            out.append(f"At {lg['type']} #{lg['event_id']} (`{str(lg['sha'] or '')[:10]}`)"
+                       + (f": {lg['note']}" if lg["note"] else ":"))
+            if lg["lines"]:
+                out += ["", FENCE] + [str(ln).replace(FENCE, "'" * 3) for ln in lg["lines"]] + [FENCE]
+            out.append("")
     out += ["## What opskit did", ""]
     out += [f"- {s.text}" for s in inc.steps if s.kind.startswith(("rollback.", "service.frozen", "deploy.start"))]
     out += ["", "## Human involvement", ""] + ([f"- {h}" for h in inc.humans] or ["- none"])
