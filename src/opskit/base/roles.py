@@ -52,7 +52,7 @@ def refuse_push_account(verb: str, state_dir: str | os.PathLike[str], services: 
         behind = _sudo_uid()
         if behind is None or behind == 0:
             return
-        mine, who = pushes_to(services, behind), _name(behind)
+        mine, who = pushes_to(services, behind), f"{_name(behind)} (root by sudo acts for SUDO_UID={behind})"
     else:
         mine, who = pushes_to(services), accounts.me()
     if not mine:

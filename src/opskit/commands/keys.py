@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import typer
 
+from opskit.base.errors import UsageError
 from opskit.commands import _common
 
 _USER_HELP = "The push account (default: the one account every service's repo belongs to)."
+
+
+@contextlib.contextmanager
+def _os_errors() -> Iterator[None]:
+    """A full disk, a read-only home, a home the account cannot enter: one line, exit 2."""
+    try:
+        yield
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        raise UsageError(f"keys: {where}{e.strerror or e}; authorized_keys was not replaced (fix that, then run the command "
+                         "again)") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +49,8 @@ def register(app: typer.Typer) -> None:
         """
         from opskit.wiring import keys
 
-        result = keys.add(_common.settings(), name, pubkey, user)
+        with _os_errors():
+            result = keys.add(_common.settings(), name, pubkey, user)
         if as_json:
             _common.print_json(result.to_dict())
             return
@@ -60,7 +76,8 @@ def register(app: typer.Typer) -> None:
         from opskit.base.text import shown
         from opskit.wiring import keys
 
-        account, path, rows = keys.list_keys(_common.settings(), user)
+        with _os_errors():
+            account, path, rows = keys.list_keys(_common.settings(), user)
         if as_json:
             for r in rows:
                 _common.print_json({"account": account, **r.to_dict()})
@@ -84,7 +101,8 @@ def register(app: typer.Typer) -> None:
         """
         from opskit.wiring import keys
 
-        result = keys.remove(_common.settings(), name, user)
+        with _os_errors():
+            result = keys.remove(_common.settings(), name, user)
         if as_json:
             _common.print_json(result.to_dict())
             return
