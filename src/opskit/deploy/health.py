@@ -405,9 +405,6 @@ def gate(spec: HealthSettings, *, journal: Journal, service: str | None = None,
     return verdict
 
 
-def override(spec: HealthSettings, **changes: Any) -> HealthSettings:
-    """spec with the given non-None fields replaced; a new probe kind replaces the old one."""
-    changes = {k: v for k, v in changes.items() if v is not None}
 # --- what the pusher sees -------------------------------------------------------------------
 # A good push is a few lines however long the window (the journal keeps every probe); a failing
 # gate shows its failing probes, the last FAILED_SHOWN of them. Whole lines, no `\r` progress:
@@ -439,6 +436,9 @@ def verdict_lines(verdict: Verdict) -> list[str]:
     return lines
 
 
+def override(spec: HealthSettings, **changes: Any) -> HealthSettings:
+    """spec with the given non-None fields replaced; a new probe kind replaces the old one."""
+    changes = {k: v for k, v in changes.items() if v is not None}
     if any(k in changes for k in ("url", "tcp", "cmd")):
         for k in ("url", "tcp", "cmd"):
             changes.setdefault(k, None)
