@@ -12,12 +12,13 @@ Stdlib only: Git.run calls `drop_for` on every git call, hooks included.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 SETPRIV = "/usr/bin/setpriv"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -98,6 +99,61 @@ def as_user(pw: pwd.struct_passwd, argv: Sequence[str],
     wrapped = [SETPRIV, f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
                *[os.fspath(a) for a in argv]]
     return wrapped, user_env(pw, env)
+
+
+class AccountError(Exception):
+    """What failed in as_account's child, as its message (the child's exception does not cross)."""
+
+
+def as_account(pw: pwd.struct_passwd, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) run as pw in a forked child; its result (JSON-able) or its error, in the parent.
+
+    Root never does a file operation in a folder another account owns: that account can swap any
+    part of it for a link between root's checks and root's writes (its hooks/ folder linked to
+    /etc/cron.hourly made root write a hook there, docs/ARCHITECTURE.md "Who may do what";
+    tests/test_hooks_as_root.py). As the account, a link leads only where it could write anyway.
+    The child runs fn and leaves with os._exit: no atexit, no buffered output of the parent's,
+    no cleanup of objects it shares with the parent. A UsageError in fn is a UsageError here."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(r)
+            try:
+                os.setgroups(os.getgrouplist(pw.pw_name, pw.pw_gid))
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+                if (os.getuid(), os.geteuid(), os.getgid(), os.getegid()) != (pw.pw_uid,) * 2 + (pw.pw_gid,) * 2:
+                    raise AccountError(f"could not become {pw.pw_name}")
+                out: dict[str, Any] = {"ok": True, "result": fn(*args)}
+                code = 0
+            except BaseException as e:  # noqa: BLE001 — everything crosses back as a message
+                out = {"ok": False, "type": type(e).__name__, "message": str(e) or type(e).__name__}
+            data = json.dumps(out).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    with os.fdopen(r, "rb") as f:
+        while chunk := f.read(65536):
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    try:
+        got = json.loads(b"".join(chunks))
+    except ValueError:
+        raise AccountError(f"the process working as {pw.pw_name} died "
+                           f"({os.waitstatus_to_exitcode(status)}) before saying how it went") from None
+    if got.get("ok"):
+        return got.get("result")
+    if got.get("type") in ("UsageError", "ConfigError"):
+        from opskit.base.errors import UsageError  # stdlib-only for the hooks, but for this error
+
+        raise UsageError(got["message"])
+    raise AccountError(got["message"])
 
 
 def dubious_ownership(path: str | os.PathLike[str], stderr: str) -> str | None:

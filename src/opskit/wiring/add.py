@@ -214,7 +214,12 @@ def _make_repo_dir(repo: Path, pw: Any) -> None:
     repo.parent.mkdir(parents=True, exist_ok=True)
     repo.mkdir(mode=0o755)
     if os.geteuid() == 0:
-        os.chown(repo, pw.pw_uid, pw.pw_gid)
+        # Through the folder just made, never its name: a link swapped in there would be followed.
+        fd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+        finally:
+            os.close(fd)
 
 
 def _write_table(config: Path, name: str, table: dict[str, Any]) -> None:

@@ -11,9 +11,11 @@ the folder it names instead.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,25 +223,16 @@ def install(settings: Settings, service: ServiceSettings, *, hooks_path_ok: bool
     if overrides:
         raise UsageError("; ".join(overrides) + "; or pass --hooks-path-ok to install there")
     _check_interpreter(python, [t.git.path for t in targets])
-    for t, folder in plan:
-        for name in t.names:
-            path = folder / name
-            text = _read(path)
-            chained = path.with_name(name + CHAIN_SUFFIX)
-            if text is not None and not is_ours(text) and chained.exists():
-                raise UsageError(f"{path} is a hook opskit did not write, and {chained.name} (the "
-                                 "one opskit chained before) is still there; merge them into "
-                                 f"{chained.name} by hand, remove {name}, and install again")
-    for t, folder in plan:
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            owner = accounts.drop_for(folder.parent)
-            if owner is not None:  # root creating the hooks folder in the git account's repo
-                os.chown(folder, owner.pw_uid, owner.pw_gid)
-        for name in t.names:
-            report.changes.append(_install_one(t, folder / name,
-                                               render(name, python, config_path(settings),
-                                                      service.name, os.path.abspath(settings.state_dir))))
+    # Every read and write in a hooks folder is done by the account that can redirect it
+    # (_worker_for); the check pass runs before any write, so on exit 2 nothing was changed.
+    work = [(t, folder, _worker_for(t.git.path, folder)) for t, folder in plan]
+    for t, folder, pw in work:
+        _in_folder(pw, t.where, folder, "install", _check_folder, folder, t.names)
+    for t, folder, pw in work:
+        files = [(name, render(name, python, config_path(settings), service.name,
+                               os.path.abspath(settings.state_dir))) for name in t.names]
+        done = _in_folder(pw, t.where, folder, "install", _install_folder, t.where, folder, files)
+        report.changes.extend(_change(d) for d in done)
     if service.pull_mode:
         report.notes.append(f"pull mode ({service.repo} is remote): only the worktree hooks are "
                             "installed; the canonical repo's own protections apply to pushes")
@@ -266,10 +259,75 @@ def _check_interpreter(python: str, repos: list[Path]) -> None:
                              "for every account (sudo ./install.sh --system) and use /usr/local/bin/opskit")
 
 
-def _install_one(t: _Target, path: Path, text: str) -> HookChange:
+def _worker_for(repo: Path, folder: Path) -> pwd.struct_passwd | None:
+    """The account that does the file work in folder when we are root: the repo's owner, else
+    the owner of any part of folder's path (a link included) that is not root's. That account
+    can swap what the path leads to, so root working there itself would write wherever it
+    points (hooks/ linked to /etc/cron.hourly: tests/test_hooks_as_root.py). None: root's own."""
+    if os.geteuid() != 0:
+        return None
+    pw = accounts.drop_for(repo)
+    if pw is not None:
+        return pw
+    for p in (folder, *folder.parents):
+        try:
+            uid = os.lstat(p).st_uid
+        except OSError:
+            continue
+        if uid != 0:
+            try:
+                return pwd.getpwuid(uid)
+            except KeyError:
+                raise UsageError(f"{p} belongs to uid {uid}, which has no account; root will not "
+                                 "write hooks there (chown it to the repository's account)") from None
+    return None
+
+
+def _in_folder(pw: pwd.struct_passwd | None, where: str, folder: Path, what: str,
+               fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) here, or as pw (root never writes in another account's folder, docs/ARCHITECTURE.md
+    "Who may do what"); what fails there is exit 2 naming the folder and the account."""
+    if pw is None:
+        return fn(*args)
+    try:
+        return accounts.as_account(pw, fn, *args)
+    except accounts.AccountError as e:
+        raise UsageError(f"hooks {what}: the {where}'s hooks folder {folder}, worked in as {pw.pw_name} "
+                         f"(root never writes there itself): {e}; fix the folder and run it again") from None
+
+
+def _check_folder(folder: Path, names: tuple[str, ...]) -> None:
+    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        link = f"a link to {os.readlink(folder)}, which " if folder.is_symlink() else ""
+        raise PermissionError(f"{folder} is {link}not writable by {accounts.me()}")
+    for name in names:
+        path = folder / name
+        text = _read(path)
+        chained = path.with_name(name + CHAIN_SUFFIX)
+        if text is not None and not is_ours(text) and chained.exists():
+            raise UsageError(f"{path} is a hook opskit did not write, and {chained.name} (the "
+                             "one opskit chained before) is still there; merge them into "
+                             f"{chained.name} by hand, remove {name}, and install again")
+
+
+def _install_folder(where: str, folder: Path, files: list[tuple[str, str]]) -> list[dict[str, str]]:
+    if not folder.exists():
+        folder.mkdir(parents=True)
+    return [_as_dict(_install_one(where, folder / name, text)) for name, text in files]
+
+
+def _as_dict(c: HookChange) -> dict[str, str]:
+    return {"name": c.name, "where": c.where, "path": str(c.path), "action": c.action, "detail": c.detail}
+
+
+def _change(d: dict[str, str]) -> HookChange:
+    return HookChange(d["name"], d["where"], Path(d["path"]), d["action"], d["detail"])
+
+
+def _install_one(where: str, path: Path, text: str) -> HookChange:
     current = _read(path)
     if current == text:
-        return HookChange(path.name, t.where, path, "unchanged")
+        return HookChange(path.name, where, path, "unchanged")
     action, detail = "installed", ""
     if current is not None and is_ours(current):
         action = "updated"
@@ -277,15 +335,10 @@ def _install_one(t: _Target, path: Path, text: str) -> HookChange:
         chained = path.with_name(path.name + CHAIN_SUFFIX)
         os.replace(path, chained)
         detail = f"existing hook kept as {chained.name}, run first"
-    _write_executable(path, text)
-    return HookChange(path.name, t.where, path, action, detail)
-
-
-def _write_executable(path: Path, text: str) -> None:
-    # Atomic: a push arriving mid-install runs either the old hook or the new one. Root
-    # installing into the git account's repo: the hook is theirs.
-    owner = accounts.drop_for(path.parent)
-    replace_file(path, text, mode=0o755, owner=(owner.pw_uid, owner.pw_gid) if owner is not None else None)
+    # Atomic: a push arriving mid-install runs either the old hook or the new one. Written by
+    # whoever owns the folder (as_account when root installs), so the hook is theirs.
+    replace_file(path, text, mode=0o755)
+    return HookChange(path.name, where, path, action, detail)
 
 
 def uninstall(settings: Settings, service: ServiceSettings) -> HooksReport:
@@ -300,28 +353,35 @@ def uninstall(settings: Settings, service: ServiceSettings) -> HooksReport:
         for folder in (t.git.hooks_dir(), t.git.common_dir() / "hooks"):
             if folder not in folders:
                 folders.append(folder)
-        for name in t.names:
-            for folder in folders:
-                change = _uninstall_one(t, folder / name)
+        by_folder = [[_change(d) for d in _in_folder(_worker_for(t.git.path, folder), t.where, folder,
+                                                     "uninstall", _uninstall_folder, t.where, folder, t.names)]
+                     for folder in folders]
+        for i in range(len(t.names)):
+            for folder, changes in zip(folders, by_folder, strict=True):
+                change = changes[i]
                 if change.action != "absent" or folder == folders[0]:
                     report.changes.append(change)
     report.states = hook_states(settings, service)
     return report
 
 
-def _uninstall_one(t: _Target, path: Path) -> HookChange:
+def _uninstall_folder(where: str, folder: Path, names: tuple[str, ...]) -> list[dict[str, str]]:
+    return [_as_dict(_uninstall_one(where, folder / name)) for name in names]
+
+
+def _uninstall_one(where: str, path: Path) -> HookChange:
     chained = path.with_name(path.name + CHAIN_SUFFIX)
     text = _read(path)
     if text is not None and not is_ours(text):
         detail = f"{chained.name} also present, left as is" if chained.exists() else ""
-        return HookChange(path.name, t.where, path, "left", "not opskit's hook; " + detail
+        return HookChange(path.name, where, path, "left", "not opskit's hook; " + detail
                           if detail else "not opskit's hook")
     if text is not None:
         path.unlink()
     if chained.exists() or chained.is_symlink():
         os.replace(chained, path)
-        return HookChange(path.name, t.where, path, "restored", f"{chained.name} put back")
-    return HookChange(path.name, t.where, path, "removed" if text is not None else "absent")
+        return HookChange(path.name, where, path, "restored", f"{chained.name} put back")
+    return HookChange(path.name, where, path, "removed" if text is not None else "absent")
 
 
 def status(settings: Settings, service: ServiceSettings) -> HooksReport:
