@@ -7,10 +7,12 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,9 @@ from opskit.base.errors import UsageError
 from opskit.chain import approvals, inbox
 from opskit.git.repo import Git
 from opskit.notify import decisions
+from opskit.notify.base import Action
+from opskit.storage import approvals as approvals_store
+from opskit.storage import decisions as decisions_store
 from opskit.storage.journal import Journal
 from tests.support.chain import order
 from tests.support.crontab import cron_account_fixture, cron_user_fixture  # noqa: F401 - fixtures
@@ -37,7 +42,7 @@ def test_approve_by_telegram_merges_deploys_and_edits_the_message(phone: Phone) 
     before = cs.tip()
     row = phone.park(app="v2\n")
     msg = phone.tg_last()
-    assert [b["text"] for b in msg.buttons()] == ["Approve", "Reject"]
+    assert [b["text"] for b in msg.buttons()] == [f"Approve #{row.id} {row.sha[:7]}", f"Reject #{row.id} {row.sha[:7]}"]
     for needed in ("svc", "feature/h", "Pushed by", "feature/h: the change to decide", "Diffstat:", "app",
                    "Review (review.needs-human)", "Test (test.pass)", f"opskit approve {row.id}"):
         assert needed in msg.text, (needed, msg.text)
@@ -77,7 +82,7 @@ def test_approve_by_ntfy_tap_and_follow_up(phone: Phone) -> None:
     before = cs.tip()
     row = phone.park()
     sent = phone.ntfy_last()
-    assert [a["label"] for a in sent.actions] == ["Approve", "Reject"]
+    assert [a["label"] for a in sent.actions] == [f"Approve #{row.id} {row.sha[:7]}", f"Reject #{row.id} {row.sha[:7]}"]
     assert all(a["headers"] == {"Authorization": f"Bearer {PHONE}"} for a in sent.actions)
     phone.ntfy_tap("Approve")
     p = phone.inbox()
@@ -308,13 +313,13 @@ def test_freeze_after_an_auto_revert_then_unfreeze(phone: Phone) -> None:
     cs.push("feature/bad")
     assert cs.last("rollback.complete")
     msg = phone.tg_last()
-    assert [b["text"] for b in msg.buttons()] == ["Freeze"] and "opskit incident last --service svc" in msg.text
+    assert [b["text"] for b in msg.buttons()] == ["Freeze svc"] and "opskit incident last --service svc" in msg.text
     phone.tg_tap("Freeze")
     assert phone.inbox().returncode == 0
     j = cs.st.journal()
     frozen = j.kv_get("frozen", "svc")
     assert frozen and frozen["reason"] == "frozen by telegram:4242 @alice: tapped on tg"
-    assert [b["text"] for b in msg.buttons()] == ["Unfreeze"]  # the edited message offers the way back
+    assert [b["text"] for b in msg.buttons()] == ["Unfreeze svc"]  # the edited message offers the way back
     p = cs.cli("deploy", "svc", "--sha", cs.tip())
     assert p.returncode != 0 and "frozen" in (p.stdout + p.stderr).lower()
     phone.tg_tap("Unfreeze", message=msg)
@@ -356,7 +361,7 @@ def test_the_reminder_carries_fresh_buttons(phone: Phone) -> None:
     assert approvals.remind_overdue(settings, Journal(settings.state_dir, later), later) == 1
     reminder = phone.tg_last()
     assert reminder.message_id != first.message_id and "has waited 25h" in reminder.text
-    assert [b["text"] for b in reminder.buttons()] == ["Approve", "Reject"]
+    assert [b["text"] for b in reminder.buttons()] == [f"Approve #{row.id} {row.sha[:7]}", f"Reject #{row.id} {row.sha[:7]}"]
     assert reminder.buttons()[0]["callback_data"] != first.buttons()[0]["callback_data"]
     phone.tg_tap("Approve", message=reminder)
     assert phone.inbox().returncode == 0
@@ -373,7 +378,8 @@ def test_an_approval_that_cannot_merge_yet_keeps_its_buttons(phone: Phone) -> No
     phone.tg_tap("Approve")
     assert phone.inbox().returncode == 0
     assert cs.tip() == before and approvals.get(j, row.id).status == "parked"  # type: ignore[union-attr]
-    assert [b["text"] for b in msg.buttons()] == ["Approve", "Reject"] and "frozen" in msg.text
+    assert [b["text"] for b in msg.buttons()] == [f"Approve #{row.id} {row.sha[:7]}", f"Reject #{row.id} {row.sha[:7]}"] \
+        and "frozen" in msg.text
     assert cs.cli("unfreeze", "svc").returncode == 0
     phone.tg_tap("Approve", message=msg)
     assert phone.inbox().returncode == 0
@@ -458,3 +464,136 @@ def test_the_decision_key_is_its_owners_and_in_a_shared_state_dir_roots_alone(tm
     path.unlink()
     planted.rename(path)
     assert decisions.secret(shared) != b"k" * 32 and path.stat().st_uid == 0
+
+
+# --- the journal is the push account's to write too: root applies only what it checked ---------
+
+class _Recorder:
+    """Applies nothing: records what it was asked to apply."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, str]] = []
+
+    def still_waits(self, found: decisions.Offer) -> str | None:
+        return None
+
+    def apply(self, found: decisions.Offer, by: str) -> tuple[str, bool]:
+        self.applied.append((found.action, found.target))
+        return f"{found.action} {found.target} by {by}", True
+
+    def waits_again(self, found: decisions.Offer) -> bool:
+        return False
+
+
+def _tg(tmp_path: Path, write_config: Callable[[str], Path]) -> config.Settings:
+    return config.load(write_config(
+        f'[opskit]\nstate_dir = "{tmp_path / "state"}"\nnotify = ["tg"]\n[notify.tg]\n'
+        f'type = "telegram"\ntoken = "{BOT}"\nchat_id = "1"\nallowed_users = [{ALICE}]\n'))
+
+
+def _forge(j: Journal, sql: str, *args: object) -> None:
+    """The push account's UPDATE, through a connection of its own."""
+    c = sqlite3.connect(j.path)
+    try:
+        with c:
+            c.execute(sql, args)
+    finally:
+        c.close()
+
+
+def test_a_row_rewritten_between_the_claim_and_the_apply_applies_nothing(tmp_path: Path, write_config: Callable[[str], Path],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _tg(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    (freeze,) = decisions.sign(settings, j, decisions.offer(settings, j, "svc", [("freeze", "svc")])) or ()
+    claim = decisions_store.claim_by_tap
+
+    def claim_then_forge(journal: Journal, *args: object, **kwargs: object) -> tuple[bool, bool]:
+        got = claim(journal, *args, **kwargs)  # type: ignore[arg-type]
+        _forge(journal, "UPDATE decision_offers SET action = 'approve', target = '7' WHERE status = 'applying'")
+        return got
+
+    monkeypatch.setattr(decisions_store, "claim_by_tap", claim_then_forge)
+    rec = _Recorder()
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="1", token=freeze.token, by="telegram:4242 @alice")
+    # refused, not the freeze either: the row it would have to finish is no longer what was signed
+    assert rec.applied == [] and v.status == "refused" and not v.ok
+    assert "changed in the journal after its token was checked (action, target)" in v.text
+    (refused,) = _decisions_of(j, "refused")
+    assert refused["action"] == "freeze" and refused["target"] == "svc" and refused["by"] == "telegram:4242 @alice"
+    assert not _decisions_of(j, "applied")
+
+
+def test_a_row_rewritten_between_the_check_and_the_claim_is_not_claimed(tmp_path: Path, write_config: Callable[[str], Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _tg(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    (freeze,) = decisions.sign(settings, j, decisions.offer(settings, j, "svc", [("freeze", "svc")])) or ()
+    check = decisions.check
+
+    def check_then_forge(*args: object, **kwargs: object) -> tuple[decisions.Offer | None, str | None]:
+        got = check(*args, **kwargs)  # type: ignore[arg-type]
+        _forge(j, "UPDATE decision_offers SET action = 'approve', target = '7'")
+        return got
+
+    monkeypatch.setattr(decisions, "check", check_then_forge)
+    rec = _Recorder()
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="1", token=freeze.token, by="telegram:4242 @alice")
+    assert rec.applied == [] and v.status == "refused"
+    offer = decisions_store.get_offer(j, int(freeze.token.split(".")[1]))
+    assert offer is not None and offer.status == "open"  # never claimed
+    assert not _decisions_of(j, "applied")
+
+
+def test_a_spent_claim_set_back_to_applying_is_not_resumed(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _tg(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    (freeze,) = decisions.sign(settings, j, decisions.offer(settings, j, "svc", [("freeze", "svc")])) or ()
+    rec = _Recorder()
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="1", token=freeze.token, by="telegram:4242 @alice")
+    assert v.status == "applied" and rec.applied == [("freeze", "svc")]
+    assert v.offer is not None and v.offer.proof is None  # spent with its claim
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _forge(j, "UPDATE decision_offers SET status = 'applying', claimed_by = ?", dead.pid)
+    (again,) = decisions.resume(settings, j, rec)
+    assert again.status == "refused" and "no valid proof" in again.text
+    assert rec.applied == [("freeze", "svc")]  # once, by the tap
+
+
+def test_root_signs_no_offer_opskit_did_not_make(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _tg(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    now = dt.datetime.now(dt.timezone.utc)
+    created = now.isoformat(timespec="seconds")
+    forever, spent, old = decisions_store.insert_offers(
+        j, "svc", [("approve", "13", "abc1234" * 5), ("freeze", "svc", None), ("unfreeze", "svc", None)],
+        created, 253402300799)  # the year 9999
+    _forge(j, "UPDATE decision_offers SET status = 'applied' WHERE id = ?", spent)
+    _forge(j, "UPDATE decision_offers SET expires = ?, created = ? WHERE id = ?", int(now.timestamp()) - 60,
+           (now - dt.timedelta(hours=1)).isoformat(timespec="seconds"), old)
+    queued = [Action("Tap to confirm the rollback of #12", f"{decisions.UNSIGNED}{i}") for i in (forever, spent, old)]
+    assert decisions.sign(settings, j, queued) == ()
+    reasons = {d["offer"]: str(d["reason"]) for d in _decisions_of(j, "refused")}
+    assert "more than svc's approval_timeout" in reasons[forever] and reasons[forever].startswith("button not signed")
+    assert "is applied, not open" in reasons[spent] and "expired at" in reasons[old]
+
+
+def test_a_button_names_what_it_acts_on_whatever_the_message_says(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _tg(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    parked = approvals_store.park(j, service="svc", chain="c1", branch="feature/x", sha="abc1234def" * 4, base=None,
+                                  cause="review asked for a human")
+    queued = decisions.offer(settings, j, "svc", [("approve", str(parked.id)), ("reject", str(parked.id)),
+                                                  ("unfreeze", "svc")])
+    labels = [a.label for a in decisions.sign(settings, j, [Action("Rollback #12", a.token) for a in queued]) or ()]
+    assert labels == [f"Approve #{parked.id} abc1234", f"Reject #{parked.id} abc1234", "Unfreeze svc"]
+    (forged,) = decisions_store.insert_offers(j, "svc", [("freeze", "svc; http, Rollback, x", None)],
+                                              dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                              int(time.time()) + 60)
+    (button,) = decisions.sign(settings, j, [Action("x", f"{decisions.UNSIGNED}{forged}")]) or ()
+    assert "," not in button.label and ";" not in button.label and len(button.label) <= decisions.LABEL_MAX
+
+
+def _decisions_of(j: Journal, kind: str) -> list[dict[str, object]]:
+    return [e.data for e in j.query(type_prefix=f"decision.{kind}")]

@@ -61,7 +61,7 @@ class Phone:
 
     def ntfy_tap(self, label: str, message: NtfyMessage | None = None) -> httpx.Response:
         m = message or self.ntfy_last()
-        (action,) = [a for a in m.actions if a["label"] == label]
+        (action,) = [a for a in m.actions if a["label"] == label or a["label"].split(" ")[0] == label]
         assert action["action"] == "http"
         resp = httpx.request(action.get("method", "POST"), action["url"], headers=action.get("headers", {}),
                              content=action.get("body", "").encode(), timeout=10)

@@ -78,7 +78,7 @@ class CliApplier:
         if found.action == "unfreeze" and frozen is None:
             return f"{found.target} is not frozen"
         if found.action == "unfreeze" and found.subject is not None \
-                and str(frozen.get("frozen_event")) != found.subject:  # type: ignore[union-attr]
+                and decisions.freeze_subject(frozen) != found.subject:
             # an Unfreeze offered for one freeze must not lift a later one
             return (f"{found.target} no longer waits for this Unfreeze: it was offered for the freeze of event "
                     f"#{found.subject}, which ended; the service was frozen again since")
@@ -275,7 +275,7 @@ def _tap(settings: Settings, journal: Journal, applier: CliApplier, ch: ChannelS
         mark = "✅" if v.ok else "⚠️"
         text = cut(f"{msg.get('text') or ''}\n\n{mark} {v.text}", telegram.TEXT_MAX, "…")
         edit: dict[str, Any] = {"chat_id": reply["chat_id"], "message_id": reply["message_id"], "text": text}
-        undo = decisions.sign(settings, journal, _undo(settings, journal, v, clock)) or ()
+        undo = decisions.sign(settings, journal, _undo(settings, journal, v, clock), clock) or ()
         if undo:
             edit["reply_markup"] = {"inline_keyboard": [[{"text": a.label, "callback_data": a.token} for a in undo]]}
         elif v.offer.status == "open" and isinstance(msg.get("reply_markup"), dict):

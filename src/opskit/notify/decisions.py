@@ -26,15 +26,16 @@ import datetime as dt
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from opskit.base import statefs
-from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.clock import SYSTEM, Clock, iso, parse_iso
 from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
 from opskit.base.proc import pid_alive
@@ -49,6 +50,8 @@ LABELS = {"approve": "Approve", "reject": "Reject", "freeze": "Freeze", "unfreez
 KEY_FILE = "decision.key"
 MAC_BYTES = 16
 UNSIGNED = "offer:"  # a queued button: the offer it is for, signed when the message is sent
+LABEL_MAX = 40  # a button's text: short for Telegram's inline keyboard and ntfy's action header
+LIFE_SLACK = 120  # seconds an offer's expiry may exceed its creation plus approval_timeout
 # --- the key and the tokens -----------------------------------------------------------------
 
 def holds_key(state_dir: Path) -> bool:
@@ -187,25 +190,69 @@ def subject_of(journal: Journal, action: str, target: str) -> str | None:
         row = approvals_store.get(journal, int(target))
         return row.sha if row is not None else None
     if action == "unfreeze":
-        frozen = journal.frozen(target)
-        event = frozen.get("frozen_event") if frozen else None
-        return str(event) if event is not None else None
+        return freeze_subject(journal.frozen(target))
     return None
+
+
+def freeze_subject(frozen: dict[str, Any] | None) -> str | None:
+    """Which freeze this is: its service.frozen event id, or (before that event is journaled,
+    or when the journal could not take it) the freeze's own id — an Unfreeze is bound to one."""
+    if not frozen:
+        return None
+    if frozen.get("frozen_event") is not None:
+        return str(frozen["frozen_event"])
+    return f"freeze:{frozen['freeze_id']}" if frozen.get("freeze_id") else None
 
 
 def token(key: bytes, found: Offer) -> str:
     return f"1.{found.id}.{_b36(found.expires)}.{_mac(key, found.id, found.action, found.target, found.expires, found.subject)}"
 
 
+def label(found: Offer) -> str:
+    """What a signed button says: its action and what it acts on, read from the offer row
+    itself, never from the message beside it ("Approve #13 abc1234", "Unfreeze app"). The row
+    is the journal's, so only plain characters go through (no `,` or `;`: ntfy's action syntax)."""
+    if found.action in ("approve", "reject"):
+        what = f"#{found.target}" + (f" {found.subject[:7]}" if found.subject else "")
+    else:
+        what = found.target
+    text = re.sub(r"[^A-Za-z0-9#._@:/ -]", "", f"{LABELS[found.action]} {what}")
+    return text[:LABEL_MAX].rstrip()
+
+
+def unsignable(settings: Settings, found: Offer, now: float) -> str | None:
+    """Why root must not sign this offer row, or None. Offers are the journal's, which the push
+    account writes: one that is spent, expired, or lives longer than its service's
+    approval_timeout (a row written by hand, not by offer()) gets no token."""
+    if found.action not in ACTIONS:
+        return f"unknown action {found.action!r}"
+    if found.status != "open":
+        return f"offer {found.id} is {found.status}, not open"
+    if now >= found.expires:
+        return f"offer {found.id} expired at {iso(dt.datetime.fromtimestamp(found.expires, dt.timezone.utc))}"
+    svc = settings.services.get(found.service)
+    life = svc.approval_timeout if svc is not None else 24 * 3600.0
+    try:
+        created = parse_iso(found.created).timestamp()
+    except (TypeError, ValueError):
+        return f"offer {found.id} has no readable creation time ({found.created!r})"
+    if found.expires > created + life + LIFE_SLACK:
+        return (f"offer {found.id} expires {found.expires - created:.0f}s after it was made, more than "
+                f"{found.service}'s approval_timeout ({life:.0f}s): not an offer opskit made")
+    return None
+
+
 def needs_signing(actions: Sequence[Action]) -> bool:
     return any(a.token.startswith(UNSIGNED) for a in actions)
 
 
-def sign(settings: Settings, journal: Journal, actions: Sequence[Action]) -> tuple[Action, ...] | None:
+def sign(settings: Settings, journal: Journal, actions: Sequence[Action],
+         clock: Clock = SYSTEM) -> tuple[Action, ...] | None:
     """The buttons with their tokens, made now; None when this process may not hold the key
     (the message waits for root's `opskit inbox` or `notify --flush`). Each label is the offer's
-    own action, whatever the queued row says. A key that cannot be used, or an offer that is
-    gone, costs its buttons, never the message (its text names the commands)."""
+    own action and subject (label()), whatever the queued row says. A key that cannot be used,
+    an offer that is gone, or one unsignable() refuses costs its buttons, never the message (its
+    text names the commands); a refused offer is journaled as decision.refused."""
     if not needs_signing(actions):
         return tuple(actions)
     if not holds_key(settings.state_dir):
@@ -215,14 +262,22 @@ def sign(settings: Settings, journal: Journal, actions: Sequence[Action]) -> tup
     except (OpsError, OSError):
         return tuple(a for a in actions if not a.token.startswith(UNSIGNED))
     out = []
+    now = clock.now().timestamp()
     for a in actions:
         if not a.token.startswith(UNSIGNED):
             out.append(a)
             continue
         ident = a.token[len(UNSIGNED):]
         found = store.get_offer(journal, int(ident)) if ident.isdigit() else None
-        if found is not None and found.action in ACTIONS:
-            out.append(Action(LABELS[found.action], token(key, found)))
+        if found is None:
+            continue
+        why = unsignable(settings, found, now)
+        if why is not None:
+            journal.append("decision.refused", found.service, {
+                "action": found.action, "target": found.target, "offer": found.id,
+                "reason": f"button not signed: {why}"})
+            continue
+        out.append(Action(label(found), token(key, found)))
     return tuple(out)
 
 
@@ -322,7 +377,7 @@ def receive(settings: Settings, journal: Journal, applier: Applier, *, channel: 
     if why is not None or found is None:
         return _refused(journal, channel, msg_id, found, by, why or "refused", clock)
     proof = claim_proof(secret(settings.state_dir), found, channel, msg_id, by)
-    again, claimed = store.claim_by_tap(journal, found.id, channel=channel, msg_id=msg_id, by=by, reply=reply,
+    again, claimed = store.claim_by_tap(journal, found, channel=channel, msg_id=msg_id, by=by, reply=reply,
                                         now=iso(clock.now()), proof=proof)
     if again:
         return _seen(journal, channel, msg_id)
@@ -335,7 +390,7 @@ def receive(settings: Settings, journal: Journal, applier: Applier, *, channel: 
         return Verdict("refused", f"already decided{who}", found, ok=False)
     journal.append("decision.received", found.service, {"channel": channel, "by": by, "action": found.action,
                                                          "target": found.target, "offer": found.id})
-    return _apply(journal, applier, found.id, by)
+    return _apply(journal, applier, found, by)
 
 
 def _seen(journal: Journal, channel: str, msg_id: str) -> Verdict:
@@ -361,9 +416,27 @@ def _refused(journal: Journal, channel: str, msg_id: str, found: Offer | None, b
     return Verdict("refused", f"refused: {why}; nothing changed", found, ok=False)
 
 
-def _apply(journal: Journal, applier: Applier, offer_id: int, by: str) -> Verdict:
-    found = store.get_offer(journal, offer_id)
-    assert found is not None
+SIGNED = ("action", "target", "subject", "expires")
+
+
+def _apply(journal: Journal, applier: Applier, verified: Offer, by: str) -> Verdict:
+    """Apply exactly the offer that was checked (a token's HMAC, a claim's proof) and claimed.
+    The row is the journal's, which the push account writes: if it no longer says what was
+    checked, or is no longer our claim, nothing is applied and the tap is refused."""
+    row = store.get_offer(journal, verified.id)
+    changed = [f for f in SIGNED if row is None or getattr(row, f) != getattr(verified, f)]
+    if row is None or changed or row.status != "applying" or row.claimed_by != os.getpid():
+        why = ("the offer was changed in the journal after its token was checked ("
+               + (", ".join(changed) if changed else "no longer our claim") + "): not applied")
+        store.mark_applied(journal, verified.id, f"refused: {why}")
+        journal.append("decision.refused", verified.service, {
+            "channel": verified.channel or (row.channel if row else None), "by": by, "action": verified.action,
+            "target": verified.target, "offer": verified.id, "reason": why})
+        return Verdict("refused", f"refused: {why}; nothing changed", verified, ok=False)
+    # what was signed, whatever the row says from here on
+    found = replace(row, action=verified.action, target=verified.target, subject=verified.subject,
+                    expires=verified.expires)
+    offer_id = found.id
     try:
         text, ok = applier.apply(found, by)
     except OpsError as e:  # e.g. decided at the same moment by `opskit approve`
@@ -380,7 +453,7 @@ def _apply(journal: Journal, applier: Applier, offer_id: int, by: str) -> Verdic
 
 def claim_proof(key: bytes, found: Offer, channel: str, msg_id: str, by: str) -> str:
     """What only the key holder can write beside a claim: resume() applies a claim only with it."""
-    msg = f"claim|{found.id}|{found.action}|{found.target}|{found.subject}|{channel}|{msg_id}|{by}"
+    msg = f"claim|{found.id}|{found.action}|{found.target}|{found.subject}|{found.expires}|{channel}|{msg_id}|{by}"
     return base64.urlsafe_b64encode(hmac.new(key, msg.encode(), hashlib.sha256).digest()).decode().rstrip("=")
 
 
@@ -389,7 +462,10 @@ def resume(settings: Settings, journal: Journal, applier: Applier, clock: Clock 
 
     Only a claim a tap made counts: the journal is the push account's to write too, and an
     `applying` row under a dead pid, written by hand, must never make root decide (tests/test_pusher_cannot_decide.py).
-    A claim without the key holder's proof goes back to open and is journaled as refused."""
+    A claim without the key holder's proof goes back to open and is journaled as refused. A proof
+    is spent when its claim ends (finish, mark_applied, unclaim clear it), so an ended row set back
+    to applying by hand has none; the reclaim takes the row only while it says what the proof
+    covers, and the apply is of the row as checked (_apply)."""
     out = []
     key: bytes | None = None
     for found in store.applying(journal):
@@ -409,7 +485,7 @@ def resume(settings: Settings, journal: Journal, applier: Applier, clock: Clock 
             continue
         why = applier.still_waits(found)
         if why is None:
-            out.append(_apply(journal, applier, found.id, found.decided_by or "?"))
+            out.append(_apply(journal, applier, found, found.decided_by or "?"))
             continue
         text = f"applied before an interruption ({why})"
         store.mark_applied(journal, found.id, text)

@@ -228,7 +228,9 @@ class TelegramBot:
         `data`: what a modified client sends instead (a replayed or forged callback)."""
         with self._cv:
             msg = next(m for m in self.messages if m.message_id == message_id)
-            button = next((b for b in msg.buttons() if b["text"] == label), None)
+            # a button's text names what it acts on ("Approve #3 abc1234"): its verb finds it
+            button = next((b for b in msg.buttons() if b["text"] == label), None) \
+                or next((b for b in msg.buttons() if str(b["text"]).split(" ")[0] == label), None)
             if data is not None:
                 button = {"text": label, "callback_data": data}
             if button is None or "callback_data" not in button:

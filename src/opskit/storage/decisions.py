@@ -117,21 +117,27 @@ def tap_seen(journal: Journal, channel: str, msg_id: str) -> bool:
                                      (channel, msg_id)).fetchone() is not None
 
 
-def claim_by_tap(journal: Journal, offer_id: int, *, channel: str, msg_id: str, by: str,
+def claim_by_tap(journal: Journal, found: Offer, *, channel: str, msg_id: str, by: str,
                  reply: dict[str, Any] | None, now: str, proof: str) -> tuple[bool, bool]:
-    """Record the tap and claim its offer, in one transaction: (seen before, claimed)."""
+    """Record the tap and claim its offer, in one transaction: (seen before, claimed).
+
+    `found` is the offer as its token was checked: the claim takes the row only while it still
+    says what was signed (action, target, subject, expiry), so a row rewritten after the check
+    is never claimed."""
     with _db(journal).tx() as c:
         if c.execute("SELECT 1 FROM decision_taps WHERE channel = ? AND msg_id = ?",
                      (channel, msg_id)).fetchone():
             return True, False
         c.execute("INSERT INTO decision_taps (channel, msg_id, offer_id, seen) VALUES (?, ?, ?, ?)",
-                  (channel, msg_id, offer_id, now))
+                  (channel, msg_id, found.id, now))
         # Approve and Reject of one change are two offers: the approval row's own
         # compare-and-swap settles a race between them.
         claimed = c.execute(
             "UPDATE decision_offers SET status = 'applying', channel = ?, decided_by = ?, claimed_by = ?, "
-            "claimed_at = ?, reply = ?, tap = ?, answered = NULL, proof = ? WHERE id = ? AND status = 'open'",
-            (channel, by, os.getpid(), now, json.dumps(reply or {}), msg_id, proof, offer_id)).rowcount
+            "claimed_at = ?, reply = ?, tap = ?, answered = NULL, proof = ? WHERE id = ? AND status = 'open' "
+            "AND action = ? AND target = ? AND subject IS ? AND expires = ?",
+            (channel, by, os.getpid(), now, json.dumps(reply or {}), msg_id, proof, found.id,
+             found.action, found.target, found.subject, found.expires)).rowcount
     return False, bool(claimed)
 
 
@@ -156,9 +162,10 @@ def set_answered(journal: Journal, offer_id: int, now: str) -> None:
 
 def finish(journal: Journal, found: Offer, outcome: str, *, waits: bool) -> None:
     """End an applying offer: open again when its target still waits, else applied (and the
-    other button of the same change with it)."""
+    other button of the same change with it). The claim's proof is spent: a row set back to
+    applying never passes resume's check again."""
     with _db(journal).tx() as c:
-        c.execute("UPDATE decision_offers SET status = ?, outcome = ?, claimed_by = NULL "
+        c.execute("UPDATE decision_offers SET status = ?, outcome = ?, claimed_by = NULL, proof = NULL "
                   "WHERE id = ? AND status = 'applying'", ("open" if waits else "applied", outcome, found.id))
         if found.action in ("approve", "reject") and not waits:
             c.execute("UPDATE decision_offers SET status = 'applied', outcome = ? WHERE status = 'open' "
@@ -173,17 +180,20 @@ def applying(journal: Journal) -> list[Offer]:
 
 
 def reclaim(journal: Journal, found: Offer, now: str) -> bool:
-    """Take over an applying offer whose claimer is gone; False when another run did first."""
+    """Take over an applying offer whose claimer is gone; False when another run did first, or
+    when the row no longer says what its proof was checked against (`found`)."""
     with _db(journal).tx() as c:
         return bool(c.execute("UPDATE decision_offers SET claimed_by = ?, claimed_at = ? "
-                              "WHERE id = ? AND status = 'applying' AND claimed_by IS ?",
-                              (os.getpid(), now, found.id, found.claimed_by)).rowcount)
+                              "WHERE id = ? AND status = 'applying' AND claimed_by IS ? AND action = ? "
+                              "AND target = ? AND subject IS ? AND expires = ? AND proof IS ?",
+                              (os.getpid(), now, found.id, found.claimed_by, found.action, found.target,
+                               found.subject, found.expires, found.proof)).rowcount)
 
 
 def mark_applied(journal: Journal, offer_id: int, outcome: str) -> None:
     with _db(journal).tx() as c:
-        c.execute("UPDATE decision_offers SET status = 'applied', outcome = ?, claimed_by = NULL WHERE id = ?",
-                  (outcome, offer_id))
+        c.execute("UPDATE decision_offers SET status = 'applied', outcome = ?, claimed_by = NULL, proof = NULL "
+                  "WHERE id = ?", (outcome, offer_id))
 
 
 def unclaim(journal: Journal, found: Offer, outcome: str) -> bool:
