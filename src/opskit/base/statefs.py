@@ -28,6 +28,11 @@ append opskit does in the state dir goes through open_file() here, and the rule 
 - Anything else raises Unsafe (exit 2): one line naming the path, what is wrong and the fix
   (`rm` it). Nothing is opened, created, truncated or chmodded — a dangling link's target is
   never created.
+- SQLite opens its database by name, so a check before it is only half the rule: a member can
+  swap a link in between (renameat2 RENAME_EXCHANGE in a loop). storage/journal.py
+  connect_checked() never lets SQLite create the file (mode=rw / mode=ro), and before anything is read or written it finds
+  the descriptor SQLite just opened (/proc/self/fd, check_opened) and compares its inode with the one
+  check_sqlite() saw; another file is closed unread and unwritten, and Unsafe.
 
 Stdlib only: the hooks create the journal.
 """
@@ -183,7 +188,7 @@ def open_file(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], f
             except OSError as e:
                 if e.errno == errno.ELOOP:
                     raise Unsafe(path, "is a symbolic link") from None
-                if e.errno == errno.ENXIO:  # a FIFO nobody writes, opened for writing
+                if e.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO nobody writes, or a folder, opened for writing
                     raise Unsafe(path, "is not a regular file") from None
                 raise
         if fd < 0:
@@ -234,6 +239,8 @@ def open_private(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise Unsafe(path, "is a symbolic link") from None
+            if e.errno in (errno.ENXIO, errno.EISDIR):
+                raise Unsafe(path, "is not a regular file") from None
             raise
     finally:
         os.close(dfd)
@@ -271,12 +278,13 @@ def _lstat_in(path: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -
     return st
 
 
-def check_sqlite(db: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> None:
+def check_sqlite(db: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> os.stat_result | None:
     """Before SQLite opens db by name (it follows links, and writes its -wal and -shm): each of
     the three absent, or a regular single-link file reached without a link; -wal and -shm also
     the group's (open_file's rule) or exactly what SQLite makes them, the db's owner and mode.
     (SQLite never writes over a db file that is not a database, so any owner may hold that.)
-    Raises Unsafe: planted -wal/-shm links were exit 3 and followed (tests/test_state_links.py)."""
+    Raises Unsafe: planted -wal/-shm links were exit 3 and followed (tests/test_state_links.py).
+    Returns the db's lstat (None: absent), for check_opened to hold SQLite's open to."""
     state_st = os.stat(state_dir)
     main = _lstat_in(db, state_dir)
     if main is not None:
@@ -290,6 +298,33 @@ def check_sqlite(db: str | os.PathLike[str], state_dir: str | os.PathLike[str]) 
         if main is not None and (st.st_uid, st.st_mode) == (main.st_uid, main.st_mode):
             continue
         check_existing(st, side, write=True, state_st=state_st)
+    return main
+
+
+def open_files() -> dict[int, tuple[int, int]]:
+    """This process's descriptors of regular files: fd -> (st_dev, st_ino)."""
+    out: dict[int, tuple[int, int]] = {}
+    for name in os.listdir("/proc/self/fd"):  # its own descriptor is closed by now: EBADF below
+        try:
+            st = os.fstat(int(name))
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out[int(name)] = (st.st_dev, st.st_ino)
+    return out
+
+
+def check_opened(before: dict[int, tuple[int, int]], seen: os.stat_result,
+                 db: str | os.PathLike[str]) -> None:
+    """After SQLite's connect (it opens the main file there and nothing else), before any read or
+    write: the file it opened is `seen`, the one check_sqlite() checked; else Unsafe. With no new
+    descriptor at all SQLite took back one it kept of that inode (a closed connection's, while
+    another of this process locks it). The caller holds a lock so the new descriptors are its own."""
+    after = open_files()
+    want = (seen.st_dev, seen.st_ino)
+    new = [ino for fd, ino in after.items() if before.get(fd) != ino]
+    if want not in new and (new or want not in after.values()):
+        raise Unsafe(db, "was replaced by another file while SQLite opened it (a link swapped in)")
 
 
 @contextmanager

@@ -18,10 +18,11 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from opskit.base import statefs
 from opskit.base.clock import SYSTEM, Clock, iso, iso_precise, parse_iso
@@ -30,6 +31,34 @@ from opskit.storage import fallback
 
 _T = TypeVar("_T")
 _SQL_INT_MAX = 2**63 - 1  # SQLite integers are 64-bit
+
+_CONNECTING = threading.Lock()  # one connect_checked at a time: its new descriptors are its own
+
+
+def connect_checked(db: str | os.PathLike[str], state_dir: str | os.PathLike[str], mode: str = "rw",
+                    *, seen: os.stat_result | None = None, timeout: float = 5.0,
+                    isolation_level: Literal["DEFERRED", "EXCLUSIVE", "IMMEDIATE"] | None = "DEFERRED",
+                    ) -> sqlite3.Connection:
+    """sqlite3.connect() of an existing db in the state dir that is the very file check_sqlite
+    saw (`seen`, else checked here): mode "rw" or "ro" never creates it (a link's missing target
+    stays missing: sqlite3.OperationalError), and the main file SQLite opened must be that inode
+    before anything is read or written, else the connection is closed and statefs.Unsafe
+    (statefs' module docstring). FileNotFoundError when db is absent."""
+    if seen is None:
+        seen = statefs.check_sqlite(db, state_dir)
+        if seen is None:
+            raise FileNotFoundError(2, "no such database", os.fspath(db))
+    uri = f"file:{urllib.parse.quote(os.path.abspath(db))}?mode={mode}"
+    with _CONNECTING:
+        before = statefs.open_files()
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=isolation_level)
+        try:
+            statefs.check_opened(before, seen, db)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -208,10 +237,21 @@ class Journal:
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            statefs.check_sqlite(self.path, self.state_dir)  # SQLite follows links (tests/test_state_links.py)
+            # SQLite opens by name and follows links: the file it opened must be the one checked,
+            # and it never creates one (a link swapped in between: connect_checked).
+            seen = statefs.check_sqlite(self.path, self.state_dir)
+            if seen is None:  # removed since __init__ made it: made again here, never by SQLite
+                with contextlib.suppress(FileExistsError):
+                    os.close(statefs.open_file(self.path, self.state_dir,
+                                               os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                seen = statefs.check_sqlite(self.path, self.state_dir)
             try:
-                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                if seen is None:
+                    raise sqlite3.OperationalError("it vanished as it was made")
+                conn = connect_checked(self.path, self.state_dir, "rw", seen=seen, timeout=30.0,
+                                              isolation_level=None)
             except sqlite3.OperationalError as e:
+                statefs.check_sqlite(self.path, self.state_dir)  # a link swapped in since: Unsafe, the fix
                 raise UsageError(
                     f"journal {self.path}: cannot open ({e}); check the state dir's permissions"
                 ) from None

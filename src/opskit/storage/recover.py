@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 import sqlite3
 import stat
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 from opskit.base import statefs
 from opskit.base.errors import OpsError
 from opskit.base.lock import ServiceLock
-from opskit.storage.journal import SCHEMA, add_columns
+from opskit.storage.journal import SCHEMA, add_columns, connect_checked
 
 # The tables opskit's own schema defines, in the order they are copied.
 KNOWN = ("events", "deploys", "quarantine", "outbox", "kv")
@@ -35,11 +37,14 @@ def quick_check(path: Path) -> list[str]:
     if not path.exists():
         return []
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        # Never through a link at its name, checked or swapped in (journal.connect_checked).
+        conn = connect_checked(path, path.parent, "ro", timeout=10.0)
         try:
             rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)")]
         finally:
             conn.close()
+    except FileNotFoundError:
+        return []
     except sqlite3.DatabaseError as e:
         return [str(e)]
     return [] if rows == ["ok"] else rows
@@ -79,7 +84,7 @@ class RecoverReport:
 def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) -> RecoverReport:
     """Rebuild state_dir/journal.db from what is readable in it; the damaged files are kept aside."""
     path = Path(state_dir) / "journal.db"
-    statefs.check_sqlite(path, state_dir)  # SQLite follows a planted link (tests/test_state_links.py): exit 2, the fix
+    seen = statefs.check_sqlite(path, state_dir)  # SQLite follows a planted link (tests/test_state_links.py): exit 2, the fix
     problems = quick_check(path)
     report = RecoverReport(path=str(path), damaged=bool(problems), problems=problems)
     if not path.exists():
@@ -96,42 +101,61 @@ def recover(state_dir: Path, services: Iterable[str], *, force: bool = False) ->
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         fresh = path.with_name(f"journal.db.rebuilding-{os.getpid()}")
         _remove(fresh)
-        # Made by us, never through a link; SQLite opens it nofollow and keeps no -journal
-        # beside it (a name a group member could plant a link at: statefs, tests/test_state_links.py).
-        os.close(statefs.create_exclusive(fresh, state_dir, 0o644))
-        report.tables = _rebuild(path, fresh)
-        _keep_shared(fresh, Path(state_dir))
-        aside = path.with_name(f"journal.db.damaged-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{path}{suffix}")
-            if src.exists():
-                os.replace(src, f"{aside}{suffix}")
-                report.kept_aside.append(f"{aside}{suffix}")
-        os.replace(fresh, path)
+        # Made by us, never through a link, and only ever written through this descriptor: SQLite
+        # builds the new journal in a private folder outside the state dir (its -journal and -wal
+        # there too), its bytes are copied in here; a group member can rename a file over the
+        # name, so the name is checked against the descriptor before it is renamed into place.
+        fd = statefs.create_exclusive(fresh, state_dir, 0o644)
+        try:
+            mine = os.fstat(fd)
+            report.tables = _rebuild(path, fd, Path(state_dir), seen)
+            _keep_shared(fd, fresh, Path(state_dir))
+            _still_ours(fresh, mine)
+            aside = path.with_name(f"journal.db.damaged-{stamp}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{path}{suffix}")
+                if src.exists():
+                    os.replace(src, f"{aside}{suffix}")
+                    report.kept_aside.append(f"{aside}{suffix}")
+            _still_ours(fresh, mine)
+            os.replace(fresh, path)
+        finally:
+            os.close(fd)
         report.rebuilt = True
     return report
 
 
-def _keep_shared(fresh: Path, state_dir: Path) -> None:
+def _still_ours(fresh: Path, mine: os.stat_result) -> None:
+    """The name still holds the file this run made (a rename over it is refused, never followed)."""
+    dfd = os.open(fresh.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st: os.stat_result | None = os.stat(fresh.name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    finally:
+        os.close(dfd)
+    if st is None or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+        raise statefs.Unsafe(fresh, "was replaced by another file while journal recover built it; "
+                                    "the damaged journal was left in place")
+
+
+def _keep_shared(fd: int, fresh: Path, state_dir: Path) -> None:
     """The rebuilt journal is the state dir's, like the one it replaces: its group, and in a shared
     (setgid) state dir group-writable. Root's umask made it 0644 root, and the git account's next
-    push failed "attempt to write a readonly database" (tests/test_root_paths.py). Through one descriptor opened
-    without following a link: what is changed is the file just built."""
+    push failed "attempt to write a readonly database" (tests/test_root_paths.py). Through the
+    descriptor create_exclusive gave: what is changed is the file just built, never what a group
+    member renamed over its name (that unlinks ours: st_nlink 0, refused)."""
     if not statefs.is_shared(state_dir):
         return  # a personal state dir: left as the umask made it, like every file opskit creates there
-    fd = os.open(fresh, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
-            raise OpsError(f"journal recover: {fresh} is not the file it just built; nothing was replaced")
-        gid = os.stat(state_dir).st_gid
-        if st.st_gid != gid:
-            os.fchown(fd, -1, gid)  # the setgid dir gave it the group already; this is for certain
-        want = stat.S_IRGRP | stat.S_IWGRP
-        if st.st_mode & want != want:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) | want)
-    finally:
-        os.close(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+        raise OpsError(f"journal recover: {fresh} is not the file it just built; nothing was replaced")
+    gid = os.stat(state_dir).st_gid
+    if st.st_gid != gid:
+        os.fchown(fd, -1, gid)  # the setgid dir gave it the group already; this is for certain
+    want = stat.S_IRGRP | stat.S_IWGRP
+    if st.st_mode & want != want:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | want)
 
 
 def _remove(db: Path) -> None:
@@ -139,9 +163,27 @@ def _remove(db: Path) -> None:
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
-def _rebuild(damaged: Path, fresh: Path) -> list[TableReport]:
-    src = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True, timeout=10.0)
-    dst = sqlite3.connect(f"file:{fresh}?nofollow=1", uri=True, isolation_level=None)
+def _rebuild(damaged: Path, fd: int, state_dir: Path, seen: os.stat_result | None) -> list[TableReport]:
+    """Copy what is readable in damaged into a journal built in a root-private temporary folder,
+    then its bytes into fd (the new file in the state dir)."""
+    work = tempfile.mkdtemp(prefix="opskit-recover-")
+    try:
+        built = Path(work) / "journal.db"
+        reports = _build(damaged, built, state_dir, seen)
+        with open(built, "rb") as f:
+            while chunk := f.read(1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+        os.fsync(fd)
+        return reports
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(damaged: Path, built: Path, state_dir: Path, seen: os.stat_result | None) -> list[TableReport]:
+    src = connect_checked(damaged, state_dir, "ro", seen=seen, timeout=10.0)
+    dst = sqlite3.connect(built, isolation_level=None)
     try:
         dst.execute("PRAGMA journal_mode = MEMORY")
         dst.executescript(SCHEMA)
