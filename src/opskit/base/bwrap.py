@@ -110,9 +110,14 @@ def policy_for(settings: Settings, svc: ServiceSettings, work: Path, checkout: P
     `command` names by an absolute path (`/etc/opskit/review.sh`) is shown again, that file
     alone, and `sandbox_bind` read-only: the operator's own tools, not secrets beside them."""
     hidden, files = _hidden(settings)
-    tools = tool_files(settings, command, home=home) if command else []
+    interpreter = _interpreter(hidden)
+    # Only a program the sandbox hides is bound again: one on the read-only root is visible as
+    # it is, and bwrap cannot make a mount point there (the demo's `.venv/bin/python …` test).
+    fresh = [*hidden, Path("/tmp"), Path("/run")]
+    tools = [t for t in (tool_files(settings, command, home=home) if command else [])
+             if any(t.is_relative_to(h) for h in fresh) and not any(t.is_relative_to(i) for i in interpreter)]
     return Policy(work=work, hide=tuple(hidden), hide_files=tuple(files),
-                  read_only=tuple(git_slice(checkout) + _interpreter(hidden) + tools + binds(svc)),
+                  read_only=tuple(git_slice(checkout) + interpreter + tools + binds(svc)),
                   network=svc.sandbox_network)
 
 
