@@ -59,6 +59,9 @@ def run_locked(run: Run, argv: Sequence[str], **kw: Any) -> proc.Result:
     return res
 
 
+DEPLOY_LOG_ROOM = 4 * 1024 * 1024  # bytes free the deploy log needs, or its output goes through a pipe
+
+
 def deploy_log_path(run: Run) -> str:
     return os.path.join(run.settings.state_dir, "logs", f"deploy-{run.svc.name}.log")
 
@@ -72,11 +75,24 @@ def open_deploy_log(run: Run) -> int | None:
     the service's account can write it. None (a pipe, as before) when it cannot be opened."""
     path = deploy_log_path(run)
     try:
-        return statefs.open_file(path, run.settings.state_dir,
-                                 os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o660)
+        fd = statefs.open_file(path, run.settings.state_dir,
+                               os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o660)
     except (OSError, OpsError) as e:
         run.say(f"warning: deploy log {path}: {e}; the deploy's output goes through a pipe")
         return None
+    try:
+        vfs = os.fstatvfs(fd)
+        room = vfs.f_bavail * vfs.f_frsize
+    except OSError:
+        room = DEPLOY_LOG_ROOM
+    if room < DEPLOY_LOG_ROOM:
+        # A deploy command whose output cannot be written fails (ENOSPC on its stdout): on a
+        # full state dir the revert's redeploy must still run (tests/test_journal_faults.py).
+        os.close(fd)
+        run.say(f"warning: deploy log {path}: disk full ({room} bytes free, df -h {run.settings.state_dir}); "
+                "the deploy's output goes through a pipe")
+        return None
+    return fd
 
 
 def note_logs(run: Run, d: Rollout, since: float) -> dict[str, Any]:
