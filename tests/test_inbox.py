@@ -597,3 +597,16 @@ def test_a_button_names_what_it_acts_on_whatever_the_message_says(tmp_path: Path
 
 def _decisions_of(j: Journal, kind: str) -> list[dict[str, object]]:
     return [e.data for e in j.query(type_prefix=f"decision.{kind}")]
+
+
+def test_an_unfreeze_is_bound_to_its_freeze_even_before_the_freeze_is_journaled() -> None:
+    """A freeze's first write already names it (freeze_id): an Unfreeze offered before its
+    service.frozen event is journaled, or when the journal could not take it, lifts that freeze
+    alone, never a later one."""
+    from opskit.notify import decisions as d
+
+    assert d.freeze_subject(None) is None
+    assert d.freeze_subject({"reason": "r", "freeze_id": "a1b2"}) == "freeze:a1b2"
+    assert d.freeze_subject({"reason": "r", "freeze_id": "a1b2", "frozen_event": 12}) == "12"
+    assert d.freeze_subject({"reason": "r", "freeze_id": "a1b2"}) != d.freeze_subject({"reason": "r",
+                                                                                      "freeze_id": "c3d4"})

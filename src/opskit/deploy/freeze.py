@@ -7,6 +7,7 @@ pre-receive's lockdown and `status` show it.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,10 @@ from opskit.storage.journal import Journal
 
 
 def freeze(run: Run, reason: str, event_id: int | None) -> int:
-    state = {"reason": reason, "event_id": event_id, "since": iso(run.clock.now())}
+    # freeze_id names this freeze from its first write: an Unfreeze offered before its event is
+    # journaled (or when the journal cannot take it) is still bound to this freeze alone.
+    state = {"reason": reason, "event_id": event_id, "since": iso(run.clock.now()),
+             "freeze_id": secrets.token_hex(8)}
     run.journal.kv_set("frozen", run.service, state)
     ev = run.emit("service.frozen", {"reason": reason, "event_id": event_id})
     if ev.id:  # which freeze this is: an Unfreeze button is bound to it (tests/test_pusher_cannot_decide.py)
