@@ -116,8 +116,10 @@ def test_the_push_account_cannot_decide_and_an_operator_can(site: Site) -> None:
     # Root by sudo acts for the account behind it: a sudo rule for the group is no way around the rule.
     r = srv.ops("root", "approve", str(change), env={"SUDO_UID": str(pwd.getpwnam(srv.git).pw_uid),
                                                      "SUDO_USER": srv.git})
-    assert r.returncode == 2 and one_line(r).startswith(f"opskit: approve: account {srv.git} pushes to service app"), \
-        r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert one_line(r) == (f"opskit: approve: account {srv.git} (root by sudo acts for SUDO_UID="
+                           f"{pwd.getpwnam(srv.git).pw_uid}) pushes to service app and may not decide on its "
+                           f"changes; an operator (another member of group {srv.group}, or root) runs it")
     # An operator's approve needs root for the merge (git runs in the account's repository): said
     # before the decision, so the change still waits.
     r = srv.ops(srv.operator, "approve", str(change))

@@ -369,7 +369,8 @@ def test_cron_d_lines_write_their_own_log_and_every_account_runs_after_root(serv
     events = [json.loads(ln) for ln in srv.ops("root", "events", "--json", "--limit", "50").stdout.splitlines()]
     assert any(e["type"] == "job.ok" and e["data"].get("job") == "drift-scan-app" for e in events), events
     assert all(">" not in cmd for _, _, cmd in lines), lines  # no shell redirection: run-job --log
-    # A link at the log: root's line refuses it (one line, to cron's mail), the victim is intact.
+    # A link at the log: root's line refuses the log (one line, to cron's mail) but still runs
+    # its job, and the victim is intact.
     victim, nowhere = _targets(srv)
     for target in (victim, nowhere):
         at = _plant(srv, "logs/cron.log", target)
@@ -377,7 +378,8 @@ def test_cron_d_lines_write_their_own_log_and_every_account_runs_after_root(serv
             ran = as_cron("root", root_line)
             _unchanged(victim)
             assert not nowhere.exists()
-            assert ran.returncode == 2 and str(at) in ran.stderr, ran.stdout + ran.stderr
+            assert ran.returncode == 0 and str(at) in ran.stderr, ran.stdout + ran.stderr
+            assert "--log refused, output goes to cron's mail" in ran.stderr, ran.stderr
         finally:
             _unplant(srv, at)
         _unchanged(victim)

@@ -298,8 +298,8 @@ def _in_folder(pw: pwd.struct_passwd | None, where: str, folder: Path, what: str
 
 def _check_folder(folder: Path, names: tuple[str, ...]) -> None:
     if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        link = f"a link to {os.readlink(folder)}, which " if folder.is_symlink() else ""
-        raise PermissionError(f"{folder} is {link}not writable by {accounts.me()}")
+        link = f" (a link to {os.readlink(folder)})" if folder.is_symlink() else ""
+        raise PermissionError(f"{folder}{link} is not writable by {accounts.me()}")
     for name in names:
         path = folder / name
         text = _read(path)
