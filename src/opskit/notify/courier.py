@@ -75,7 +75,8 @@ class Courier:
                     self.stalled[channel] = why
                     break
                 actions = decisions.sign(self.settings, self.journal,
-                                         [Action(str(a), str(t)) for a, t in json.loads(row.actions or "[]")])
+                                         [Action(str(a), str(t)) for a, t in json.loads(row.actions or "[]")],
+                                         self.clock)
                 if actions is None and self._waited_for_key(row):
                     # Root's inbox has not signed it for SIGN_WAIT (no cron.d yet, inbox failing):
                     # the text names the commands, and the alerts behind it must not wait forever.
