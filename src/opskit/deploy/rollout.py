@@ -75,8 +75,7 @@ def open_deploy_log(run: Run) -> int | None:
     the service's account can write it. None (a pipe, as before) when it cannot be opened."""
     path = deploy_log_path(run)
     try:
-        fd = statefs.open_file(path, run.settings.state_dir,
-                               os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o660)
+        fd = statefs.open_file(path, run.settings.state_dir, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o660)
     except (OSError, OpsError) as e:
         run.say(f"warning: deploy log {path}: {e}; the deploy's output goes through a pipe")
         return None
@@ -92,6 +91,10 @@ def open_deploy_log(run: Run) -> int | None:
         run.say(f"warning: deploy log {path}: disk full ({room} bytes free, df -h {run.settings.state_dir}); "
                 "the deploy's output goes through a pipe")
         return None
+    try:
+        os.ftruncate(fd, 0)  # one deploy's output; only once there is room (the check above)
+    except OSError:
+        pass
     return fd
 
 
