@@ -24,6 +24,7 @@ from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.errors import LockBusy
 
 POLL = 0.2
+NAME_WAIT = 1.0  # seconds a waiter gives the holder to write its name before it says whom it waits for
 
 
 def lock_path(state_dir: Path, service: str) -> Path:
@@ -101,7 +102,8 @@ class ServiceLock:
         # truncated a planted link's target); created 0640, and shared so the git account opens
         # root's lock file.
         fd = statefs.open_file(self.path, self.state_dir, os.O_RDWR | os.O_CREAT, 0o640)
-        deadline = self.clock.monotonic() + max(0.0, self.wait)
+        began = self.clock.monotonic()
+        deadline = began + max(0.0, self.wait)
         told = False
         try:
             while True:
@@ -110,7 +112,10 @@ class ServiceLock:
                     break
                 except BlockingIOError:
                     holder = read_holder(self.state_dir, self.service)
-                    if not told and self.on_wait is not None:
+                    # The holder writes its name just after it takes the flock: a waiter that
+                    # looked in between waits a poll or two before saying "another process".
+                    named = holder is not None or self.clock.monotonic() - began >= NAME_WAIT
+                    if not told and self.on_wait is not None and named:
                         self.on_wait(f"{self.service}: deploy lock {describe_holder(holder)}; "
                                      f"waiting up to {self.wait:.0f}s")
                         told = True
