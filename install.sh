@@ -154,8 +154,9 @@ fi
 install -d -o root -g "$group" -m 2770 "$state"
 chown root:"$group" "$state" && chmod 2770 "$state"
 say "state dir $state is root:$group 2770 (the group writes it; new files keep the group)"
-# The decision buttons' key is root's alone (issue 18: whoever reads it can approve): made here,
-# 0600 root:root, by the code that uses it; a group-readable one from before is replaced.
+# The decision buttons' key is root's alone (docs/ARCHITECTURE.md, who may do what: whoever reads
+# it can approve): made here, 0600 root:root, by the code that uses it; a group-readable one from
+# before is replaced.
 "$prefix/bin/python" -c 'import sys; from opskit.notify.decisions import secret; secret(sys.argv[1])' "$state"
 say "decision key $state/decision.key is root:root 0600 (root's cron signs and applies taps)"
 
