@@ -195,3 +195,63 @@ def test_doctor_names_a_step_program_the_sandbox_hides(base: Path) -> None:
         assert "service svc: sandbox tools" in plain.stdout and "hidden by the sandbox" in plain.stdout
     finally:
         c.st.close()
+
+
+def test_a_venv_python_inside_a_sandbox_bind_runs(base: Path) -> None:
+    """A venv's bin/python is a symlink to the system's: bound again on top of the sandbox_bind
+    that already shows its venv, it made bwrap fail ("Can't create file") and every step with it."""
+    home = base / "home"
+    venv_tool(home, "")
+    c = stage(base, review=f"~/venv/bin/python -c \"print('{MARK}')\"", sandbox_bind=[str(home / "venv")])
+    try:
+        _, ev = run_review(c)
+        assert ev.type == "review.pass" and MARK in ev.data["tail"], ev.data
+    finally:
+        c.st.close()
+
+
+def test_a_health_probe_sees_the_operators_tools_and_sandbox_bind(base: Path) -> None:
+    """The gate's cmd probe runs in the same sandbox as test and review: its program beside the
+    config is shown (that file alone), and so is sandbox_bind — else a good deploy fails its
+    gate on a hidden tool and is reverted."""
+    from opskit.base import config, proc
+
+    home = base / "home"
+    tools = home / "tools"
+    tools.mkdir()
+    (tools / "ok").write_text("#!/bin/sh\nexit 0\n")
+    (tools / "ok").chmod(0o755)
+    c = stage(base, sandbox_bind=[str(tools)])
+    try:
+        conf = c.st.config_path.parent
+        probe = script(conf / "health.sh", conf / ".env")
+        text = c.st.config_path.read_text()
+        for cmd, says in ((str(probe), MARK), (f"{tools / 'ok'} && echo bound-{MARK}", f"bound-{MARK}")):
+            head, _, rest = text.partition("[service.svc.health]")
+            c.st.config_path.write_text(f"{head}[service.svc.health]\ncmd = {json.dumps(cmd)}\n"
+                                        + "\n".join(ln for ln in rest.splitlines() if not ln.startswith(("url", "cmd"))))
+            settings = config.load(c.st.config_path)
+            svc = settings.services["svc"]
+            wrap = bwrap.probe_wrapper(settings, svc)
+            assert wrap is not None
+            r = proc.run(wrap(["/bin/sh", "-c", cmd]), cwd=svc.worktree, timeout=30)
+            out = r.tail_text()
+            assert r.ok and says in out and "env-secret-51d2"[::-1] not in out, (cmd, out)
+    finally:
+        c.st.close()
+
+
+def test_a_hidden_path_reached_through_a_symlink_still_starts_the_sandbox(base: Path) -> None:
+    """bwrap cannot mount on a symlink: a HOME (or /srv) that is a link elsewhere made every
+    sandboxed step fail to start. Mounts go where the paths really are, and stay hidden."""
+    from opskit.base import proc
+
+    real = base / "realhome"
+    real.mkdir()
+    (real / "secret").write_text("home-secret-9d1e\n")
+    link = base / "linkhome"
+    link.symlink_to(real)
+    policy = bwrap.Policy(work=None, chdir=Path("/"), hide=(link,))
+    r = proc.run(bwrap.argv(policy, ["/bin/sh", "-c", f"cat {link}/secret {real}/secret 2>&1; echo end"]), timeout=20)
+    out = r.tail_text()
+    assert r.ok and "end" in out and "home-secret-9d1e" not in out, out

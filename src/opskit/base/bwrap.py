@@ -73,19 +73,23 @@ def argv(policy: Policy, command: Sequence[str], *, bwrap: str = "bwrap") -> lis
     out = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     if not policy.network:
         out += ["--tmpfs", "/run"]
-    for p in _outermost(policy.hide):
+    # Mounts go where the paths really are: bwrap cannot mount on a symlink (a HOME or /srv that
+    # is a link elsewhere), and through the link the real place is what is seen anyway.
+    hide = [_real(p) for p in policy.hide]
+    hide_files = sorted({_real(p) for p in policy.hide_files})
+    for p in _outermost(hide):
         out += ["--tmpfs", str(p)]
-    for p in sorted(set(policy.hide_files)):
+    for p in hide_files:
         if _exists(p, dir=False):
             out += ["--ro-bind", "/dev/null", str(p)]
-    shown = sorted(set(policy.read_only), key=lambda q: len(q.parts))
+    shown = sorted({_real(p) for p in policy.read_only}, key=lambda q: len(q.parts))
     for p in shown:
         out += ["--ro-bind", str(p), str(p)]
     # A path shown again (a deployed worktree under HOME) must not bring back a hidden one below
     # it (a state dir inside that worktree): hide those once more, after it.
-    for p in _outermost([h for h in policy.hide if any(h != r and h.is_relative_to(r) for r in shown)]):
+    for p in _outermost([h for h in hide if any(h != r and h.is_relative_to(r) for r in shown)]):
         out += ["--tmpfs", str(p)]
-    for p in sorted(f for f in set(policy.hide_files) if any(f.is_relative_to(r) for r in shown)):
+    for p in sorted(f for f in hide_files if any(f.is_relative_to(r) for r in shown)):
         if _exists(p, dir=False):
             out += ["--ro-bind", "/dev/null", str(p)]
     if policy.work is not None:
@@ -111,14 +115,29 @@ def policy_for(settings: Settings, svc: ServiceSettings, work: Path, checkout: P
     alone, and `sandbox_bind` read-only: the operator's own tools, not secrets beside them."""
     hidden, files = _hidden(settings)
     interpreter = _interpreter(hidden)
-    # Only a program the sandbox hides is bound again: one on the read-only root is visible as
-    # it is, and bwrap cannot make a mount point there (the demo's `.venv/bin/python …` test).
-    fresh = [*hidden, Path("/tmp"), Path("/run")]
-    tools = [t for t in (tool_files(settings, command, home=home) if command else [])
-             if any(t.is_relative_to(h) for h in fresh) and not any(t.is_relative_to(i) for i in interpreter)]
+    shown = [*git_slice(checkout), *interpreter, *binds(svc)]
+    tools = _shown_tools(settings, command, hidden, shown, home=home)
     return Policy(work=work, hide=tuple(hidden), hide_files=tuple(files),
                   read_only=tuple(git_slice(checkout) + interpreter + tools + binds(svc)),
                   network=svc.sandbox_network)
+
+
+def _shown_tools(settings: Settings, command: str | None, hidden: Sequence[Path], shown: Sequence[Path], *,
+                 home: Path | None = None) -> list[Path]:
+    """The programs `command` names that must be bound again: only one the sandbox hides (one on
+    the read-only root is visible as it is, and bwrap cannot make a mount point there: the demo's
+    `.venv/bin/python …`), and none already inside a path shown whole (a venv's `bin/python`
+    under a `sandbox_bind`: binding it again fails the same way)."""
+    fresh = [*hidden, Path("/tmp"), Path("/run")]
+    out = []
+    for t in tool_files(settings, command, home=home) if command else []:
+        real = Path(os.path.realpath(t))
+        if not any(t.is_relative_to(h) or real.is_relative_to(h) for h in fresh):
+            continue
+        if any(t.is_relative_to(s) or real.is_relative_to(Path(os.path.realpath(s))) for s in shown):
+            continue
+        out.append(t)
+    return out
 
 
 def _hidden(settings: Settings, *, shown: Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -315,8 +334,13 @@ def probe_wrapper(settings: Settings, svc: ServiceSettings) -> Callable[[list[st
         return None
     hidden, files = _hidden(settings, shown=Path(svc.worktree))
     tree = Path(svc.worktree).resolve()
+    interpreter = _interpreter(hidden)
+    # The probe sees the operator's tools as test and review do: its program (a health.sh beside
+    # the config) and sandbox_bind, read-only — a good deploy must not fail on a hidden tool.
+    shown = [tree, *interpreter, *binds(svc)]
+    tools = _shown_tools(settings, svc.health.cmd, hidden, shown)
     policy = Policy(work=None, chdir=tree, hide=tuple(hidden), hide_files=tuple(files),
-                    read_only=(tree, *_interpreter(hidden)), network=True)
+                    read_only=(tree, *interpreter, *tools, *binds(svc)), network=True)
 
     def wrap(command: list[str]) -> list[str]:
         return argv(policy, command, bwrap=require(svc.name))
@@ -341,6 +365,10 @@ def _interpreter(hidden: Sequence[Path]) -> list[Path]:
         if under and not holds:
             out.append(prefix)
     return sorted(out)
+
+
+def _real(p: Path) -> Path:
+    return Path(os.path.realpath(p))
 
 
 def _resolved(paths: Sequence[Path]) -> list[Path]:
