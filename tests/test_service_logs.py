@@ -246,3 +246,15 @@ def test_the_freeze_message_and_rollback_fail_carry_the_re_gates_log(tmp_path: P
         assert frozen and "PermissionError: /var/lib/app" in frozen[0] and not any(SECRET in b for b in bodies), bodies
     finally:
         st.close()
+
+
+def test_the_message_block_keeps_the_last_line_within_discords_limit_beside_a_full_head() -> None:
+    """The block comes last and Discord keeps a message's head: a 14-line traceback of ~100
+    characters a line beside an ~800-character head must still end with its last line (the
+    cause) inside 2000 characters."""
+    lines = [f'  File "/srv/app/mod{i}.py", line {i}, in handler — ' + "x" * 50 for i in range(13)]
+    lines.append("ModuleNotFoundError: No module named 'humanrail'")
+    block = service_logs.message_block(lines)
+    head = "primerouter: auto-reverted 4d62098a: " + "r" * 760 + "\n\n"
+    assert len(head) + len(block) <= 2000, len(head) + len(block)
+    assert block.rstrip("`\n ").endswith("No module named 'humanrail'"), block[-200:]

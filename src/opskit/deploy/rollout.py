@@ -66,7 +66,7 @@ def deploy_log_path(run: Run) -> str:
     return os.path.join(run.settings.state_dir, "logs", f"deploy-{run.svc.name}.log")
 
 
-def open_deploy_log(run: Run) -> int | None:
+def open_deploy_log(run: Run, *, empty: bool = True) -> int | None:
     """The deploy command's stdout and stderr: a file, not a pipe of ours, so a server it starts
     in the background (`python3 app.py 8000 &`) writes into the file after we are gone instead
     of getting EPIPE, and we never wait on a pipe it holds (tests/test_deploy_output.py).
@@ -81,7 +81,9 @@ def open_deploy_log(run: Run) -> int | None:
         return None
     try:
         vfs = os.fstatvfs(fd)
-        room = vfs.f_bavail * vfs.f_frsize
+        # what emptying the log frees counts too: a log a backgrounded server filled must not
+        # keep the space that would let the next deploy empty it
+        room = vfs.f_bavail * vfs.f_frsize + (os.fstat(fd).st_size if empty else 0)
     except OSError:
         room = DEPLOY_LOG_ROOM
     if room < DEPLOY_LOG_ROOM:
@@ -91,10 +93,11 @@ def open_deploy_log(run: Run) -> int | None:
         run.say(f"warning: deploy log {path}: disk full ({room} bytes free, df -h {run.settings.state_dir}); "
                 "the deploy's output goes through a pipe")
         return None
-    try:
-        os.ftruncate(fd, 0)  # one deploy's output; only once there is room (the check above)
-    except OSError:
-        pass
+    if empty:
+        try:
+            os.ftruncate(fd, 0)  # one deploy's output; only once there is room (the check above)
+        except OSError:
+            pass
     return fd
 
 
@@ -134,7 +137,9 @@ def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None =
         run.say(f"{'reverting' if kind == 'revert' else 'deploying'} {svc.name} {short(sha)} {subject}")
         since = run.clock.now().timestamp()  # OPSKIT_SINCE of the service's log (service_logs.py)
         if svc.deploy:
-            out = open_deploy_log(run)
+            # A revert's redeploy keeps the bad deploy's output (the broken server's own last words,
+            # when `logs` is unset) and appends after it.
+            out = open_deploy_log(run, empty=kind != "revert")
             try:
                 res = run_locked(run, proc.shell_argv(svc.deploy), cwd=svc.worktree, timeout=svc.deploy_timeout,
                                  stream=lambda ln: run.say(f"  | {ln}"),

@@ -21,7 +21,7 @@ from typing import Any
 
 from opskit.base import accounts, proc
 from opskit.base.config import ServiceSettings
-from opskit.base.errors import OpsError, redact
+from opskit.base.errors import redact
 from opskit.base.text import shown
 
 TIMEOUT = 5.0
@@ -30,7 +30,9 @@ MAX_BYTES = 32 * 1024
 LINE_MAX = 2000  # one line of a log is cut here: 32 KiB is then at least 16 lines
 PUSHER_LINES = 10  # the last lines the pusher's `remote:` output shows
 MESSAGE_LINES = 15  # the last lines a notification shows
-MESSAGE_CHARS = 1500  # ...in at most this much, so every channel's limit keeps the rest of it
+# ...in at most this much: the block comes last, and Discord's 2000 characters keep the head of a
+# message (reason, commits, commands: ~600-800), so the block must fit beside it, last line included
+MESSAGE_CHARS = 900
 
 Which = Callable[[str], str | None]
 
@@ -111,8 +113,8 @@ def capture(svc: ServiceSettings, since: float, *, timeout: float | None = None,
         res = proc.run(src.argv, cwd=svc.worktree, timeout=timeout, tail_lines=MAX_LINES,
                        env=proc.clean_env({"OPSKIT_SINCE": str(int(since)), "OPSKIT_SERVICE": svc.name}),
                        user=accounts.drop_for_service(svc))
-    except OpsError as e:
-        return Captured(note=redact(f"logs: {src.label} could not run: {e}"))
+    except Exception as e:  # never the verdict: a fork limit, an account gone mid-incident
+        return Captured(note=redact(shown(f"logs: {src.label} could not run: {e}")))
     lines = bounded(res.tail)
     if res.timed_out:
         note: str | None = f"logs: {src.label} timed out after {timeout:g}s (stopped)"
