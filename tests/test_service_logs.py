@@ -165,7 +165,8 @@ def _found(name: str) -> str | None:
 
 
 def test_journalctl_is_the_default_for_a_systemctl_deploy() -> None:
-    for deploy, unit in (("sudo systemctl restart app", "app"), ("systemctl reload app.service", "app.service")):
+    for deploy, unit in (("sudo systemctl restart app", "app"), ("systemctl reload app.service", "app.service"),
+                         ("sudo -n systemctl restart app", "app")):
         src = service_logs.source(_svc(deploy), 1700000000, which=_found)
         assert src.argv == ["/usr/bin/journalctl", "-u", unit, "--since", "@1700000000", "-n", "200",
                             "--no-pager"], (deploy, src)

@@ -391,7 +391,7 @@ class _FileReader(_Reader):
             size = self.offset
         with self._lock:
             self._end = size
-        self.join()
+        self.join(grace + 5.0)  # bounded like the pipe readers': a stalled `stream` never holds the lock
 
 
 # --- detached processes (pipeline: background = true) ----------------------------------------

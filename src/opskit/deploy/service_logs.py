@@ -68,6 +68,8 @@ def systemd_unit(deploy: str | None) -> str | None:
         return None
     if words[:1] == ["sudo"]:
         words = words[1:]
+        if words[:1] == ["-n"]:  # the usual non-interactive form
+            words = words[1:]
     if len(words) == 3 and words[0].rsplit("/", 1)[-1] == "systemctl" and words[1] in ("restart", "reload") \
             and not words[2].startswith("-"):
         return words[2]
