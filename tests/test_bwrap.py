@@ -506,17 +506,12 @@ def test_roots_copy_of_an_accounts_checkout_is_made_and_removed_by_the_account(b
     """Root working for an account never walks the account's checkout: a folder swapped for a link
     mid-copy, or mid-chown of the copy, would steer root onto files it should not read or chown
     (/etc). The account copies (links stay links) and removes it, read-only folders included."""
-    import pwd
     import shutil
-    import subprocess
 
     from opskit.base import accounts
+    from tests.support.accounts import throwaway_account
 
-    name = f"opskbw{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        pw = pwd.getpwnam(name)
+    with throwaway_account("opskbw") as pw:
         os.chmod(base, 0o755)
         checkout = base / "scratch" / "wt"
         (checkout / "sub").mkdir(parents=True)
@@ -539,5 +534,3 @@ def test_roots_copy_of_an_accounts_checkout_is_made_and_removed_by_the_account(b
             os.chmod(work / "sub", 0o500)  # what a step may leave behind
             parent = work.parent
         assert not parent.exists()
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)

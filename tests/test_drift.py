@@ -509,14 +509,9 @@ def test_roots_heal_never_unlinks_through_a_folder_swapped_for_a_link(tmp_path: 
     """Heal as root removes the untracked files of an account's worktree. If the account swaps a
     folder for a link to root's files between the check and the unlink, root must not follow it:
     the account removes its own files, so the link leads only where the account may delete."""
-    import pwd
-    import uuid
+    from tests.support.accounts import throwaway_account
 
-    name = f"opskdr{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        pw = pwd.getpwnam(name)
+    with throwaway_account("opskdr") as pw:
         os.chmod(tmp_path, 0o755)
         wt, victims = tmp_path / "wt", tmp_path / "roots"
         (wt / "sub").mkdir(parents=True)
@@ -542,5 +537,3 @@ def test_roots_heal_never_unlinks_through_a_folder_swapped_for_a_link(tmp_path: 
         assert swapped
         assert (victims / "f").read_text() == "root's\n"
         assert "sub/f" not in removed and "stray" in removed and not (wt / "stray").exists()
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
