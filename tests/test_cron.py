@@ -263,7 +263,7 @@ def test_entries_are_absolute_wrapped_and_escaped(opskit, cron_user: CronUser, t
         name_at = words.index("run-job") + 1
         assert words[name_at:name_at + 2] == ["--ok-exit", "1"]  # findings are not job failures
         name_at += 2
-        # run-job opens the log itself, never the shell's `>>` (issue 18: a planted link)
+        # run-job opens the log itself, never the shell's `>>` (a planted link: tests/test_state_links.py)
         assert words[name_at:name_at + 2] == ["--log", str(state_dir / "logs" / "cron.log")]
         name_at += 2
         if words[name_at] == "--service":

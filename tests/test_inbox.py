@@ -451,7 +451,7 @@ def test_the_decision_key_is_its_owners_and_in_a_shared_state_dir_roots_alone(tm
     key = decisions.secret(shared)
     path = shared / decisions.KEY_FILE
     st = path.stat()
-    # issue 18: the push account writes the buttons' messages, never the key; root signs them
+    # docs/ARCHITECTURE.md, who may do what: the push account writes the buttons' messages, never the key; root signs them
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
     assert decisions.secret(shared) == key
     # A key the group could read (the old 0640 contract), or one a member planted, is replaced.

@@ -1,4 +1,4 @@
-"""Every root path works on the system install (issue 18, Build item 5).
+"""Every root path works on the system install (docs/ARCHITECTURE.md, who may do what).
 
 Real accounts on the real `install.sh --system`: root's approve of a parked change merges and
 deploys (its merge runs where the service's account can write); root's `drift-scan --heal`

@@ -1,4 +1,4 @@
-"""Root never writes through a path someone else controls (issue 18, Build item 2).
+"""Root never writes through a path someone else controls (docs/ARCHITECTURE.md, who may do what).
 
 The system install's state dir is root:GROUP 2770: every member of the group (the git push
 account) can plant a symlink, a hard link or a renamed file at any name in it. A member plants
