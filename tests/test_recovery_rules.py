@@ -1,0 +1,211 @@
+"""Recovery and placement rules that a one-line slip would break with the rest of the suite
+green: journal recover sets the damaged file's -wal aside, a fallback replay that stopped
+half-way journals each record exactly once, the chain's quarantine check looks at the merged
+tree, and a worktree shared through a symlink or `..` is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opskit.git.repo import Git
+from opskit.storage import fallback
+from opskit.storage import journal as journal_mod
+from opskit.storage.journal import Journal
+from opskit.storage.recover import quick_check, recover
+from tests.support.chain import ChainStage, chain_stage_fixture  # noqa: F401 - a fixture
+from tests.support.gitsandbox import Sandbox, make_sandbox, rev
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- journal recover and the -wal ------------------------------------------------------------
+
+def _leaves(db: Path, table: str) -> list[int]:
+    c = sqlite3.connect(db)
+    try:
+        return [r[0] for r in c.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
+                                        "ORDER BY pageno", (table,))]
+    finally:
+        c.close()
+
+
+def _rows(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    return {"events": [tuple(r) for r in conn.execute("SELECT id, type, service, data FROM events ORDER BY id")],
+            "kv": [tuple(r) for r in conn.execute("SELECT scope, key, value FROM kv ORDER BY scope, key")]}
+
+
+def test_recover_sets_the_damaged_wal_aside_so_it_never_replays_onto_the_rebuilt_journal(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    j = Journal(state)
+    for i in range(1500):
+        j.append("drift.detected", "svc", {"n": i, "pad": "x" * 60})
+    j.close()  # the last connection checkpoints: these rows are in journal.db itself
+    db = state / "journal.db"
+    leaves = _leaves(db, "events")
+    middle = leaves[len(leaves) // 2:len(leaves) // 2 + 2]
+    # A writer that dies with its rows still in the -wal (no checkpoint, no close), as a crash leaves it.
+    code = ("import os, sys\nfrom opskit.storage.journal import Journal\nj = Journal(sys.argv[1])\n"
+            "for i in range(40):\n    j.append('wal.row', 'svc', {'w': i})\n"
+            "j.kv_set('drift', 'svc', {'from': 'wal'})\nos._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, str(state)], check=True, timeout=60, cwd=ROOT)
+    wal = state / "journal.db-wal"
+    assert wal.stat().st_size > 0
+    wal_bytes = wal.read_bytes()
+    size = 4096  # SQLite's default page size, the journal's
+    with open(db, "r+b") as f:  # garbage in two leaves of events the -wal does not hold
+        for n in middle:
+            f.seek((n - 1) * size)
+            f.write(bytes((i * 37 + n) % 251 for i in range(size)))
+    assert quick_check(db)
+
+    report = recover(state, ["svc"])
+    assert report.rebuilt and report.damaged
+
+    # What recover wrote, read from a copy of its bytes alone (no -wal anywhere near it) ...
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    shutil.copyfile(db, ref_dir / "journal.db")
+    ref = sqlite3.connect(ref_dir / "journal.db")
+    want = _rows(ref)
+    ref.close()
+    events = {t.name: t for t in report.tables}["events"]
+    assert len(want["events"]) == events.recovered and 0 < events.lost  # type: ignore[operator]
+    assert [json.loads(r[3])["w"] for r in want["events"] if r[1] == "wal.row"] == list(range(40))
+    assert ("drift", "svc", json.dumps({"from": "wal"})) in want["kv"]  # read through the old -wal
+
+    # ... is exactly what the journal holds once opened in the state dir.
+    j2 = Journal(state)
+    assert _rows(j2.conn) == want
+    assert j2.kv_get("drift", "svc") == {"from": "wal"}
+    j2.close()
+    assert quick_check(db) == []
+    # The old -wal is beside the damaged file it belongs to, untouched, for a post-mortem.
+    aside = Path(report.kept_aside[0])
+    assert aside.name.startswith("journal.db.damaged-") and aside.parent == state
+    assert report.kept_aside[:2] == [str(aside), f"{aside}-wal"]
+    assert Path(f"{aside}-wal").read_bytes() == wal_bytes
+
+
+# --- the fallback log: a replay that stopped half-way ------------------------------------------
+
+def test_a_replay_that_stopped_half_way_journals_each_kept_record_exactly_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    j = Journal(state)
+    real_tx = Journal.tx
+
+    def full(self: Journal):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Journal, "tx", full)
+    for i in range(6):
+        assert j.append("drill.kept", "svc", {"n": i}).id == 0  # kept aside, not journaled
+    monkeypatch.setattr(Journal, "tx", real_tx)
+    assert fallback.pending(state) == 6
+
+    # The disk fills again after the third record: the replay stops there.
+    real_apply = journal_mod._apply_kept
+    calls: list[int] = []
+
+    def apply_then_full(c: sqlite3.Connection, rec: dict[str, Any]) -> None:
+        calls.append(json.loads(rec["data"])["n"])
+        if len(calls) > 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_apply(c, rec)
+
+    monkeypatch.setattr(journal_mod, "_apply_kept", apply_then_full)
+    assert j.replay_fallback() == 0  # stopped: what is left stays aside
+    assert calls == [0, 1, 2, 3]
+    assert sorted(e.data["n"] for e in j.query(type_prefix="drill.")) == [0, 1, 2]
+    assert fallback.pending(state) == 6  # the file is only emptied after a replay that went through
+
+    monkeypatch.setattr(journal_mod, "_apply_kept", real_apply)
+    again = Journal(state)  # the next open with room replays the rest, and only the rest
+    kept = [e.data["n"] for e in again.query(type_prefix="drill.")]
+    assert sorted(kept) == [0, 1, 2, 3, 4, 5]
+    assert fallback.pending(state) == 0
+    assert again.replay_fallback() == 0
+    assert sorted(e.data["n"] for e in Journal(state).query(type_prefix="drill.")) == [0, 1, 2, 3, 4, 5]
+
+
+# --- the chain's quarantine check looks at the merged tree -----------------------------------
+
+def test_a_merge_whose_tree_was_reverted_before_is_refused_though_the_branch_tip_differs(cs: ChainStage) -> None:
+    g = Git(cs.sb.bare)
+    base = cs.tip()
+    cs.feature("feature/a", {"a.txt": "a\n"})
+    cs.push("feature/a")
+    cs.feature("feature/bad", {"service.mode": "crash\n", "app.txt": "v3\n"})
+    p = cs.push("feature/bad")
+    assert "health gate failed" in p.stderr, p.stderr
+    bad_merge = cs.last("merge.complete").data["merge"]
+    reverted = cs.tip()
+    tree = g.tree(bad_merge)
+    assert tree is not None and cs.st.journal().quarantined("svc", tree) is not None
+    deploys = len(cs.st.journal().deploys("svc", limit=100))
+
+    # The same change from an older base: its tip's tree is not the quarantined one (no a.txt),
+    # so the push is taken, but merged into master it is exactly the tree that was reverted.
+    head = cs.feature("feature/again", {"service.mode": "crash\n", "app.txt": "v3\n"}, base=base)
+    head_tree = rev(cs.sb.dev, f"{head}^{{tree}}")
+    assert head_tree != tree and cs.st.journal().quarantined("svc", head_tree) is None
+    p = cs.push("feature/again")
+    chain = cs.last("push.received").chain
+    assert cs.last("push.received").data["ref"] == "refs/heads/feature/again"
+    types = [e.type for e in cs.events(chain=chain)]
+    assert "review.pass" in types and "merge.fail" in types and "merge.complete" not in types, types
+    assert not [t for t in types if t.startswith(("deploy.", "health.", "rollback."))], types
+    ev = cs.last("merge.fail")
+    assert ev.chain == chain
+    assert ev.data["reason"].startswith(f"the merged tree {tree[:12]} was auto-reverted before"), ev.data
+    assert f"opskit quarantine release svc {tree[:12]}" in ev.data["reason"]
+    assert f"the merged tree {tree[:12]} was auto-reverted before" in p.stderr, p.stderr
+    # Nothing landed, nothing deployed: master and production stay at the revert.
+    assert cs.tip() == reverted and cs.st.worktree_head() == reverted
+    assert (cs.sb.worktree / "service.mode").read_text() != "crash\n"
+    assert len(cs.st.journal().deploys("svc", limit=100)) == deploys
+    assert cs.worktrees_left() == []
+
+
+# --- a worktree shared through a symlink or `..` -----------------------------------------------
+
+def _two_services(tmp_path: Path, sa: Sandbox, sb: Sandbox, b_worktree: str) -> Path:
+    p = tmp_path / "conf" / "opskit.toml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(f'[service.a]\nrepo = "{sa.bare}"\nworktree = "{sa.worktree}"\ndeploy = "true"\ndirect_push = true\n\n'
+                 f'[service.b]\nrepo = "{sb.bare}"\nworktree = "{b_worktree}"\ndeploy = "true"\ndirect_push = true\n')
+    return p
+
+
+@pytest.mark.parametrize("spelling", ["symlink", "dotdot"])
+def test_a_worktree_shared_through_a_symlink_or_dotdot_is_refused(tmp_path: Path, spelling: str) -> None:
+    sa, sb = make_sandbox(tmp_path / "a", "a"), make_sandbox(tmp_path / "b", "b")
+    if spelling == "symlink":
+        other = tmp_path / "link-to-a"
+        other.symlink_to(sa.worktree)
+        same = str(other)
+    else:
+        same = str(sa.worktree.parent / "x" / ".." / sa.worktree.name)
+        (sa.worktree.parent / "x").mkdir()
+    assert same != str(sa.worktree) and os.path.realpath(same) == os.path.realpath(sa.worktree)
+    cfg = _two_services(tmp_path, sa, sb, same)
+    state = Path(os.environ["OPSKIT_STATE_DIR"])
+    hooks_before = sorted(p.name for p in (sa.bare / "hooks").iterdir())
+    for args in (["doctor"], ["hooks", "install", "b"], ["deploy", "b"]):
+        r = subprocess.run([sys.executable, "-m", "opskit", "--config", str(cfg), *args], capture_output=True,
+                           text=True, timeout=60, check=False, env=dict(os.environ))
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        (line,) = r.stderr.strip().splitlines()
+        assert "service.b.worktree" in line and "is the same directory as service.a.worktree" in line, line
+        assert same in line, line
+    assert sorted(p.name for p in (sa.bare / "hooks").iterdir()) == hooks_before
+    assert not (state / "journal.db").exists()
