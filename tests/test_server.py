@@ -55,6 +55,42 @@ def tune_gate(srv: Server) -> None:
             "failures = 2\nstartup = 2.0"))
 
 
+def push_bad_merge(srv: Server, dev: Path) -> subprocess.CompletedProcess[str]:
+    """In the dev clone: a branch that breaks health, merged into master and pushed (the gate reverts it)."""
+    git_dev(srv, "checkout", "-q", "-b", "feature", cwd=dev)
+    (dev / "service.mode").write_text("broken\n")
+    git_dev(srv, "commit", "-q", "-am", "feature: breaks health", cwd=dev)
+    git_dev(srv, "checkout", "-q", "master", cwd=dev)
+    m = git_dev(srv, "merge", "-q", "--no-ff", "-m", "Merge feature", "feature", cwd=dev)
+    assert m.returncode == 0, m.stderr
+    return git_dev(srv, "push", "origin", "master", cwd=dev)
+
+
+@pytest.fixture(scope="module")
+def app(server: Server) -> Server:
+    """The service added (its bare repo, hooks, config section) and its gate shortened: what
+    test_add_creates_repo_keeps_comments_and_is_idempotent leaves, made here when it has not run."""
+    r = add_app(server)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tune_gate(server)
+    return server
+
+
+@pytest.fixture(scope="module")
+def reverted(app: Server, tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """A bad merge pushed and reverted by the gate, once: what the push test leaves, made here
+    when it has not run."""
+    srv = app
+    if not any(e["type"] == "rollback.complete" and e.get("service") == "app" for e in events(srv)):
+        dev = tmp_path_factory.mktemp("reverted") / "dev"
+        r = git_dev(srv, "clone", "-q", srv.url(), str(dev))
+        assert r.returncode == 0, r.stderr
+        bad = push_bad_merge(srv, dev)
+        assert "revert" in bad.stderr.lower(), bad.stderr
+    assert any(e["type"] == "rollback.complete" and e.get("service") == "app" for e in events(srv))
+    return srv
+
+
 # --- install --------------------------------------------------------------------------------
 
 def test_system_install_layout_and_rerun(server: Server) -> None:
@@ -143,9 +179,9 @@ def test_add_creates_repo_keeps_comments_and_is_idempotent(server: Server) -> No
 
 # --- the push over SSH --------------------------------------------------------------------------
 
-def test_push_over_ssh_deploys_gates_and_reverts_a_bad_merge(server: Server, tmp_path: Path) -> None:
-    srv = server
-    assert (srv.repo / "hooks" / "post-receive").exists(), "needs test_add_… first (module order)"
+def test_push_over_ssh_deploys_gates_and_reverts_a_bad_merge(app: Server, tmp_path: Path) -> None:
+    srv = app
+    assert (srv.repo / "hooks" / "post-receive").exists(), "the app fixture adds the service"
     # Root follows the journal the whole time; the git account pushes under umask 077.
     follow = subprocess.Popen(["env", "-i", "HOME=/root", "PATH=/usr/bin:/bin", srv.opskit, "--config",
                                str(srv.config), "events", "--follow"], stdout=subprocess.PIPE,
@@ -165,13 +201,7 @@ def test_push_over_ssh_deploys_gates_and_reverts_a_bad_merge(server: Server, tmp
         assert f"as {srv.git} home {pwd.getpwnam(srv.git).pw_dir}" in log.read_text()
 
         # A bad merge: the branch breaks health; the merge is deployed, fails the gate, reverted.
-        git_dev(srv, "checkout", "-q", "-b", "feature", cwd=dev)
-        (dev / "service.mode").write_text("broken\n")
-        git_dev(srv, "commit", "-q", "-am", "feature: breaks health", cwd=dev)
-        git_dev(srv, "checkout", "-q", "master", cwd=dev)
-        m = git_dev(srv, "merge", "-q", "--no-ff", "-m", "Merge feature", "feature", cwd=dev)
-        assert m.returncode == 0, m.stderr
-        bad = git_dev(srv, "push", "origin", "master", cwd=dev)
+        bad = push_bad_merge(srv, dev)
         srv.transcript.append(f"dev$ git push origin master   (a merge that breaks health)\n{bad.stderr}[exit {bad.returncode}]")
         assert "remote:" in bad.stderr and "revert" in bad.stderr.lower(), bad.stderr
         assert (srv.worktree / "service.mode").read_text().strip() == "ok"
@@ -195,8 +225,8 @@ def test_push_over_ssh_deploys_gates_and_reverts_a_bad_merge(server: Server, tmp
         assert gid == os.stat(srv.state).st_gid, f
 
 
-def test_operator_sees_it_outsider_gets_the_fix(server: Server) -> None:
-    srv = server
+def test_operator_sees_it_outsider_gets_the_fix(reverted: Server) -> None:
+    srv = reverted
     r = srv.ops(srv.operator, "status", record=True)
     assert r.returncode in (0, 1), r.stderr
     live = run_as(srv.git, ["git", "-C", str(srv.worktree), "rev-parse", "HEAD"]).stdout.strip()
@@ -242,8 +272,8 @@ def as_cron(user: str, command: str) -> subprocess.CompletedProcess[str]:
                           check=False, start_new_session=True)
 
 
-def test_cron_d_entries_run_as_cron_would(server: Server) -> None:
-    srv = server
+def test_cron_d_entries_run_as_cron_would(app: Server) -> None:
+    srv = app
     env = {"OPSKIT_CRON_D": str(srv.crond)}
     srv.crond.parent.mkdir(exist_ok=True)
     r = srv.ops("root", "cron", "install", "--system", env=env, record=True)
@@ -285,8 +315,8 @@ def test_cron_d_entries_run_as_cron_would(server: Server) -> None:
 
 # --- root never runs git in the git account's repo; anyone else hears why ----------------------
 
-def test_dubious_ownership_is_named_with_the_fix(server: Server) -> None:
-    srv = server
+def test_dubious_ownership_is_named_with_the_fix(app: Server) -> None:
+    srv = app
     r = srv.ops(srv.operator, "deploy", "app")
     assert r.returncode == 2, r.stdout + r.stderr
     assert srv.git in r.stderr and srv.operator in r.stderr and "sudo" in r.stderr
@@ -308,8 +338,8 @@ def test_dubious_ownership_is_named_with_the_fix(server: Server) -> None:
 
 # --- privileged deploys -------------------------------------------------------------------------
 
-def test_sudoers_rule_is_least_privilege_and_doctor_checks_it(server: Server, tmp_path: Path) -> None:
-    srv = server
+def test_sudoers_rule_is_least_privilege_and_doctor_checks_it(app: Server, tmp_path: Path) -> None:
+    srv = app
     conf = tmp_path / "sudo.toml"
     conf.write_text(f'[opskit]\nstate_dir = "{srv.state}"\n[service.priv]\nrepo = "{srv.repo}"\n'
                     f'worktree = "{srv.worktree}"\nuser = "{srv.git}"\n'
@@ -338,8 +368,8 @@ def test_sudoers_rule_is_least_privilege_and_doctor_checks_it(server: Server, tm
     assert none.returncode == 2 and len(none.stderr.strip().splitlines()) == 1
 
 
-def test_hooks_refuse_an_interpreter_the_git_account_cannot_start(server: Server) -> None:
-    srv = server
+def test_hooks_refuse_an_interpreter_the_git_account_cannot_start(app: Server) -> None:
+    srv = app
     import sys
 
     py = sys.executable  # the clone's venv, on an interpreter under /root (pyenv): root's alone
@@ -355,8 +385,8 @@ def test_hooks_refuse_an_interpreter_the_git_account_cannot_start(server: Server
 
 # --- last: the git account leaves the group ------------------------------------------------------
 
-def test_pre_receive_fails_closed_with_the_usermod_fix(server: Server, tmp_path: Path) -> None:
-    srv = server
+def test_pre_receive_fails_closed_with_the_usermod_fix(app: Server, tmp_path: Path) -> None:
+    srv = app
     dev = tmp_path / "dev"
     assert git_dev(srv, "clone", "-q", srv.url(), str(dev)).returncode == 0
     before = run_as(srv.git, ["git", "-C", str(srv.repo), "rev-parse", "master"]).stdout
