@@ -34,6 +34,17 @@ MODULES=(
   "health|src/opskit/deploy/health.py|tests/test_health.py"
   "drift|src/opskit/guard/drift.py|tests/test_drift.py"
   "routing|src/opskit/chain/routing.py|tests/test_chain.py tests/test_pipeline.py"
+  # the security modules: who may decide, what root may open, which account runs what
+  "roles|src/opskit/base/roles.py|tests/test_pusher_cannot_decide.py tests/test_trust_rules.py"
+  "safety|src/opskit/base/safety.py|tests/test_trust_rules.py tests/test_foundation.py"
+  "placement|src/opskit/base/placement.py|tests/test_placement.py tests/test_recovery_rules.py"
+  "statefs|src/opskit/base/statefs.py|tests/test_state_links.py tests/test_sqlite_swap.py"
+  "decisions|src/opskit/notify/decisions.py|tests/test_decisions_rules.py tests/test_inbox.py"
+  "inbox|src/opskit/chain/inbox.py|tests/test_inbox.py tests/test_decisions_rules.py"
+  "accounts|src/opskit/base/accounts.py|tests/test_trust_rules.py tests/test_hooks_as_root.py"
+  "sandbox|src/opskit/base/bwrap.py|tests/test_bwrap.py tests/test_sandbox_tools.py tests/test_trust_rules.py"
+  "recover|src/opskit/storage/recover.py|tests/test_journal_recover.py tests/test_recovery_rules.py"
+  "fallback|src/opskit/storage/fallback.py|tests/test_journal_faults.py tests/test_recovery_rules.py"
 )
 
 [ -x "$MUTMUT" ] || { echo "mutation.sh: $MUTMUT missing; run: .venv/bin/pip install mutmut==3.8.1" >&2; exit 2; }
