@@ -15,7 +15,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 from opskit.base import config
 from opskit.base.errors import UsageError
 from opskit.wiring import hooks
+from tests.support.accounts import throwaway_account
 from tests.support.gitsandbox import Sandbox, make_sandbox
 from tests.support.hooks import write_service_config
 
@@ -36,13 +36,8 @@ WORKTREE_HOOKS = ("pre-commit", "pre-merge-commit")
 
 @pytest.fixture
 def account() -> Iterator[pwd.struct_passwd]:
-    name = f"opskhk{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
+    with throwaway_account("opskhk") as pw:
+        yield pw
 
 
 @pytest.fixture(autouse=True)
