@@ -153,6 +153,20 @@ class JobSettings:
     timezone: str | None = None
     grace: float | None = None  # default: 10% of the period, at least 60 s
     max_runtime: float | None = None
+    ping_url: Secret | None = None  # healthchecks.io-style ping: /start, then /<exit status>
+
+
+# --- outside monitoring: the heartbeat and metrics ([opskit] heartbeat*, outbox_alarm, metrics_textfile)
+HEARTBEAT_STYLES = ("healthchecks", "uptime-kuma")
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    heartbeat: Secret | None = None  # a ping URL: every cron-check pings it
+    heartbeat_style: str = "healthchecks"  # healthchecks: URL[+fail suffix]; uptime-kuma: ?status=up|down&msg=
+    heartbeat_fail: str = "/fail"  # healthchecks style: the suffix of the failure form
+    outbox_alarm: float = 1800.0  # seconds a message may wait in the outbox before it needs attention
+    metrics_textfile: Path | None = None  # `cron install` adds `opskit metrics --textfile PATH`
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,7 @@ class Settings:
     services: Mapping[str, ServiceSettings] = field(default_factory=dict)
     cron: CronSettings = field(default_factory=CronSettings)
     jobs: Mapping[str, JobSettings] = field(default_factory=dict)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
     def service(self, name: str) -> ServiceSettings:
         try:
@@ -445,6 +460,7 @@ class _Parser:
             "state_dir": self.nonempty,
             "notify": self.strings,
             "drift_renotify": self.positive,
+            **self.monitor_schema(),
         })
         state_dir = self.path_value("opskit.state_dir", base["state_dir"]) if "state_dir" in base \
             else default_state_dir()
@@ -477,7 +493,7 @@ class _Parser:
             self.check_name(f"jobs.{name}", name)
             fields = self.table(f"jobs.{name}", raw, {
                 "schedule": self.cron_expr, "timezone": self.tz,
-                "grace": self.positive, "max_runtime": self.positive,
+                "grace": self.positive, "max_runtime": self.positive, "ping_url": self.ping_url,
             })
             if "schedule" not in fields:
                 raise self.fail(f"jobs.{name}.schedule", "is missing", 'add schedule = "*/5 * * * *"')
@@ -490,6 +506,7 @@ class _Parser:
             path=self.path, state_dir=state_dir, notify=base.get("notify", ()),
             drift_renotify=base.get("drift_renotify", 24.0),
             channels=channels, services=services, cron=cron, jobs=jobs,
+            monitor=self.monitor(base),
         )
         # Every channel named anywhere must exist: a typo here is a silent outage later.
         for where, names in [("opskit.notify", settings.notify)] + [
@@ -501,6 +518,28 @@ class _Parser:
                     raise self.fail(where, f"names channel {n!r}, which is not configured (configured: {known})",
                                     f"add a [notify.{n}] table or fix the name")
         return settings
+
+    # outside monitoring ---------------------------------------------------------------------
+    def monitor_schema(self) -> dict[str, _Conv]:
+        return {"heartbeat": self.ping_url, "heartbeat_style": self.choice(*HEARTBEAT_STYLES),
+                "heartbeat_fail": self.nonempty, "outbox_alarm": self.positive,
+                "metrics_textfile": self.nonempty}
+
+    def ping_url(self, key: str, value: Any) -> Secret:
+        url = self.secret(key, value)
+        if check_url(url.reveal()):  # the message names the key, never the URL: it holds the check's secret
+            raise self.fail(key, "is not an http(s) URL", 'use e.g. "https://hc-ping.com/${HC_UUID}"')
+        return url
+
+    def monitor(self, base: dict[str, Any]) -> MonitorSettings:
+        fields = {k: base[k] for k in self.monitor_schema() if k in base}
+        if "metrics_textfile" in fields:
+            p = self.path_value("opskit.metrics_textfile", fields["metrics_textfile"])
+            if not p.is_absolute() or not p.name.endswith(".prom"):
+                raise self.fail("opskit.metrics_textfile", f"{p} is not an absolute path ending in .prom",
+                                'write e.g. "/var/lib/node_exporter/textfile_collector/opskit.prom"')
+            fields["metrics_textfile"] = p
+        return MonitorSettings(**fields)
 
     def sandbox_binds(self, svc: ServiceSettings, state_dir: Path, services: list[ServiceSettings]) -> None:
         """sandbox_bind shows the operator's tools, never what the sandbox exists to hide: the

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from opskit.base import statefs
+from opskit.base.errors import redact
 from opskit.commands import _common
 
 if TYPE_CHECKING:
+    from opskit.base.config import Settings
+    from opskit.storage.journal import Journal
     from opskit.wiring.cron import CronResult
     from opskit.wiring.crond import SystemCronResult
 
@@ -186,9 +189,12 @@ def register(app: typer.Typer) -> None:
         """
         from opskit.jobs.cron_check import cron_check as core
 
-        report = core(_common.settings(), _common.journal())
+        settings, journal = _common.settings(), _common.journal()
+        before = _cron_check_before(settings, journal)
+        report = core(settings, journal)
+        beat = _heartbeat(settings, journal, before)
         if as_json:
-            _common.print_json(report.to_dict())
+            _common.print_json({**report.to_dict(), **({"heartbeat": beat} if beat else {})})
         else:
             for u in report.unfinished:
                 outcome = f"finished: {u.status}: {u.reason}" if u.error is None else f"NOT finished: {u.error}"
@@ -201,4 +207,31 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{mark:8} {j.name:24} {j.state:8} {detail}".rstrip())
         for w in report.warnings:
             _common.err_console().print(f"warning: {w}", markup=False)
+        if beat and not beat["delivered"]:
+            _common.err_console().print(f"warning: heartbeat ping failed: {beat['error']}", markup=False)
         _common.exit_with(0 if report.ok else 1)
+
+
+# --- the heartbeat: cron-check's health, sent to an external monitor --------------------------
+
+def _cron_check_before(settings: Settings, journal: Journal) -> Any:
+    """cron-check's own lateness as it was before this run (the run itself ends it)."""
+    if settings.monitor.heartbeat is None:
+        return None
+    from opskit.jobs.cron_check import cron_check_health  # only when a heartbeat is configured
+
+    try:
+        return cron_check_health(journal, settings)
+    except Exception as e:  # the heartbeat must never stop cron-check's work
+        return {"error": redact(str(e))[:200]}
+
+
+def _heartbeat(settings: Settings, journal: Journal, before: Any) -> dict[str, Any] | None:
+    if settings.monitor.heartbeat is None:
+        return None
+    from opskit.views.heartbeat import beat  # only when a heartbeat is configured
+
+    try:
+        return beat(settings, journal, cron_check=before).to_dict()
+    except Exception as e:  # the ping must never fail cron-check: its work is done by now
+        return {"sent": False, "delivered": False, "error": redact(f"{type(e).__name__}: {e}")[:200]}

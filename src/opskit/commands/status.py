@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Each service's deployed commit, last verdict, freeze, quarantine, deploy in progress; the outbox.
         Exit 0 when nothing needs attention, 1 when something does (an interrupted deploy, a freeze,
-        a failed verdict, a broken channel, a stopped cron-check, records outside the journal).
+        a failed verdict, a broken channel, a stopped cron-check, records outside the journal,
+        an old outbox message, a missed job, a failing heartbeat ping).
 
         Example: opskit status --json
         """

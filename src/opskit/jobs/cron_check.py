@@ -341,3 +341,9 @@ def cron_check_health(journal: Journal, settings: Settings, clock: Clock = SYSTE
                "streak": st.get("streak", 0), "running": bool(st.get("running"))}
         for name, st in journal.kv_all(JOB).items()}
     return out
+
+
+def missed_jobs(journal: Journal) -> dict[str, dict[str, Any]]:
+    """job → {expected, opened}: the runs cron-check found missed and no run has ended since."""
+    return {key.split(":", 1)[1]: {"expected": v.get("expected"), "opened": v.get("opened")}
+            for key, v in journal.kv_all(CHECK).items() if key.startswith("incident:")}

@@ -25,6 +25,8 @@ TYPES: tuple[str, ...] = (
     "notify.sent", "notify.failed",
     "job.start", "job.ok", "job.fail", "job.missed", "job.recovered",
     "decision.received", "decision.refused", "decision.applied",
+    # outside monitoring: the heartbeat ping to an external dead man's switch
+    "heartbeat.failed", "heartbeat.recovered",
 )
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(t.split(".", 1)[0] for t in TYPES))
 

@@ -203,6 +203,14 @@ def summary(journal: Journal) -> dict[str, dict[str, int]]:
     return out
 
 
+def waiting(journal: Journal) -> dict[str, tuple[int, str]]:
+    """channel → (messages not yet delivered, the oldest one's `created`): how long a channel's
+    owner has been waiting (status's outbox alarm, the heartbeat, metrics)."""
+    return {ch: (int(n), str(oldest)) for ch, n, oldest in journal.conn.execute(
+        "SELECT channel, COUNT(*), MIN(created) FROM outbox WHERE status IN ('queued', 'sending') "
+        "GROUP BY channel ORDER BY channel")}
+
+
 def queued_count(journal: Journal) -> int:
     return int(journal.conn.execute("SELECT COUNT(*) FROM outbox WHERE status = 'queued'").fetchone()[0])
 

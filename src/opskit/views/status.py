@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from opskit.base import accounts
-from opskit.base.clock import SYSTEM, Clock
+from opskit.base.clock import SYSTEM, Clock, parse_iso
 from opskit.base.config import ServiceSettings, Settings
 from opskit.base.errors import OpsError
 from opskit.base.lock import is_held, read_holder
@@ -20,8 +20,8 @@ from opskit.base.proc import pid_alive
 from opskit.base.text import printable, shown
 from opskit.chain.feature import status_section
 from opskit.git.repo import Git
-from opskit.notify import broken_channels, outbox_summary
-from opskit.storage import fallback
+from opskit.notify import broken_channels, outbox_summary, ping
+from opskit.storage import fallback, outbox
 from opskit.storage.journal import Journal
 from opskit.views import incident
 
@@ -68,13 +68,12 @@ def last_incident(journal: Journal, svc: ServiceSettings, clock: Clock = SYSTEM)
             "command": f"opskit incident {inc.anchor}"}
 
 
-def service_status(settings: Settings, journal: Journal, svc: ServiceSettings,
-                   clock: Clock = SYSTEM) -> dict[str, Any]:
-    rows = journal.deploys(svc.name, limit=50)
-    try:
-        deployed = _from_journal(svc, rows) or _deployed(svc)
-    except OpsError as e:
-        deployed = {"sha": None, "problem": str(e)}
+def attention_fields(settings: Settings, journal: Journal, svc: ServiceSettings,
+                     rows: list[Any] | None = None) -> dict[str, Any]:
+    """A service's part of attention(), from the journal only (no git): status shows it, the
+    heartbeat sends it (views/heartbeat.py), metrics export it."""
+    if rows is None:
+        rows = journal.deploys(svc.name, limit=50)
     verdict = next((r for r in rows if r["status"] != "running"), None)
     running = [r for r in rows if r["status"] == "running"]
     in_progress = None
@@ -85,19 +84,35 @@ def service_status(settings: Settings, journal: Journal, svc: ServiceSettings,
                        "pid": r["pid"], "alive": live}
         if live:
             in_progress["holder"] = read_holder(settings.state_dir, svc.name)
+    return {
+        "name": svc.name,
+        "last_verdict": None if verdict is None else {
+            "sha": verdict["sha"], "status": verdict["status"], "kind": verdict["kind"],
+            "when": verdict["finished"] or verdict["started"], "reason": verdict["reason"]},
+        "frozen": journal.frozen(svc.name),
+        "in_progress": in_progress,
+    }
+
+
+def service_status(settings: Settings, journal: Journal, svc: ServiceSettings,
+                   clock: Clock = SYSTEM) -> dict[str, Any]:
+    rows = journal.deploys(svc.name, limit=50)
+    try:
+        deployed = _from_journal(svc, rows) or _deployed(svc)
+    except OpsError as e:
+        deployed = {"sha": None, "problem": str(e)}
+    fields = attention_fields(settings, journal, svc, rows)
     last_good = journal.last_good(svc.name)
     entry: dict[str, Any] = {
         "name": svc.name,
         "mode": "pull" if svc.pull_mode else "push",
         "branch": svc.branch,
         "deployed": deployed,
-        "last_verdict": None if verdict is None else {
-            "sha": verdict["sha"], "status": verdict["status"], "kind": verdict["kind"],
-            "when": verdict["finished"] or verdict["started"], "reason": verdict["reason"]},
+        "last_verdict": fields["last_verdict"],
         "last_good": last_good,
-        "frozen": journal.frozen(svc.name),
+        "frozen": fields["frozen"],
         "quarantined": len(journal.quarantine_list(svc.name)),
-        "in_progress": in_progress,
+        "in_progress": fields["in_progress"],
         "last_incident": _guarded(lambda: last_incident(journal, svc, clock)),
     }
     for name, fn in SECTIONS.items():
@@ -117,8 +132,37 @@ def collect(settings: Settings, journal: Journal, services: list[str] | None = N
     out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
     out["cron_check"] = _guarded(lambda: _cron_check(settings, journal))
     out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
+    out.update(outside_watch(settings, journal, clock))
+    out["heartbeat"] = _guarded(lambda: journal.kv_get(ping.HEARTBEAT, "state"))
     out["attention"] = attention(out)
     return out
+
+
+def watch_data(settings: Settings, journal: Journal, clock: Clock = SYSTEM,
+               cron_check: Any = None) -> dict[str, Any]:
+    """What attention() reads, from the journal only (no git, no sections): the heartbeat's and
+    the metrics' input. cron_check: its health as measured before this run (the heartbeat is
+    sent by cron-check itself, which is never late once it runs)."""
+    out: dict[str, Any] = {"services": [attention_fields(settings, journal, settings.service(n))
+                                        for n in sorted(settings.services)]}
+    out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
+    out["cron_check"] = cron_check if cron_check is not None else _guarded(lambda: _cron_check(settings, journal))
+    out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
+    out.update(outside_watch(settings, journal, clock))
+    return out
+
+
+def outside_watch(settings: Settings, journal: Journal, clock: Clock) -> dict[str, Any]:
+    """Outbox messages waiting longer than [opskit] outbox_alarm, and jobs cron-check found missed."""
+    from opskit.jobs.cron_check import missed_jobs  # the jobs' side is cron-check's, read once there
+
+    now = clock.now()
+    old = {}
+    for channel, (count, oldest) in outbox.waiting(journal).items():
+        age = (now - parse_iso(oldest)).total_seconds()
+        if age > settings.monitor.outbox_alarm:
+            old[channel] = {"count": count, "oldest": oldest, "age_seconds": round(age)}
+    return {"outbox_old": old, "jobs_missed": _guarded(lambda: missed_jobs(journal))}
 
 
 def attention(data: dict[str, Any]) -> list[str]:
@@ -141,6 +185,16 @@ def attention(data: dict[str, Any]) -> list[str]:
     cc = data.get("cron_check")
     if isinstance(cc, dict) and cc.get("overdue"):
         out.append("cron-check is not running: nothing watches the jobs or finishes an interrupted deploy")
+    for channel, info in sorted((data.get("outbox_old") or {}).items()):
+        out.append(f"channel {channel}: {info['count']} message(s) waiting in the outbox since {info['oldest']}, "
+                   "longer than outbox_alarm (opskit notify --flush; is the channel reachable?)")
+    missed = data.get("jobs_missed")
+    for name, info in sorted(missed.items() if isinstance(missed, dict) and "error" not in missed else []):
+        out.append(f"job {name} missed its run due {info.get('expected')} (opskit cron-check)")
+    hb = data.get("heartbeat")
+    if isinstance(hb, dict) and hb.get("failing"):
+        out.append(f"the heartbeat ping fails since {hb.get('since')}: {hb.get('error')} "
+                   "(the external monitor will report this host late)")
     waiting = data.get("fallback_pending")
     if isinstance(waiting, int) and waiting:
         out.append(f"{waiting} record(s) wait in the fallback log, outside the journal (journaled by the "

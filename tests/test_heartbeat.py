@@ -1,0 +1,186 @@
+"""[opskit] heartbeat: each cron-check pings an external monitor (a local stand-in of
+healthchecks.io's ping API and Uptime Kuma's push monitor, sandbox/pings.py), success when
+nothing needs attention, the failure form with the reasons when something does; a monitor
+that is down or hangs never stops cron-check, and its outage is journaled once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from opskit import notify
+from opskit.base import config
+from opskit.base.clock import FakeClock
+from opskit.jobs.cron_check import cron_check
+from opskit.sandbox.pings import BODY_LIMIT, PingReceiver
+from opskit.storage.journal import Journal
+from opskit.views.heartbeat import beat
+from tests.support.notify import receiver_fixture  # noqa: F401 - the `receiver` fixture
+
+
+@pytest.fixture(name="pings")
+def pings_fixture() -> Iterator[PingReceiver]:
+    r = PingReceiver.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def _dump(state_dir: Path) -> str:
+    conn = sqlite3.connect(state_dir / "journal.db")
+    out = []
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        out += [repr(row) for row in conn.execute(f"SELECT * FROM {table}")]
+    return "\n".join(out)
+
+
+def _config(write_config: Callable[[str], Path], sandbox, extra: str = "", opskit_extra: str = "") -> Path:
+    return write_config('[opskit]\nheartbeat = "${HC_URL}"\n' + opskit_extra
+                        + f'[service.web]\nrepo = "{sandbox.bare}"\nworktree = "{sandbox.worktree}"\n' + extra)
+
+
+def _events(state_dir: Path, prefix: str) -> list[dict[str, object]]:
+    j = Journal(state_dir)
+    return [e.to_dict() for e in j.query(type_prefix=prefix)]
+
+
+def test_a_healthy_host_pings_success_and_the_url_is_nowhere(opskit, write_config, sandbox, pings,
+                                                             state_dir) -> None:
+    url = pings.check_url()
+    secret = url.rsplit("/", 1)[1]
+    cfg = _config(write_config, sandbox)
+    r = opskit("--config", str(cfg), "cron-check", env={"HC_URL": url})
+    assert r.returncode == 0, r.stdout + r.stderr
+    [p] = pings.of(url)
+    assert (p.kind, p.method, p.failed) == ("success", "POST", False)
+    assert p.text.endswith("all well.")
+    r2 = opskit("--config", str(cfg), "cron-check", "--json", env={"HC_URL": url})
+    assert json.loads(r2.stdout)["heartbeat"] == {"sent": True, "healthy": True, "reasons": [],
+                                                   "delivered": True, "error": None}
+    assert len(pings.of(url)) == 2
+    for text in (r.stdout, r.stderr, r2.stdout, r2.stderr, _dump(state_dir)):
+        assert secret not in text
+
+
+def test_a_broken_channel_makes_the_next_ping_the_failure_form_naming_it(opskit, write_config, sandbox, pings,
+                                                                         receiver, state_dir) -> None:
+    url = pings.check_url()
+    cfg = _config(write_config, sandbox, f'[notify.ops]\ntype = "discord"\nurl = "{receiver.url("discord")}"\n'
+                  'retry_for = 1\n', 'notify = ["ops"]\n')
+    receiver.fail_next(1, 404)  # Discord's "Unknown Webhook": the channel is broken for good
+    assert opskit("--config", str(cfg), "notify", "deploy failed", env={"HC_URL": url}).returncode == 1
+    r = opskit("--config", str(cfg), "cron-check", env={"HC_URL": url})
+    assert r.returncode == 0, r.stdout + r.stderr
+    [p] = pings.of(url)
+    assert p.kind == "fail" and p.failed
+    assert "needs attention: channel ops is broken: its notifications go to its fallback or wait." in p.text
+    assert not p.cut and len(p.body) <= BODY_LIMIT
+
+
+def test_a_frozen_service_fails_the_ping_and_unfreeze_makes_it_success_again(opskit, write_config, sandbox,
+                                                                              pings) -> None:
+    url = pings.check_url()
+    cfg = _config(write_config, sandbox)
+    env = {"HC_URL": url}
+    assert opskit("--config", str(cfg), "freeze", "web", "--reason", "db migration", env=env).returncode == 0
+    opskit("--config", str(cfg), "cron-check", env=env)
+    assert opskit("--config", str(cfg), "unfreeze", "web", env=env).returncode == 0
+    opskit("--config", str(cfg), "cron-check", env=env)
+    first, second = pings.of(url)
+    assert first.kind == "fail" and "web: frozen, deploys refused (opskit unfreeze web)" in first.text
+    assert second.kind == "success"
+
+
+def test_an_outbox_older_than_the_alarm_fails_the_ping(write_config, sandbox, pings, receiver, state_dir,
+                                                       monkeypatch) -> None:
+    url = pings.check_url()
+    monkeypatch.setenv("HC_URL", url)
+    cfg = _config(write_config, sandbox, f'[notify.ops]\ntype = "discord"\nurl = "{receiver.url("discord")}"\n'
+                  'retry_for = 1\n', 'notify = ["ops"]\noutbox_alarm = 1800\n')
+    s = config.load_file(cfg)
+    clock = FakeClock()
+    j = Journal(state_dir, clock)
+    receiver.stop()  # down: the message waits in the outbox
+    notify.send(s, j, "deploy failed", level="error", clock=clock)
+    clock.advance(1700)
+    assert beat(s, j, clock, timeout=2).healthy  # 28 min: not yet
+    clock.advance(200)
+    b = beat(s, j, clock, timeout=2)
+    assert not b.healthy and b.result is not None and b.result.ok
+    assert b.reasons == ["channel ops: 1 message(s) waiting in the outbox since 2026-04-26T03:53:00Z, longer than "
+                         "outbox_alarm (opskit notify --flush; is the channel reachable?)"]
+    assert [p.kind for p in pings.of(url)] == ["success", "fail"]
+    assert "channel ops: 1 message(s) waiting in the outbox" in pings.of(url)[1].text
+
+
+def test_a_down_monitor_leaves_cron_check_working_and_is_journaled_once(opskit, write_config, sandbox, pings,
+                                                                        state_dir) -> None:
+    url = pings.check_url()
+    secret = url.rsplit("/", 1)[1]
+    cfg = _config(write_config, sandbox)
+    env = {"HC_URL": url}
+    pings.stop()
+    outs = [opskit("--config", str(cfg), "cron-check", env=env) for _ in range(2)]
+    for r in outs:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr and secret not in r.stdout + r.stderr
+        assert "warning: heartbeat ping failed: cannot reach the monitor (Connection refused)" in r.stderr
+    j = Journal(state_dir)
+    assert j.kv_get("cron-check", "last") is not None  # cron-check did its work
+    failed = _events(state_dir, "heartbeat.")
+    assert [e["type"] for e in failed] == ["heartbeat.failed"]
+    st = opskit("--config", str(cfg), "status", env=env)
+    assert st.returncode == 1
+    assert "  - the heartbeat ping fails since " in st.stdout and "cannot reach the monitor" in st.stdout
+    pings.restart()
+    assert opskit("--config", str(cfg), "cron-check", env=env).returncode == 0
+    assert [e["type"] for e in _events(state_dir, "heartbeat.")] == ["heartbeat.failed", "heartbeat.recovered"]
+    assert opskit("--config", str(cfg), "status", env=env).returncode == 0
+    assert secret not in _dump(state_dir)
+
+
+def test_a_hanging_monitor_costs_cron_check_only_the_timeout(write_config, sandbox, pings, state_dir,
+                                                              monkeypatch) -> None:
+    url = pings.check_url()
+    monkeypatch.setenv("HC_URL", url)
+    s = config.load_file(_config(write_config, sandbox))
+    j = Journal(state_dir)
+    pings.hang()
+    report = cron_check(s, j, crontab_text=None)
+    b = beat(s, j, timeout=0.5)
+    assert report.ok and j.kv_get("cron-check", "last") is not None
+    assert b.result is not None and (b.result.ok, b.result.error) == (False, "no answer within 0.5s")
+    beat(s, j, timeout=0.5)
+    assert [e["type"] for e in _events(state_dir, "heartbeat.")] == ["heartbeat.failed"]
+    assert pings.requests  # it did reach the monitor, which never answered
+
+
+def test_uptime_kuma_style_says_up_or_down_with_the_reason(write_config, sandbox, pings, state_dir,
+                                                            monkeypatch) -> None:
+    url = pings.kuma_url()
+    monkeypatch.setenv("HC_URL", url)
+    s = config.load_file(_config(write_config, sandbox, opskit_extra='heartbeat_style = "uptime-kuma"\n'))
+    j = Journal(state_dir)
+    assert beat(s, j, timeout=2).result.ok  # type: ignore[union-attr]
+    j.kv_set("frozen", "web", {"reason": "by hand", "since": "2026-12-02T00:00:00Z"})
+    beat(s, j, timeout=2)
+    up, down = pings.of(url)
+    assert (up.kind, down.kind, up.method) == ("up", "down", "GET")
+    assert "web: frozen, deploys refused" in down.text
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ('heartbeat = "not a url"', "opskit.heartbeat: is not an http(s) URL"),
+    ('heartbeat_style = "cronitor"', "opskit.heartbeat_style: 'cronitor' is not one of"),
+    ("outbox_alarm = 0", "opskit.outbox_alarm: must be greater than 0"),
+])
+def test_bad_heartbeat_keys_exit_2(opskit, write_config, line: str, needle: str) -> None:
+    cfg = write_config(f"[opskit]\n{line}\n")
+    r = opskit("--config", str(cfg), "cron-check")
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert "not a url" not in r.stderr or "heartbeat_style" in line
