@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from opskit.base import proc
 from opskit.base.clock import SYSTEM, Clock, iso
 from opskit.base.errors import OpsError, UsageError, redact
+from opskit.notify import ping
 from opskit.storage.journal import kv_update
 
 if TYPE_CHECKING:
-    from opskit.base.config import Settings
+    from opskit.base.config import Secret, Settings
     from opskit.storage.journal import Journal
 
 import shlex
@@ -63,12 +64,16 @@ def _cmd_text(argv: Sequence[str]) -> str:
 def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str], *,
             service: str | None = None, ok_codes: Sequence[int] = (0,), clock: Clock = SYSTEM,
             notifier: Notifier | None = None, echo: Callable[[str], None] | None = None,
-            log_refused: str | None = None) -> JobRun:
+            log_refused: str | None = None, ping_timeout: float = ping.TIMEOUT) -> JobRun:
     """Run argv as job `name`, journal it, notify on the first failure of a streak.
 
     ok_codes: exit codes that mean the job did its work. opskit's own cron entries pass 1 too:
     drift-scan, cron-check, notify --flush and deploy exit 1 for a finding they have already
     notified about; only 2 (config) and 3 (crash) mean the job itself is broken.
+
+    A job with `[jobs.NAME] ping_url` also signals an external monitor in healthchecks.io's form:
+    `/start` before CMD, `/<exit status>` (or the plain URL for an --ok-exit code) after it, with
+    the output tail as the body.
 
     Returns CMD's exit code (127/126 when it cannot be started, 143 on SIGTERM, 130 on Ctrl-C).
     """
@@ -107,6 +112,12 @@ def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str]
         print(f"opskit: run-job {name}: an earlier run (pid {', '.join(map(str, others))}) is still "
               "running; running anyway (overlap journaled)", file=sys.stderr)
 
+    job = settings.jobs.get(name)
+    monitor = job.ping_url if job is not None else None
+    ping_errors: list[str] = []
+    if monitor is not None:
+        _ping(monitor, "start", None, ping_timeout, ping_errors, name)
+
     if echo is None:
         def echo(line: str) -> None:
             sys.stdout.write(line + "\n")
@@ -128,8 +139,13 @@ def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str]
         return st
 
     kv_update(journal, JOB, name, finish)
-    data = {"job": name, "pid": pid, "exit_code": exit_code, "duration": round(duration, 3),
-            "tail": tail}
+    if monitor is not None:
+        form = ("0" if exit_code == 0 else "") if ok else (str(exit_code) if 0 <= exit_code <= 255 else "fail")
+        _ping(monitor, form, "\n".join(tail), ping_timeout, ping_errors, name)
+    data: dict[str, Any] = {"job": name, "pid": pid, "exit_code": exit_code, "duration": round(duration, 3),
+                            "tail": tail}
+    if ping_errors:  # the monitor will show this run late or missing: say why, never the URL
+        data["ping_error"] = "; ".join(ping_errors)
     if ok:
         journal.append("job.ok", service, data)
         if out.recovered_after:
@@ -140,6 +156,19 @@ def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str]
         report_failure(settings, journal, notifier, name, service, data, out, why)
     return JobRun(name, exit_code, duration, others, tail, out.streak,
                   notified=not ok and out.first_failure, recovered=bool(out.recovered_after))
+
+
+def _ping(url: Secret, suffix: str, body: str | None, timeout: float, errors: list[str], name: str) -> None:
+    """One ping of the job's monitor; its failure is a warning, never the job's outcome."""
+    if body is not None:
+        raw = body.encode("utf-8", "replace")
+        if len(raw) > ping.BODY_MAX:  # the tail matters most: cut from the front
+            body = raw[-ping.BODY_MAX:].decode("utf-8", "ignore")
+    r = ping.send(url, suffix=suffix, body=body, timeout=timeout)
+    if not r.ok:
+        what = f"/{suffix}" if suffix else "success"
+        errors.append(f"{what} ping: {r.error}")
+        print(f"opskit: run-job {name}: the {what} ping to ping_url failed: {r.error}", file=sys.stderr)
 
 
 def _execute(argv: list[str], echo: Callable[[str], None]) -> tuple[int, float, list[str], str]:
