@@ -81,11 +81,11 @@ def many_writers(procs: int, n: int) -> float:
     return procs * n / (max(b for _, b in spans) - min(a for a, _ in spans))
 
 
-def big_journal(n: int) -> Path:
-    """A state dir whose journal holds n events over 20 services (cached)."""
+def big_journal(n: int, name: str = "journal") -> Path:
+    """A state dir whose journal holds n events over 20 services (cached as CACHE/NAME-n)."""
     from opskit.storage.journal import Journal
 
-    state = CACHE / f"journal-{n}"
+    state = CACHE / f"{name}-{n}"
     done = state / "complete"
     if done.exists():
         return state

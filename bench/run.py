@@ -23,13 +23,14 @@ sys.path.insert(0, str(HERE))
 from common import Result, load_avg, machine  # noqa: E402
 from report import render_table, splice  # noqa: E402
 
-NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox")
+NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox", "metrics")
 
 
 def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
     import drift_scale
     import hook_commit
     import journal_bench
+    import metrics_bench
     import outbox_flush
     import recovery
     import sandbox_step
@@ -46,6 +47,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
             "outbox": lambda: outbox_flush.run(rounds=5, warmup=0, n=300),
             "tap": lambda: tap_latency.run(rounds=3, warmup=1),
             "sandbox": lambda: sandbox_step.run(rounds=7, warmup=1),
+            "metrics": lambda: metrics_bench.run(rounds=5, warmup=1, n=100_000),
         }
     return {
         "hook": lambda: hook_commit.run(rounds=15, warmup=2),
@@ -56,6 +58,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
         "outbox": lambda: outbox_flush.run(rounds=5, warmup=1),
         "tap": lambda: tap_latency.run(rounds=7, warmup=1),
         "sandbox": lambda: sandbox_step.run(rounds=15, warmup=2),
+        "metrics": lambda: metrics_bench.run(rounds=5, warmup=1),
     }
 
 

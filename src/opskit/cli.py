@@ -96,6 +96,7 @@ _ONE_LINE = {
     "demo": "The whole self-healing loop in a throw-away sandbox.",
     "inbox": "Apply the decisions tapped on a phone, each exactly once.",
     "incident": "Tell a deploy incident as a story, with its downtime.",
+    "metrics": "Prometheus metrics from the journal (--textfile for node_exporter).",
 }
 
 

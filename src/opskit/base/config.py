@@ -143,6 +143,7 @@ class CronSettings:
     cron_check: str = "*/5 * * * *"
     deploy: str = "* * * * *"
     inbox: str = "* * * * *"  # only installed when a channel carries decisions back
+    metrics: str = "* * * * *"  # only installed when [opskit] metrics_textfile is set
     user: str | None = None  # crontab -u USER (root only); default: the user running opskit
 
 
@@ -482,6 +483,7 @@ class _Parser:
         cron = CronSettings(**self.table("cron", data.get("cron", {}), {
             "drift_scan": self.cron_expr, "notify_flush": self.cron_expr,
             "cron_check": self.cron_expr, "deploy": self.cron_expr, "inbox": self.cron_expr,
+            "metrics": self.cron_expr,
             "user": self.nonempty,
         }))
 

@@ -457,7 +457,8 @@ def track_state(settings: Settings, journal: Journal, rep: ServiceDrift, clock: 
     }, sha=rep.head)
     since = prev["since"] if prev is not None and rep.change == "reminder" else iso(now)
     journal.kv_set(KV_SCOPE, rep.service, {"fingerprint": fp, "since": since, "notified": iso(now),
-                                           "count": len(rep.findings), "event_id": ev.id})
+                                           "count": len(rep.findings), "event_id": ev.id,
+                                           "files": sum(f.kind in FILE_KINDS for f in rep.findings)})
     if send:
         head = ("still drifted since " + since) if rep.change == "reminder" else "drift found"
         _notify(settings, journal, f"{rep.service}: {head} in {rep.worktree}\n{_summary(rep)}",

@@ -145,6 +145,7 @@ def reap_lost(settings: Settings, journal: Journal, notifier: Notifier | None, n
         st["running_pid"] = max((int(p) for p in running), default=None)
         st["last_end"] = iso(now)
         st["last_status"] = "fail"
+        st["last_fail"] = iso(now)
         st["last_exit"] = None
         for _ in lost:
             apply_result(st, False, out)

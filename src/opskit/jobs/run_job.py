@@ -135,6 +135,7 @@ def run_job(settings: Settings, journal: Journal, name: str, argv: Sequence[str]
         st.update(running=running, running_pid=max((int(p) for p in running), default=None),
                   last_end=iso(end), last_status="ok" if ok else "fail", last_exit=exit_code,
                   last_duration=round(duration, 3))
+        st["last_ok" if ok else "last_fail"] = iso(end)  # opskit metrics: last success / failure time
         apply_result(st, ok, out)
         return st
 

@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_service ON events (service, id);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE INDEX IF NOT EXISTS events_chain ON events (chain, id);
+-- opskit metrics counts deploys and rollbacks by service from this index alone (storage/stats.py);
+-- an older journal gets it at its next open (one pass over the table).
+CREATE INDEX IF NOT EXISTS events_type_service ON events (type, service);
 
 CREATE TABLE IF NOT EXISTS deploys (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -162,7 +162,17 @@ def entries_for(settings: Settings) -> list[Entry]:
     if any(ch.actionable for ch in settings.channels.values()):
         # Listens 50 s of each minute: a tap takes effect in seconds, and runs never overlap.
         out.append(Entry("inbox", c.inbox, ("inbox", "--wait", "50")))
+    out += metrics_entries(settings)
     return out
+
+
+def metrics_entries(settings: Settings) -> list[Entry]:
+    """`opskit metrics --textfile PATH` when [opskit] metrics_textfile is set (node_exporter's
+    textfile collector reads it on every scrape)."""
+    path = settings.monitor.metrics_textfile
+    if path is None:
+        return []
+    return [Entry("metrics", settings.cron.metrics, ("metrics", "--textfile", str(path)))]
 
 
 def opskit_argv() -> list[str]:

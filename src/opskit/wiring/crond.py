@@ -48,6 +48,7 @@ def entries_for(settings: Settings) -> list[SystemEntry]:
     if any(ch.actionable for ch in settings.channels.values()):
         # Taps on a phone come back only through `opskit inbox`: without it the buttons do nothing.
         out.append(SystemEntry(cron.Entry("inbox", settings.cron.inbox, ("inbox", "--wait", "50")), host_user))
+    out += [SystemEntry(e, host_user) for e in cron.metrics_entries(settings)]
     for svc in sorted(settings.services.values(), key=lambda s: s.name):
         pw = accounts.service_account(svc)
         if pw is None:
