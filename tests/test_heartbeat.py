@@ -184,3 +184,40 @@ def test_bad_heartbeat_keys_exit_2(opskit, write_config, line: str, needle: str)
     r = opskit("--config", str(cfg), "cron-check")
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert "not a url" not in r.stderr or "heartbeat_style" in line
+
+
+def test_a_missed_job_and_a_late_cron_check_are_named_until_they_end(write_config, pings, state_dir,
+                                                                      monkeypatch) -> None:
+    import datetime as dt
+
+    from opskit.jobs.cron_check import cron_check_health
+    from opskit.jobs.run_job import run_job
+
+    url = pings.check_url()
+    monkeypatch.setenv("HC_URL", url)
+    s = config.load_file(write_config('[opskit]\nheartbeat = "${HC_URL}"\n'
+                                      '[jobs.backup]\nschedule = "0 3 * * *"\ntimezone = "UTC"\ngrace = 300\n'))
+    told: list[object] = []
+    clock = FakeClock(dt.datetime(2026, 4, 25, 3, 0, 2, tzinfo=dt.timezone.utc))
+    j = Journal(state_dir, clock)
+    run_job(s, j, "backup", ["true"], clock=clock, notifier=lambda *a, **k: told.append(a), echo=lambda _: None)
+    clock.advance(9 * 3600)
+    cron_check(s, j, clock, notifier=lambda *a, **k: told.append(a), crontab_text=None)
+    # cron stopped: neither cron-check nor the backup ran (real time passed: no clock jump)
+    clock.advance((dt.datetime(2026, 4, 26, 3, 20, tzinfo=dt.timezone.utc) - clock.now()).total_seconds())
+    before = cron_check_health(j, s, clock)
+    cron_check(s, j, clock, notifier=lambda *a, **k: told.append(a), crontab_text=None)
+    late = beat(s, j, clock, cron_check=before, timeout=2)
+    assert late.reasons == [
+        "cron-check is not running: nothing watches the jobs or finishes an interrupted deploy",
+        "job backup missed its run due 2026-04-26T03:00:00Z (opskit cron-check)"]
+    clock.advance(300)
+    cron_check(s, j, clock, notifier=lambda *a, **k: told.append(a), crontab_text=None)
+    assert beat(s, j, clock, cron_check=cron_check_health(j, s, clock), timeout=2).reasons == [
+        "job backup missed its run due 2026-04-26T03:00:00Z (opskit cron-check)"]
+    run_job(s, j, "backup", ["true"], clock=clock, notifier=lambda *a, **k: told.append(a), echo=lambda _: None)
+    clock.advance(300)
+    cron_check(s, j, clock, notifier=lambda *a, **k: told.append(a), crontab_text=None)
+    assert beat(s, j, clock, timeout=2).healthy
+    assert [(p.kind, "job backup missed" in p.text) for p in pings.of(url)] == [
+        ("fail", True), ("fail", True), ("success", False)]

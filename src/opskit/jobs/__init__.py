@@ -7,6 +7,7 @@ vanished without a result (SIGKILL, OOM, power loss).
 
 State (kv, shared with `opskit status`):
 - scope "job", key NAME: runs (a counter), last_start/last_end/last_status/last_exit,
+  last_ok/last_fail (when a run last passed / failed: opskit metrics),
   streak (consecutive failures), running {pid: {started, ticks}}, running_pid.
 - scope "cron-check": "last" → {ts} (cron-check's own heartbeat), "installed" (set by
   `cron install`), "seen:NAME" (when a schedule was first watched), "incident:NAME" (an open

@@ -130,7 +130,7 @@ def collect(settings: Settings, journal: Journal, services: list[str] | None = N
                                         for n in names]}
     out["outbox"] = outbox_summary(journal)
     out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
-    out["cron_check"] = _guarded(lambda: _cron_check(settings, journal))
+    out["cron_check"] = _guarded(lambda: _cron_check(settings, journal, clock))
     out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
     out.update(outside_watch(settings, journal, clock))
     out["heartbeat"] = _guarded(lambda: journal.kv_get(ping.HEARTBEAT, "state"))
@@ -146,7 +146,8 @@ def watch_data(settings: Settings, journal: Journal, clock: Clock = SYSTEM,
     out: dict[str, Any] = {"services": [attention_fields(settings, journal, settings.service(n))
                                         for n in sorted(settings.services)]}
     out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
-    out["cron_check"] = cron_check if cron_check is not None else _guarded(lambda: _cron_check(settings, journal))
+    out["cron_check"] = (cron_check if cron_check is not None
+                         else _guarded(lambda: _cron_check(settings, journal, clock)))
     out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
     out.update(outside_watch(settings, journal, clock))
     return out
@@ -209,11 +210,11 @@ def _guarded(fn: Callable[[], Any]) -> Any:
         return {"error": str(e)[:200]}
 
 
-def _cron_check(settings: Settings, journal: Journal) -> Any:
+def _cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM) -> Any:
     # Who watches the watcher: cron-check notices silent jobs, status notices a silent cron-check.
     from opskit.jobs.cron_check import cron_check_health
 
-    return cron_check_health(journal, settings, SYSTEM)
+    return cron_check_health(journal, settings, clock)
 
 
 def _drift_section(settings: Settings, journal: Journal, svc: ServiceSettings) -> Any:
