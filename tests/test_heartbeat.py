@@ -221,3 +221,18 @@ def test_a_missed_job_and_a_late_cron_check_are_named_until_they_end(write_confi
     assert beat(s, j, clock, timeout=2).healthy
     assert [(p.kind, "job backup missed" in p.text) for p in pings.of(url)] == [
         ("fail", True), ("fail", True), ("success", False)]
+
+
+@pytest.mark.slow
+def test_a_hanging_monitor_through_the_real_cli_is_cut_at_the_timeout(opskit, write_config, sandbox, pings,
+                                                                       state_dir) -> None:
+    """The real command with the real 10 s timeout: cron-check's work is done and journaled, the
+    ping is abandoned with one warning (the run is bounded by the subprocess timeout, not a sleep)."""
+    url = pings.check_url()
+    pings.hang()
+    r = opskit("--config", str(_config(write_config, sandbox)), "cron-check", env={"HC_URL": url}, timeout=40)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr == "warning: heartbeat ping failed: no answer within 10s\n"
+    assert Journal(state_dir).kv_get("cron-check", "last") is not None
+    assert [e["type"] for e in _events(state_dir, "heartbeat.")] == ["heartbeat.failed"]
+    assert pings.requests == [f"POST /{url.rsplit('/', 1)[1]}"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from opskit.base.clock import parse_iso
 from opskit.storage.journal import Journal
 from opskit.views.metrics import render
 from opskit.wiring import cron
+from tests.support.crontab import CronUser, cron_account_fixture, cron_user_fixture  # noqa: F401 - fixtures
 from tests.support.pipeline import Stage, deployed_stage_fixture, env_for  # noqa: F401 - the `st` fixture
 
 
@@ -195,3 +197,25 @@ def test_a_relative_metrics_textfile_is_exit_2(opskit, write_config) -> None:
     cfg = write_config('[opskit]\nmetrics_textfile = "opskit.prom"\n')
     r = opskit("--config", str(cfg), "metrics")
     assert r.returncode == 2 and "opskit.metrics_textfile" in r.stderr and "absolute path" in r.stderr
+
+
+def test_the_installed_metrics_entry_writes_the_textfile_under_crons_environment(opskit, cron_user: CronUser,
+                                                                                tmp_path, state_dir) -> None:
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    target = folder / "opskit.prom"
+    cfg = tmp_path / "conf" / "opskit.toml"
+    cfg.parent.mkdir()
+    cfg.write_text(f'[opskit]\nmetrics_textfile = "{target}"\n[cron]\nuser = "{cron_user.name}"\n')
+    assert opskit("--config", str(cfg), "cron", "install").returncode == 0
+    block = cron.split_block(cron_user.read() or "").block or ""
+    [line] = [ln for ln in block.splitlines() if " metrics --textfile " in ln]
+    assert line.startswith("* * * * * ")
+    command = re.split(r"(?<!\\)%", line.split(None, 5)[5], maxsplit=1)[0].replace("\\%", "%")
+    env = {"HOME": str(tmp_path), "SHELL": "/bin/sh", "LOGNAME": "root"}  # cron's bare environment
+    r = subprocess.run(["/bin/sh", "-c", command], check=False, env=env, cwd="/", capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    got = _samples(target.read_text())
+    assert got[("opskit_cron_check_overdue", ())] == 0
+    assert ("opskit_journal_events", ()) in got
