@@ -236,3 +236,17 @@ def test_a_hanging_monitor_through_the_real_cli_is_cut_at_the_timeout(opskit, wr
     assert Journal(state_dir).kv_get("cron-check", "last") is not None
     assert [e["type"] for e in _events(state_dir, "heartbeat.")] == ["heartbeat.failed"]
     assert pings.requests == [f"POST /{url.rsplit('/', 1)[1]}"]
+
+
+def test_a_monitor_that_trickles_its_answer_is_abandoned_at_the_deadline(write_config, sandbox, pings, state_dir,
+                                                                          monkeypatch) -> None:
+    """Each byte comes within the per-read timeout, the whole answer would take 10 s: the ping
+    gives up at its deadline instead of waiting it out."""
+    url = pings.check_url()
+    monkeypatch.setenv("HC_URL", url)
+    s = config.load_file(_config(write_config, sandbox))
+    pings.trickle(0.2)
+    b = beat(s, Journal(state_dir), timeout=0.5)
+    assert b.result is not None and (b.result.ok, b.result.error) == (False, "no answer within 0.5s")
+    assert not pings.trickled  # the answer was still coming
+    assert [e["type"] for e in _events(state_dir, "heartbeat.")] == ["heartbeat.failed"]

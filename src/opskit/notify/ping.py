@@ -12,6 +12,7 @@ healthchecks.io's ping API (https://healthchecks.io/docs/http_api/): `URL` succe
 
 from __future__ import annotations
 
+import threading
 import urllib.parse
 from dataclasses import dataclass
 
@@ -59,11 +60,24 @@ def kuma(url: str, up: bool, msg: str) -> str:
 def send(url: Secret, *, suffix: str = "", body: str | None = None, style: str = "healthchecks",
          up: bool = True, timeout: float = TIMEOUT) -> PingResult:
     """One ping. healthchecks style: POST URL+suffix with body (≤ BODY_MAX bytes). uptime-kuma
-    style: GET with status and msg. Never raises; a 2xx answer is ok."""
+    style: GET with status and msg. Never raises; a 2xx answer is ok.
+
+    httpx's timeout bounds each phase (connect, write, each read), so a monitor that trickles its
+    answer a byte at a time could hold a request far longer; the request runs in a daemon thread
+    and is abandoned at the deadline (the process exits without waiting for it)."""
+    t = min(timeout, TIMEOUT)
+    done: list[PingResult] = []
+    worker = threading.Thread(target=lambda: done.append(_request(url, suffix, body, style, up, t)),
+                              name="opskit-ping", daemon=True)
+    worker.start()
+    worker.join(t + 0.5)
+    return done[0] if done else PingResult(False, None, f"no answer within {t:g}s")
+
+
+def _request(url: Secret, suffix: str, body: str | None, style: str, up: bool, t: float) -> PingResult:
     import httpx  # only when a ping is configured: run-job's start-up stays light without one
 
     raw = url.reveal()
-    t = min(timeout, TIMEOUT)
     try:
         with httpx.Client(timeout=httpx.Timeout(t), follow_redirects=False) as client:
             if style == "uptime-kuma":

@@ -8,8 +8,10 @@ BODY_LIMIT (100 kB = 100,000) bytes are kept, as the real service logs only thos
 body went over is marked ``cut``. Uptime Kuma: ``GET /api/push/<token>?status=up|down&msg=…``
 answers ``{"ok": true}``.
 
-Faults: ``hang(True)`` (accept, never answer until stop), ``stop()`` / ``restart()`` on the same
-port for "down". Loopback only.
+Faults: ``hang(True)`` (accept, never answer until stop), ``trickle(interval)`` (answer 200 with a
+50-byte body sent one byte per interval: every read is quick, the whole answer slow; ``trickled``
+says whether one was sent to the end), ``stop()`` / ``restart()`` on the same port for "down".
+Loopback only.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class PingReceiver:
         self.requests: list[str] = []  # every request line, for "the URL was hit"
         self._lock = threading.Lock()
         self._hang = False
+        self._trickle: float | None = None
+        self.trickled = False
         self._release = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -95,6 +99,9 @@ class PingReceiver:
         if not on:
             self._release.set()
             self._release = threading.Event()
+
+    def trickle(self, interval: float | None) -> None:
+        self._trickle = interval
 
     def __enter__(self) -> PingReceiver:
         return self
@@ -155,6 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
         if r._hang:
             r._release.wait(60)
             return
+        if r._trickle is not None:
+            self._trickle_answer(r, r._trickle)
+            return
         parts = urlsplit(self.path)
         segs = [s for s in parts.path.split("/") if s]
         if len(segs) == 3 and segs[:2] == ["api", "push"]:
@@ -184,6 +194,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._keep(Ping(segs[0], kind, code, self.command, body[:BODY_LIMIT], len(body) > BODY_LIMIT))
         self._reply(200, "OK")
+
+    def _trickle_answer(self, r: PingReceiver, interval: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "50")
+        self.end_headers()
+        for _ in range(50):
+            self.wfile.write(b"x")
+            self.wfile.flush()
+            if r._release.wait(interval):
+                return
+        r.trickled = True
 
     def _keep(self, p: Ping) -> None:
         with self.server.pings._lock:
