@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opskit.base import placement
+from opskit.base import placement, reactions_config
 from opskit.base.errors import ConfigError, register_secret
+from opskit.base.reactions_config import ReactionSettings
 from opskit.base.safety import refuse_as_root
 
 CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise", "telegram")
@@ -165,6 +166,7 @@ class Settings:
     services: Mapping[str, ServiceSettings] = field(default_factory=dict)
     cron: CronSettings = field(default_factory=CronSettings)
     jobs: Mapping[str, JobSettings] = field(default_factory=dict)
+    reactions: tuple[ReactionSettings, ...] = ()  # [[reaction]] tables, in config order
 
     def service(self, name: str) -> ServiceSettings:
         try:
@@ -437,7 +439,7 @@ class _Parser:
         return out
 
     def settings(self, data: dict[str, Any]) -> Settings:
-        top = {"opskit", "notify", "service", "cron", "jobs"}
+        top = {"opskit", "notify", "service", "cron", "jobs", "reaction"}
         for k in data:
             if k not in top:
                 raise self.fail(k, "unknown table", f"use one of: {', '.join(sorted(top))}")
@@ -490,6 +492,7 @@ class _Parser:
             path=self.path, state_dir=state_dir, notify=base.get("notify", ()),
             drift_renotify=base.get("drift_renotify", 24.0),
             channels=channels, services=services, cron=cron, jobs=jobs,
+            reactions=self.reactions(data, services, state_dir),
         )
         # Every channel named anywhere must exist: a typo here is a silent outage later.
         for where, names in [("opskit.notify", settings.notify)] + [
@@ -501,6 +504,17 @@ class _Parser:
                     raise self.fail(where, f"names channel {n!r}, which is not configured (configured: {known})",
                                     f"add a [notify.{n}] table or fix the name")
         return settings
+
+    def reactions(self, data: dict[str, Any], services: Mapping[str, ServiceSettings],
+                  state_dir: Path) -> tuple[ReactionSettings, ...]:
+        if "reaction" not in data:
+            return ()
+        from opskit.base import bus  # the trigger: only configs with [[reaction]] tables load it
+
+        found = reactions_config.parse(self, data["reaction"], services)
+        # Each process that journals an event starts the dispatcher when one of these matches.
+        bus.watch(state_dir, self.path, found)
+        return found
 
     def sandbox_binds(self, svc: ServiceSettings, state_dir: Path, services: list[ServiceSettings]) -> None:
         """sandbox_bind shows the operator's tools, never what the sandbox exists to hide: the

@@ -25,6 +25,7 @@ TYPES: tuple[str, ...] = (
     "notify.sent", "notify.failed",
     "job.start", "job.ok", "job.fail", "job.missed", "job.recovered",
     "decision.received", "decision.refused", "decision.applied",
+    "reaction.ok", "reaction.fail", "reaction.gave-up",
 )
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(t.split(".", 1)[0] for t in TYPES))
 

@@ -1,0 +1,84 @@
+"""The trigger: a process that journals an event a reaction names starts `opskit react`.
+
+No daemon: the dispatcher (reactions/dispatch.py) is started, detached, by whoever appends a
+matching event, and by cron every minute as the safety net. This sits on every append, hooks
+included, so it costs a dict lookup when no config with `[[reaction]]` tables was loaded, and
+at most one start per process while the previous one still runs (coalesced). A dispatcher
+already holding the lock makes the start a no-op: it reads the journal again after it lets the
+lock go (dispatch.py), so an event committed before this check is never left to cron.
+
+Standard library only (the hooks' fast path journals through storage/journal.py). Never
+raises: `appended` returns the problem as text and the journal writes it down.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from opskit.base.reactions_config import ReactionSettings
+
+# The dispatcher's lock (base/lock.py): a service name cannot start with "_", so no service's
+# deploy lock is ever this file.
+LOCK = "_react"
+
+_WATCH: dict[str, tuple[Path, tuple[ReactionSettings, ...]]] = {}
+_child: int | None = None  # the dispatcher this process started last
+
+
+def watch(state_dir: str | os.PathLike[str], config: Path, reactions: Sequence[ReactionSettings]) -> None:
+    """Reactions of the config loaded for this state dir (config.py calls it)."""
+    key = os.path.abspath(state_dir)
+    if reactions:
+        _WATCH[key] = (Path(os.path.abspath(config)), tuple(reactions))
+    else:
+        _WATCH.pop(key, None)
+
+
+def appended(state_dir: str | os.PathLike[str], event_type: str, service: str | None,
+             data: Mapping[str, Any]) -> str | None:
+    """An event was committed: start the dispatcher when a reaction matches it. The problem,
+    as one line, when it could not be started (cron's run picks the event up)."""
+    if not _WATCH:
+        return None
+    w = _WATCH.get(os.path.abspath(state_dir))
+    if w is None or data.get("stage") == "trigger":  # a trigger's own failure never triggers
+        return None
+    if not any(r.matches(event_type, service, data) for r in w[1]):
+        return None
+    try:
+        start(Path(state_dir), w[0])
+    except Exception as e:  # noqa: BLE001 — the step that emitted the event must go on
+        from opskit.base.errors import redact
+
+        return redact(f"could not start `opskit react`: {type(e).__name__}: {e}")[:300]
+    return None
+
+
+def start(state_dir: Path, config: Path) -> int | None:
+    """Start `opskit react` detached unless ours still runs or a dispatcher holds the lock;
+    its pid, or None when nothing was started."""
+    global _child
+    if _child is not None and _alive(_child):
+        return None
+    from opskit.base import lock  # only when a reaction matched: the fast path stays small
+
+    if lock.is_held(state_dir, LOCK):
+        return None
+    from opskit.base import proc
+
+    env = proc.clean_env({"OPSKIT_STATE_DIR": os.fspath(os.path.abspath(state_dir))})
+    argv = [sys.executable, "-m", "opskit", "--config", os.fspath(config), "react", "--quiet"]
+    _child = proc.spawn_detached(argv, log=os.path.join(state_dir, "logs", "react.log"), cwd="/", env=env)
+    return _child
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False  # reaped already (subprocess collects the children it started)
+    return done == 0
