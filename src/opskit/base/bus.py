@@ -24,9 +24,12 @@ from opskit.base.reactions_config import ReactionSettings
 # The dispatcher's lock (base/lock.py): a service name cannot start with "_", so no service's
 # deploy lock is ever this file.
 LOCK = "_react"
+# The write end of a pipe the dispatcher closes once it has tried the lock (dispatch.py): until
+# then it has read nothing, so every event committed before that reaches it.
+READY_FD = "OPSKIT_REACT_READY_FD"
 
 _WATCH: dict[str, tuple[Path, tuple[ReactionSettings, ...]]] = {}
-_child: int | None = None  # the dispatcher this process started last
+_starting: int | None = None  # the read end of our last start's pipe, while it has not taken the lock
 
 
 def watch(state_dir: str | os.PathLike[str], config: Path, reactions: Sequence[ReactionSettings]) -> None:
@@ -59,26 +62,44 @@ def appended(state_dir: str | os.PathLike[str], event_type: str, service: str | 
 
 
 def start(state_dir: Path, config: Path) -> int | None:
-    """Start `opskit react` detached unless ours still runs or a dispatcher holds the lock;
-    its pid, or None when nothing was started."""
-    global _child
-    if _child is not None and _alive(_child):
-        return None
+    """Start `opskit react` detached; its pid, or None when none is needed. Coalesced: the one
+    we started last has not read the journal yet, or a dispatcher holds the lock (it reads the
+    journal again after letting go of it). "Our child is alive" is not enough: it may be past
+    its last read, on its way out."""
+    global _starting
+    if _starting is not None:
+        try:
+            if os.read(_starting, 1) == b"":
+                os.close(_starting)  # it took the lock (or found it held): it is not waiting to read
+                _starting = None
+        except BlockingIOError:
+            return None  # still starting: it will read this event
     from opskit.base import lock  # only when a reaction matched: the fast path stays small
 
     if lock.is_held(state_dir, LOCK):
         return None
     from opskit.base import proc
 
-    env = proc.clean_env({"OPSKIT_STATE_DIR": os.fspath(os.path.abspath(state_dir))})
-    argv = [sys.executable, "-m", "opskit", "--config", os.fspath(config), "react", "--quiet"]
-    _child = proc.spawn_detached(argv, log=os.path.join(state_dir, "logs", "react.log"), cwd="/", env=env)
-    return _child
-
-
-def _alive(pid: int) -> bool:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False  # reaped already (subprocess collects the children it started)
-    return done == 0
+        env = proc.clean_env({"OPSKIT_STATE_DIR": os.fspath(os.path.abspath(state_dir)), READY_FD: str(w)})
+        argv = [sys.executable, "-m", "opskit", "--config", os.fspath(config), "react", "--quiet"]
+        pid = proc.spawn_detached(argv, log=os.path.join(state_dir, "logs", "react.log"), cwd="/", env=env,
+                                  pass_fds=(w,))
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    _starting = r
+    return pid
+
+
+def ready() -> None:
+    """In the dispatcher, once it has tried the lock: the process that started it may start another."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd and fd.isdigit():
+        try:
+            os.close(int(fd))
+        except OSError:
+            pass

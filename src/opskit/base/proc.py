@@ -400,8 +400,9 @@ class _FileReader(_Reader):
 
 def spawn_detached(argv: Sequence[str], *, log: str | os.PathLike[str],
                    cwd: str | os.PathLike[str] | None = None,
-                   env: Mapping[str, str] | None = None) -> int:
-    """Start argv in a new session, stdin /dev/null, output appended to `log`; return its pid."""
+                   env: Mapping[str, str] | None = None, pass_fds: Sequence[int] = ()) -> int:
+    """Start argv in a new session, stdin /dev/null, output appended to `log`; return its pid.
+    pass_fds: descriptors it inherits (every other one is closed)."""
     os.makedirs(os.path.dirname(os.fspath(log)) or ".", exist_ok=True)
     # The log sits in a folder others may write (the shared state dir): never append through a
     # link planted at its name (tests/test_state_links.py; statefs made it, this opens it a second time).
@@ -414,7 +415,7 @@ def spawn_detached(argv: Sequence[str], *, log: str | os.PathLike[str],
         child = subprocess.Popen(
             [os.fspath(a) for a in argv], cwd=cwd, env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, pass_fds=tuple(pass_fds),
         )
     return child.pid
 

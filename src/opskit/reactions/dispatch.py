@@ -151,6 +151,8 @@ def dispatch(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM, onl
                 raise
             report.busy = first
             return report
+        finally:
+            bus.ready()
         stopped: set[str] = set()
         try:
             if first and replay_from is not None:

@@ -24,6 +24,7 @@ from opskit.notify import broken_channels, outbox_summary
 from opskit.storage import fallback
 from opskit.storage.journal import Journal
 from opskit.views import incident
+from opskit.views.reactions import needs_attention
 
 # How far back `opskit status` names a service's last incident.
 INCIDENT_DAYS = 7
@@ -117,8 +118,17 @@ def collect(settings: Settings, journal: Journal, services: list[str] | None = N
     out["broken_channels"] = {k: v for k, v in broken_channels(journal).items() if v.get("broken")}
     out["cron_check"] = _guarded(lambda: _cron_check(settings, journal))
     out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
+    if settings.reactions:
+        out["reactions"] = _guarded(lambda: _reactions(settings, journal))
     out["attention"] = attention(out)
     return out
+
+
+def _reactions(settings: Settings, journal: Journal) -> list[dict[str, Any]]:
+    """Each reaction's standing (`opskit reactions`); attention names a failing or late one."""
+    from opskit.reactions.dispatch import status  # only configs with [[reaction]] tables
+
+    return status(settings, journal)
 
 
 def attention(data: dict[str, Any]) -> list[str]:
@@ -141,6 +151,10 @@ def attention(data: dict[str, Any]) -> list[str]:
     cc = data.get("cron_check")
     if isinstance(cc, dict) and cc.get("overdue"):
         out.append("cron-check is not running: nothing watches the jobs or finishes an interrupted deploy")
+    for row in data.get("reactions") or []:
+        why = needs_attention(row) if isinstance(row, dict) else None
+        if why:
+            out.append(why)
     waiting = data.get("fallback_pending")
     if isinstance(waiting, int) and waiting:
         out.append(f"{waiting} record(s) wait in the fallback log, outside the journal (journaled by the "
