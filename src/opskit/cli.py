@@ -96,6 +96,8 @@ _ONE_LINE = {
     "demo": "The whole self-healing loop in a throw-away sandbox.",
     "inbox": "Apply the decisions tapped on a phone, each exactly once.",
     "incident": "Tell a deploy incident as a story, with its downtime.",
+    "react": "Run the reactions due: each event's next step, in order.",
+    "reactions": "Each reaction: its cursor, how far behind, its last result.",
 }
 
 

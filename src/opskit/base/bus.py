@@ -55,7 +55,7 @@ def appended(state_dir: str | os.PathLike[str], event_type: str, service: str | 
     try:
         start(Path(state_dir), w[0])
     except Exception as e:  # noqa: BLE001 — the step that emitted the event must go on
-        from opskit.base.errors import redact
+        from opskit.base.errors import redact  # only on this failure: the fast path stays small
 
         return redact(f"could not start `opskit react`: {type(e).__name__}: {e}")[:300]
     return None
@@ -78,7 +78,7 @@ def start(state_dir: Path, config: Path) -> int | None:
 
     if lock.is_held(state_dir, LOCK):
         return None
-    from opskit.base import proc
+    from opskit.base import proc  # subprocess and threads: only when a dispatcher is started
 
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:

@@ -516,6 +516,9 @@ class _Parser:
         bus.watch(state_dir, self.path, found)
         return found
 
+    def url_problem(self, url: str) -> str | None:
+        return check_url(url)
+
     def sandbox_binds(self, svc: ServiceSettings, state_dir: Path, services: list[ServiceSettings]) -> None:
         """sandbox_bind shows the operator's tools, never what the sandbox exists to hide: the
         state dir, the config and its .env, a service's repo or deployed worktree. A path that

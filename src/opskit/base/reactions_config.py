@@ -2,17 +2,19 @@
 
 Kept apart from config.py so the rules of one feature read in one place; config.py calls
 `parse` with its own parser, whose converters (`nonempty`, `secret`, …) give every key the
-same one-line errors as the rest of the file.
+same one-line errors as the rest of the file. `on` is read here by its form (a type, a
+prefix ending in ".", a bare family); whether each names a known type is checked against
+storage/event_types.py, the one list, by reactions/check.py when a command loads the config
+(base/ sits below storage/).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from opskit.base.errors import UsageError
 
 # The one synchronous kind: run inside the deploy pipeline, before the deploy command.
 GATE_EVENT = "deploy.pre"
@@ -45,12 +47,18 @@ class ReactionSettings:
 
 
 MAX_BACKOFF = 3600.0
+_FORM = re.compile(r"^[a-z]+(\.([a-z]+(-[a-z]+)*)?)?$")
+
+
+def normal(item: str) -> str | None:
+    """An `on` item as matches() reads it: `deploy` → `deploy.`; None when it is no event name."""
+    if not _FORM.match(item):
+        return None
+    return item if "." in item else item + "."
 
 
 def parse(p: Any, raw: Any, services: Mapping[str, Any]) -> tuple[ReactionSettings, ...]:
     """The `[[reaction]]` array of tables → settings; p is config's _Parser."""
-    from opskit.storage import event_types  # the one list of types (stdlib-only, a leaf module)
-
     if not isinstance(raw, list):
         raise p.fail("reaction", "expected an array of tables", 'write each one as [[reaction]] with name = "…"')
     out: dict[str, ReactionSettings] = {}
@@ -80,15 +88,15 @@ def parse(p: Any, raw: Any, services: Mapping[str, Any]) -> tuple[ReactionSettin
                                  "add gate = true (it runs in the pipeline and can stop the deploy)")
                 wanted.append(item)
                 continue
-            try:
-                parsed = event_types.parse(item)
-            except UsageError:
-                raise p.fail(f"{where}.on", f"unknown event type {item!r}",
-                             f"use types or prefixes; known: {event_types.known()}, {GATE_EVENT} (with gate = true)") from None
-            if parsed == (FAMILY,):
+            key = normal(item)
+            if key is None:
+                raise p.fail(f"{where}.on", f"{item!r} is not an event type",
+                             'write types or prefixes, e.g. ["rollback.complete", "deploy."]')
+            if key == FAMILY:
                 raise p.fail(f"{where}.on", f"{item!r}: a reaction's own events reach only reactions naming them exactly",
                              "write e.g. reaction.gave-up")
-            wanted += [t for t in parsed if t not in wanted]
+            if key not in wanted:
+                wanted.append(key)
         if fields.get("gate") and wanted != [GATE_EVENT]:
             raise p.fail(f"{where}.on", "a gate runs only before a deploy", f'write on = ["{GATE_EVENT}"]')
         if fields.get("gate") and "url" in fields:
@@ -97,11 +105,8 @@ def parse(p: Any, raw: Any, services: Mapping[str, Any]) -> tuple[ReactionSettin
         if ("run" in fields) == ("url" in fields):
             raise p.fail(where, "needs exactly one of run or url",
                          'add run = "./scripts/step.sh" or url = "${WEBHOOK_URL}"')
-        if "url" in fields:
-            from opskit.base.config import check_url  # config imports this module: read at use
-
-            if check_url(fields["url"].reveal()):
-                raise p.fail(f"{where}.url", "is not an http(s) URL", "use https://… (or http:// on loopback)")
+        if "url" in fields and p.url_problem(fields["url"].reveal()):
+            raise p.fail(f"{where}.url", "is not an http(s) URL", "use https://… (or http:// on loopback)")
         svc = fields.get("service")
         if svc is not None and svc not in services:
             known = ", ".join(sorted(services)) or "none"

@@ -16,7 +16,6 @@ whose writer found the lock held is picked up here, not a minute later by cron.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from opskit.base.errors import LockBusy, UsageError
 from opskit.base.lock import ServiceLock
 from opskit.base.reactions_config import ReactionSettings
 from opskit.reactions import runner
-from opskit.storage.journal import Event, Journal, _row_event, kv_update
+from opskit.storage import reaction_reads as reads
+from opskit.storage.journal import Event, Journal, kv_update
 
 SCOPE = "reaction"
 BATCH = 500
@@ -91,9 +91,7 @@ def initial_cursor(settings: Settings, journal: Journal) -> int:
             else journal.clock.now()
     except OSError:
         since = journal.clock.now()
-    row = journal.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events WHERE COALESCE(ts_precise, ts) < ?",
-                               (iso_precise(since),)).fetchone()
-    return int(row[0])
+    return reads.last_before(journal, iso_precise(since))
 
 
 def load(settings: Settings, journal: Journal, r: ReactionSettings) -> Cursor:
@@ -113,8 +111,7 @@ def save(journal: Journal, r: ReactionSettings, cur: Cursor) -> None:
 
 
 def events_after(journal: Journal, after: int, limit: int = BATCH) -> list[Event]:
-    rows = journal.conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
-    return [_row_event(row) for row in rows]
+    return reads.events_after(journal, after, limit)
 
 
 def pending(journal: Journal, r: ReactionSettings, cur: Cursor, cap: int = 100_000) -> Iterator[Event]:
@@ -167,8 +164,7 @@ def dispatch(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM, onl
 
 
 def _replay(settings: Settings, journal: Journal, r: ReactionSettings, from_id: int, clock: Clock) -> None:
-    row = journal.conn.execute("SELECT id FROM events WHERE id = ?", (from_id,)).fetchone()
-    if row is None:
+    if not reads.exists(journal, from_id):
         raise UsageError(f"--from {from_id}: no such event (opskit events --json shows their ids)")
     cur = load(settings, journal, r)
     cur.event_id, cur.attempts, cur.next_try = from_id - 1, 0, None
@@ -289,7 +285,7 @@ def status(settings: Settings, journal: Journal) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": r.name, "on": list(r.on), "service": r.service, "gate": r.gate,
                                "kind": "url" if r.url is not None else "command"}
         if r.gate:
-            last = _last_gate(journal, r.name)
+            last = reads.last_gate(journal, r.name)
             row.update(cursor=None, behind=0, attempts=0, next_try=None, last=last, gave_up=0)
         else:
             v = Cursor.from_json(journal.kv_get(SCOPE, r.name))
@@ -298,14 +294,3 @@ def status(settings: Settings, journal: Journal) -> list[dict[str, Any]]:
                        attempts=cur.attempts, next_try=cur.next_try, last=cur.last, gave_up=cur.gave_up)
         out.append(row)
     return out
-
-
-def _last_gate(journal: Journal, name: str) -> dict[str, Any] | None:
-    row = journal.conn.execute(
-        "SELECT id, ts, type, data FROM events WHERE type IN ('reaction.ok', 'reaction.fail') "
-        "AND json_extract(data, '$.reaction') = ? ORDER BY id DESC LIMIT 1", (name,)).fetchone()
-    if row is None:
-        return None
-    data = json.loads(row["data"])
-    return {"event_id": data.get("event_id"), "result": "ok" if row["type"] == "reaction.ok" else "fail",
-            "exit": data.get("exit"), "ts": row["ts"]}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,6 @@ def run_command(settings: Settings, r: ReactionSettings, ev: Event, t: Target, *
 
 def post_url(r: ReactionSettings, ev: Event) -> Outcome:
     """POST the event JSON to the reaction's URL (a secret: never in the outcome)."""
-    import time
-
     from opskit.notify.base import post  # one HTTP rule: no URL in an error, timeouts classified
 
     assert r.url is not None
