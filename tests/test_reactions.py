@@ -387,3 +387,22 @@ def test_cron_install_adds_react_every_minute(tmp_path: Path, state_dir: Path) -
     assert entries["react"].schedule == "* * * * *" and entries["react"].args == ("react", "--quiet")
     gate_only = plain_config(tmp_path / "g", state_dir, reaction_toml("g", ["deploy.pre"], gate=True, run="true"))
     assert "react" not in {e.name for e in cron.entries_for(config.load(gate_only))}
+
+
+def test_a_failed_run_waits_out_its_backoff_doubling_each_time(tmp_path: Path, state_dir: Path) -> None:
+    from opskit.base.clock import FakeClock
+    from opskit.reactions.dispatch import dispatch
+
+    count = tmp_path / "count"
+    cfg = plain_config(tmp_path, state_dir, reaction_toml("flaky", ["job.fail"], run=f"echo x >> {count}; exit 1",
+                                                          user="root", retries=9, backoff=10))
+    settings, j = config.load(cfg), Journal(state_dir)
+    j.append("job.fail", None, {"job": "backup"})
+    clock = FakeClock(j.clock.now())
+    runs = []
+    for step in (0, 9, 1, 19, 1, 39, 1):  # seconds the clock moves before each dispatch
+        clock.advance(step)
+        dispatch(settings, j, clock=clock)
+        runs.append(len(lines(count)))
+    assert runs == [1, 1, 2, 2, 3, 3, 4]
+    assert [e["data"]["retry_in"] for e in events(state_dir, "reaction.fail")] == [10, 20, 40, 80]

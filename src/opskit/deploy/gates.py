@@ -11,6 +11,7 @@ old commit left live — nothing was moved, so there is nothing to revert.
 
 from __future__ import annotations
 
+from opskit.base.clock import iso, iso_precise
 from opskit.base.text import short
 from opskit.deploy.run import Run, StopChain, announce_run
 from opskit.reactions import runner
@@ -23,9 +24,10 @@ def step_gates(run: Run) -> None:
         return
     assert run.sha is not None
     now = run.clock.now()
-    ev = Event(id=0, ts=run.journal.now(), type="deploy.pre", service=run.service,
+    # Not journaled (a gate is no subscriber of the journal): the event a gate is handed, id 0.
+    ev = Event(id=0, ts=iso(now), type="deploy.pre", service=run.service,
                data={"sha": run.sha, "previous": run.previous}, chain=run.chain, sha=run.sha,
-               ts_precise=now.isoformat())
+               ts_precise=iso_precise(now))
     for r in gates:
         run.say(f"gate {r.name}: checking {short(run.sha)}")
         out = runner.run_command(run.settings, r, ev, runner.target(run.settings, r, run.service),
