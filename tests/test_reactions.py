@@ -290,16 +290,20 @@ def test_a_reactions_own_events_reach_only_reactions_naming_them_never_itself(tm
     cfg = plain_config(tmp_path, state_dir,
                        reaction_toml("failing", ["deploy.complete", "reaction.fail"], run="exit 1", user="root",
                                      retries=0, backoff=0),
+                       reaction_toml("fine", ["deploy.complete"], run="exit 0", user="root"),
                        reaction_toml("watcher", ["reaction.gave-up"], run=recorder(watch), user="root"),
-                       reaction_toml("prefix", ["reaction.ok"], run="exit 0", user="root"))
+                       reaction_toml("oks", ["reaction.ok"], run="exit 0", user="root"))
     Journal(state_dir).append("deploy.complete", "a", {})
     react(cfg, "--quiet")
     gave = events(state_dir, "reaction.gave-up")
     assert [g["data"]["reaction"] for g in gave] == ["failing"]  # its own reaction.fail never reached it
     assert [ln.split()[:2] for ln in lines(watch)] == [[str(gave[0]["id"]), "reaction.gave-up"]]
-    # watcher's own reaction.ok reached "prefix", which names it; prefix's own did not reach prefix.
+    # fine's reaction.ok reached "oks", which names it; a run for a reaction's event (watcher's,
+    # oks' own) starts nothing more, so no two reactions can feed each other.
     oks = [(e["data"]["reaction"], e["data"]["event_type"]) for e in events(state_dir, "reaction.ok")]
-    assert oks == [("watcher", "reaction.gave-up"), ("prefix", "reaction.ok")]
+    assert sorted(oks) == [("fine", "deploy.complete"), ("oks", "reaction.ok"), ("watcher", "reaction.gave-up")]
+    assert [e["data"]["event_id"] for e in events(state_dir, "reaction.ok") if e["data"]["reaction"] == "oks"] == \
+        [next(e["id"] for e in events(state_dir, "reaction.ok") if e["data"]["reaction"] == "fine")]
 
 
 def test_root_runs_a_services_reaction_as_its_account_and_never_as_root_unasked(state_dir: Path) -> None:

@@ -36,13 +36,17 @@ class ReactionSettings:
 
     def matches(self, type: str, service: str | None, data: Mapping[str, Any] | None = None) -> bool:
         """Does an event of this type (and service) reach this reaction? A reaction's own
-        events reach only reactions that name them exactly, and never the one that wrote them."""
+        events reach only reactions that name them exactly, never the one that wrote them, and
+        only one step deep: the run of a reaction to a reaction's event starts nothing more, so
+        two reactions naming each other's `reaction.gave-up` cannot feed each other forever."""
         if self.gate:
             return False  # gates run in the pipeline, never from the journal
         if self.service is not None and service != self.service:
             return False
         if type.startswith(FAMILY):
-            return type in self.on and (data or {}).get("reaction") != self.name
+            d = data or {}
+            return (type in self.on and d.get("reaction") != self.name
+                    and not str(d.get("event_type") or "").startswith(FAMILY))
         return any(type == t or (t.endswith(".") and type.startswith(t)) for t in self.on)
 
 
