@@ -410,3 +410,20 @@ def test_a_failed_run_waits_out_its_backoff_doubling_each_time(tmp_path: Path, s
         runs.append(len(lines(count)))
     assert runs == [1, 1, 2, 2, 3, 3, 4]
     assert [e["data"]["retry_in"] for e in events(state_dir, "reaction.fail")] == [10, 20, 40, 80]
+
+
+def test_a_trigger_that_cannot_start_is_journaled_and_never_fails_the_emitting_step(tmp_path: Path,
+                                                                                     state_dir: Path) -> None:
+    cfg = plain_config(tmp_path, state_dir, reaction_toml("x", ["deploy.complete"], run="true", user="root"))
+    target = tmp_path / "elsewhere"
+    target.write_text("untouched\n")
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs" / "react.log").symlink_to(target)  # planted: the trigger must not write through it
+    settings = config.load(cfg)  # this process now journals as a hook would
+    ev = Journal(settings.state_dir).append("deploy.complete", "a", {})
+    assert ev.id > 0
+    fails = events(state_dir, "reaction.fail")
+    assert [(f["data"]["stage"], f["data"]["event_id"]) for f in fails] == [("trigger", ev.id)]
+    assert "could not start `opskit react`" in fails[0]["data"]["reason"]
+    assert target.read_text() == "untouched\n"
+    assert idle(state_dir)

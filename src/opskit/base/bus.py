@@ -78,14 +78,18 @@ def start(state_dir: Path, config: Path) -> int | None:
 
     if lock.is_held(state_dir, LOCK):
         return None
-    from opskit.base import proc  # subprocess and threads: only when a dispatcher is started
+    from opskit.base import proc, statefs  # subprocess and threads: only when a dispatcher is started
 
+    log = Path(state_dir) / "logs" / "react.log"
+    # Made by the state dir's rule before the spawn opens it again: never through a planted link,
+    # and group-writable in a shared state dir, where root's cron and the push account both start one.
+    statefs.mkdir(log.parent, state_dir)
+    statefs.append_bytes(log, state_dir, b"")
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         env = proc.clean_env({"OPSKIT_STATE_DIR": os.fspath(os.path.abspath(state_dir)), READY_FD: str(w)})
         argv = [sys.executable, "-m", "opskit", "--config", os.fspath(config), "react", "--quiet"]
-        pid = proc.spawn_detached(argv, log=os.path.join(state_dir, "logs", "react.log"), cwd="/", env=env,
-                                  pass_fds=(w,))
+        pid = proc.spawn_detached(argv, log=log, cwd="/", env=env, pass_fds=(w,))
     except BaseException:
         os.close(r)
         raise
