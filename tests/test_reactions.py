@@ -320,13 +320,16 @@ def test_root_runs_a_services_reaction_as_its_account_and_never_as_root_unasked(
                            reaction_toml("as-svc", ["deploy.complete"], service="a", run="id -u; pwd"),
                            reaction_toml("no-user", ["job.fail"], run="id -u", retries=0))
         cfg.write_text(cfg.read_text().replace("[service.a]\n", f'[service.a]\nuser = "{pw.pw_name}"\n'))
+        # Whatever umask the test process was left with: the account must enter the worktree.
+        subprocess.run(["chmod", "-R", "go+rX", str(base)], check=True)
         worktree = config.load(cfg).service("a").worktree
         j = Journal(state_dir)
         j.append("deploy.complete", "a", {})
         j.append("job.fail", None, {"job": "x"})
         react(cfg, "--quiet")
         ok = events(state_dir, "reaction.ok")
-        assert [(e["data"]["reaction"], e["data"]["account"]) for e in ok] == [("as-svc", pw.pw_name)]
+        assert [(e["data"]["reaction"], e["data"]["account"]) for e in ok] == [("as-svc", pw.pw_name)], \
+            events(state_dir, "reaction.")
         assert ok[0]["data"]["tail"].splitlines() == [str(pw.pw_uid), str(worktree)]
         gave = events(state_dir, "reaction.gave-up")
         assert [g["data"]["reaction"] for g in gave] == ["no-user"]
