@@ -6,7 +6,7 @@
     .venv/bin/python bench/run.py --write         # also rewrite the table in bench/README.md
     .venv/bin/python bench/run.py --full          # also wait out the seed's real 60 s window once
 
-Names: hook, recovery, drift, journal, startup, outbox, tap, sandbox.
+Names: hook, recovery, drift, journal, startup, outbox, tap, sandbox, reactions.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 from common import Result, load_avg, machine  # noqa: E402
 from report import render_table, splice  # noqa: E402
 
-NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox", "metrics")
+NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox", "metrics", "reactions")
 
 
 def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
@@ -32,6 +32,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
     import journal_bench
     import metrics_bench
     import outbox_flush
+    import reaction_latency
     import recovery
     import sandbox_step
     import startup
@@ -48,6 +49,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
             "tap": lambda: tap_latency.run(rounds=3, warmup=1),
             "sandbox": lambda: sandbox_step.run(rounds=7, warmup=1),
             "metrics": lambda: metrics_bench.run(rounds=5, warmup=1, n=100_000),
+            "reactions": lambda: reaction_latency.run(rounds=3, warmup=0, latency_rounds=20, n=300),
         }
     return {
         "hook": lambda: hook_commit.run(rounds=15, warmup=2),
@@ -59,6 +61,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
         "tap": lambda: tap_latency.run(rounds=7, warmup=1),
         "sandbox": lambda: sandbox_step.run(rounds=15, warmup=2),
         "metrics": lambda: metrics_bench.run(rounds=5, warmup=1),
+        "reactions": lambda: reaction_latency.run(rounds=5, warmup=1, latency_rounds=25, n=1000),
     }
 
 

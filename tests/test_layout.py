@@ -17,7 +17,7 @@ PKG = SRC / "opskit"
 
 # Lower layers never import higher ones. A module's layer is its top-level package.
 LAYERS = [
-    {"base"}, {"storage"}, {"git"}, {"wiring"}, {"notify"}, {"deploy"}, {"guard"}, {"chain"}, {"jobs"},
+    {"base"}, {"storage"}, {"git"}, {"wiring"}, {"notify", "reactions"}, {"deploy"}, {"guard"}, {"chain"}, {"jobs"},
     {"views"}, {"sandbox"}, {"demo"}, {"hookmain", "commands", "cli", "fastpath", "__main__", "__init__"},
 ]
 

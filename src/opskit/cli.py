@@ -97,6 +97,8 @@ _ONE_LINE = {
     "inbox": "Apply the decisions tapped on a phone, each exactly once.",
     "incident": "Tell a deploy incident as a story, with its downtime.",
     "metrics": "Prometheus metrics from the journal (--textfile for node_exporter).",
+    "react": "Run the reactions due: each event's next step, in order.",
+    "reactions": "Each reaction: its cursor, how far behind, its last result.",
 }
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opskit.base import placement
+from opskit.base import placement, reactions_config
 from opskit.base.errors import ConfigError, register_secret
+from opskit.base.reactions_config import ReactionSettings
 from opskit.base.safety import refuse_as_root
 
 CHANNEL_TYPES = ("discord", "slack", "webhook", "command", "ntfy", "apprise", "telegram")
@@ -181,6 +182,7 @@ class Settings:
     cron: CronSettings = field(default_factory=CronSettings)
     jobs: Mapping[str, JobSettings] = field(default_factory=dict)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    reactions: tuple[ReactionSettings, ...] = ()  # [[reaction]] tables, in config order
 
     def service(self, name: str) -> ServiceSettings:
         try:
@@ -453,7 +455,7 @@ class _Parser:
         return out
 
     def settings(self, data: dict[str, Any]) -> Settings:
-        top = {"opskit", "notify", "service", "cron", "jobs"}
+        top = {"opskit", "notify", "service", "cron", "jobs", "reaction"}
         for k in data:
             if k not in top:
                 raise self.fail(k, "unknown table", f"use one of: {', '.join(sorted(top))}")
@@ -509,6 +511,7 @@ class _Parser:
             drift_renotify=base.get("drift_renotify", 24.0),
             channels=channels, services=services, cron=cron, jobs=jobs,
             monitor=self.monitor(base),
+            reactions=self.reactions(data, services, state_dir),
         )
         # Every channel named anywhere must exist: a typo here is a silent outage later.
         for where, names in [("opskit.notify", settings.notify)] + [
@@ -542,6 +545,19 @@ class _Parser:
                                 'write e.g. "/var/lib/node_exporter/textfile_collector/opskit.prom"')
             fields["metrics_textfile"] = p
         return MonitorSettings(**fields)
+    def reactions(self, data: dict[str, Any], services: Mapping[str, ServiceSettings],
+                  state_dir: Path) -> tuple[ReactionSettings, ...]:
+        if "reaction" not in data:
+            return ()
+        from opskit.base import bus  # the trigger: only configs with [[reaction]] tables load it
+
+        found = reactions_config.parse(self, data["reaction"], services)
+        # Each process that journals an event starts the dispatcher when one of these matches.
+        bus.watch(state_dir, self.path, found)
+        return found
+
+    def url_problem(self, url: str) -> str | None:
+        return check_url(url)
 
     def sandbox_binds(self, svc: ServiceSettings, state_dir: Path, services: list[ServiceSettings]) -> None:
         """sandbox_bind shows the operator's tools, never what the sandbox exists to hide: the

@@ -204,7 +204,7 @@ def run(
             assert proc.stdin is not None
             threading.Thread(target=_feed, args=(proc.stdin, input), daemon=True).start()
         try:
-            proc.wait(timeout=timeout)
+            _wait(proc, timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             _kill_group(proc)
@@ -244,6 +244,27 @@ def run(
     if check and not result.ok:
         raise ProcError(result)
     return result
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> None:
+    """proc.wait(timeout), woken the moment the child exits: Popen.wait with a timeout polls,
+    sleeping up to 50 ms between looks, which a short command (a reaction's, a probe's) pays
+    in full every time. A pidfd becomes readable at the exit itself (Linux 5.3+)."""
+    if timeout is None:
+        proc.wait()
+        return
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # an older kernel, or the child is already gone
+        proc.wait(timeout=timeout)
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    finally:
+        os.close(fd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    proc.wait()
 
 
 # The keeper: a process that holds an inherited descriptor (a lock's) exactly as long as the
@@ -400,8 +421,9 @@ class _FileReader(_Reader):
 
 def spawn_detached(argv: Sequence[str], *, log: str | os.PathLike[str],
                    cwd: str | os.PathLike[str] | None = None,
-                   env: Mapping[str, str] | None = None) -> int:
-    """Start argv in a new session, stdin /dev/null, output appended to `log`; return its pid."""
+                   env: Mapping[str, str] | None = None, pass_fds: Sequence[int] = ()) -> int:
+    """Start argv in a new session, stdin /dev/null, output appended to `log`; return its pid.
+    pass_fds: descriptors it inherits (every other one is closed)."""
     os.makedirs(os.path.dirname(os.fspath(log)) or ".", exist_ok=True)
     # The log sits in a folder others may write (the shared state dir): never append through a
     # link planted at its name (tests/test_state_links.py; statefs made it, this opens it a second time).
@@ -414,7 +436,7 @@ def spawn_detached(argv: Sequence[str], *, log: str | os.PathLike[str],
         child = subprocess.Popen(
             [os.fspath(a) for a in argv], cwd=cwd, env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, pass_fds=tuple(pass_fds),
         )
     return child.pid
 

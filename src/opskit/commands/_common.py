@@ -26,7 +26,12 @@ class _State:
         if self._settings is None:
             from opskit.base import config
 
-            self._settings = config.load(self.config_path)
+            settings = config.load(self.config_path)
+            if settings.reactions:
+                from opskit.reactions.check import validate  # only configs with [[reaction]] tables
+
+                validate(settings)  # event names are storage's list, below which config sits
+            self._settings = settings
         return self._settings
 
     def state_dir(self) -> Path:

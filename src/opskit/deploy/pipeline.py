@@ -1,6 +1,7 @@
 """The deploy pipeline: a chain of small steps, each journaled.
 
-    lock → frozen? → report an interrupted earlier deploy → move the worktree → deploy.start
+    lock → frozen? → report an interrupted earlier deploy → gates (deploy.pre reactions, gates.py)
+    → move the worktree → deploy.start
     → deploy command → deploy.complete|fail → health gate → healthy | auto-revert
 
 Both ways a deploy starts end here: the post-receive hook (push mode, chain/routing.py) and
@@ -23,6 +24,7 @@ from opskit.base.config import Settings
 from opskit.base.errors import OpsError, UsageError
 from opskit.base.lock import ServiceLock
 from opskit.base.text import short
+from opskit.deploy.gates import step_gates
 from opskit.deploy.recovery import last_deployed, step_report_interrupted
 from opskit.deploy.revert import revert_locked
 from opskit.deploy.rollout import roll_out
@@ -70,7 +72,8 @@ def step_auto_revert(run: Run) -> None:
 
 
 GUARD_STEPS: Sequence[tuple[str, Step]] = (("frozen", step_check_frozen), ("interrupted", step_report_interrupted))
-ROLLOUT_STEPS: Sequence[tuple[str, Step]] = (("deploy", step_roll_out), ("revert", step_auto_revert))
+ROLLOUT_STEPS: Sequence[tuple[str, Step]] = (("gate", step_gates), ("deploy", step_roll_out),
+                                             ("revert", step_auto_revert))
 
 
 def deploy_steps() -> list[tuple[str, Step]]:

@@ -27,6 +27,7 @@ TYPES: tuple[str, ...] = (
     "decision.received", "decision.refused", "decision.applied",
     # outside monitoring: the heartbeat ping to an external dead man's switch
     "heartbeat.failed", "heartbeat.recovered",
+    "reaction.ok", "reaction.fail", "reaction.gave-up",
 )
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(t.split(".", 1)[0] for t in TYPES))
 

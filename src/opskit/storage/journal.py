@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from opskit.base import statefs
+from opskit.base import bus, statefs
 from opskit.base.clock import SYSTEM, Clock, iso, iso_precise, parse_iso
 from opskit.base.errors import UsageError, redact
 from opskit.storage import fallback
@@ -308,6 +308,13 @@ class Journal:
                         "chain": chain, "sha": sha, "data": payload}, e)
             eid = 0
         assert eid is not None
+        if eid:
+            # Reactions (base/bus.py): a matching event starts the dispatcher; a start that
+            # fails is written down, never raised into the step that emitted the event.
+            problem = bus.appended(self.state_dir, type, service, data or {})
+            if problem:
+                self.append("reaction.fail", None, {"reaction": None, "stage": "trigger", "event_id": eid,
+                                                    "reason": problem})
         return Event(id=eid, ts=ts, type=type, service=service, data=json.loads(payload),
                      chain=chain, sha=sha, ts_precise=precise)
 

@@ -24,6 +24,7 @@ from opskit.notify import broken_channels, outbox_summary, ping
 from opskit.storage import fallback, outbox
 from opskit.storage.journal import Journal
 from opskit.views import incident
+from opskit.views.reactions import needs_attention
 
 # How far back `opskit status` names a service's last incident.
 INCIDENT_DAYS = 7
@@ -134,6 +135,8 @@ def collect(settings: Settings, journal: Journal, services: list[str] | None = N
     out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
     out.update(outside_watch(settings, journal, clock))
     out["heartbeat"] = _guarded(lambda: journal.kv_get(ping.HEARTBEAT, "state"))
+    if settings.reactions:
+        out["reactions"] = _guarded(lambda: _reactions(settings, journal))
     out["attention"] = attention(out)
     return out
 
@@ -150,6 +153,8 @@ def watch_data(settings: Settings, journal: Journal, clock: Clock = SYSTEM,
                          else _guarded(lambda: _cron_check(settings, journal, clock)))
     out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
     out.update(outside_watch(settings, journal, clock))
+    if settings.reactions:
+        out["reactions"] = _guarded(lambda: _reactions(settings, journal))
     return out
 
 
@@ -164,6 +169,11 @@ def outside_watch(settings: Settings, journal: Journal, clock: Clock) -> dict[st
         if age > settings.monitor.outbox_alarm:
             old[channel] = {"count": count, "oldest": oldest, "age_seconds": round(age)}
     return {"outbox_old": old, "jobs_missed": _guarded(lambda: missed_jobs(journal))}
+def _reactions(settings: Settings, journal: Journal) -> list[dict[str, Any]]:
+    """Each reaction's standing (`opskit reactions`); attention names a failing or late one."""
+    from opskit.reactions.dispatch import status  # only configs with [[reaction]] tables
+
+    return status(settings, journal)
 
 
 def attention(data: dict[str, Any]) -> list[str]:
@@ -196,6 +206,10 @@ def attention(data: dict[str, Any]) -> list[str]:
     if isinstance(hb, dict) and hb.get("failing"):
         out.append(f"the heartbeat ping fails since {hb.get('since')}: {hb.get('error')} "
                    "(the external monitor will report this host late)")
+    for row in data.get("reactions") or []:
+        why = needs_attention(row) if isinstance(row, dict) else None
+        if why:
+            out.append(why)
     waiting = data.get("fallback_pending")
     if isinstance(waiting, int) and waiting:
         out.append(f"{waiting} record(s) wait in the fallback log, outside the journal (journaled by the "

@@ -163,6 +163,9 @@ def entries_for(settings: Settings) -> list[Entry]:
         # Listens 50 s of each minute: a tap takes effect in seconds, and runs never overlap.
         out.append(Entry("inbox", c.inbox, ("inbox", "--wait", "50")))
     out += metrics_entries(settings)
+    if any(not r.gate for r in settings.reactions):
+        # The safety net of reactions: each event also starts `opskit react` as it is journaled.
+        out.append(Entry("react", "* * * * *", ("react", "--quiet")))
     return out
 
 

@@ -49,6 +49,9 @@ def entries_for(settings: Settings) -> list[SystemEntry]:
         # Taps on a phone come back only through `opskit inbox`: without it the buttons do nothing.
         out.append(SystemEntry(cron.Entry("inbox", settings.cron.inbox, ("inbox", "--wait", "50")), host_user))
     out += [SystemEntry(e, host_user) for e in cron.metrics_entries(settings)]
+    if any(not r.gate for r in settings.reactions):
+        # As root (or [cron] user): the dispatcher runs each service's reaction as its account.
+        out.append(SystemEntry(cron.Entry("react", "* * * * *", ("react", "--quiet")), host_user))
     for svc in sorted(settings.services.values(), key=lambda s: s.name):
         pw = accounts.service_account(svc)
         if pw is None:

@@ -1,0 +1,1 @@
+"""Reactions: the user's own steps, run after the events they name (the journal is the bus)."""
