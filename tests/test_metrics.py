@@ -219,3 +219,32 @@ def test_the_installed_metrics_entry_writes_the_textfile_under_crons_environment
     got = _samples(target.read_text())
     assert got[("opskit_cron_check_overdue", ())] == 0
     assert ("opskit_journal_events", ()) in got
+
+
+def test_reactions_failing_behind_and_given_up_are_exported(tmp_path, state_dir) -> None:
+    """status names a failing reaction or one far behind: metrics carry the same numbers."""
+    from tests.support.reactions import react, reaction_toml
+    from tests.test_reactions import plain_config
+
+    cfg = plain_config(tmp_path, state_dir,
+                       reaction_toml("broken", ["job.fail"], run="exit 7", user="root", retries=1, backoff=0),
+                       reaction_toml("later", ["deploy.complete"], run="true", user="root"))
+    j = Journal(state_dir)
+    j.append("job.fail", None, {"job": "backup"})
+    j.append("job.fail", None, {"job": "other"})
+    for n in range(3):
+        j.append("deploy.complete", "a", {"n": n})
+    s = config.load_file(cfg)
+    before = _samples(render(s, j))
+    assert before[("opskit_reaction_behind_events", (("reaction", "later"),))] == 3
+    assert before[("opskit_reaction_behind_events", (("reaction", "broken"),))] == 2
+    assert before[("opskit_reaction_failing", (("reaction", "broken"),))] == 0
+    assert react(cfg, "--quiet").returncode == 1  # broken's first run fails; later drains its 3
+    got = _samples(render(s, j))
+    assert got[("opskit_reaction_behind_events", (("reaction", "later"),))] == 0
+    assert got[("opskit_reaction_failing", (("reaction", "broken"),))] == 1
+    assert got[("opskit_reaction_gave_up_total", (("reaction", "broken"),))] == 0
+    react(cfg, "--quiet")  # the retry fails too: it gives up on that event and goes on to the next
+    got = _samples(render(s, j))
+    assert got[("opskit_reaction_gave_up_total", (("reaction", "broken"),))] == 1
+    assert got[("opskit_reaction_behind_events", (("reaction", "broken"),))] == 1

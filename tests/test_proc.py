@@ -64,3 +64,25 @@ def test_a_signal_before_the_wait_still_takes_the_child_with_us(tmp_path: Path, 
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_timed_run_works_in_a_process_with_more_than_1024_descriptors_open() -> None:
+    """The wait for a timed command watches a pidfd; select() refuses one numbered 1024 or more,
+    which a busy dispatcher or a long-lived hook process can reach."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1200
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"the hard descriptor limit is {hard}: this process cannot open {want} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    opened: list[int] = []
+    try:
+        while not opened or opened[-1] < 1100:
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+        assert proc.run(["true"], timeout=5).returncode == 0
+        assert proc.run(["sleep", "5"], timeout=0.3).timed_out
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

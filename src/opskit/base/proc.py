@@ -259,7 +259,10 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> None:
         proc.wait(timeout=timeout)
         return
     try:
-        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+        # poll, not select: select refuses a descriptor numbered 1024 or more (a busy process)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        ready = poller.poll(max(0.0, timeout) * 1000)
     finally:
         os.close(fd)
     if not ready:

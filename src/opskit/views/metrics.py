@@ -156,6 +156,18 @@ def families(settings: Settings, journal: Journal, clock: Clock = SYSTEM) -> lis
     fam("gauge", "heartbeat_failing", "1 while the heartbeat ping fails.").append(
         ((), 1.0 if hb.get("failing") else 0.0))
 
+    behind = fam("gauge", "reaction_behind_events", "Events a [[reaction]] has still to run for "
+                 "(status names it past 100).", "reaction")
+    failing = fam("gauge", "reaction_failing", "1 while a reaction's run fails and waits for its retry.",
+                  "reaction")
+    gave_up = fam("counter", "reaction_gave_up", "Events a reaction gave up on after its retries.", "reaction")
+    rows = data.get("reactions")
+    for row in rows if isinstance(rows, list) else []:
+        name = str(row["name"])
+        behind.append(((name,), float(row.get("behind") or 0)))
+        failing.append(((name,), 1.0 if row.get("attempts") else 0.0))
+        gave_up.append(((name,), float(row.get("gave_up") or 0)))
+
     data["heartbeat"] = hb
     fam("gauge", "attention_items", "What `opskit status` lists under needs attention (it exits 1 when "
         "this is not 0).").append(((), float(len(attention(data)))))
