@@ -347,3 +347,20 @@ def test_rows_kept_in_memory_never_share_an_id(tmp_path: Path, monkeypatch: pyte
 def test_each_journal_fault_is_told_apart(error: BaseException, kind: str) -> None:
     # the kind picks the one-line fix the operator reads (free space, journal recover, the disk)
     assert fallback.kind_of(error) == kind
+
+
+def test_a_read_done_without_is_said_once_per_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(fallback, "_WARNED", set())
+    db = tmp_path / "journal.db"
+    corrupt = sqlite3.DatabaseError("database disk image is malformed")
+    fallback.warn_read(db, corrupt)
+    fallback.warn_read(db, corrupt)  # every later read of a broken journal: not said again
+    assert capsys.readouterr().err == (
+        f"opskit: {fallback.describe(db, corrupt)}; going on without what it holds (the last known-good commit, "
+        "the quarantine list): git has the facts\n")
+    assert fallback.describe(db, corrupt).startswith("database corrupt: the journal ")
+    full = sqlite3.OperationalError("database or disk is full")
+    fallback.warn_read(db, full)  # another cause is news
+    fallback.warn_read(db, full)
+    assert capsys.readouterr().err.count("opskit: disk full: cannot write the journal ") == 1
