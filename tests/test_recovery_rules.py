@@ -345,3 +345,37 @@ def test_quick_check_is_empty_for_a_sound_or_missing_journal_and_names_damage(tm
     other.mkdir()
     (other / "journal.db").write_bytes(b"this is not a database at all, only some bytes" * 100)
     assert quick_check(other / "journal.db") == ["file is not a database"]
+
+
+def test_a_recover_of_damaged_pages_says_what_it_kept_and_what_was_lost(tmp_path: Path) -> None:
+    from tests.test_journal_recover import _garbage
+
+    j = Journal(tmp_path)
+    for i in range(400):
+        j.append("note", "svc", {"i": i, "pad": "x" * 300})
+    j.close()
+    db = tmp_path / "journal.db"
+    extra = sqlite3.connect(db)
+    extra.execute("CREATE TABLE custom (k TEXT PRIMARY KEY, v TEXT)")
+    extra.executemany("INSERT INTO custom VALUES (?, ?)", [("a", "1"), ("b", "2"), ("c", "3")])
+    extra.commit()
+    extra.close()
+    assert _garbage(db, "events", 2)
+    report = recover(tmp_path, ["svc"])
+    assert report.damaged and report.rebuilt and report.problems == quick_check(
+        Path(report.kept_aside[0])) != []
+    events = report.tables[0]
+    assert events.name == "events" and events.lost and events.recovered + events.lost == 400
+    assert events.line() == (f"events: {events.recovered} recovered, {events.lost} lost (ids 1–400 with gaps; "
+                             "rows after the last readable one may be lost too)")
+    assert [t.line() for t in report.tables[1:]] == [
+        "deploys: 0 recovered, 0 lost", "quarantine: 0 recovered, 0 lost", "outbox: 0 recovered, 0 lost",
+        "kv: 0 recovered, 0 lost", "custom: 3 recovered, 0 lost"]
+    d = report.to_dict()
+    assert (d["lost_any"], d["rebuilt"], d["damaged"], d["path"]) == (True, True, True, str(db))
+    assert d["tables"][-1] == {"name": "custom", "recovered": 3, "lost": 0, "note": ""}
+    back = sqlite3.connect(db)
+    assert back.execute("SELECT k, v FROM custom ORDER BY k").fetchall() == [("a", "1"), ("b", "2"), ("c", "3")]
+    assert back.execute("SELECT count(*) FROM events").fetchone() == (events.recovered,)
+    back.close()
+    assert quick_check(db) == []
