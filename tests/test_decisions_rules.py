@@ -342,7 +342,9 @@ def test_an_applied_tap_is_journaled_and_answered_exactly_and_a_second_read_is_s
     assert again.offer is not None and again.offer.id == _oid(approve)
     # the same message id on another channel is another tap (refused: already decided)
     other = decisions.receive(settings, j, rec, channel="ntfy", msg_id="7", token=approve, by=ALICE_BY)
-    assert other.status == "refused"
+    assert (other.status, other.text) == ("refused", f"refused: already decided by {ALICE_BY}; nothing changed")
+    assert _events(j, "refused")[-1] == {"channel": "ntfy", "by": ALICE_BY, "reason": f"already decided by {ALICE_BY}",
+                                         "action": "approve", "target": str(change), "offer": _oid(approve)}
     # once told, a re-read is seen with nothing left to tell
     decisions.answered(j, _oid(approve))
     told = decisions.receive(settings, j, rec, channel="tg", msg_id="7", token=approve, by=ALICE_BY)
@@ -370,7 +372,7 @@ def test_an_approval_that_never_merged_opens_its_button_again(tmp_path: Path,
     assert (_status(j, _oid(approve)), _status(j, _oid(reject))) == ("open", "open")
 
 
-@pytest.mark.parametrize("how", ["subject", "claim"])
+@pytest.mark.parametrize("how", ["subject", "claim", "deleted"])
 def test_a_row_changed_between_the_claim_and_the_apply_is_refused_exactly(
         tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """The push account rewrites the row after root's claim took it: nothing is applied, and
@@ -383,8 +385,9 @@ def test_a_row_changed_between_the_claim_and_the_apply_is_refused_exactly(
 
     def claim_then_rewrite(*a: Any, **k: Any) -> tuple[bool, bool]:
         got = claim(*a, **k)
-        sql = ("UPDATE decision_offers SET subject = 'ffff' WHERE id = ?" if how == "subject"
-               else "UPDATE decision_offers SET claimed_by = 1 WHERE id = ?")
+        sql = {"subject": "UPDATE decision_offers SET subject = 'ffff' WHERE id = ?",
+               "claim": "UPDATE decision_offers SET claimed_by = 1 WHERE id = ?",
+               "deleted": "DELETE FROM decision_offers WHERE id = ?"}[how]
         with j.tx() as c:
             c.execute(sql, (oid,))
         return got
@@ -393,15 +396,19 @@ def test_a_row_changed_between_the_claim_and_the_apply_is_refused_exactly(
     rec = _Recorder()
     v = decisions.receive(settings, j, rec, channel="tg", msg_id="1", token=approve, by=ALICE_BY)
     why = ("the offer was changed in the journal after its token was checked ("
-           + ("subject" if how == "subject" else "no longer our claim") + "): not applied")
+           + {"subject": "subject", "claim": "no longer our claim", "deleted": "action, target, subject, expires"}[how]
+           + "): not applied")
     assert (v.status, v.text, v.ok) == ("refused", f"refused: {why}; nothing changed", False)
     assert v.offer is not None and v.offer.id == oid
     assert rec.applied == []
     refused = j.query(type_prefix="decision.refused")
     assert [(e.service, e.data) for e in refused] == [("svc", {
-        "channel": "tg", "by": ALICE_BY, "action": "approve", "target": str(change), "offer": oid,
-        "reason": why})]
+        "channel": None if how == "deleted" else "tg", "by": ALICE_BY, "action": "approve", "target": str(change),
+        "offer": oid, "reason": why})]
     row = decisions_store.get_offer(j, oid)
+    if how == "deleted":
+        assert row is None
+        return
     assert row is not None and (row.status, row.outcome) == ("applied", f"refused: {why}")
 
 
