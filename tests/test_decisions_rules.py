@@ -6,6 +6,7 @@ left to timing."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -303,3 +304,271 @@ def test_a_tap_checked_before_the_first_claim_cannot_claim_after_the_apply(
         ("telegram:7 @bob", f"token already used by {ALICE_BY}")]
     assert _status(j, _oid(tok)) == "applied"
     assert claims == {"1": (False, True), "2": (False, False)}  # the second claim found it taken
+
+
+# --- the apply itself: exactly what was checked, recorded exactly ----------------------------
+
+class _Raising(_Recorder):
+    """The change was decided at the same moment by `opskit approve`: the apply raises."""
+
+    def apply(self, found: decisions.Offer, by: str) -> tuple[str, bool]:
+        from opskit.base.errors import OpsError
+
+        raise OpsError("change #1 is no longer waiting")
+
+
+class _WaitsAgain(_Recorder):
+    def waits_again(self, found: decisions.Offer) -> bool:
+        return True  # the merge never happened (lock busy): the button is live again
+
+
+def test_an_applied_tap_is_journaled_and_answered_exactly_and_a_second_read_is_seen(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, reject, change = _approve_and_reject(settings, j)
+    rec = _Recorder()
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="7", token=approve, by=ALICE_BY)
+    text = f"approve {change} by {ALICE_BY}"
+    assert (v.status, v.text, v.ok) == ("applied", text, True)
+    assert v.offer is not None and (v.offer.id, v.offer.status, v.offer.outcome) == (_oid(approve), "applied", text)
+    assert _events(j, "applied") == [{"channel": "tg", "by": ALICE_BY, "action": "approve", "target": str(change),
+                                      "offer": _oid(approve), "outcome": text, "ok": True}]
+    assert [e.service for e in j.query(type_prefix="decision.applied")] == ["svc"]
+    assert _status(j, _oid(reject)) == "applied"  # the change's other button is spent with it
+    # read again before the tapper was told (a run killed after the apply): seen, with the outcome
+    again = decisions.receive(settings, j, rec, channel="tg", msg_id="7", token=approve, by=ALICE_BY)
+    assert (again.status, again.text, again.ok) == ("seen", text, True)
+    assert again.offer is not None and again.offer.id == _oid(approve)
+    # the same message id on another channel is another tap (refused: already decided)
+    other = decisions.receive(settings, j, rec, channel="ntfy", msg_id="7", token=approve, by=ALICE_BY)
+    assert (other.status, other.text) == ("refused", f"refused: already decided by {ALICE_BY}; nothing changed")
+    assert _events(j, "refused")[-1] == {"channel": "ntfy", "by": ALICE_BY, "reason": f"already decided by {ALICE_BY}",
+                                         "action": "approve", "target": str(change), "offer": _oid(approve)}
+    # once told, a re-read is seen with nothing left to tell
+    decisions.answered(j, _oid(approve))
+    told = decisions.receive(settings, j, rec, channel="tg", msg_id="7", token=approve, by=ALICE_BY)
+    assert (told.status, told.text, told.offer) == ("seen", "", None)
+    assert rec.applied == [("approve", str(change), ALICE_BY)]
+
+
+def test_an_apply_that_raises_is_not_applied_and_says_so(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, change = _approve_and_reject(settings, j)
+    v = decisions.receive(settings, j, _Raising(), channel="tg", msg_id="1", token=approve, by=ALICE_BY)
+    text = "not applied: change #1 is no longer waiting"
+    assert (v.status, v.text, v.ok) == ("applied", text, False)
+    assert _events(j, "applied")[0]["outcome"] == text and _events(j, "applied")[0]["ok"] is False
+
+
+def test_an_approval_that_never_merged_opens_its_button_again(tmp_path: Path,
+                                                              write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, reject, _ = _approve_and_reject(settings, j)
+    v = decisions.receive(settings, j, _WaitsAgain(), channel="tg", msg_id="1", token=approve, by=ALICE_BY)
+    assert v.status == "applied" and v.offer is not None and v.offer.status == "open"
+    assert (_status(j, _oid(approve)), _status(j, _oid(reject))) == ("open", "open")
+
+
+@pytest.mark.parametrize("how", ["subject", "claim", "deleted"])
+def test_a_row_changed_between_the_claim_and_the_apply_is_refused_exactly(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The push account rewrites the row after root's claim took it: nothing is applied, and
+    the refusal names what changed (or that the claim is no longer ours)."""
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, change = _approve_and_reject(settings, j)
+    oid = _oid(approve)
+    claim = decisions_store.claim_by_tap
+
+    def claim_then_rewrite(*a: Any, **k: Any) -> tuple[bool, bool]:
+        got = claim(*a, **k)
+        sql = {"subject": "UPDATE decision_offers SET subject = 'ffff' WHERE id = ?",
+               "claim": "UPDATE decision_offers SET claimed_by = 1 WHERE id = ?",
+               "deleted": "DELETE FROM decision_offers WHERE id = ?"}[how]
+        with j.tx() as c:
+            c.execute(sql, (oid,))
+        return got
+
+    monkeypatch.setattr(decisions_store, "claim_by_tap", claim_then_rewrite)
+    rec = _Recorder()
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="1", token=approve, by=ALICE_BY)
+    why = ("the offer was changed in the journal after its token was checked ("
+           + {"subject": "subject", "claim": "no longer our claim", "deleted": "action, target, subject, expires"}[how]
+           + "): not applied")
+    assert (v.status, v.text, v.ok) == ("refused", f"refused: {why}; nothing changed", False)
+    assert v.offer is not None and v.offer.id == oid
+    assert rec.applied == []
+    refused = j.query(type_prefix="decision.refused")
+    assert [(e.service, e.data) for e in refused] == [("svc", {
+        "channel": None if how == "deleted" else "tg", "by": ALICE_BY, "action": "approve", "target": str(change),
+        "offer": oid, "reason": why})]
+    row = decisions_store.get_offer(j, oid)
+    if how == "deleted":
+        assert row is None
+        return
+    assert row is not None and (row.status, row.outcome) == ("applied", f"refused: {why}")
+
+
+# --- resume: a killed run's claim is finished only with the key holder's proof ----------------
+
+class _Killed(Exception):
+    pass
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def _claimed_then_killed(settings: config.Settings, j: Journal, monkeypatch: pytest.MonkeyPatch, tok: str, *,
+                         channel: str = "tg", msg_id: str = "1", by: str = ALICE_BY, pid: int | None = None) -> int:
+    """A tap claimed by an inbox run that was killed before its apply: the row stays applying
+    under the run's pid (dead, or `pid`)."""
+    def killed(*_a: Any, **_k: Any) -> decisions.Verdict:
+        raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(decisions, "_apply", killed)
+        with pytest.raises(_Killed):
+            decisions.receive(settings, j, _Recorder(), channel=channel, msg_id=msg_id, token=tok, by=by)
+    with j.tx() as c:
+        c.execute("UPDATE decision_offers SET claimed_by = ? WHERE id = ?",
+                  (pid if pid is not None else _dead_pid(), _oid(tok)))
+    assert _status(j, _oid(tok)) == "applying"
+    return _oid(tok)
+
+
+@pytest.mark.parametrize("channel, msg_id, by", [("tg", "1", ALICE_BY), ("", "", "")],
+                         ids=["a-tap", "a-tap-with-empty-names"])
+def test_a_genuine_claim_of_a_killed_run_is_applied_by_the_next(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+        channel: str, msg_id: str, by: str) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, change = _approve_and_reject(settings, j)
+    oid = _claimed_then_killed(settings, j, monkeypatch, approve, channel=channel, msg_id=msg_id, by=by)
+    rec = _Recorder()
+    out = decisions.resume(settings, j, rec)
+    text = f"approve {change} by {by or '?'}"
+    assert [(v.status, v.text, v.ok, v.offer.id if v.offer else None) for v in out] == [("applied", text, True, oid)]
+    assert rec.applied == [("approve", str(change), by or "?")] and rec.asked == [oid]
+    assert _status(j, oid) == "applied" and decisions.resume(settings, j, rec) == []
+
+
+def test_a_claim_still_held_by_a_live_run_is_left_alone_and_the_next_one_resumed(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    first, _, _ = _approve_and_reject(settings, j)
+    second, _, change2 = _approve_and_reject(settings, j)
+    live = _claimed_then_killed(settings, j, monkeypatch, first, msg_id="1", pid=os.getpid())
+    gone = _claimed_then_killed(settings, j, monkeypatch, second, msg_id="2")
+    assert live < gone  # resume takes them in this order
+    rec = _Recorder()
+    out = decisions.resume(settings, j, rec)
+    assert [(v.status, v.offer.id if v.offer else None) for v in out] == [("applied", gone)]
+    assert rec.applied == [("approve", str(change2), ALICE_BY)]
+    assert (_status(j, live), _status(j, gone)) == ("applying", "applied")
+
+
+@pytest.mark.parametrize("proof", ["none", "made-up", "another-taps"])
+def test_a_claim_no_tap_made_is_refused_and_opened_again_and_the_next_one_resumed(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, proof: str) -> None:
+    """The push account writes the journal: an `applying` row under a dead pid, written by hand
+    (with no proof, a made-up one, or the proof of another tap), never makes root decide."""
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    forged_tok, _, change = _approve_and_reject(settings, j)
+    genuine_tok, _, change2 = _approve_and_reject(settings, j)
+    forged = _oid(forged_tok)
+    genuine = _claimed_then_killed(settings, j, monkeypatch, genuine_tok, msg_id="2")
+    row = decisions_store.get_offer(j, genuine)
+    assert row is not None and row.proof
+    value = {"none": None, "made-up": "A" * 43, "another-taps": row.proof}[proof]
+    with j.tx() as c:
+        c.execute("UPDATE decision_offers SET status = 'applying', claimed_by = ?, channel = 'tg', tap = '9', "
+                  "decided_by = 'mallory', proof = ? WHERE id = ?", (_dead_pid(), value, forged))
+    rec = _Recorder()
+    out = decisions.resume(settings, j, rec)
+    why = "a claim no tap made (no valid proof in the journal): not applied"
+    assert [(v.status, v.text, v.ok, v.offer.id if v.offer else None) for v in out] == [
+        ("refused", f"refused: {why}; nothing changed", False, forged), ("applied", f"approve {change2} by {ALICE_BY}",
+                                                                        True, genuine)]
+    assert rec.applied == [("approve", str(change2), ALICE_BY)]
+    refused = j.query(type_prefix="decision.refused")
+    assert [(e.service, e.data) for e in refused] == [("svc", {
+        "channel": "tg", "by": "mallory", "action": "approve", "target": str(change), "offer": forged,
+        "reason": why})]
+    back = decisions_store.get_offer(j, forged)
+    assert back is not None and (back.status, back.outcome, back.decided_by) == ("open", f"refused: {why}", None)
+
+
+def test_a_claim_whose_change_no_longer_waits_is_recorded_not_applied(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, _ = _approve_and_reject(settings, j)
+    oid = _claimed_then_killed(settings, j, monkeypatch, approve)
+
+    class Merged(_Recorder):
+        def still_waits(self, found: decisions.Offer) -> str | None:
+            super().still_waits(found)
+            return "merged already"
+
+    rec = Merged()
+    out = decisions.resume(settings, j, rec)
+    text = "applied before an interruption (merged already)"
+    assert [(v.status, v.text, v.offer.outcome if v.offer else None) for v in out] == [("applied", text, text)]
+    assert rec.applied == [] and rec.asked == [oid] and _status(j, oid) == "applied"
+
+
+def test_a_freeze_without_an_id_or_event_binds_no_unfreeze() -> None:
+    assert decisions.freeze_subject({"reason": "an old freeze record"}) is None
+    assert decisions.freeze_subject({"reason": "r", "freeze_id": "", "frozen_event": None}) is None
+
+
+# --- doctor: the set-ups where a tap could not count, or could be made by the wrong one --------
+
+def test_setup_problems_names_each_channel_and_an_exposed_key_exactly(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    state = tmp_path / "state"
+    good = config.load(write_config(
+        f'[opskit]\nstate_dir = "{state}"\nnotify = ["tg", "nt"]\n'
+        f'[notify.tg]\ntype = "telegram"\ntoken = "{BOT}"\nchat_id = "1"\nallowed_users = [{ALICE}]\n'
+        '[notify.nt]\ntype = "ntfy"\nurl = "http://127.0.0.1:9/ntfy"\ntoken = "tk_read"\n'
+        'reply_url = "http://127.0.0.1:9/ntfy/replies"\nreply_token = "tk_write"\n'))
+    assert decisions.setup_problems(good) == []  # no key yet: nothing exposed either
+    key = state / decisions.KEY_FILE
+    Journal(good.state_dir)  # the state dir, as every command makes it
+    decisions.secret(good.state_dir)
+    assert decisions.setup_problems(good) == []  # the key as secret() made it: 0600, ours
+    bad = config.load(write_config(
+        f'[opskit]\nstate_dir = "{state}"\nnotify = ["tg", "nt", "plain"]\n'
+        f'[notify.tg]\ntype = "telegram"\ntoken = "{BOT}"\nchat_id = "1"\n'
+        '[notify.nt]\ntype = "ntfy"\nurl = "http://127.0.0.1:9/ntfy"\n'
+        'reply_url = "http://127.0.0.1:9/ntfy/replies"\n'
+        '[notify.plain]\ntype = "ntfy"\nurl = "http://127.0.0.1:9/ntfy"\n'))
+    key.chmod(0o640)
+    assert decisions.setup_problems(bad) == [
+        ("notify.tg", "allowed_users is empty: every tap is refused",
+         "add allowed_users = [USER_ID] (the from.id of each person who may decide)"),
+        ("notify.nt", "reply_url without reply_token: the buttons publish anonymously, "
+         "so the reply topic must be writable by anyone",
+         "give the phone a write-only token for the reply topic (README: approve from your phone)"),
+        ("notify.nt", "no token: opskit reads the reply topic anonymously",
+         "set token to a credential that can read the reply topic"),
+        ("decision.key", f"{key} can be read by group {key.stat().st_gid}: whoever reads it can approve any change",
+         f"`chmod 600 {key}` (or delete it to make a new one)"),
+    ]
+    key.chmod(0o604)
+    assert decisions.setup_problems(bad)[-1][1] == f"{key} can be read by others: whoever reads it can approve any change"
+    key.unlink()
+    key.symlink_to(tmp_path / "elsewhere")
+    assert decisions.setup_problems(bad)[-1][1] == (f"{key} is not a plain file of its own (a link or a special file): "
+                                                    "whoever reads it can approve any change")

@@ -331,3 +331,36 @@ def test_rows_kept_in_memory_never_share_an_id(tmp_path: Path, monkeypatch: pyte
     again = Journal(tmp_path / "state")  # replays what was kept aside
     assert {(r["sha"][0], r["status"]) for r in again.deploys("svc")} == {("a", "failed"), ("b", "reverted"),
                                                                           ("c", "healthy")}
+
+
+@pytest.mark.parametrize("error, kind", [
+    (OSError(errno.ENOSPC, "No space left on device"), "full"),
+    (sqlite3.OperationalError("database or disk is full"), "full"),
+    (sqlite3.DatabaseError("database disk image is malformed"), "corrupt"),
+    (sqlite3.DatabaseError("file is not a database"), "corrupt"),
+    (sqlite3.DatabaseError("database corrupt at page 3"), "corrupt"),
+    (sqlite3.OperationalError("disk I/O error"), "io"),
+    (OSError(errno.EIO, "Input/output error"), "io"),
+    (OSError(errno.EACCES, "Permission denied"), "io"),
+    (sqlite3.OperationalError("database is locked"), "other"),
+], ids=["enospc", "sqlite-full", "malformed", "not-a-database", "corrupt", "sqlite-io", "eio", "eacces", "locked"])
+def test_each_journal_fault_is_told_apart(error: BaseException, kind: str) -> None:
+    # the kind picks the one-line fix the operator reads (free space, journal recover, the disk)
+    assert fallback.kind_of(error) == kind
+
+
+def test_a_read_done_without_is_said_once_per_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(fallback, "_WARNED", set())
+    db = tmp_path / "journal.db"
+    corrupt = sqlite3.DatabaseError("database disk image is malformed")
+    fallback.warn_read(db, corrupt)
+    fallback.warn_read(db, corrupt)  # every later read of a broken journal: not said again
+    assert capsys.readouterr().err == (
+        f"opskit: {fallback.describe(db, corrupt)}; going on without what it holds (the last known-good commit, "
+        "the quarantine list): git has the facts\n")
+    assert fallback.describe(db, corrupt).startswith("database corrupt: the journal ")
+    full = sqlite3.OperationalError("database or disk is full")
+    fallback.warn_read(db, full)  # another cause is news
+    fallback.warn_read(db, full)
+    assert capsys.readouterr().err.count("opskit: disk full: cannot write the journal ") == 1

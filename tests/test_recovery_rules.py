@@ -209,3 +209,173 @@ def test_a_worktree_shared_through_a_symlink_or_dotdot_is_refused(tmp_path: Path
         assert same in line, line
     assert sorted(p.name for p in (sa.bare / "hooks").iterdir()) == hooks_before
     assert not (state / "journal.db").exists()
+
+
+# --- journal recover, in this process: what it refuses, what it keeps, whose the new file is ---
+
+def _journal_with_events(state: Path, n: int = 5) -> Path:
+    j = Journal(state)
+    for i in range(n):
+        j.append("note", "svc", {"i": i})
+    j.close()
+    return state / "journal.db"
+
+
+def test_recover_of_a_sound_journal_without_force_changes_nothing(tmp_path: Path) -> None:
+    db = _journal_with_events(tmp_path)
+    before = db.stat().st_ino
+    report = recover(tmp_path, ["svc"])
+    assert (report.path, report.damaged, report.problems, report.rebuilt, report.kept_aside) == (
+        str(db), False, [], False, [])
+    assert db.stat().st_ino == before and not list(tmp_path.glob("journal.db.*"))
+
+
+def test_recover_refuses_without_a_journal_and_while_a_deploy_holds_a_lock(tmp_path: Path) -> None:
+    from opskit.base.errors import OpsError
+    from opskit.base.lock import ServiceLock
+
+    with pytest.raises(OpsError) as e:
+        recover(tmp_path, ["svc"], force=True)
+    assert e.value.message == f"no journal at {tmp_path / 'journal.db'}: nothing to recover (check [opskit] state_dir)"
+    _journal_with_events(tmp_path)
+    with ServiceLock(tmp_path, "svc", wait=0) as held, pytest.raises(OpsError) as e:
+        recover(tmp_path, ["other", "svc"], force=True)
+    assert e.value.message.startswith("journal recover refused: a deploy of svc holds its lock (")
+    assert e.value.message.endswith("); run it again when that deploy has finished")
+    assert held is not None and not list(tmp_path.glob("journal.db.damaged-*"))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["personal", "shared"])
+def test_a_forced_recover_keeps_the_old_files_aside_and_the_new_one_is_the_state_dirs(
+        tmp_path: Path, shared: bool) -> None:
+    import re
+    import stat as st_
+
+    state = tmp_path / "state"
+    state.mkdir()
+    if shared:  # the system install's state dir: setgid, the opskit group's
+        os.chown(state, 0, 1)
+        os.chmod(state, 0o2770)
+    db = _journal_with_events(state)
+    for suffix in ("-wal", "-shm"):  # what a journal killed mid-write leaves beside it
+        Path(f"{db}{suffix}").write_bytes(b"")
+        os.chmod(f"{db}{suffix}", 0o664 if shared else 0o644)
+    old = os.umask(0o022)
+    try:
+        report = recover(state, ["svc"], force=True)
+    finally:
+        os.umask(old)
+    assert report.rebuilt is True and report.damaged is False
+    stamp = re.fullmatch(rf"{re.escape(str(state))}/journal\.db\.damaged-(\d{{8}}T\d{{6}}Z)", report.kept_aside[0])
+    assert stamp is not None, report.kept_aside
+    assert [Path(p).name for p in report.kept_aside] == [f"journal.db.damaged-{stamp.group(1)}{s}"
+                                                         for s in ("", "-wal", "-shm")]
+    assert all(Path(p).exists() for p in report.kept_aside)
+    assert [t.line() for t in report.tables][0] == "events: 5 recovered, 0 lost"
+    new = (state / "journal.db").stat()
+    assert (st_.S_IMODE(new.st_mode), new.st_gid) == ((0o664, 1) if shared else (0o644, 0))
+    rebuilt = Journal(state)
+    assert sorted(e.data["i"] for e in rebuilt.query(type_prefix="note")) == [0, 1, 2, 3, 4]
+    rebuilt.close()
+    assert not list(state.glob("journal.db.rebuilding-*"))
+
+
+def test_keep_shared_gives_the_group_and_its_write_and_refuses_a_file_that_is_not_the_one_built(
+        tmp_path: Path) -> None:
+    import stat as st_
+
+    from opskit.base.errors import OpsError
+    from opskit.storage.recover import _keep_shared
+
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 0, 1)
+    os.chmod(state, 0o2770)
+    fresh = state / "journal.db.rebuilding-1"
+    fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchown(fd, 0, 0)  # not the dir's group (a filesystem that does not inherit it)
+        os.fchmod(fd, 0o600)
+        _keep_shared(fd, fresh, state)
+        got = os.fstat(fd)
+        assert (st_.S_IMODE(got.st_mode), got.st_uid, got.st_gid) == (0o660, 0, 1)
+        os.link(fresh, state / "second-name")  # a group member's hard link: not ours alone
+        with pytest.raises(OpsError) as e:
+            _keep_shared(fd, fresh, state)
+        assert e.value.message == f"journal recover: {fresh} is not the file it just built; nothing was replaced"
+        os.unlink(state / "second-name")
+        os.fchown(fd, 1, -1)  # another account's file
+        with pytest.raises(OpsError):
+            _keep_shared(fd, fresh, state)
+    finally:
+        os.close(fd)
+
+
+def test_still_ours_refuses_a_name_renamed_over_removed_or_linked(tmp_path: Path) -> None:
+    from opskit.base import statefs
+    from opskit.storage.recover import _still_ours
+
+    fresh = tmp_path / "journal.db.rebuilding-1"
+    fresh.write_bytes(b"built")
+    mine = os.stat(fresh)
+    _still_ours(fresh, mine)  # untouched: passes
+    want = (f"{fresh}: was replaced by another file while journal recover built it; the damaged journal was "
+            "left in place")
+    keep = tmp_path / "kept"
+    os.rename(fresh, keep)
+    other = tmp_path / "other"
+    other.write_bytes(b"planted")
+    os.replace(other, fresh)
+    with pytest.raises(statefs.Unsafe) as e:
+        _still_ours(fresh, mine)
+    assert str(e.value).startswith(want)
+    fresh.unlink()
+    with pytest.raises(statefs.Unsafe):
+        _still_ours(fresh, mine)
+    fresh.symlink_to(keep)  # a link to the very file built is still not the file at the name
+    with pytest.raises(statefs.Unsafe):
+        _still_ours(fresh, mine)
+
+
+def test_quick_check_is_empty_for_a_sound_or_missing_journal_and_names_damage(tmp_path: Path) -> None:
+    assert quick_check(tmp_path / "journal.db") == []
+    db = _journal_with_events(tmp_path)
+    assert quick_check(db) == []
+    other = tmp_path / "x"
+    other.mkdir()
+    (other / "journal.db").write_bytes(b"this is not a database at all, only some bytes" * 100)
+    assert quick_check(other / "journal.db") == ["file is not a database"]
+
+
+def test_a_recover_of_damaged_pages_says_what_it_kept_and_what_was_lost(tmp_path: Path) -> None:
+    from tests.test_journal_recover import _garbage
+
+    j = Journal(tmp_path)
+    for i in range(400):
+        j.append("note", "svc", {"i": i, "pad": "x" * 300})
+    j.close()
+    db = tmp_path / "journal.db"
+    extra = sqlite3.connect(db)
+    extra.execute("CREATE TABLE custom (k TEXT PRIMARY KEY, v TEXT)")
+    extra.executemany("INSERT INTO custom VALUES (?, ?)", [("a", "1"), ("b", "2"), ("c", "3")])
+    extra.commit()
+    extra.close()
+    assert _garbage(db, "events", 2)
+    report = recover(tmp_path, ["svc"])
+    assert report.damaged and report.rebuilt and report.problems == quick_check(
+        Path(report.kept_aside[0])) != []
+    events = report.tables[0]
+    assert events.name == "events" and events.lost and events.recovered + events.lost == 400
+    assert events.line() == (f"events: {events.recovered} recovered, {events.lost} lost (ids 1–400 with gaps; "
+                             "rows after the last readable one may be lost too)")
+    assert [t.line() for t in report.tables[1:]] == [
+        "deploys: 0 recovered, 0 lost", "quarantine: 0 recovered, 0 lost", "outbox: 0 recovered, 0 lost",
+        "kv: 0 recovered, 0 lost", "custom: 3 recovered, 0 lost"]
+    d = report.to_dict()
+    assert (d["lost_any"], d["rebuilt"], d["damaged"], d["path"]) == (True, True, True, str(db))
+    assert d["tables"][-1] == {"name": "custom", "recovered": 3, "lost": 0, "note": ""}
+    back = sqlite3.connect(db)
+    assert back.execute("SELECT k, v FROM custom ORDER BY k").fetchall() == [("a", "1"), ("b", "2"), ("c", "3")]
+    assert back.execute("SELECT count(*) FROM events").fetchone() == (events.recovered,)
+    back.close()
+    assert quick_check(db) == []
