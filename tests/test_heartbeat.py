@@ -250,3 +250,39 @@ def test_a_monitor_that_trickles_its_answer_is_abandoned_at_the_deadline(write_c
     assert b.result is not None and (b.result.ok, b.result.error) == (False, "no answer within 0.5s")
     assert not pings.trickled  # the answer was still coming
     assert [e["type"] for e in _events(state_dir, "heartbeat.")] == ["heartbeat.failed"]
+
+
+def test_a_failure_recorded_before_the_heartbeat_was_removed_is_not_named(opskit, write_config, sandbox, pings,
+                                                                          state_dir) -> None:
+    """Only a ping that gets through clears a failure: with the key gone none is ever sent, so the
+    old failure must not keep status at exit 1 (and the metric at 1) for good."""
+    cfg = _config(write_config, sandbox)
+    pings.stop()
+    assert opskit("--config", str(cfg), "cron-check", env={"HC_URL": pings.check_url()}).returncode == 0
+    assert opskit("--config", str(cfg), "status", env={"HC_URL": pings.check_url()}).returncode == 1
+    plain = write_config(f'[service.web]\nrepo = "{sandbox.bare}"\nworktree = "{sandbox.worktree}"\n')
+    st = opskit("--config", str(plain), "status")
+    assert st.returncode == 0 and "heartbeat" not in st.stdout, st.stdout
+    m = opskit("--config", str(plain), "metrics")
+    assert "opskit_heartbeat_failing 0.0" in m.stdout and "opskit_attention_items 0.0" in m.stdout
+
+
+def test_a_missed_job_whose_table_is_removed_is_named_no_more(write_config, state_dir, pings, monkeypatch) -> None:
+    import datetime as dt
+
+    from opskit.jobs.run_job import run_job
+
+    monkeypatch.setenv("HC_URL", pings.check_url())
+    jobs = '[jobs.backup]\nschedule = "0 3 * * *"\ntimezone = "UTC"\ngrace = 300\n'
+    s = config.load_file(write_config('[opskit]\nheartbeat = "${HC_URL}"\n' + jobs))
+    clock = FakeClock(dt.datetime(2026, 4, 25, 3, 0, 2, tzinfo=dt.timezone.utc))
+    j = Journal(state_dir, clock)
+    run_job(s, j, "backup", ["true"], clock=clock, notifier=lambda *a, **k: None, echo=lambda _: None)
+    for _ in range(6):  # a cron-check every hour while the next day's 03:00 passes without the job
+        clock.advance(5 * 3600)
+        cron_check(s, j, clock, notifier=lambda *a, **k: None, crontab_text=None)
+    assert "job backup missed its run due 2026-04-26T03:00:00Z (opskit cron-check)" in beat(s, j, clock, timeout=2).reasons
+    s = config.load_file(write_config('[opskit]\nheartbeat = "${HC_URL}"\n'))  # the job is dropped
+    clock.advance(300)
+    cron_check(s, j, clock, notifier=lambda *a, **k: None, crontab_text=None)
+    assert not [r for r in beat(s, j, clock, timeout=2).reasons if "missed" in r]

@@ -94,3 +94,14 @@ def test_a_bad_ping_url_exits_2_without_showing_it(opskit, write_config) -> None
     r = opskit("--config", str(_cfg(write_config, "hc-ping.com/secret-uuid")), "run-job", "backup", "--", "true")
     assert r.returncode == 2
     assert "jobs.backup.ping_url: is not an http(s) URL" in r.stderr and "secret-uuid" not in r.stderr
+
+
+def test_a_ping_url_with_an_invalid_host_fails_without_quoting_it() -> None:
+    """httpx quotes an invalid host in its error, and the host can be where the secret is."""
+    from opskit.base.config import Secret
+    from opskit.notify import ping
+
+    secret = "0a1b2c3d-1111-4222-8333-444455556666"
+    for url in (f"https://xn--{secret}\u2603.example/x", "http://[::zz]/x"):
+        r = ping.send(Secret(url), timeout=2)
+        assert not r.ok and r.error and secret not in r.error and "zz" not in r.error, r.error

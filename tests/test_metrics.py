@@ -97,7 +97,8 @@ def test_waiting_outbox_frozen_service_and_heartbeat_are_exported(write_config, 
                                                                   monkeypatch) -> None:
     from opskit.base.clock import FakeClock, iso
 
-    cfg = write_config(f'[service.web]\nrepo = "{sandbox.bare}"\nworktree = "{sandbox.worktree}"\n'
+    cfg = write_config('[opskit]\nheartbeat = "http://127.0.0.1:9/hc"\n'
+                       f'[service.web]\nrepo = "{sandbox.bare}"\nworktree = "{sandbox.worktree}"\n'
                        '[notify.ops]\ntype = "webhook"\nurl = "http://127.0.0.1:9/x"\n')
     s = config.load_file(cfg)
     clock = FakeClock()
@@ -248,3 +249,22 @@ def test_reactions_failing_behind_and_given_up_are_exported(tmp_path, state_dir)
     got = _samples(render(s, j))
     assert got[("opskit_reaction_gave_up_total", (("reaction", "broken"),))] == 1
     assert got[("opskit_reaction_behind_events", (("reaction", "broken"),))] == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is root's: only root writes into another's folder")
+def test_root_refuses_a_textfile_folder_reached_through_a_link(opskit, tmp_path) -> None:
+    """A link on the way hides the real parents: one another account owns could swap the folder."""
+    foreign = tmp_path / "foreign"
+    (foreign / "sub" / "inner").mkdir(parents=True)
+    os.chown(foreign, 65534, 65534)
+    (tmp_path / "tc").mkdir()
+    (tmp_path / "tc" / "mid").symlink_to(foreign / "sub")
+    r = opskit("metrics", "--textfile", str(tmp_path / "tc" / "mid" / "inner" / "x.prom"))
+    assert r.returncode == 2 and "goes through a link" in r.stderr, r.stderr
+    assert list((foreign / "sub" / "inner").iterdir()) == []
+
+
+def test_a_textfile_folder_that_cannot_be_written_is_exit_2_in_one_line(opskit) -> None:
+    r = opskit("metrics", "--textfile", "/proc/opskit.prom")
+    assert r.returncode == 2 and "cannot write in /proc" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

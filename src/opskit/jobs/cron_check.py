@@ -241,6 +241,9 @@ def _check_job(settings: Settings, journal: Journal, notifier: Notifier | None, 
         elif not missed and incident is not None:
             # Overdue no more without a run: the schedule changed or the clock moved back.
             journal.kv_delete(CHECK, f"incident:{name}")
+    elif incident is not None:
+        # No longer scheduled (its [jobs] table or crontab line removed): nothing can be missed.
+        journal.kv_delete(CHECK, f"incident:{name}")
 
     if st.get("last_status") == "fail":
         status.problems.append("failed")

@@ -17,7 +17,6 @@ import urllib.parse
 from dataclasses import dataclass
 
 from opskit.base.config import Secret
-from opskit.base.errors import redact
 
 BODY_MAX = 100_000  # healthchecks.io logs the first 100 kB of a ping's body
 KUMA_MSG_MAX = 250  # Uptime Kuma shows the msg in a one-line list: keep it short
@@ -90,7 +89,8 @@ def _request(url: Secret, suffix: str, body: str | None, style: str, up: bool, t
     except httpx.HTTPError as e:
         return PingResult(False, None, _kind(e))
     except Exception as e:  # a ping must never take its caller down
-        return PingResult(False, None, redact(f"{type(e).__name__}: {e}")[:200].replace(raw, "***"))
+        # never the exception's text: an invalid host is quoted there, and the host can hold the secret
+        return PingResult(False, None, f"the ping URL is not usable ({type(e).__name__})")
     if 200 <= r.status_code < 300:
         return PingResult(True, r.status_code)
     return PingResult(False, r.status_code, f"the monitor answered HTTP {r.status_code}")

@@ -147,7 +147,7 @@ def families(settings: Settings, journal: Journal, clock: Clock = SYSTEM) -> lis
     fam("gauge", "cron_check_overdue", "1 when cron-check is not running (late past its grace).").append(
         ((), 1.0 if cc.get("overdue") else 0.0))
 
-    hb = journal.kv_get(ping.HEARTBEAT, "state") or {}
+    hb = (journal.kv_get(ping.HEARTBEAT, "state") or {}) if settings.monitor.heartbeat is not None else {}
     hb_ts = fam("gauge", "heartbeat_last_success_timestamp_seconds",
                 "When a heartbeat ping last reached the external monitor.")
     t = _ts(hb.get("last_success"))
@@ -224,10 +224,18 @@ def write_textfile(path: Path, text: str) -> None:
         raise UsageError(f"metrics textfile {path}: folder {folder} does not exist; create it "
                          "(node_exporter's --collector.textfile.directory) or fix the path")
     if os.geteuid() == 0:
+        real = Path(os.path.realpath(folder))
+        if real != folder:  # a link anywhere on the way: its real parents are what must be checked
+            raise UsageError(f"refusing to write the metrics textfile as root: {folder} goes through a link "
+                             f"(to {real}); write the real path instead")
         problem = writable_by_others(folder)
-        if problem or folder.is_symlink():
-            raise UsageError(f"refusing to write the metrics textfile as root: {problem or f'{folder} is a link'}; "
+        if problem:
+            raise UsageError(f"refusing to write the metrics textfile as root: {problem}; "
                              f"fix it: chown root {folder} && chmod go-w {folder}")
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise UsageError(f"metrics textfile {path} is a link or not a file; remove it (rm {path})")
-    replace_file(path, text, mode=0o644)
+    try:
+        replace_file(path, text, mode=0o644)
+    except OSError as e:
+        raise UsageError(f"metrics textfile {path}: cannot write in {folder} ({e.strerror or e}); "
+                         "fix the folder's permissions or the path") from None

@@ -134,7 +134,9 @@ def collect(settings: Settings, journal: Journal, services: list[str] | None = N
     out["cron_check"] = _guarded(lambda: _cron_check(settings, journal, clock))
     out["fallback_pending"] = _guarded(lambda: fallback.pending(settings.state_dir))
     out.update(outside_watch(settings, journal, clock))
-    out["heartbeat"] = _guarded(lambda: journal.kv_get(ping.HEARTBEAT, "state"))
+    # A failure recorded while a heartbeat was configured means nothing once it is removed.
+    out["heartbeat"] = (_guarded(lambda: journal.kv_get(ping.HEARTBEAT, "state"))
+                        if settings.monitor.heartbeat is not None else None)
     if settings.reactions:
         out["reactions"] = _guarded(lambda: _reactions(settings, journal))
     out["attention"] = attention(out)
