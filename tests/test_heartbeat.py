@@ -6,8 +6,7 @@ that is down or hangs never stops cron-check, and its outage is journaled once."
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,27 +15,13 @@ from opskit import notify
 from opskit.base import config
 from opskit.base.clock import FakeClock
 from opskit.jobs.cron_check import cron_check
-from opskit.sandbox.pings import BODY_LIMIT, PingReceiver
+from opskit.sandbox.pings import BODY_LIMIT
 from opskit.storage.journal import Journal
 from opskit.views.heartbeat import beat
 from tests.support.notify import receiver_fixture  # noqa: F401 - the `receiver` fixture
+from tests.support.pings import dump_journal, pings_fixture  # noqa: F401 - the `pings` fixture
 
-
-@pytest.fixture(name="pings")
-def pings_fixture() -> Iterator[PingReceiver]:
-    r = PingReceiver.start()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-def _dump(state_dir: Path) -> str:
-    conn = sqlite3.connect(state_dir / "journal.db")
-    out = []
-    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-        out += [repr(row) for row in conn.execute(f"SELECT * FROM {table}")]
-    return "\n".join(out)
+_dump = dump_journal
 
 
 def _config(write_config: Callable[[str], Path], sandbox, extra: str = "", opskit_extra: str = "") -> Path:

@@ -4,32 +4,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from opskit.sandbox.pings import BODY_LIMIT, PingReceiver
+from opskit.sandbox.pings import BODY_LIMIT
 from opskit.storage.journal import Journal
+from tests.support.pings import dump_journal, pings_fixture  # noqa: F401 - the `pings` fixture
 
-
-@pytest.fixture(name="pings")
-def pings_fixture() -> Iterator[PingReceiver]:
-    r = PingReceiver.start()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-def _dump(state_dir: Path) -> str:
-    conn = sqlite3.connect(state_dir / "journal.db")
-    out = []
-    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-        out += [repr(row) for row in conn.execute(f"SELECT * FROM {table}")]
-    return "\n".join(out)
+_dump = dump_journal
 
 
 def _cfg(write_config, url_expr: str = "${JOB_PING}") -> Path:
