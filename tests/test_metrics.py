@@ -224,8 +224,7 @@ def test_the_installed_metrics_entry_writes_the_textfile_under_crons_environment
 
 def test_reactions_failing_behind_and_given_up_are_exported(tmp_path, state_dir) -> None:
     """status names a failing reaction or one far behind: metrics carry the same numbers."""
-    from tests.support.reactions import react, reaction_toml
-    from tests.test_reactions import plain_config
+    from tests.support.reactions import plain_config, react, reaction_toml
 
     cfg = plain_config(tmp_path, state_dir,
                        reaction_toml("broken", ["job.fail"], run="exit 7", user="root", retries=1, backoff=0),

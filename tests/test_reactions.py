@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import pytest
 
 from opskit.base import config
 from opskit.storage.journal import Journal
-from tests.support.gitsandbox import make_sandbox
 from tests.support.notify import outbox_rows
 from tests.support.pipeline import Stage, hooked_stage, toml_value
 from tests.support.reactions import (
@@ -32,6 +30,7 @@ from tests.support.reactions import (
     events,
     idle,
     lines,
+    plain_config,
     react,
     react_proc,
     reaction_toml,
@@ -48,20 +47,6 @@ def hooked(tmp_path: Path) -> Iterator[Stage]:
     finally:
         wait_idle(Path(os.environ["OPSKIT_STATE_DIR"]))
         st.close()
-
-
-def plain_config(tmp: Path, state_dir: Path, *tables: str, services: tuple[str, ...] = ("a", "b"),
-                 opskit_keys: str = "", extra: str = "") -> Path:
-    """A config with real (sandbox) services and the given [[reaction]] tables."""
-    parts = [f"[opskit]\nstate_dir = {toml_value(state_dir)}\n{opskit_keys}", extra]
-    for name in services:
-        sb = make_sandbox(tmp / f"sb-{name}", name=name)
-        parts.append(f"[service.{name}]\nrepo = {toml_value(sb.bare)}\nworktree = {toml_value(sb.worktree)}\n")
-    cfg = tmp / "conf" / "opskit.toml"
-    cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text("".join(parts) + "".join(tables))
-    time.sleep(0.01)
-    return cfg
 
 
 def recorder(out: Path) -> str:
@@ -327,6 +312,9 @@ def test_root_runs_a_services_reaction_as_its_account_and_never_as_root_unasked(
         j.append("deploy.complete", "a", {})
         j.append("job.fail", None, {"job": "x"})
         react(cfg, "--quiet")
+        # config.load above armed this process's trigger: the appends may have started a detached
+        # dispatcher that holds the lock while react() returns "busy". Wait for whichever runs.
+        wait_idle(state_dir)
         ok = events(state_dir, "reaction.ok")
         assert [(e["data"]["reaction"], e["data"]["account"]) for e in ok] == [("as-svc", pw.pw_name)], \
             events(state_dir, "reaction.")

@@ -13,6 +13,7 @@ from typing import Any
 
 from opskit.base import bus, lock
 from opskit.storage.journal import Journal
+from tests.support.gitsandbox import make_sandbox
 from tests.support.pipeline import toml_value
 
 
@@ -70,3 +71,17 @@ def lines(path: Path) -> list[str]:
 
 def events(state_dir: Path, type_: str) -> list[dict[str, Any]]:
     return [json.loads(json.dumps(e.to_dict())) for e in Journal(state_dir).query(types=(type_,))]
+
+
+def plain_config(tmp: Path, state_dir: Path, *tables: str, services: tuple[str, ...] = ("a", "b"),
+                 opskit_keys: str = "", extra: str = "") -> Path:
+    """A config with real (sandbox) services and the given [[reaction]] tables."""
+    parts = [f"[opskit]\nstate_dir = {toml_value(state_dir)}\n{opskit_keys}", extra]
+    for name in services:
+        sb = make_sandbox(tmp / f"sb-{name}", name=name)
+        parts.append(f"[service.{name}]\nrepo = {toml_value(sb.bare)}\nworktree = {toml_value(sb.worktree)}\n")
+    cfg = tmp / "conf" / "opskit.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text("".join(parts) + "".join(tables))
+    time.sleep(0.01)
+    return cfg
