@@ -2,7 +2,8 @@
 # Turn a fresh Debian machine with Python 3.11+ and git into a working `opskit`.
 #   ./install.sh           opskit in ./.venv (and a link in ~/.local/bin), with git and bubblewrap
 #   ./install.sh --dev     the same plus the test dependencies and the Debian packages the
-#                          tests need (cron, openssh-server, sudo, bubblewrap)
+#                          tests need (cron, openssh-server, sudo, bubblewrap,
+#                          postgresql)
 #   sudo ./install.sh --system
 #                          a server install: /opt/opskit (a virtualenv on the system's Python,
 #                          opskit installed as a package: the clone can be deleted after),
@@ -62,6 +63,8 @@ command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 
 if [ "$mode" = dev ]; then
     mapfile -t need < <(missing_packages crontab cron /usr/sbin/sshd openssh-server sudo sudo bwrap bubblewrap)
+    # The fleet tests start a real PostgreSQL server (initdb and pg_ctl of Debian's package).
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
     [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 fi
 

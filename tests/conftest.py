@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.gitsandbox import Sandbox, make_sandbox
+from tests.support.postgres import Postgres
 from tests.support.procs import end_leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +141,23 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
         return p
 
     return write
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """A real PostgreSQL for the session (tests/support/postgres.py); skipped, with the reason,
+    where the server binaries or psycopg are missing."""
+    server = Postgres()
+    server.init()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def fleet_url(postgres_server: Postgres) -> Iterator[str]:
+    """The URL of a new, empty database on the session's server (not migrated yet)."""
+    db = postgres_server.database()
+    yield postgres_server.url(db)
+    postgres_server.drop(db)

@@ -154,7 +154,7 @@ def pre_receive(args: _Args, stdin: bytes) -> int:
         rc = run_chained(args, stdin, _out)
         settings = config.load_file(Path(args.config))
         service = settings.service(args.service)
-        journal = Journal(settings.state_dir)
+        journal = Journal(settings.state_dir, fleet=settings.fleet)
         if rc != 0:
             _out(f"opskit: refused by the hook that was here before opskit "
                  f"({os.path.basename(args.self_path)}{CHAIN_SUFFIX}, exit {rc}).")

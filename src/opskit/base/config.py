@@ -122,6 +122,7 @@ class ServiceSettings:
     notify: tuple[str, ...] | None = None  # None: [opskit] notify
     health: HealthSettings = field(default_factory=HealthSettings)
     user: str | None = None  # the account whose work this is; None: the owner of repo
+    hosts: tuple[str, ...] = ()  # fleet: the hosts that run it; with several, they deploy one at a time
 
     @property
     def pull_mode(self) -> bool:
@@ -172,6 +173,13 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """`[opskit] journal = "postgresql://…"`: the database the hosts of a fleet share (storage/fleet.py)."""
+    url: Secret  # a conninfo URL; the password usually ${VAR} from .env
+    host: str  # this host's name in it: `[opskit] host`, default the host name
+
+
+@dataclass(frozen=True)
 class Settings:
     path: Path | None
     state_dir: Path
@@ -183,6 +191,7 @@ class Settings:
     jobs: Mapping[str, JobSettings] = field(default_factory=dict)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     reactions: tuple[ReactionSettings, ...] = ()  # [[reaction]] tables, in config order
+    fleet: FleetSettings | None = None  # None: the journal is the state dir's SQLite file alone
 
     def service(self, name: str) -> ServiceSettings:
         try:
@@ -463,6 +472,7 @@ class _Parser:
             "state_dir": self.nonempty,
             "notify": self.strings,
             "drift_renotify": self.positive,
+            "journal": self.journal_url, "host": self.host_name,
             **self.monitor_schema(),
         })
         state_dir = self.path_value("opskit.state_dir", base["state_dir"]) if "state_dir" in base \
@@ -512,6 +522,7 @@ class _Parser:
             channels=channels, services=services, cron=cron, jobs=jobs,
             monitor=self.monitor(base),
             reactions=self.reactions(data, services, state_dir),
+            fleet=self.fleet(base, services),
         )
         # Every channel named anywhere must exist: a typo here is a silent outage later.
         for where, names in [("opskit.notify", settings.notify)] + [
@@ -523,6 +534,40 @@ class _Parser:
                     raise self.fail(where, f"names channel {n!r}, which is not configured (configured: {known})",
                                     f"add a [notify.{n}] table or fix the name")
         return settings
+
+    # the fleet: a shared PostgreSQL journal -------------------------------------------------
+    def journal_url(self, key: str, value: Any) -> Secret:
+        url = self.secret(key, value)
+        text = url.reveal()
+        if not (text.startswith("postgresql://") or text.startswith("postgres://")):
+            # never quoted: it can hold the password
+            raise self.fail(key, "is not a postgresql:// URL",
+                            'write e.g. "postgresql://opskit:${PGPASSWORD}@db.internal/opskit", '
+                            "or remove it for the local SQLite journal")
+        from urllib.parse import unquote, urlsplit  # only configs that name a fleet database
+
+        try:
+            password = urlsplit(text).password
+        except ValueError:
+            raise self.fail(key, "is not a valid URL", "check the host and port part") from None
+        register_secret(unquote(password) if password else None)  # psycopg's errors may carry it alone
+        return url
+
+    def host_name(self, key: str, value: Any) -> str:
+        name = self.nonempty(key, value)
+        self.check_name(key, name)
+        return name
+
+    def fleet(self, base: dict[str, Any], services: Mapping[str, ServiceSettings]) -> FleetSettings | None:
+        if "journal" not in base:
+            for svc in services.values():
+                if len(svc.hosts) > 1:
+                    raise self.fail(f"service.{svc.name}.hosts", "names several hosts, but there is no fleet journal",
+                                    'set [opskit] journal = "postgresql://…", or list one host')
+            return None
+        import socket  # only configs that name a fleet database
+
+        return FleetSettings(url=base["journal"], host=base.get("host") or socket.gethostname())
 
     # outside monitoring ---------------------------------------------------------------------
     def monitor_schema(self) -> dict[str, _Conv]:
@@ -583,6 +628,12 @@ class _Parser:
                     raise self.fail(key, f"{b} {how} {what} ({g}), "
                                     "which the sandbox hides from pushed code",
                                     "bind a folder that holds only the tools (e.g. the virtualenv)")
+
+    def host_names(self, key: str, value: Any) -> tuple[str, ...]:
+        names = self.strings(key, value)
+        for n in names:
+            self.check_name(key, n)
+        return names
 
     def check_name(self, key: str, name: str) -> None:
         if not NAME.match(name):
@@ -658,6 +709,7 @@ class _Parser:
             "sandbox_bind": self.strings,
             "drift_ignore": self.strings, "background": self.boolean,
             "approval_timeout": self.positive, "notify": self.strings, "user": self.account,
+            "hosts": self.host_names,
         })
         for required in ("repo", "worktree"):
             if required not in fields:

@@ -54,7 +54,7 @@ def on_post_receive(config_path: Path, service: str, updates: list[tuple[str, st
     """
     settings = config.load(config_path)
     svc = settings.service(service)
-    journal = Journal(settings.state_dir)
+    journal = Journal(settings.state_dir, fleet=settings.fleet)
     todo: list[str] = []
     for old, new, ref in updates:
         chain = new_chain_id("p")
@@ -93,7 +93,7 @@ def run_updates(settings: Settings, svc: ServiceSettings, updates: list[tuple[st
 
     One ref's failure (the lock stayed busy, git failed) must not drop the other refs of the
     same push, and must not pass unnoticed: the push itself has landed."""
-    journal = Journal(settings.state_dir)
+    journal = Journal(settings.state_dir, fleet=settings.fleet)
     code = int(ExitCode.OK)
     write = _unbreakable(write)
     for chain, new, ref in updates:

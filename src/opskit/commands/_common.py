@@ -45,7 +45,8 @@ class _State:
         if self._journal is None:
             from opskit.storage.journal import Journal
 
-            self._journal = Journal(self.settings().state_dir)
+            settings = self.settings()
+            self._journal = Journal(settings.state_dir, fleet=settings.fleet)
         return self._journal
 
 

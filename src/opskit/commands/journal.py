@@ -1,4 +1,4 @@
-"""opskit journal recover: rebuild a damaged journal.db from what is readable."""
+"""opskit journal recover | migrate | sync: the local journal.db, and the fleet database."""
 
 from __future__ import annotations
 
@@ -41,3 +41,54 @@ def register(app: typer.Typer) -> None:
             if report.lost_any:
                 print("  some rows could not be read and are lost; check `opskit status` and `opskit events`")
         _common.exit_with(1 if report.lost_any else 0)
+
+    @j_app.command("migrate")
+    def migrate_cmd() -> None:
+        """Create or bring up to date the fleet database's schema ([opskit] journal). Idempotent:
+        a current schema is left as it is; concurrent runs wait for each other.
+
+        Exit 0 when the schema is current, 2 without a fleet journal, 1 when the database
+        cannot be reached or refused (the reason on stderr).
+
+        Example: opskit journal migrate
+        """
+        from opskit.storage.fleet import SCHEMA_VERSION, Fleet, Unreachable, migrate
+
+        settings = _common.settings()
+        if settings.fleet is None:
+            _common.usage('there is no fleet journal to migrate; set [opskit] journal = "postgresql://…" '
+                                "in the config (the local SQLite journal needs no migration)")
+        try:
+            applied = migrate(Fleet(settings.fleet, settings.state_dir))
+        except Unreachable as e:
+            from opskit.base.errors import OpsError
+
+            raise OpsError(f"journal migrate: {e}") from None
+        if applied:
+            print(f"fleet journal: applied schema version{'s' if len(applied) > 1 else ''} "
+                  f"{', '.join(map(str, applied))}; now at {SCHEMA_VERSION}")
+        else:
+            print(f"fleet journal: schema version {SCHEMA_VERSION}, current; nothing to do")
+
+    @j_app.command("sync")
+    def sync_cmd() -> None:
+        """Forward the events this host journaled while the fleet database was away, and merge
+        the quarantine and freezes both ways, now (cron-check does it every run).
+
+        Exit 0 when the fleet journal is up to date, 1 when it cannot be reached.
+
+        Example: opskit journal sync
+        """
+        settings = _common.settings()
+        if settings.fleet is None:
+            _common.usage('there is no fleet journal; set [opskit] journal = "postgresql://…" in the config')
+        journal = _common.journal()
+        assert journal.fleet is not None
+        n = journal.fleet.sync(journal, force=True)
+        if n is None:
+            why = (journal.kv_get("fleet", "unreachable") or {}).get("error", "unreachable")
+            from opskit.base.errors import OpsError
+
+            raise OpsError(f"journal sync: the fleet journal cannot be reached ({why}); the events stay "
+                           "here and are forwarded when it is back")
+        print(f"fleet journal: {n} event{'s' if n != 1 else ''} forwarded; quarantine and freezes merged")

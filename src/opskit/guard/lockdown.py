@@ -253,7 +253,7 @@ def record_blocked_commit(config_path: str, service: str, hook: str, cwd: str,
     from opskit.storage.journal import Journal
 
     settings = cfg.load_file(_path(config_path))
-    Journal(settings.state_dir).append(
+    Journal(settings.state_dir, fleet=settings.fleet).append(
         "lockdown.blocked", service,
         {"ref": ref, "old": None, "new": None, "rule": "worktree-commit",
          "reason": f"{hook}: commit in the deployed worktree", "hook": hook, "worktree": cwd})
@@ -271,7 +271,7 @@ def break_glass(config_path: str, service: str, hook: str, reason: str, cwd: str
 
     user = who()
     settings = cfg.load_file(_path(config_path))
-    journal = Journal(settings.state_dir)
+    journal = Journal(settings.state_dir, fleet=settings.fleet)
     ref = current_ref(cwd)
     ev = journal.append("lockdown.breakglass", service,
                         {"reason": reason, "user": user, "hook": hook, "ref": ref, "worktree": cwd})

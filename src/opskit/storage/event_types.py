@@ -28,6 +28,8 @@ TYPES: tuple[str, ...] = (
     # outside monitoring: the heartbeat ping to an external dead man's switch
     "heartbeat.failed", "heartbeat.recovered",
     "reaction.ok", "reaction.fail", "reaction.gave-up",
+    # a fleet: this host lost, then regained, the shared PostgreSQL journal
+    "fleet.unreachable", "fleet.reachable",
 )
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(t.split(".", 1)[0] for t in TYPES))
 

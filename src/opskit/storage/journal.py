@@ -22,12 +22,16 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opskit.base import bus, statefs
 from opskit.base.clock import SYSTEM, Clock, iso, iso_precise, parse_iso
 from opskit.base.errors import UsageError, redact
 from opskit.storage import fallback
+
+if TYPE_CHECKING:
+    from opskit.base.config import FleetSettings
+    from opskit.storage.fleet import Fleet
 
 _T = TypeVar("_T")
 _SQL_INT_MAX = 2**63 - 1  # SQLite integers are 64-bit
@@ -145,6 +149,7 @@ class Event:
     chain: str | None = None
     sha: str | None = None
     ts_precise: str | None = None  # the same instant to the microsecond (older events: None)
+    host: str | None = None  # the host that journaled it (read from a fleet journal)
 
     def to_dict(self) -> dict[str, Any]:
         """The §5 shape, plus the chain id and commit that link a push's steps."""
@@ -156,6 +161,8 @@ class Event:
             out["commit"] = self.sha
         if self.ts_precise:
             out["ts_precise"] = self.ts_precise
+        if self.host:
+            out["host"] = self.host
         return out
 
     @property
@@ -171,9 +178,14 @@ def _row_event(row: sqlite3.Row) -> Event:
 
 
 class Journal:
-    def __init__(self, state_dir: Path, clock: Clock = SYSTEM) -> None:
+    def __init__(self, state_dir: Path, clock: Clock = SYSTEM, *, fleet: FleetSettings | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.clock = clock
+        self.fleet: Fleet | None = None
+        if fleet is not None:
+            from opskit.storage.fleet import Fleet  # psycopg itself only once it connects
+
+            self.fleet = Fleet(fleet, self.state_dir)
         problem = statefs.not_writable(self.state_dir)
         if problem:
             raise UsageError(problem)
@@ -315,6 +327,8 @@ class Journal:
             if problem:
                 self.append("reaction.fail", None, {"reaction": None, "stage": "trigger", "event_id": eid,
                                                     "reason": problem})
+            if self.fleet is not None:
+                self.fleet.after_append(self)  # forwarded now, or once the database is back
         return Event(id=eid, ts=ts, type=type, service=service, data=json.loads(payload),
                      chain=chain, sha=sha, ts_precise=precise)
 
@@ -428,6 +442,10 @@ class Journal:
     def kv_delete(self, scope: str, key: str) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM kv WHERE scope = ? AND key = ?", (scope, key))
+            if self.fleet is not None and scope == "frozen":  # lifted on every host (storage/fleet.py)
+                c.execute("INSERT INTO kv (scope, key, value, updated) VALUES ('fleet-unfrozen', ?, ?, ?) "
+                          "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                          (key, json.dumps(self.now()), self.now()))
 
     # --- deploys ------------------------------------------------------------------------------
     def deploy_start(self, service: str, sha: str, *, previous: str | None, chain: str | None,
@@ -484,7 +502,10 @@ class Journal:
     def frozen(self, service: str) -> dict[str, Any] | None:
         """The service's freeze (reason, event_id, since), or None: the one reading of it, for
         the pipeline, pre-receive and `status` alike."""
-        value = self.kv_get("frozen", service)
+        if self.fleet is not None:
+            value: Any = self.fleet.frozen(self, service)
+        else:
+            value = self.kv_get("frozen", service)
         if value is None and any(p.exists() for p in fallback.locations(self.state_dir)):
             value = fallback.kept_value(self.state_dir, "frozen", service)  # frozen while the disk was full
         if isinstance(value, dict):
@@ -535,11 +556,14 @@ class Journal:
             self._kept({"kind": "quarantine", "service": service, "tree": tree, "sha": sha,
                         "event_id": event_id, "reason": redact(reason)}, e)
 
-    def quarantined(self, service: str, tree: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.conn.execute(
+    def quarantined(self, service: str, tree: str) -> dict[str, Any] | None:
+        """The quarantine row in force for (service, tree); in a fleet, any host's."""
+        if self.fleet is not None:
+            return self.fleet.quarantined(self, service, tree)
+        row = self.conn.execute(
             "SELECT * FROM quarantine WHERE service = ? AND tree = ? AND released IS NULL",
             (service, tree)).fetchone()
-        return row
+        return dict(row) if row else None
 
     def quarantine_list(self, service: str | None = None, include_released: bool = False) -> list[sqlite3.Row]:
         sql = "SELECT * FROM quarantine WHERE 1=1"

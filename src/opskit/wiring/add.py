@@ -193,7 +193,8 @@ def _adopt(config: Path, name: str, plan: _Plan, result: AddResult, dry_run: boo
     if dry_run:  # opening the journal creates it and replays what was kept aside: not now
         result.actions.append(f"adopt {what} (unless the journal records a deploy of {name} already)")
         return
-    journal = Journal(load_file(config).state_dir)
+    loaded = load_file(config)
+    journal = Journal(loaded.state_dir, fleet=loaded.fleet)
     try:
         if journal.deploys(name, limit=1):
             result.actions.append(f"unchanged: deploy record of {name}")

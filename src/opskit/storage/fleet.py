@@ -1,0 +1,505 @@
+"""The fleet journal: one PostgreSQL database that the hosts of a fleet share.
+
+Each host keeps its own SQLite journal (journal.py) and writes it first, as on one host: a
+push is gated and reverted whether or not the database answers. What the hosts share lives
+in PostgreSQL:
+
+- every event, forwarded in order with its original time, each exactly once: (host, local_id)
+  is unique there, and the host's cursor (kv fleet/forwarded) moves only after the database
+  committed. A forward that dies half-way is repeated and inserts nothing twice;
+- the quarantine and the freezes, merged both ways by their time: a tree reverted on one host
+  is refused by every host's pre-receive, and a host that cannot reach the database enforces
+  the list it last synced;
+- the shared outbox, the deploy locks of services on several hosts and the handing over of
+  phone decisions (their own modules, on this connection).
+
+psycopg is imported here only, and this module only when `[opskit] journal` names a
+database: the hooks' fast path and a host without a fleet never pay for it.
+
+When the database cannot be reached, the host says so once (`fleet.unreachable`, kv
+fleet/unreachable with the time it began) and tries again at most every RETRY seconds, so a
+burst of events does not wait for a connect timeout each; `fleet.reachable` when it is back,
+with how many events it forwarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opskit.base import statefs
+from opskit.base.clock import parse_iso
+from opskit.base.errors import OpsError, redact
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from opskit.base.config import FleetSettings
+    from opskit.storage.journal import Journal
+
+SCHEMA_VERSION = 1
+CONNECT_TIMEOUT = 3  # seconds: a host whose database is gone must not hold a push for long
+STATEMENT_TIMEOUT_MS = 10_000
+RETRY = 30.0  # seconds between attempts once the database was found unreachable
+BATCH = 1000  # events per forwarding transaction
+
+# Each version's DDL, applied in order inside one transaction by `opskit journal migrate`.
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE events (
+    id         BIGSERIAL PRIMARY KEY,
+    host       TEXT NOT NULL,
+    local_id   BIGINT NOT NULL,
+    ts         TEXT NOT NULL,
+    ts_precise TEXT,
+    type       TEXT NOT NULL,
+    service    TEXT,
+    chain      TEXT,
+    sha        TEXT,
+    data       TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (host, local_id)
+);
+CREATE INDEX events_service ON events (service, id);
+CREATE INDEX events_type ON events (type, id);
+CREATE INDEX events_host ON events (host, id);
+CREATE INDEX events_chain ON events (chain, id);
+
+CREATE TABLE quarantine (
+    service     TEXT NOT NULL,
+    tree        TEXT NOT NULL,
+    sha         TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    event_id    BIGINT,
+    reason      TEXT,
+    created     TEXT NOT NULL,
+    released    TEXT,
+    released_by TEXT,
+    PRIMARY KEY (service, tree)
+);
+
+-- value NULL: unfrozen at `updated` (a freeze lifted on one host is lifted on all)
+CREATE TABLE frozen (
+    service TEXT PRIMARY KEY,
+    value   TEXT,
+    host    TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+
+CREATE TABLE outbox (
+    id         BIGSERIAL PRIMARY KEY,
+    host       TEXT NOT NULL,
+    local_id   BIGINT NOT NULL,
+    channel    TEXT NOT NULL,
+    created    TEXT NOT NULL,
+    level      TEXT NOT NULL,
+    title      TEXT,
+    message    TEXT NOT NULL,
+    service    TEXT,
+    event_id   BIGINT,
+    status     TEXT NOT NULL DEFAULT 'queued',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_try   TEXT,
+    claimed_by TEXT,
+    claimed_at TEXT,
+    delivered  TEXT,
+    remote_id  TEXT,
+    actions    TEXT,
+    UNIQUE (host, local_id)
+);
+CREATE INDEX outbox_status ON outbox (status, channel, id);
+
+-- a decision tapped on a phone for a service another host runs, applied there once
+CREATE TABLE handoff (
+    id       BIGSERIAL PRIMARY KEY,
+    host     TEXT NOT NULL,
+    payload  TEXT NOT NULL,
+    created  TEXT NOT NULL,
+    taken    TEXT,
+    taken_by TEXT
+);
+CREATE INDEX handoff_host ON handoff (host, id) WHERE taken IS NULL;
+
+CREATE TABLE hosts (
+    host      TEXT PRIMARY KEY,
+    seen      TEXT NOT NULL,
+    forwarded BIGINT NOT NULL DEFAULT 0
+);
+""",
+}
+
+# The advisory-lock space: opskit's keys are (this, hashtext(name)), two int4s.
+LOCK_SPACE = 0x6F70  # "op"
+_MIGRATE_KEY = 1
+
+
+class Unreachable(OpsError):
+    """The fleet database cannot be used now; the message names why, never the password."""
+
+
+def _say(e: BaseException) -> str:
+    """An error from psycopg in one line, the password masked."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return redact(text)[:300]
+
+
+class Fleet:
+    """One host's view of the fleet database: a connection per process, opened on first use."""
+
+    def __init__(self, settings: FleetSettings, state_dir: Path) -> None:
+        self.url = settings.url.reveal()
+        self.host = settings.host
+        self.state_dir = Path(state_dir)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pid = 0
+        self._failed_at = 0.0  # monotonic: when this process last failed to reach it
+        self._why = ""  # and why
+        self._lock = threading.RLock()
+        self._busy = threading.local()
+
+    # --- connection ---------------------------------------------------------------------------
+    def open(self, *, autocommit: bool = True, check_schema: bool = True) -> psycopg.Connection[Any]:
+        """A new connection (the caller owns it). Unreachable when it cannot be had."""
+        try:
+            import psycopg  # ~0.2 s: only a process that talks to the fleet database pays it
+        except ImportError:
+            raise Unreachable("psycopg is not installed; install opskit[postgres] "
+                              "(pip install 'opskit[postgres]')") from None
+        try:
+            conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=autocommit,
+                                   application_name=f"opskit {self.host}"[:63])
+        except psycopg.Error as e:
+            raise Unreachable(f"cannot connect: {_say(e)}") from None
+        try:
+            if check_schema:
+                have = schema_version(conn)
+                if have < SCHEMA_VERSION:
+                    conn.close()
+                    raise Unreachable(f"the database has schema version {have}, opskit needs "
+                                      f"{SCHEMA_VERSION}: run `opskit journal migrate`")
+        except psycopg.Error as e:
+            conn.close()
+            raise Unreachable(f"cannot read the schema: {_say(e)}") from None
+        return conn
+
+    def conn(self, *, force: bool = False) -> psycopg.Connection[Any]:
+        """This process's connection. Without `force`, a database found unreachable less than
+        RETRY seconds ago (here or by another process of this host) is not tried again."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid() and not self._conn.closed:
+                return self._conn
+            if not force and time.monotonic() - self._failed_at < RETRY:
+                raise Unreachable(self._why)
+            try:
+                conn = self.open()
+                with conn.cursor() as cur:
+                    cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            except Unreachable as e:
+                self._failed_at, self._why = time.monotonic(), str(e)
+                raise
+            self._conn, self._pid = conn, os.getpid()
+            return conn
+
+    def failed(self, why: str) -> None:
+        """A statement failed on the cached connection: drop it and wait RETRY before the next try."""
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+            self._conn = None
+            self._failed_at, self._why = time.monotonic(), why
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+            self._conn = None
+
+    @contextlib.contextmanager
+    def using(self, *, force: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """The connection for one piece of work; any database error becomes Unreachable (and
+        the connection is dropped), so callers handle one exception."""
+        import psycopg  # loaded by conn() already
+
+        conn = self.conn(force=force)
+        try:
+            yield conn
+        except psycopg.Error as e:
+            self.failed(_say(e))
+            raise Unreachable(_say(e)) from None
+
+    # --- the host's record of reachability (kv fleet/unreachable in the local journal) --------
+    def known_down(self, journal: Journal) -> bool:
+        """Did this host (any process of it) fail to reach the database less than RETRY ago?
+        Then a new process does not wait for a connect timeout again (a hook, each append)."""
+        if self._conn is not None and self._pid == os.getpid():
+            return False
+        down = journal.kv_get("fleet", "unreachable")
+        if not isinstance(down, dict):
+            return False
+        try:
+            last = parse_iso(str(down.get("last_try") or down.get("since")))
+        except ValueError:
+            return False
+        return (journal.clock.now() - last).total_seconds() < RETRY
+
+    def _down(self, journal: Journal, why: str) -> None:
+        was = journal.kv_get("fleet", "unreachable")
+        now = journal.now()
+        if not isinstance(was, dict):
+            journal.kv_set("fleet", "unreachable", {"since": now, "error": why, "last_try": now})
+            self._emit(journal, "fleet.unreachable", {"host": self.host, "error": why})
+        else:
+            journal.kv_set("fleet", "unreachable", {**was, "error": why, "last_try": now})
+
+    def _up(self, journal: Journal, forwarded: int) -> None:
+        was = journal.kv_get("fleet", "unreachable")
+        if was is not None:
+            journal.kv_delete("fleet", "unreachable")
+            self._emit(journal, "fleet.reachable", {"host": self.host, "since": was.get("since"),
+                                                    "forwarded": forwarded})
+
+    def _emit(self, journal: Journal, type: str, data: dict[str, Any]) -> None:
+        self._busy.on = True  # the event's own forward is the next sync's
+        try:
+            journal.append(type, None, data)
+        finally:
+            self._busy.on = False
+
+    # --- forwarding ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _forwarding(self) -> Iterator[None]:
+        """One forwarder per host at a time, so events reach the database in their local order."""
+        fd = statefs.open_file(self.state_dir / "fleet-forward.lock", self.state_dir,
+                               os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            statefs.share_fd(fd, self.state_dir)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def after_append(self, journal: Journal) -> None:
+        """Called after each local event: forward what is waiting, never raising."""
+        if getattr(self._busy, "on", False):
+            return
+        self.sync(journal, batches=1)
+
+    def sync(self, journal: Journal, *, batches: int | None = None, force: bool = False) -> int | None:
+        """Forward the events not yet in the database (all, or `batches` of BATCH) and merge the
+        quarantine and freezes both ways. The events forwarded; None when it could not."""
+        if getattr(self._busy, "on", False):
+            return None
+        if not force and self.known_down(journal):
+            return None
+        self._busy.on = True
+        try:
+            try:
+                with self.using(force=force) as conn:
+                    n = self._forward(journal, conn, batches)
+                    self._merge(journal, conn)
+            except Unreachable as e:
+                self._busy.on = False
+                with contextlib.suppress(Exception):
+                    self._down(journal, str(e))
+                return None
+            except Exception as e:  # the local journal (full, damaged): the step goes on
+                self._busy.on = False
+                with contextlib.suppress(Exception):
+                    self._down(journal, f"{type(e).__name__}: {_say(e)}")
+                return None
+        finally:
+            self._busy.on = False
+        self._up(journal, n)
+        return n
+
+    def _forward(self, journal: Journal, conn: psycopg.Connection[Any], batches: int | None) -> int:
+        total = 0
+        with self._forwarding():
+            done = 0
+            while batches is None or done < batches:
+                after = int(journal.kv_get("fleet", "forwarded") or 0)
+                rows = journal.conn.execute(
+                    "SELECT id, ts, ts_precise, type, service, chain, sha, data FROM events "
+                    "WHERE id > ? ORDER BY id LIMIT ?", (after, BATCH)).fetchall()
+                if not rows:
+                    break
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO events (host, local_id, ts, ts_precise, type, service, chain, sha, data) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (host, local_id) DO NOTHING",
+                        [(self.host, r["id"], r["ts"], r["ts_precise"], r["type"], r["service"], r["chain"],
+                          r["sha"], r["data"]) for r in rows])
+                    cur.execute(
+                        "INSERT INTO hosts (host, seen, forwarded) VALUES (%s, %s, %s) ON CONFLICT (host) "
+                        "DO UPDATE SET seen = excluded.seen, forwarded = GREATEST(hosts.forwarded, excluded.forwarded)",
+                        (self.host, journal.now(), rows[-1]["id"]))
+                journal.kv_set("fleet", "forwarded", int(rows[-1]["id"]))
+                total += len(rows)
+                done += 1
+        return total
+
+    # --- quarantine and freezes: merged both ways, the newer side wins -----------------------
+    def _merge(self, journal: Journal, conn: psycopg.Connection[Any]) -> None:
+        local = [dict(r) for r in journal.conn.execute("SELECT * FROM quarantine")]
+        with conn.transaction(), conn.cursor() as cur:
+            for r in local:
+                cur.execute(_PG_QUARANTINE_UPSERT, (r["service"], r["tree"], r["sha"], self.host, r["event_id"],
+                                                    r["reason"], r["created"], r["released"], r["released_by"]))
+            cur.execute("SELECT service, tree, sha, event_id, reason, created, released, released_by "
+                        "FROM quarantine")
+            shared = cur.fetchall()
+        with journal.tx() as c:
+            for s in shared:
+                c.execute(_LOCAL_QUARANTINE_UPSERT, s)
+        self._merge_frozen(journal, conn)
+
+    def _merge_frozen(self, journal: Journal, conn: psycopg.Connection[Any]) -> None:
+        mine = journal.kv_all("frozen")
+        lifted = journal.kv_all("fleet-unfrozen")  # service → when it was unfrozen here
+        with conn.transaction(), conn.cursor() as cur:
+            for service, value in mine.items():
+                since = str(value.get("since") or "") if isinstance(value, dict) else ""
+                cur.execute(_PG_FROZEN_UPSERT, (service, json.dumps(value), self.host, since))
+            for service, when in lifted.items():
+                cur.execute(_PG_FROZEN_UPSERT, (service, None, self.host, str(when)))
+            cur.execute("SELECT service, value, updated FROM frozen")
+            shared = cur.fetchall()
+        for service, value, updated in shared:
+            if value is None:
+                if service in mine and _since(mine[service]) <= updated:
+                    journal.kv_delete("frozen", service)
+            elif service not in mine or _since(mine[service]) < updated:
+                if str(lifted.get(service) or "") < updated:
+                    journal.kv_set("frozen", service, json.loads(value))
+        for service in lifted:
+            journal.kv_delete("fleet-unfrozen", service)
+
+    # --- reads: the newer of the shared and the local answer --------------------------------
+    def quarantined(self, journal: Journal, service: str, tree: str) -> dict[str, Any] | None:
+        """The (service, tree) quarantine row in force, or None. The shared row and the local
+        one are compared by their time: a release on another host lifts it here, a revert made
+        here while the database was away still holds, and without the database the last
+        synced list is the answer."""
+        local = journal.conn.execute("SELECT * FROM quarantine WHERE service = ? AND tree = ?",
+                                     (service, tree)).fetchone()
+        newest = dict(local) if local else None
+        try:
+            if self.known_down(journal):
+                raise Unreachable("down")
+            with self.using() as conn, conn.cursor() as cur:
+                cur.execute("SELECT service, tree, sha, event_id, reason, created, released, released_by, host "
+                            "FROM quarantine WHERE service = %s AND tree = %s", (service, tree))
+                row = cur.fetchone()
+                names = [d.name for d in cur.description or ()]
+        except Unreachable:
+            row = None
+        if row is not None:
+            shared = dict(zip(names, row, strict=True))
+            if newest is None or _version(shared) >= _version(newest):
+                newest = shared
+        return newest if newest is not None and newest.get("released") is None else None
+
+    def frozen(self, journal: Journal, service: str) -> dict[str, Any] | None:
+        """The service's freeze in force, or None: the newer of the shared and the local state
+        (a freeze or an unfreeze on any host counts; without the database, the local one)."""
+        local = journal.kv_get("frozen", service)
+        lifted = journal.kv_get("fleet-unfrozen", service)
+        when, value = (_since(local), local) if local is not None else (str(lifted or ""), None)
+        try:
+            if self.known_down(journal):
+                raise Unreachable("down")
+            with self.using() as conn, conn.cursor() as cur:
+                cur.execute("SELECT value, updated FROM frozen WHERE service = %s", (service,))
+                row = cur.fetchone()
+        except Unreachable:
+            row = None
+        if row is not None and str(row[1]) > when:
+            value = json.loads(row[0]) if row[0] is not None else None
+        if value is None:
+            return None
+        return value if isinstance(value, dict) else {"reason": str(value)}
+
+    def unfreeze(self, journal: Journal, service: str) -> None:
+        """A freeze lifted here is lifted on every host: written now, or at the next sync."""
+        journal.kv_set("fleet-unfrozen", service, journal.now())
+        self.sync(journal, batches=0)
+
+
+def _version(row: Mapping[str, Any]) -> str:
+    return str(row.get("released") or row.get("created") or "")
+
+
+def _since(value: Any) -> str:
+    return str(value.get("since") or "") if isinstance(value, dict) else ""
+
+
+_PG_QUARANTINE_UPSERT = """
+INSERT INTO quarantine (service, tree, sha, host, event_id, reason, created, released, released_by)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (service, tree) DO UPDATE SET sha = excluded.sha, host = excluded.host,
+    event_id = excluded.event_id, reason = excluded.reason, created = excluded.created,
+    released = excluded.released, released_by = excluded.released_by
+WHERE COALESCE(excluded.released, excluded.created) > COALESCE(quarantine.released, quarantine.created)
+"""
+
+_LOCAL_QUARANTINE_UPSERT = """
+INSERT INTO quarantine (service, tree, sha, event_id, reason, created, released, released_by)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (service, tree) DO UPDATE SET sha = excluded.sha, event_id = excluded.event_id,
+    reason = excluded.reason, created = excluded.created, released = excluded.released,
+    released_by = excluded.released_by
+WHERE COALESCE(excluded.released, excluded.created) > COALESCE(quarantine.released, quarantine.created)
+"""
+
+_PG_FROZEN_UPSERT = """
+INSERT INTO frozen (service, value, host, updated) VALUES (%s, %s, %s, %s)
+ON CONFLICT (service) DO UPDATE SET value = excluded.value, host = excluded.host, updated = excluded.updated
+WHERE excluded.updated > frozen.updated
+"""
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('opskit_schema') IS NOT NULL")
+        row = cur.fetchone()
+        if not row or not row[0]:
+            return 0
+        cur.execute("SELECT COALESCE(MAX(version), 0) FROM opskit_schema")
+        got = cur.fetchone()
+        return int(got[0]) if got else 0
+
+
+def migrate(fleet: Fleet) -> list[int]:
+    """Bring the database's schema to SCHEMA_VERSION; the versions applied (none: it was current).
+    Concurrent runs queue on an advisory lock; each version is one transaction."""
+    applied: list[int] = []
+    import psycopg  # only `opskit journal migrate` gets here
+
+    conn = fleet.open(check_schema=False)
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, _MIGRATE_KEY))
+            cur.execute("CREATE TABLE IF NOT EXISTS opskit_schema (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+            have = schema_version(conn)
+            for version in sorted(MIGRATIONS):
+                if version <= have:
+                    continue
+                cur.execute(MIGRATIONS[version].encode())
+                cur.execute("INSERT INTO opskit_schema (version, applied) VALUES (%s, now()::text)", (version,))
+                applied.append(version)
+    except psycopg.Error as e:
+        raise Unreachable(f"migrate failed: {_say(e)}") from None
+    finally:
+        conn.close()
+    return applied
