@@ -50,3 +50,35 @@ def fleet_rows(pg: Postgres, url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         cur.execute(sql)
         return list(cur.fetchall())
+
+
+def join_fleet(cfg: Path, url: str, host: str) -> Path:
+    """Make an existing test config a host of the fleet at `url`: `journal` (the password as
+    ${PGPASSWORD} from a 0600 .env beside it) and `host` in its [opskit] table."""
+    parts = urlsplit(url)
+    assert parts.password
+    templated = url.replace(f":{parts.password}@", ":${PGPASSWORD}@", 1)
+    env = cfg.parent / ".env"
+    env.write_text(f"PGPASSWORD={parts.password}\n")
+    os.chmod(env, 0o600)
+    keys = f'journal = "{templated}"\nhost = "{host}"\n'
+    text = cfg.read_text()
+    if text.startswith("[opskit]\n"):
+        text = "[opskit]\n" + keys + text[len("[opskit]\n"):]
+    elif "\n[opskit]\n" in text:
+        text = text.replace("\n[opskit]\n", "\n[opskit]\n" + keys, 1)
+    else:
+        text = "[opskit]\n" + keys + text
+    cfg.write_text(text)
+    return cfg
+
+
+def migrated(host: Host) -> Host:
+    """The fleet database's schema made current, as `opskit journal migrate` does."""
+    from opskit.base import config
+    from opskit.storage.fleet import Fleet, migrate
+
+    settings = config.load_file(host.config)
+    assert settings.fleet is not None
+    migrate(Fleet(settings.fleet, settings.state_dir))
+    return host

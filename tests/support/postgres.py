@@ -88,7 +88,13 @@ class Postgres:
         self.start()
         self.sql(f"CREATE ROLE {self.user} LOGIN CREATEDB PASSWORD '{self.password}'")
 
+    def running(self) -> bool:
+        return self._run("pg_ctl", "-D", str(self.data), "status", check=False).returncode == 0
+
     def start(self) -> None:
+        """Up on the same port (a no-op when it is up already)."""
+        if self.data.joinpath("postmaster.pid").exists() and self.running():
+            return
         opts = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c full_page_writes=off -c max_connections=200")
         r = self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log),
@@ -102,6 +108,17 @@ class Postgres:
         what was committed stays (fast mode, never `immediate`, which loses unflushed commits
         here because fsync is off)."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+
+    def stop_command(self) -> str:
+        """A shell command that stops the server the way stop() does (a deploy command that
+        takes the database away mid-deploy)."""
+        import shlex
+
+        cmd = [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
+        if self.account:
+            runuser = "/usr/sbin/runuser" if os.path.exists("/usr/sbin/runuser") else "runuser"
+            cmd = [runuser, "-u", self.account, "--", *cmd]
+        return "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin " + shlex.join(cmd) + " >/dev/null"
 
     def destroy(self) -> None:
         self.stop()

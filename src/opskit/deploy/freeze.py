@@ -13,7 +13,7 @@ from typing import Any
 
 from opskit.base import roles
 from opskit.base.actor import who as acting
-from opskit.base.clock import SYSTEM, Clock, iso
+from opskit.base.clock import SYSTEM, Clock, iso, iso_precise
 from opskit.base.config import Settings
 from opskit.deploy.run import Run, new_chain_id
 from opskit.storage.journal import Journal
@@ -22,7 +22,8 @@ from opskit.storage.journal import Journal
 def freeze(run: Run, reason: str, event_id: int | None) -> int:
     # freeze_id names this freeze from its first write: an Unfreeze offered before its event is
     # journaled (or when the journal cannot take it) is still bound to this freeze alone.
-    state = {"reason": reason, "event_id": event_id, "since": iso(run.clock.now()),
+    now = run.clock.now()
+    state = {"reason": reason, "event_id": event_id, "since": iso(now), "since_precise": iso_precise(now),
              "freeze_id": secrets.token_hex(8)}
     run.journal.kv_set("frozen", run.service, state)
     ev = run.emit("service.frozen", {"reason": reason, "event_id": event_id})

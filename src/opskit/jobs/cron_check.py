@@ -139,6 +139,12 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
     reminded = remind_overdue(settings, journal, clock)
     # The immune system's own safety net: a pipeline that died (SIGKILL, OOM, power) is finished here.
     unfinished = finish_unfinished(settings, journal, clock)
+    if journal.fleet is not None:
+        # A host that lost the fleet database catches up here at the latest: every event kept
+        # while it was away is forwarded, and the shared quarantine and freezes are pulled.
+        if journal.fleet.sync(journal, force=True) is None:
+            why = (journal.kv_get("fleet", "unreachable") or {}).get("error", "unreachable")
+            warnings.append(f"the fleet journal cannot be reached ({why}); events stay here until it is back")
     journal.kv_set(CHECK, "last", {"ts": iso(now), "mono": clock.monotonic(), "boot": _boot_id(),
                                    "pid": os.getpid(), "jobs": len(statuses),
                                    "problems": sum(1 for s in statuses if s.problems)})

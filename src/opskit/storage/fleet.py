@@ -30,9 +30,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opskit.base import statefs
 from opskit.base.clock import parse_iso
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
     from opskit.base.config import FleetSettings
     from opskit.storage.journal import Journal
+
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 CONNECT_TIMEOUT = 3  # seconds: a host whose database is gone must not hold a push for long
@@ -236,6 +238,19 @@ class Fleet:
             self.failed(_say(e))
             raise Unreachable(_say(e)) from None
 
+    def ask(self, work: Callable[[psycopg.Connection[Any]], _T], *, force: bool = False) -> _T:
+        """work(connection), on the cached connection; when that one proves dead (the server
+        restarted since), once more on a new one. Unreachable when neither answers."""
+        cached = self._conn is not None and self._pid == os.getpid()
+        try:
+            with self.using(force=force) as conn:
+                return work(conn)
+        except Unreachable:
+            if not cached:
+                raise
+        with self.using(force=True) as conn:
+            return work(conn)
+
     # --- the host's record of reachability (kv fleet/unreachable in the local journal) --------
     def known_down(self, journal: Journal) -> bool:
         """Did this host (any process of it) fail to reach the database less than RETRY ago?
@@ -303,9 +318,12 @@ class Fleet:
         self._busy.on = True
         try:
             try:
-                with self.using(force=force) as conn:
+                def work(conn: psycopg.Connection[Any]) -> int:
                     n = self._forward(journal, conn, batches)
                     self._merge(journal, conn)
+                    return n
+
+                n = self.ask(work, force=force)
             except Unreachable as e:
                 self._busy.on = False
                 with contextlib.suppress(Exception):
@@ -367,8 +385,7 @@ class Fleet:
         lifted = journal.kv_all("fleet-unfrozen")  # service → when it was unfrozen here
         with conn.transaction(), conn.cursor() as cur:
             for service, value in mine.items():
-                since = str(value.get("since") or "") if isinstance(value, dict) else ""
-                cur.execute(_PG_FROZEN_UPSERT, (service, json.dumps(value), self.host, since))
+                cur.execute(_PG_FROZEN_UPSERT, (service, json.dumps(value), self.host, _since(value)))
             for service, when in lifted.items():
                 cur.execute(_PG_FROZEN_UPSERT, (service, None, self.host, str(when)))
             cur.execute("SELECT service, value, updated FROM frozen")
@@ -395,16 +412,19 @@ class Fleet:
         try:
             if self.known_down(journal):
                 raise Unreachable("down")
-            with self.using() as conn, conn.cursor() as cur:
-                cur.execute("SELECT service, tree, sha, event_id, reason, created, released, released_by, host "
-                            "FROM quarantine WHERE service = %s AND tree = %s", (service, tree))
-                row = cur.fetchone()
-                names = [d.name for d in cur.description or ()]
+            def read(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT service, tree, sha, event_id, reason, created, released, released_by, "
+                                "host FROM quarantine WHERE service = %s AND tree = %s", (service, tree))
+                    got = cur.fetchone()
+                    names = [d.name for d in cur.description or ()]
+                return dict(zip(names, got, strict=True)) if got else None
+
+            shared = self.ask(read)
         except Unreachable:
-            row = None
-        if row is not None:
-            shared = dict(zip(names, row, strict=True))
-            if newest is None or _version(shared) >= _version(newest):
+            shared = None
+        if shared is not None:
+            if newest is None or _newer(shared, newest):
                 newest = shared
         return newest if newest is not None and newest.get("released") is None else None
 
@@ -417,9 +437,12 @@ class Fleet:
         try:
             if self.known_down(journal):
                 raise Unreachable("down")
-            with self.using() as conn, conn.cursor() as cur:
-                cur.execute("SELECT value, updated FROM frozen WHERE service = %s", (service,))
-                row = cur.fetchone()
+            def read(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT value, updated FROM frozen WHERE service = %s", (service,))
+                    return cur.fetchone()
+
+            row = self.ask(read)
         except Unreachable:
             row = None
         if row is not None and str(row[1]) > when:
@@ -428,18 +451,24 @@ class Fleet:
             return None
         return value if isinstance(value, dict) else {"reason": str(value)}
 
-    def unfreeze(self, journal: Journal, service: str) -> None:
-        """A freeze lifted here is lifted on every host: written now, or at the next sync."""
-        journal.kv_set("fleet-unfrozen", service, journal.now())
-        self.sync(journal, batches=0)
-
 
 def _version(row: Mapping[str, Any]) -> str:
     return str(row.get("released") or row.get("created") or "")
 
 
+def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Is quarantine row `a` the one in force over `b`? The later one; at the same second, a
+    release (it always follows its quarantine). The SQL upserts below say the same."""
+    va, vb = _version(a), _version(b)
+    return va > vb or (va == vb and a.get("released") is not None and b.get("released") is None)
+
+
 def _since(value: Any) -> str:
-    return str(value.get("since") or "") if isinstance(value, dict) else ""
+    """When a freeze began, to the microsecond where it was written so (a freeze and its
+    unfreeze can fall in one second)."""
+    if not isinstance(value, dict):
+        return ""
+    return str(value.get("since_precise") or value.get("since") or "")
 
 
 _PG_QUARANTINE_UPSERT = """
@@ -449,6 +478,8 @@ ON CONFLICT (service, tree) DO UPDATE SET sha = excluded.sha, host = excluded.ho
     event_id = excluded.event_id, reason = excluded.reason, created = excluded.created,
     released = excluded.released, released_by = excluded.released_by
 WHERE COALESCE(excluded.released, excluded.created) > COALESCE(quarantine.released, quarantine.created)
+   OR (COALESCE(excluded.released, excluded.created) = COALESCE(quarantine.released, quarantine.created)
+       AND excluded.released IS NOT NULL AND quarantine.released IS NULL)
 """
 
 _LOCAL_QUARANTINE_UPSERT = """
@@ -458,6 +489,8 @@ ON CONFLICT (service, tree) DO UPDATE SET sha = excluded.sha, event_id = exclude
     reason = excluded.reason, created = excluded.created, released = excluded.released,
     released_by = excluded.released_by
 WHERE COALESCE(excluded.released, excluded.created) > COALESCE(quarantine.released, quarantine.created)
+   OR (COALESCE(excluded.released, excluded.created) = COALESCE(quarantine.released, quarantine.created)
+       AND excluded.released IS NOT NULL AND quarantine.released IS NULL)
 """
 
 _PG_FROZEN_UPSERT = """

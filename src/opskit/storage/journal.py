@@ -445,7 +445,7 @@ class Journal:
             if self.fleet is not None and scope == "frozen":  # lifted on every host (storage/fleet.py)
                 c.execute("INSERT INTO kv (scope, key, value, updated) VALUES ('fleet-unfrozen', ?, ?, ?) "
                           "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                          (key, json.dumps(self.now()), self.now()))
+                          (key, json.dumps(iso_precise(self.clock.now())), self.now()))
 
     # --- deploys ------------------------------------------------------------------------------
     def deploy_start(self, service: str, sha: str, *, previous: str | None, chain: str | None,
