@@ -208,7 +208,7 @@ def test_every_command_help_has_an_example_and_a_one_line_summary(capsys) -> Non
 def test_readme_config_example_is_valid(tmp_path, monkeypatch) -> None:
     # The README's opskit.toml is what newcomers copy: it must load as written.
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    block = readme.split("\n## Configuration\n", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
     cfg = tmp_path / "opskit.toml"
     cfg.write_text(block)
     monkeypatch.setenv("DISCORD_WEBHOOK_URL", "https://discord.com/api/webhooks/1/abcdefgh")
@@ -216,6 +216,21 @@ def test_readme_config_example_is_valid(tmp_path, monkeypatch) -> None:
     svc = s.service("primerouter")
     assert svc.health.url == "http://127.0.0.1:9400/health" and svc.health.window == 60
     assert s.jobs["backup"].timezone == "Europe/Berlin"
+
+
+def test_readme_fleet_example_is_valid(tmp_path, monkeypatch) -> None:
+    # The fleet page's lines, with a service table to complete them, load as written.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    page = readme.split("\n## A fleet", 1)[1].split("\n## ", 1)[0]
+    block = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = tmp_path / "opskit.toml"
+    cfg.write_text(block + 'repo = "/srv/git/primerouter.git"\nworktree = "/srv/primerouter"\n')
+    monkeypatch.setenv("PGPASSWORD", "s3cret-password")
+    s = config.load(cfg)
+    assert s.fleet is not None and s.fleet.host == "web-1"
+    assert s.fleet.url.reveal() == "postgresql://opskit:s3cret-password@db.internal:5432/opskit"
+    assert s.service("primerouter").hosts == ("web-1", "web-2")
+    assert redact(s.fleet.url.reveal()) != s.fleet.url.reveal() and "s3cret-password" not in redact("pw s3cret-password")
 
 
 @pytest.mark.parametrize("args", [
