@@ -37,6 +37,7 @@ ANSIBLE = ROOT / "deploy" / "ansible"
 # The ansible-core of this venv (the dev extra), never one found on PATH.
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 HOOK_URL = "http://127.0.0.1:9/hooks/tok-R7mQ2xVb9Lw4"  # a secret: must never appear in ansible's output
+ODD = "it's a \\ $tok \"en\" # x"  # quotes, a backslash, a $ and a # survive the .env's quoting
 
 
 def _why_skip() -> str | None:
@@ -103,7 +104,7 @@ class Host:
             "opskit_git_root": str(self.base / "git"),
             "opskit_notify": ["ops"],
             "opskit_channels": [{"name": "ops", "type": "webhook", "url": "${OPS_HOOK_URL}"}],
-            "opskit_secrets": {"OPS_HOOK_URL": HOOK_URL},
+            "opskit_secrets": {"OPS_HOOK_URL": HOOK_URL, "ODD_TOKEN": ODD},
             "opskit_cron": {"drift_scan": "17 * * * *"},
             "opskit_services": [{"name": "app", "worktree": str(self.worktree),
                                  "deploy": "echo restarted >> \"$HOME/deploys.log\"",
@@ -212,7 +213,10 @@ def test_role_converges_on_this_machine_and_a_second_run_changes_nothing(host: H
     assert mode_owner(h.state) == ("2770", "root", h.group)
     assert mode_owner(h.state / "decision.key") == ("0600", "root", "root")
     env_lines = [ln for ln in (h.etc / ".env").read_text().splitlines() if not ln.startswith("#")]
-    assert env_lines == [f"OPS_HOOK_URL='{HOOK_URL}'"]
+    assert env_lines[1] == f"OPS_HOOK_URL='{HOOK_URL}'" and len(env_lines) == 2
+    from dotenv import dotenv_values  # what opskit reads it with (base/config.py)
+
+    assert dotenv_values(h.etc / ".env") == {"ODD_TOKEN": ODD, "OPS_HOOK_URL": HOOK_URL}
     assert tomllib.loads(h.config.read_text()) == {
         "opskit": {"state_dir": str(h.state), "notify": ["ops"]},
         "cron": {"drift_scan": "17 * * * *"},
@@ -255,9 +259,22 @@ def test_role_converges_on_this_machine_and_a_second_run_changes_nothing(host: H
     r = run_as("root", [str(h.bindir / "opskit"), "--config", str(h.config), "events", "--json"])
     assert [json.loads(x)["type"] for x in r.stdout.splitlines()].count("deploy.adopted") == 1
 
+    # A changed variable reaches the config and the cron.d file, and nothing else moves.
+    third = play(h, "third", opskit_cron={"drift_scan": "43 */2 * * *"})
+    assert third.rc == 0 and third.recap["changed"] == 2, third.out[-6000:]
+    assert tomllib.loads(h.config.read_text())["cron"] == {"drift_scan": "43 */2 * * *"}
+    lines = [ln.split(None, 6) for ln in h.crond.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert [(ln[:5], ln[5]) for ln in lines if "drift-scan" in ln[6]] == [(["43", "*/2", "*", "*", "*"], h.account)]
 
-def test_role_refuses_both_sources_and_changes_nothing(host: Host) -> None:
-    run = play(host, "both", opskit_pip_spec="opskit==0.1.0")
+
+@pytest.mark.parametrize("over", [
+    {"opskit_pip_spec": "opskit==0.1.0"},  # and opskit_source: which one?
+    {"opskit_secrets": {"OPS_HOOK_URL": "https://x.invalid/${HOME}"}},  # python-dotenv would expand it
+    {"opskit_secrets": {"OPS-HOOK": "x"}},
+    {"opskit_services": [{"name": "a b", "worktree": "/w", "deploy": "true", "health_url": "http://127.0.0.1:1/"}]},
+], ids=["both-sources", "dollar-brace-in-a-secret", "bad-secret-name", "bad-service-name"])
+def test_role_refuses_bad_variables_and_changes_nothing(host: Host, over: dict[str, object]) -> None:
+    run = play(host, "bad", **over)
     assert run.rc == 2 and run.recap["failed"] == 1 and run.recap["changed"] == 0, run.out[-3000:]
-    assert "set exactly one of opskit_source" in run.out
+    assert "opskit role: set exactly one of opskit_source" in run.out
     assert not any((host.base / d).exists() for d in ("opt", "bin", "etc", "state", "cron.d", "git"))
