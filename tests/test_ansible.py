@@ -278,3 +278,23 @@ def test_role_refuses_bad_variables_and_changes_nothing(host: Host, over: dict[s
     assert run.rc == 2 and run.recap["failed"] == 1 and run.recap["changed"] == 0, run.out[-3000:]
     assert "opskit role: set exactly one of opskit_source" in run.out
     assert not any((host.base / d).exists() for d in ("opt", "bin", "etc", "state", "cron.d", "git"))
+
+
+def test_role_installs_a_wheel_given_as_pip_spec_and_converges(host: Host) -> None:
+    # A wheel built from a copy of this checkout (pip's in-tree build must not touch the real one).
+    src = host.tmp / "src-copy"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(host.tmp / "dist"),
+                        str(src)], capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (host.tmp / "dist").glob("opskit-*.whl")
+    shutil.rmtree(src)
+    first = play(host, "wheel-first", opskit_source="", opskit_pip_spec=str(wheel))
+    assert first.rc == 0 and first.recap["changed"] > 0, first.out[-6000:]
+    assert (host.prefix / ".opskit-installed-from").read_text().startswith(f"python /usr/bin/python3\nspec {wheel}\n")
+    r = run_as(host.account, [str(host.bindir / "opskit"), "--config", str(host.config), "status", "--json"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [s["name"] for s in json.loads(r.stdout)["services"]] == ["app"]
+    second = play(host, "wheel-second", opskit_source="", opskit_pip_spec=str(wheel))
+    assert second.rc == 0 and second.recap["changed"] == 0, second.out[-6000:]
