@@ -165,6 +165,8 @@ class Fleet:
         self._why = ""  # and why
         self._lock = threading.RLock()
         self._busy = threading.local()
+        self._merged_at = 0.0  # monotonic: this process's last merge of quarantine and freezes
+        self.dirty = False  # this process changed a quarantine row or a freeze since its last merge
 
     # --- connection ---------------------------------------------------------------------------
     def open(self, *, autocommit: bool = True, check_schema: bool = True) -> psycopg.Connection[Any]:
@@ -318,9 +320,16 @@ class Fleet:
         self._busy.on = True
         try:
             try:
+                # The merge reads both whole lists: after a local change, on a forced or full
+                # sync, and at most every RETRY seconds otherwise (an append stays cheap).
+                merge = force or batches is None or self.dirty or time.monotonic() - self._merged_at >= RETRY
+
                 def work(conn: psycopg.Connection[Any]) -> int:
                     n = self._forward(journal, conn, batches)
-                    self._merge(journal, conn)
+                    if merge:
+                        self.dirty = False
+                        self._merge(journal, conn)
+                        self._merged_at = time.monotonic()
                     return n
 
                 n = self.ask(work, force=force)

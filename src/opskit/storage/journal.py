@@ -438,6 +438,9 @@ class Journal:
                 )
         except sqlite3.DatabaseError as e:
             self._kept({"kind": "kv", "scope": scope, "key": key, "value": text}, e)
+            return
+        if scope == "frozen":
+            self._shared_changed()
 
     def kv_delete(self, scope: str, key: str) -> None:
         with self.tx() as c:
@@ -446,6 +449,8 @@ class Journal:
                 c.execute("INSERT INTO kv (scope, key, value, updated) VALUES ('fleet-unfrozen', ?, ?, ?) "
                           "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
                           (key, json.dumps(iso_precise(self.clock.now())), self.now()))
+        if scope == "frozen":
+            self._shared_changed()
 
     # --- deploys ------------------------------------------------------------------------------
     def deploy_start(self, service: str, sha: str, *, previous: str | None, chain: str | None,
@@ -555,6 +560,7 @@ class Journal:
         except sqlite3.DatabaseError as e:
             self._kept({"kind": "quarantine", "service": service, "tree": tree, "sha": sha,
                         "event_id": event_id, "reason": redact(reason)}, e)
+        self._shared_changed()
 
     def quarantined(self, service: str, tree: str) -> dict[str, Any] | None:
         """The quarantine row in force for (service, tree); in a fleet, any host's."""
@@ -582,7 +588,17 @@ class Journal:
                 "WHERE service = ? AND released IS NULL AND (tree LIKE ? OR sha LIKE ?)",
                 (self.now(), by, service, tree_prefix + "%", tree_prefix + "%"),
             )
-            return cur.rowcount
+            n = cur.rowcount
+        if n:
+            self._shared_changed()
+        return n
+
+    def _shared_changed(self) -> None:
+        """A quarantine row or a freeze changed here: in a fleet, every host learns it now
+        (or at this host's next sync, when the database is away)."""
+        if self.fleet is not None:
+            self.fleet.dirty = True
+            self.fleet.sync(self, batches=0)
 
 
 # Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves an older journal
