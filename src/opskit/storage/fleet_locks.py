@@ -56,6 +56,8 @@ class Outcome:
 
     def data(self) -> dict[str, Any]:
         out: dict[str, Any] = {"fleet_lock": self.state}
+        if self.state == HELD:
+            out["fleet_lock_waited"] = self.waited
         if self.error:
             out["fleet_lock_error"] = self.error
         return out
@@ -111,7 +113,7 @@ def _acquire(fleet: Fleet, journal: Journal, name: str, service: str, *, wait: f
         conn = fleet.open()
     except Unreachable as e:
         return alone(str(e))
-    began = time.monotonic()
+    waited = 0.0
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT set_config('application_name', %s, false)", (f"opskit {fleet.host}: {what}"[:63],))
@@ -126,18 +128,20 @@ def _acquire(fleet: Fleet, journal: Journal, name: str, service: str, *, wait: f
                 # The server ends the wait: the lock is granted the moment its holder's
                 # session ends, and lock_timeout bounds it like the local lock's wait.
                 cur.execute(f"SET lock_timeout = {max(1, int(wait * 1000))}")
+                began = time.monotonic()
                 try:
                     cur.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_SPACE, name))
                 except psycopg.errors.LockNotAvailable:
                     conn.close()
                     raise LockBusy(f"{service}: fleet deploy lock held by {holder}; gave up after {wait:.0f}s. "
                                    "Try again when it finishes (opskit status shows it)") from None
+                waited = round(time.monotonic() - began, 3)
                 cur.execute("SET lock_timeout = 0")
     except psycopg.Error as e:
         with contextlib.suppress(Exception):
             conn.close()
         return alone(_say(e))
-    return conn, Outcome(HELD, waited=round(time.monotonic() - began, 3))
+    return conn, Outcome(HELD, waited=waited)
 
 
 # --- one reader of a Telegram bot at a time ---------------------------------------------------
