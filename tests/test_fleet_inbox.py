@@ -138,3 +138,35 @@ def test_a_tap_for_another_hosts_service_is_applied_there_once(tmp_path: Path, f
                         "SELECT host, type FROM events WHERE type LIKE 'decision.%' OR type = 'service.frozen'")
     assert sorted(shared) == [("b", "decision.applied"), ("b", "decision.received"), ("b", "service.frozen")]
     assert "Frozen" in msg.text or "frozen by" in msg.text  # b marked the tapped message as decided
+
+
+def test_a_tap_read_while_the_database_is_away_is_handed_over_when_it_is_back(
+        tmp_path: Path, fleet_url: str, rcv: Receiver, postgres_server: Postgres) -> None:
+    from opskit import notify
+
+    a, b = hosts(tmp_path, fleet_url, rcv)
+    sb_ = config.load_file(b.config)
+    jb = Journal(sb_.state_dir, fleet=sb_.fleet)
+    assert notify.send(sb_, jb, "web: look", title="web", service="web",
+                       actions=decisions.offer(sb_, jb, "web", [("freeze", "web")])).ok
+    jb.close()
+    (msg,) = [m for m in rcv.telegram.messages if m.buttons()]
+    rcv.telegram.tap(msg.message_id, "Freeze", user_id=ALICE, username="alice")
+    postgres_server.stop()
+    try:
+        away = inbox(a)
+    finally:
+        postgres_server.start()
+    assert away.returncode == 0, away.stderr
+    assert "it is handed over when it is back" in away.stdout
+    assert events(a, "decision.") == []  # neither applied nor refused where it was read
+    env_a = env(a)
+    assert subprocess.run([sys.executable, "-m", "opskit", "journal", "sync"], check=False, env=env_a,
+                          capture_output=True, timeout=WAIT).returncode == 0
+    back = inbox(a)
+    assert back.returncode == 0, back.stderr
+    assert "read while the fleet database was away, handed to b" in back.stdout
+    assert inbox(b).returncode == 0
+    assert [e.data["action"] for e in events(b, "decision.applied")] == ["freeze"]
+    assert events(a, "decision.") == []
+    assert a.journal().kv_all("fleet-handoff") == {}

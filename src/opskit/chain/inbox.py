@@ -275,18 +275,48 @@ def _hand_over(settings: Settings, journal: Journal, ch: ChannelSettings, update
         return False
     from opskit.storage import handoff  # only in a fleet
 
-    named = {h for svc in settings.services.values() for h in svc.hosts}
+    payload = {"channel": ch.name, "update_id": update_id, "query": query, "from_host": fleet.host}
     try:
-        others = handoff.hosts(fleet, named)
+        others = _others(settings, fleet)
         if not others:
             return False
-        handoff.hand(fleet, others, {"channel": ch.name, "update_id": update_id, "query": query,
-                                     "from_host": fleet.host}, journal.now())
+        handoff.hand(fleet, others, payload, journal.now())
     except Unreachable as e:
-        raise _Down(f"telegram channel {ch.name!r}: a tap for another host could not be handed over ({e}); "
-                    "it waits there for the next `opskit inbox`") from None
+        # Kept here and handed over once the database is back: the bot's other taps go on.
+        journal.kv_set(PENDING, f"{ch.name}:{update_id}", payload)
+        write(f"{ch.name}: a tap on another host's button; the fleet database is unreachable ({e}), "
+              "it is handed over when it is back")
+        return True
     write(f"{ch.name}: a tap on another host's button, handed to {', '.join(others)}")
     return True
+
+
+PENDING = "fleet-handoff"  # kv scope: taps for other hosts read while the database was away
+
+
+def _others(settings: Settings, fleet: Any) -> list[str]:
+    from opskit.storage import handoff  # only in a fleet
+
+    return handoff.hosts(fleet, {h for svc in settings.services.values() for h in svc.hosts})
+
+
+def _hand_pending(settings: Settings, journal: Journal, write: Callable[[str], None]) -> None:
+    """Hand over the taps kept while the database was unreachable, oldest first."""
+    fleet = journal.fleet
+    pending = journal.kv_all(PENDING)
+    if fleet is None or not pending:
+        return
+    from opskit.storage import handoff  # only in a fleet
+
+    for key, payload in sorted(pending.items(), key=lambda kv: str(kv[0])):
+        try:
+            others = _others(settings, fleet)
+            handoff.hand(fleet, others, payload, journal.now())
+        except Unreachable:
+            return
+        journal.kv_delete(PENDING, key)
+        write(f"{payload.get('channel')}: a tap read while the fleet database was away, handed to "
+              f"{', '.join(others) or 'no other host'}")
 
 
 def _take_handed(settings: Settings, journal: Journal, applier: CliApplier, report: InboxReport,
@@ -296,6 +326,8 @@ def _take_handed(settings: Settings, journal: Journal, applier: CliApplier, repo
     if fleet is None or fleet.known_down(journal):
         return
     from opskit.storage import handoff  # only in a fleet
+
+    _hand_pending(settings, journal, write)
 
     def handle(payload: dict[str, Any]) -> None:
         ch = settings.channels.get(str(payload.get("channel")))
