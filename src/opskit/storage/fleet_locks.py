@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from opskit.base.config import ServiceSettings, Settings
     from opskit.storage.journal import Journal
 
+KEEPALIVE_IDLE = 15  # seconds: idle before the server probes a lock holder's connection
 HELD = "held"
 UNAVAILABLE = "unavailable"
 
@@ -117,6 +118,11 @@ def _acquire(fleet: Fleet, journal: Journal, name: str, service: str, *, wait: f
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT set_config('application_name', %s, false)", (f"opskit {fleet.host}: {what}"[:63],))
+            # A host that vanishes without closing its socket (power cut, partition) must not hold
+            # the lock for the kernel's default two hours: the server probes the session instead.
+            cur.execute(f"SET tcp_keepalives_idle = {KEEPALIVE_IDLE}")
+            cur.execute("SET tcp_keepalives_interval = 5")
+            cur.execute("SET tcp_keepalives_count = 3")
             cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_SPACE, name))
             got = cur.fetchone()
             if not (got and got[0]):
