@@ -39,6 +39,7 @@ from opskit.git.repo import OPSKIT_IDENT, Git
 from opskit.git.worktree import deployed_head
 from opskit.notify import decisions
 from opskit.notify.announce import event_ref
+from opskit.storage import fleet_locks
 from opskit.storage.journal import Event, Journal
 
 LOCK_WAIT = 1800.0  # a chain waits behind a running deploy/chain at most this long
@@ -428,9 +429,14 @@ def _land_and_roll_out(ctx: _Ctx, lock_wait: float) -> ChainResult:
     run, svc = ctx.run, ctx.svc
     _progress(ctx, "waiting for the lock")
     try:
-        with ServiceLock(run.settings.state_dir, svc.name, wait=lock_wait, clock=run.clock,
-                         what=f"chain {printable(ctx.branch)} {short(ctx.head)}", on_wait=run.say) as lock:
+        what = f"chain {printable(ctx.branch)} {short(ctx.head)}"
+        with ServiceLock(run.settings.state_dir, svc.name, wait=lock_wait, clock=run.clock, what=what,
+                         on_wait=run.say) as lock, \
+                fleet_locks.deploy_lock(run.settings, run.journal, svc, wait=lock_wait, what=what,
+                                        say=run.say) as shared:
             run.lock_fd = lock.fd
+            if shared is not None:
+                run.notes["fleet_lock"] = shared.data()
             # No merge while frozen, and a killed earlier deploy is reported first: the
             # pipeline's guard, then this chain's own steps, then the pipeline's roll-out.
             steps: list[tuple[str, Callable[[Run], None]]] = [

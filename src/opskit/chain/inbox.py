@@ -32,6 +32,7 @@ from opskit.git.repo import Git
 from opskit.notify import decisions
 from opskit.notify.base import Action
 from opskit.storage import outbox
+from opskit.storage.fleet import Unreachable
 from opskit.storage.journal import Journal
 
 NTFY_POLL = 3.0  # seconds between polls of an ntfy reply topic while --wait lasts
@@ -171,31 +172,36 @@ def run(settings: Settings, journal: Journal, *, wait: float = 0.0, clock: Clock
         for v in decisions.resume(settings, journal, applier, clock):
             _record(report, v, "resumed")
         deadline = clock.monotonic() + max(0.0, wait)
-        down: set[str] = set()
+        held = contextlib.ExitStack()
+        # In a fleet, one host at a time reads each bot (a second getUpdates would end the
+        # first with 409 Conflict); the others skip it this run, and take the taps handed to them.
+        down: set[str] = _bots_read_elsewhere(settings, journal, channels, held, write)
         first = True
-        # After the first pass, a remainder under a second is not worth another long poll
-        # (Telegram's timeout is whole seconds: 0 would answer at once, again and again).
-        while first or deadline - clock.monotonic() >= 1.0:
-            first = False
-            _send_offers(settings, journal, clock)
-            live = [ch for ch in channels if ch.name not in down]
-            if not live:
-                break
-            has_tg = any(ch.type == "telegram" for ch in live)
-            for ch in live:
-                left = max(0.0, deadline - clock.monotonic())
-                try:
-                    if ch.type == "telegram":
-                        # With an ntfy topic to watch too, come back to it every few seconds.
-                        hold = min(left, TG_POLL_MAX, NTFY_POLL if len(live) > 1 else TG_POLL_MAX)
-                        _telegram(settings, journal, applier, ch, int(hold), report, clock, write)
-                    else:
-                        _ntfy(settings, journal, applier, ch, report, clock, write)
-                except _Down as e:
-                    down.add(ch.name)
-                    report.problems.append(redact(str(e)))
-            if not has_tg and clock.monotonic() < deadline:
-                clock.sleep(min(NTFY_POLL, max(0.0, deadline - clock.monotonic())))
+        with held:
+            # After the first pass, a remainder under a second is not worth another long poll
+            # (Telegram's timeout is whole seconds: 0 would answer at once, again and again).
+            while first or deadline - clock.monotonic() >= 1.0:
+                first = False
+                _send_offers(settings, journal, clock)
+                _take_handed(settings, journal, applier, report, clock, write)
+                live = [ch for ch in channels if ch.name not in down]
+                if not live:
+                    break
+                has_tg = any(ch.type == "telegram" for ch in live)
+                for ch in live:
+                    left = max(0.0, deadline - clock.monotonic())
+                    try:
+                        if ch.type == "telegram":
+                            # With an ntfy topic to watch too, come back to it every few seconds.
+                            hold = min(left, TG_POLL_MAX, NTFY_POLL if len(live) > 1 else TG_POLL_MAX)
+                            _telegram(settings, journal, applier, ch, int(hold), report, clock, write)
+                        else:
+                            _ntfy(settings, journal, applier, ch, report, clock, write)
+                    except _Down as e:
+                        down.add(ch.name)
+                        report.problems.append(redact(str(e)))
+                if not has_tg and clock.monotonic() < deadline:
+                    clock.sleep(min(NTFY_POLL, max(0.0, deadline - clock.monotonic())))
     return report
 
 
@@ -220,6 +226,124 @@ def _record(report: InboxReport, v: decisions.Verdict, channel: str) -> None:
     (report.applied if v.status == "applied" else report.refused).append(entry)
 
 
+# --- a fleet: one reader per bot, taps handed to the host they are for -----------------------
+
+def _bots_read_elsewhere(settings: Settings, journal: Journal, channels: list[ChannelSettings],
+                         held: contextlib.ExitStack, write: Callable[[str], None]) -> set[str]:
+    """Take the fleet's reader lock of each bot (kept in `held` for the run); the channels
+    whose bot another host reads now. Without the database, this host reads them (alone)."""
+    fleet = journal.fleet
+    tg = [ch for ch in channels if ch.type == "telegram" and ch.token is not None]
+    if fleet is None or not tg:
+        return set()
+    from opskit.storage import fleet_locks  # only in a fleet, with a bot to read
+
+    mine: dict[str, bool] = {}
+    skipped: set[str] = set()
+    for ch in tg:
+        assert ch.token is not None
+        key = fleet_locks.bot_key(ch.token.reveal())
+        if key not in mine:
+            if fleet.known_down(journal):
+                mine[key] = True
+            else:
+                try:
+                    mine[key] = held.enter_context(fleet_locks.try_lock(fleet, key))
+                except Unreachable as e:
+                    write(f"{ch.name}: the fleet database is unreachable ({e}); reading the bot from this host")
+                    mine[key] = True
+        if not mine[key]:
+            write(f"{ch.name}: another host of the fleet reads this bot now; its taps for this host "
+                  "are handed over")
+            skipped.add(ch.name)
+    return skipped
+
+
+def _not_ours(settings: Settings, journal: Journal, query: dict[str, Any], clock: Clock) -> bool:
+    """A button this host did not sign: no offer of ours, or our key does not match."""
+    found, why = decisions.check(settings, journal, str(query.get("data", "")), clock)
+    return found is None and (why or "").startswith("bad token")
+
+
+def _hand_over(settings: Settings, journal: Journal, ch: ChannelSettings, update_id: int,
+               query: dict[str, Any], clock: Clock, write: Callable[[str], None]) -> bool:
+    """A tap on another host's button goes to the fleet's other hosts (the one whose key
+    signed it applies it); True if it was handed over. _Down when it could not be: the
+    update stays unconfirmed at Telegram for the next run."""
+    fleet = journal.fleet
+    if fleet is None or not _not_ours(settings, journal, query, clock):
+        return False
+    from opskit.storage import handoff  # only in a fleet
+
+    payload = {"channel": ch.name, "update_id": update_id, "query": query, "from_host": fleet.host}
+    try:
+        others = _others(settings, fleet)
+        if not others:
+            return False
+        handoff.hand(fleet, others, payload, journal.now())
+    except Unreachable as e:
+        # Kept here and handed over once the database is back: the bot's other taps go on.
+        journal.kv_set(PENDING, f"{ch.name}:{update_id}", payload)
+        write(f"{ch.name}: a tap on another host's button; the fleet database is unreachable ({e}), "
+              "it is handed over when it is back")
+        return True
+    write(f"{ch.name}: a tap on another host's button, handed to {', '.join(others)}")
+    return True
+
+
+PENDING = "fleet-handoff"  # kv scope: taps for other hosts read while the database was away
+
+
+def _others(settings: Settings, fleet: Any) -> list[str]:
+    from opskit.storage import handoff  # only in a fleet
+
+    return handoff.hosts(fleet, {h for svc in settings.services.values() for h in svc.hosts})
+
+
+def _hand_pending(settings: Settings, journal: Journal, write: Callable[[str], None]) -> None:
+    """Hand over the taps kept while the database was unreachable, oldest first."""
+    fleet = journal.fleet
+    pending = journal.kv_all(PENDING)
+    if fleet is None or not pending:
+        return
+    from opskit.storage import handoff  # only in a fleet
+
+    for key, payload in sorted(pending.items(), key=lambda kv: str(kv[0])):
+        try:
+            others = _others(settings, fleet)
+            handoff.hand(fleet, others, payload, journal.now())
+        except Unreachable:
+            return
+        journal.kv_delete(PENDING, key)
+        write(f"{payload.get('channel')}: a tap read while the fleet database was away, handed to "
+              f"{', '.join(others) or 'no other host'}")
+
+
+def _take_handed(settings: Settings, journal: Journal, applier: CliApplier, report: InboxReport,
+                 clock: Clock, write: Callable[[str], None]) -> None:
+    """Apply the taps another host read for this one, each once."""
+    fleet = journal.fleet
+    if fleet is None or fleet.known_down(journal):
+        return
+    from opskit.storage import handoff  # only in a fleet
+
+    _hand_pending(settings, journal, write)
+
+    def handle(payload: dict[str, Any]) -> None:
+        ch = settings.channels.get(str(payload.get("channel")))
+        query, uid = payload.get("query"), payload.get("update_id")
+        if ch is None or ch.type != "telegram" or not isinstance(query, dict) or not isinstance(uid, int):
+            return
+        if _not_ours(settings, journal, query, clock):
+            return  # a button of a third host: that host applies it
+        _tap(settings, journal, applier, ch, uid, query, report, clock, write)
+
+    try:
+        handoff.take(fleet, journal.now, handle)
+    except Unreachable as e:
+        write(f"the fleet database is unreachable ({e}); taps handed to this host wait there")
+
+
 # --- Telegram --------------------------------------------------------------------------------
 
 def _telegram(settings: Settings, journal: Journal, applier: CliApplier, ch: ChannelSettings, hold: int,
@@ -234,14 +358,21 @@ def _telegram(settings: Settings, journal: Journal, applier: CliApplier, ch: Cha
     if outcome.kind != "delivered" or not isinstance(result, list):
         raise _Down(f"telegram channel {ch.name!r}: getUpdates failed ({outcome.error or 'no result'}); "
                     "the taps wait there for the next `opskit inbox`")
+    last = None
     for update in result:
         uid = update.get("update_id")
         if not isinstance(uid, int):
             continue
         query = update.get("callback_query")
-        if isinstance(query, dict):
+        if isinstance(query, dict) and not _hand_over(settings, journal, ch, uid, query, clock, write):
             _tap(settings, journal, applier, ch, uid, query, report, clock, write)
         journal.kv_set("inbox", ch.name, {"offset": uid + 1})
+        last = uid
+    if last is not None and journal.fleet is not None:
+        # The next reader may be another host, with an offset of its own: confirm now what
+        # this one read, so Telegram never gives it to a second host.
+        telegram.call(ch, "getUpdates", {"offset": last + 1, "timeout": 0, "limit": 1,
+                                         "allowed_updates": ["callback_query"]}, ch.timeout)
 
 
 def _tap(settings: Settings, journal: Journal, applier: CliApplier, ch: ChannelSettings, update_id: int,

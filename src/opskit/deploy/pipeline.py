@@ -31,6 +31,7 @@ from opskit.deploy.rollout import roll_out
 from opskit.deploy.run import DeployResult, Run, Step, StopChain, Write, new_chain_id, run_steps
 from opskit.git.land import canonical_tip
 from opskit.git.worktree import fetch_worktree
+from opskit.storage import fleet_locks
 from opskit.storage.journal import Journal
 
 
@@ -104,9 +105,14 @@ def deploy(settings: Settings, journal: Journal, service: str, sha: str | None =
         if tip == last_deployed(journal, service):
             run.sha = tip
             return run.finish("nothing", f"{svc.branch} is at {short(tip)}, already deployed")
-    with ServiceLock(settings.state_dir, service, wait=lock_wait, clock=clock,
-                     what=f"deploy {short(sha) if sha else svc.branch}", on_wait=run.say) as lock:
+    what = f"deploy {short(sha) if sha else svc.branch}"
+    # This host's lock first, then the fleet's (a service on several hosts): one waiter per host
+    # queues on the database, and a host without the database still deploys one at a time.
+    with ServiceLock(settings.state_dir, service, wait=lock_wait, clock=clock, what=what, on_wait=run.say) as lock, \
+            fleet_locks.deploy_lock(settings, journal, svc, wait=lock_wait, what=what, say=run.say) as shared:
         run.lock_fd = lock.fd
+        if shared is not None:
+            run.notes["fleet_lock"] = shared.data()
         wt = fetch_worktree(svc)
         if sha is None:
             target = wt.rev_parse(f"refs/remotes/origin/{svc.branch}")

@@ -43,6 +43,7 @@ from opskit.git.worktree import deployed_head
 from opskit.notify import decisions
 from opskit.notify.announce import event_ref
 from opskit.notify.base import Action
+from opskit.storage import fleet_locks
 from opskit.storage.journal import Journal
 
 _TRAILER = re.compile(r"(?m)^Opskit-Reverts:\s*[0-9a-f]{7,40}\s*$")
@@ -392,8 +393,11 @@ def auto_revert(settings: Settings, journal: Journal, service: str, *, commit: s
         return RevertResult(service=service, ok=True, status="planned", reason=why, exit_code=int(ExitCode.OK),
                             bad=bad, reverted=plan.reverted, plan=plan)
     with ServiceLock(settings.state_dir, service, wait=lock_wait, clock=clock, what="auto-revert",
-                     on_wait=run.say) as lock:
+                     on_wait=run.say) as lock, \
+            fleet_locks.deploy_lock(settings, journal, svc, wait=lock_wait, what="auto-revert", say=run.say) as shared:
         run.lock_fd = lock.fd
+        if shared is not None:
+            run.notes["fleet_lock"] = shared.data()
         frozen = journal.frozen(service)
         if frozen:
             raise OpsError(f"{service} is frozen ({frozen.get('reason')}); `opskit unfreeze {service}` first")

@@ -132,7 +132,8 @@ def roll_out(run: Run, sha: str, *, kind: str = "deploy", previous: str | None =
         d.stage = "deploy"
         journal.deploy_step(deploy_id, "deploy")
         run.emit("deploy.start", {"sha": sha, "previous": previous, "step": "deploy", "kind": kind,
-                                  "deploy_id": deploy_id, "subject": subject, "saved_ref": d.saved_ref},
+                                  "deploy_id": deploy_id, "subject": subject, "saved_ref": d.saved_ref,
+                                  **run.notes.get("fleet_lock", {})},
                  sha=sha)
         run.say(f"{'reverting' if kind == 'revert' else 'deploying'} {svc.name} {short(sha)} {subject}")
         since = run.clock.now().timestamp()  # OPSKIT_SINCE of the service's log (service_logs.py)
