@@ -293,14 +293,19 @@ class Fleet:
 
     # --- forwarding ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _forwarding(self) -> Iterator[None]:
-        """One forwarder per host at a time, so events reach the database in their local order."""
+    def _forwarding(self, wait: bool) -> Iterator[bool]:
+        """One forwarder per host at a time, so events reach the database in their local order.
+        Yields False, without waiting, when another process holds it and `wait` is off."""
         fd = statefs.open_file(self.state_dir / "fleet-forward.lock", self.state_dir,
                                os.O_RDWR | os.O_CREAT, 0o644)
         try:
             statefs.share_fd(fd, self.state_dir)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
         finally:
             os.close(fd)
 
@@ -349,29 +354,44 @@ class Fleet:
         return n
 
     def _forward(self, journal: Journal, conn: psycopg.Connection[Any], batches: int | None) -> int:
+        """Send the events after the cursor: all of them (batches None: waits for the lock), or
+        what an append finds waiting. An append never queues behind another forwarder: the
+        holder looks again once it lets the lock go, so it takes this event too (a burst of
+        appends from several processes becomes a few large transactions)."""
+        if batches == 0:
+            return 0
         total = 0
-        with self._forwarding():
-            done = 0
-            while batches is None or done < batches:
-                after = int(journal.kv_get("fleet", "forwarded") or 0)
-                rows = journal.conn.execute(
-                    "SELECT id, ts, ts_precise, type, service, chain, sha, data FROM events "
-                    "WHERE id > ? ORDER BY id LIMIT ?", (after, BATCH)).fetchall()
-                if not rows:
-                    break
-                with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO events (host, local_id, ts, ts_precise, type, service, chain, sha, data) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (host, local_id) DO NOTHING",
-                        [(self.host, r["id"], r["ts"], r["ts_precise"], r["type"], r["service"], r["chain"],
-                          r["sha"], r["data"]) for r in rows])
-                    cur.execute(
-                        "INSERT INTO hosts (host, seen, forwarded) VALUES (%s, %s, %s) ON CONFLICT (host) "
-                        "DO UPDATE SET seen = excluded.seen, forwarded = GREATEST(hosts.forwarded, excluded.forwarded)",
-                        (self.host, journal.now(), rows[-1]["id"]))
-                journal.kv_set("fleet", "forwarded", int(rows[-1]["id"]))
-                total += len(rows)
-                done += 1
+        for _ in range(20):  # bounded: a host appending faster than it forwards goes on appending
+            with self._forwarding(wait=batches is None) as mine:
+                if not mine:
+                    return total
+                total += self._send(journal, conn, batches)
+            if batches is None or journal.last_event_id() <= int(journal.kv_get("fleet", "forwarded") or 0):
+                break
+        return total
+
+    def _send(self, journal: Journal, conn: psycopg.Connection[Any], batches: int | None) -> int:
+        total = done = 0
+        while batches is None or done < batches:
+            after = int(journal.kv_get("fleet", "forwarded") or 0)
+            rows = journal.conn.execute(
+                "SELECT id, ts, ts_precise, type, service, chain, sha, data FROM events "
+                "WHERE id > ? ORDER BY id LIMIT ?", (after, BATCH)).fetchall()
+            if not rows:
+                break
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO events (host, local_id, ts, ts_precise, type, service, chain, sha, data) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (host, local_id) DO NOTHING",
+                    [(self.host, r["id"], r["ts"], r["ts_precise"], r["type"], r["service"], r["chain"],
+                      r["sha"], r["data"]) for r in rows])
+                cur.execute(
+                    "INSERT INTO hosts (host, seen, forwarded) VALUES (%s, %s, %s) ON CONFLICT (host) "
+                    "DO UPDATE SET seen = excluded.seen, forwarded = GREATEST(hosts.forwarded, excluded.forwarded)",
+                    (self.host, journal.now(), rows[-1]["id"]))
+            journal.kv_set("fleet", "forwarded", int(rows[-1]["id"]))
+            total += len(rows)
+            done += 1
         return total
 
     # --- quarantine and freezes: merged both ways, the newer side wins -----------------------
