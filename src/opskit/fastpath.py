@@ -35,6 +35,7 @@ EVENTS = Spec({
     "--limit": ("limit", "int>=1"), "-n": ("limit", "int>=1"),
     "--follow": ("follow", "flag"), "-f": ("follow", "flag"),
     "--json": ("as_json", "flag"),
+    "--host": ("host", "str"),
 })
 DRIFT_SCAN = Spec({
     "--heal": ("heal", "flag"),
@@ -84,7 +85,7 @@ def match(args: Sequence[str]) -> Callable[[], int] | None:
         if name == "events":
             return events.show(_str(values, "service"), _str(values, "type_"), _str(values, "since"),
                                _int(values, "limit"), bool(values.get("follow")),
-                               bool(values.get("as_json")))
+                               bool(values.get("as_json")), _str(values, "host"))
         return drift.scan(list(words), bool(values.get("heal")), bool(values.get("as_json")),
                           bool(values.get("no_notify")))
 
