@@ -214,6 +214,12 @@ def test_database_stopped_events_status_and_doctor_work_locally_and_say_since_wh
         assert not check["ok"] and f"unreachable since {down['since']}" in check["detail"]
         assert "start PostgreSQL at 127.0.0.1:" in check["fix"] and "opskit journal sync" in check["fix"]
         assert postgres_server.password not in r.stdout
+
+        from opskit.views import heartbeat  # the ping's reasons: this host's record, no connection
+        settings = config.load(a.config)
+        why = heartbeat.reasons(settings, a.journal())
+        assert [x for x in why if x.startswith("fleet journal unreachable since")] == [
+            x for x in data["attention"] if x.startswith("fleet journal unreachable since")]
     finally:
         postgres_server.start()
     assert opskit("--config", str(a.config), "journal", "sync").returncode == 0

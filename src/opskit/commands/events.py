@@ -100,6 +100,13 @@ def _fleet(j: Journal, service: str | None, types: tuple[str, ...], since: dt.da
         filters: dict[str, Any] = {k: v for k, v in (("host", host), ("service", service)) if v is not None}
         if types:
             filters["types"] = types
-        for ev in fleet_read.follow(fleet, j, start_after=last, **filters):
-            render_events([ev], as_json=as_json, header=False, hosts=True)
+        try:
+            for ev in fleet_read.follow(fleet, j, start_after=last, **filters):
+                render_events([ev], as_json=as_json, header=False, hosts=True)
+        except Unreachable as e:  # gone while following: this host's own events go on
+            down = fleet_read.note_unreachable(fleet, j, str(e))
+            print(unreachable_line(down), file=sys.stderr, flush=True)
+            if host is None or host == fleet.host:
+                for ev in j.follow(start_after=j.last_event_id(), service=service, types=types):
+                    render_events([ev], as_json=as_json, header=False)
     return 0
