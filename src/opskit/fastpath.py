@@ -11,6 +11,8 @@ else — `--help`, an option it does not know, a flag given a value, a value tha
 `-`, `--`, a number that is not one or is out of range — is left to Typer, so help and errors
 read the same either way. `tests/test_fastpath.py` holds the two paths to the same output and
 exit code, and to the same option names as the Typer commands. Stdlib only, at import.
+With a fleet journal, `show` itself reads the fleet database (psycopg is imported there, by
+the command, never by this module or the hooks).
 """
 
 from __future__ import annotations

@@ -79,6 +79,8 @@ def _fleet(j: Journal, service: str | None, types: tuple[str, ...], since: dt.da
 
     fleet = j.fleet
     assert fleet is not None
+    if fleet_read.pending(fleet, j):  # this host's newest are shown too, in the fleet's order
+        fleet.sync(j)
     try:
         found = fleet_read.query(fleet, j, host=host, service=service, types=types, since=since, limit=limit)
         last = found[-1].id if found else fleet_read.last_id(fleet, j)

@@ -150,22 +150,37 @@ def hosts(fleet: Fleet, journal: Journal) -> list[dict[str, Any]]:
     with fleet.using() as conn, conn.cursor() as cur:
         cur.execute("SELECT host, seen, forwarded FROM hosts ORDER BY host")
         known = {r[0]: {"host": r[0], "seen": r[1], "forwarded": int(r[2]), "services": {}} for r in cur.fetchall()}
-        cur.execute("SELECT DISTINCT ON (host, service) host, service, id, ts, type, sha, data FROM events "
-                    "WHERE type = ANY(%s) AND service IS NOT NULL ORDER BY host, service, id DESC", (types,))
-        verdicts = cur.fetchall()
-        cur.execute("SELECT host, service, MAX(id), MAX(ts) FROM events WHERE service IS NOT NULL "
-                    "GROUP BY host, service")
-        seen = cur.fetchall()
-    for h, service, last, ts in seen:
+        cur.execute(_LATEST, (types,))
+        latest = cur.fetchall()
+    for h, service, last, ts, eid, vts, type_, sha, data in latest:
         entry = known.setdefault(h, {"host": h, "seen": None, "forwarded": 0, "services": {}})
+        verdict = None
+        if eid is not None:
+            verdict = {"status": VERDICTS[type_], "event": type_, "id": int(eid), "sha": sha, "when": vts,
+                       "reason": json.loads(data).get("reason")}
         entry["services"][service] = {"name": service, "last_event": {"id": int(last), "ts": ts},
-                                      "last_verdict": None}
-    for h, service, eid, ts, type_, sha, data in verdicts:
-        svc = known[h]["services"].setdefault(service, {"name": service, "last_event": None, "last_verdict": None})
-        reason = json.loads(data).get("reason")
-        svc["last_verdict"] = {"status": VERDICTS[type_], "event": type_, "id": int(eid), "sha": sha,
-                               "when": ts, "reason": reason}
+                                      "last_verdict": verdict}
     return [{**h, "services": [h["services"][k] for k in sorted(h["services"])]} for h in known.values()]
+
+
+# Each (host, service) pair found by a skip scan of events_host_service (one index probe a pair,
+# however many events), then its newest event and its newest verdict, each one probe back.
+_LATEST = """
+WITH RECURSIVE pairs AS (
+    (SELECT host, service FROM events WHERE service IS NOT NULL ORDER BY host, service LIMIT 1)
+    UNION ALL
+    SELECT n.host, n.service FROM pairs p, LATERAL (
+        SELECT host, service FROM events WHERE service IS NOT NULL AND (host, service) > (p.host, p.service)
+        ORDER BY host, service LIMIT 1) n
+)
+SELECT p.host, p.service, last.id, last.ts, v.id, v.ts, v.type, v.sha, v.data
+FROM pairs p
+JOIN LATERAL (SELECT id, ts FROM events e WHERE e.host = p.host AND e.service = p.service
+              ORDER BY id DESC LIMIT 1) last ON true
+LEFT JOIN LATERAL (SELECT id, ts, type, sha, data FROM events e WHERE e.host = p.host AND e.service = p.service
+                   AND e.type = ANY(%s) ORDER BY id DESC LIMIT 1) v ON true
+ORDER BY p.host, p.service
+"""
 
 
 def frozen(fleet: Fleet, journal: Journal) -> dict[str, dict[str, Any]]:
