@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,42 @@ def test_events_follow_reads_every_host_by_the_fleet_id(tmp_path: Path, fleet_ur
         stuck.cancel()
         p.kill()
         p.wait(10)
+
+
+def _next_within(gen: Iterator[Any], timeout: float) -> Any:
+    """The generator's next item, or a failure after `timeout` (its daemon thread is left behind)."""
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(next(gen)), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert got, f"nothing within {timeout} s"
+    return got[0]
+
+
+def test_follow_shows_an_event_whose_forward_committed_after_a_later_id(tmp_path: Path, fleet_url: str) -> None:
+    # Two hosts forwarding at once: the id taken first can be committed last. A follower that
+    # moved past the later id must still show the earlier one once it commits.
+    import psycopg
+
+    from opskit.storage import fleet_read
+
+    a, b = _hosts(tmp_path, fleet_url, "alpha", "beta")
+    ja = a.journal()
+    assert ja.fleet is not None
+    follow = fleet_read.follow(ja.fleet, ja, start_after=fleet_read.last_id(ja.fleet, ja), poll=0.05)
+    with psycopg.connect(fleet_url) as slow:
+        with slow.cursor() as cur:  # a forward under way on a third host: its id taken, not committed
+            cur.execute("INSERT INTO events (host, local_id, ts, type, service, data) "
+                        "VALUES ('gamma', 1, '2026-01-01T00:00:00Z', 'job.ok', 'slow', '{}') RETURNING id")
+            row = cur.fetchone()
+            assert row is not None
+            first = int(row[0])
+        b.journal().append("job.ok", "quick", {})
+        later = _next_within(follow, 10)
+        assert (later.host, later.service) == ("beta", "quick") and later.id > first
+        slow.commit()
+    earlier = _next_within(follow, 10)
+    assert (earlier.id, earlier.host, earlier.service) == (first, "gamma", "slow")
 
 
 # --- incident across hosts ------------------------------------------------------------------
