@@ -97,6 +97,11 @@ def test_pushes_on_two_hosts_at_once_reach_one_journal_and_status_shows_both(
     assert "host alpha: last seen" in text and "host beta: last seen" in text
     assert f"svc: last verdict healthy (health.pass {new['beta'][:10]})" in text
 
+    checks = json.loads(opskit("--config", str(a.config), "doctor", "--json").stdout)["checks"]
+    (check,) = [c for c in checks if c["name"] == "fleet journal"]
+    assert check["ok"] and check["detail"].endswith("as host alpha: schema current, every event forwarded")
+    assert postgres_server.password not in check["detail"]
+
     only = json.loads(opskit("--config", str(a.config), "status", "--json", "--host", "beta").stdout)
     assert [h["host"] for h in only["fleet"]["hosts"]] == ["beta"] and only["services"] == []
 

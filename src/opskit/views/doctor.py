@@ -124,17 +124,17 @@ def _fleet(settings: Settings) -> Check:
     try:
         conn = fleet.open()
         conn.close()
-    except Unreachable as e:
-        down = fleet_read.note_unreachable(fleet, journal, str(e))
+    except Unreachable as e:  # doctor changes nothing: since when is this host's own record
+        down = fleet_read.unreachable(journal) or {"since": f"{journal.now()} (this check; no earlier record)"}
         fix = ("run `opskit journal migrate`" if "journal migrate" in str(e) else
                f"start PostgreSQL at {where} or let this host reach it (`pg_isready -h {parts.hostname or 'localhost'} "
                f"-p {parts.port or 5432}`; check [opskit] journal and its password in .env); meanwhile events "
                "wait in this host's journal and are forwarded once it is back (`opskit journal sync` at once)")
         return Check("fleet journal", False, f"{where} unreachable since {down.get('since')}: {e}", fix)
-    fleet.sync(journal)
     pending = fleet_read.pending(fleet, journal)
     return Check("fleet journal", True, f"{where} as host {fleet.host}: schema current, "
-                 + (f"{pending} event(s) not forwarded yet" if pending else "every event forwarded"))
+                 + (f"{pending} event(s) not forwarded yet (the next event or `opskit journal sync` sends them)"
+                    if pending else "every event forwarded"))
 
 
 def _config(settings: Settings) -> Check:
