@@ -257,6 +257,10 @@ def test_database_stopped_events_status_and_doctor_work_locally_and_say_since_wh
         assert "start PostgreSQL at 127.0.0.1:" in check["fix"] and "opskit journal sync" in check["fix"]
         assert postgres_server.password not in r.stdout
 
+        r = opskit("--config", str(a.config), "incident", "--list")
+        assert (r.returncode, r.stdout) == (0, "no incidents\n")
+        assert r.stderr.startswith(f"opskit: the fleet journal is unreachable since {down['since']} (")
+
         from opskit.views import heartbeat  # the ping's reasons: this host's record, no connection
         settings = config.load(a.config)
         why = heartbeat.reasons(settings, a.journal())
