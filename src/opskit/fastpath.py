@@ -11,6 +11,8 @@ else — `--help`, an option it does not know, a flag given a value, a value tha
 `-`, `--`, a number that is not one or is out of range — is left to Typer, so help and errors
 read the same either way. `tests/test_fastpath.py` holds the two paths to the same output and
 exit code, and to the same option names as the Typer commands. Stdlib only, at import.
+With a fleet journal, `show` itself reads the fleet database (psycopg is imported there, by
+the command, never by this module or the hooks).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ EVENTS = Spec({
     "--limit": ("limit", "int>=1"), "-n": ("limit", "int>=1"),
     "--follow": ("follow", "flag"), "-f": ("follow", "flag"),
     "--json": ("as_json", "flag"),
+    "--host": ("host", "str"),
 })
 DRIFT_SCAN = Spec({
     "--heal": ("heal", "flag"),
@@ -84,7 +87,7 @@ def match(args: Sequence[str]) -> Callable[[], int] | None:
         if name == "events":
             return events.show(_str(values, "service"), _str(values, "type_"), _str(values, "since"),
                                _int(values, "limit"), bool(values.get("follow")),
-                               bool(values.get("as_json")))
+                               bool(values.get("as_json")), _str(values, "host"))
         return drift.scan(list(words), bool(values.get("heal")), bool(values.get("as_json")),
                           bool(values.get("no_notify")))
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Any
+
 import typer
 
 from opskit.commands import _common
+
+if TYPE_CHECKING:
+    from opskit.base.config import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +28,6 @@ def register(app: typer.Typer) -> None:
 
         Example: opskit incident last --service primerouter --markdown > postmortem.md
         """
-        from opskit.git.repo import Git
         from opskit.views import incident as core
 
         if as_json and as_markdown:
@@ -30,28 +35,49 @@ def register(app: typer.Typer) -> None:
         if which.lstrip("+-").isdigit() and not list_:  # words are core.find's to refuse
             which = str(_common.row_id("EVENT_ID", which))
         settings = _common.settings()
-        if service:
+        if service and settings.fleet is None:  # in a fleet, another host's service is named too
             settings.service(service)
         journal = _common.journal()
-        if list_:
-            found = core.anchors(journal, service)
-            for ev in found:
-                if as_json:
-                    _common.print_json(core.build(journal, ev).to_dict())
-                else:
-                    print(core.summary_line(journal, ev))
-            if not found and not as_json:
-                print("no incidents" + (f" for {service}" if service else ""))
-            _common.exit_with(0)
-        inc = core.build(journal, core.find(journal, which, service))
-        if as_json:
-            _common.print_json(inc.to_dict())
-        elif as_markdown:
-            svc = settings.services.get(inc.service)
-            repo = None
-            if svc is not None:
-                repo = Git(svc.repo) if not svc.pull_mode else Git(svc.worktree)
-            print(core.markdown(inc, repo))
-        else:
-            print("\n".join(core.render(inc)))
+        source: core.Source = journal
+        if journal.fleet is not None:  # every host's events: a revert on another host is found here
+            from opskit.storage import fleet_read
+            from opskit.storage.fleet import Unreachable
+            from opskit.views.events import unreachable_line
+
+            fleet_source = fleet_read.FleetEvents(journal.fleet, journal)
+            try:
+                _tell(core, fleet_source, settings, which, service, as_json, as_markdown, list_)
+                _common.exit_with(0)
+            except Unreachable as e:
+                down = fleet_read.note_unreachable(journal.fleet, journal, str(e))
+                print(unreachable_line(down), file=sys.stderr, flush=True)
+        _tell(core, source, settings, which, service, as_json, as_markdown, list_)
         _common.exit_with(0)
+
+
+def _tell(core: Any, journal: Any, settings: Settings, which: str, service: str | None, as_json: bool,
+          as_markdown: bool, list_: bool) -> None:
+    """The incident (or the list) from `journal`: this host's, or the fleet's events."""
+    from opskit.git.repo import Git
+
+    if list_:
+        found = core.anchors(journal, service)
+        for ev in found:
+            if as_json:
+                _common.print_json(core.build(journal, ev).to_dict())
+            else:
+                print(core.summary_line(journal, ev))
+        if not found and not as_json:
+            print("no incidents" + (f" for {service}" if service else ""))
+        return
+    inc = core.build(journal, core.find(journal, which, service))
+    if as_json:
+        _common.print_json(inc.to_dict())
+    elif as_markdown:
+        svc = settings.services.get(inc.service)
+        repo = None
+        if svc is not None:
+            repo = Git(svc.repo) if not svc.pull_mode else Git(svc.worktree)
+        print(core.markdown(inc, repo))
+    else:
+        print("\n".join(core.render(inc)))

@@ -72,6 +72,8 @@ CREATE INDEX events_service ON events (service, id);
 CREATE INDEX events_type ON events (type, id);
 CREATE INDEX events_host ON events (host, id);
 CREATE INDEX events_chain ON events (chain, id);
+-- status's per (host, service) last event and verdict: a skip scan, not a pass over every event
+CREATE INDEX events_host_service ON events (host, service, id);
 
 CREATE TABLE quarantine (
     service     TEXT NOT NULL,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from opskit.base import bwrap, safety, statefs
 from opskit.base.config import ServiceSettings, Settings
@@ -54,6 +55,8 @@ def run_checks(settings: Settings) -> list[Check]:
     ]
     if settings.path is not None:
         checks.append(_cron_block(settings))
+    if settings.fleet is not None:
+        checks.append(_guard("fleet journal", lambda: _fleet(settings)))
     checks.append(_channels(settings))
     checks.extend(Check(what, False, problem, fix, severity="warning")
                   for what, problem, fix in decisions.setup_problems(settings))
@@ -104,6 +107,34 @@ def _state_dir(path: Path) -> Check:
                      f"make {path} writable for this user")
 
     return _guard("state dir", check)
+
+
+def _fleet(settings: Settings) -> Check:
+    """The shared PostgreSQL journal: reachable now, its schema current, this host's events
+    forwarded. Unreachable: since when (this host's record) and how to bring it back."""
+    from opskit.storage import fleet_read  # only a host with a fleet journal loads psycopg
+    from opskit.storage.fleet import Unreachable  # (and the fleet module with it)
+
+    assert settings.fleet is not None
+    journal = Journal(settings.state_dir, fleet=settings.fleet)
+    fleet = journal.fleet
+    assert fleet is not None
+    parts = urlsplit(fleet.url)
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"  # never the password
+    try:
+        conn = fleet.open()
+        conn.close()
+    except Unreachable as e:  # doctor changes nothing: since when is this host's own record
+        down = fleet_read.unreachable(journal) or {"since": f"{journal.now()} (this check; no earlier record)"}
+        fix = ("run `opskit journal migrate`" if "journal migrate" in str(e) else
+               f"start PostgreSQL at {where} or let this host reach it (`pg_isready -h {parts.hostname or 'localhost'} "
+               f"-p {parts.port or 5432}`; check [opskit] journal and its password in .env); meanwhile events "
+               "wait in this host's journal and are forwarded once it is back (`opskit journal sync` at once)")
+        return Check("fleet journal", False, f"{where} unreachable since {down.get('since')}: {e}", fix)
+    pending = fleet_read.pending(fleet, journal)
+    return Check("fleet journal", True, f"{where} as host {fleet.host}: schema current, "
+                 + (f"{pending} event(s) not forwarded yet (the next event or `opskit journal sync` sends them)"
+                    if pending else "every event forwarded"))
 
 
 def _config(settings: Settings) -> Check:

@@ -36,10 +36,11 @@ def _colour(out: TextIO) -> bool:
     return out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
-def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True, out: TextIO | None = None) -> None:
+def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True, out: TextIO | None = None,
+                  hosts: bool = False) -> None:
     """One line an event (or one JSON object a line). Plain writes, no Rich: `opskit events`
     is read often and from scripts, and Rich's import alone is most of a command's start-up
-    (bench/startup.py)."""
+    (bench/startup.py). `hosts`: read from a fleet journal, each line names its host."""
     out = out or sys.stdout
     if as_json:
         for ev in events:
@@ -58,5 +59,12 @@ def render_events(events: Sequence[Event], *, as_json: bool, header: bool = True
         kind = shown(f"{ev.type:<22}")
         if style and colour:
             kind = f"\x1b[{_SGR[style]}m{kind}\x1b[0m"
-        out.write(f"{ev.id:>7}  {ev.ts}  {kind} {shown(ev.service or '-'):<16} {shown(summarize(ev.data))}\n")
+        where = f"{shown(ev.host or '-'):<12} " if hosts else ""
+        out.write(f"{ev.id:>7}  {ev.ts}  {where}{kind} {shown(ev.service or '-'):<16} {shown(summarize(ev.data))}\n")
     out.flush()
+
+
+def unreachable_line(down: dict[str, object]) -> str:
+    """The one stderr line of a fleet read that fell back to this host's own journal."""
+    return shown(f"opskit: the fleet journal is unreachable since {down.get('since')} ({down.get('error')}); "
+                 "showing this host's events only (they are forwarded once it is back)")

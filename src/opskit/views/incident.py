@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from opskit.base.clock import iso_precise, parse_iso
 from opskit.base.errors import GitError, UsageError
@@ -29,6 +29,12 @@ from opskit.base.text import short, shown
 from opskit.git.repo import Git
 from opskit.storage import outbox
 from opskit.storage.journal import Event, Journal
+
+if TYPE_CHECKING:
+    from opskit.storage.fleet_read import FleetEvents
+
+# Where an incident is read from: this host's journal, or every host's (a fleet journal).
+Source: TypeAlias = "Journal | FleetEvents"
 
 ANCHORS = ("health.fail", "rollback.start", "rollback.complete", "rollback.fail", "service.frozen")
 FENCE = "```"
@@ -80,7 +86,7 @@ def _r(x: float | None) -> float | None:
 
 # --- finding one -----------------------------------------------------------------------------
 
-def anchors(journal: Journal, service: str | None = None, limit: int = 50) -> list[Event]:
+def anchors(journal: Source, service: str | None = None, limit: int = 50) -> list[Event]:
     """The first incident event of each chain, newest last."""
     seen: dict[str, Event] = {}
     out = []
@@ -95,7 +101,7 @@ def anchors(journal: Journal, service: str | None = None, limit: int = 50) -> li
     return out[-limit:]
 
 
-def find(journal: Journal, which: str, service: str | None = None) -> Event:
+def find(journal: Source, which: str, service: str | None = None) -> Event:
     if which == "last":
         found = anchors(journal, service, limit=1)
         if not found:
@@ -118,7 +124,7 @@ def find(journal: Journal, which: str, service: str | None = None) -> Event:
 
 # --- the story ---------------------------------------------------------------------------------
 
-def build(journal: Journal, anchor: Event) -> Incident:
+def build(journal: Source, anchor: Event) -> Incident:
     events = journal.query(chain=anchor.chain) if anchor.chain else [anchor]
     svc = anchor.service or "?"
     first: dict[str, Event] = {}
@@ -195,12 +201,15 @@ def _logs(inc: Incident, events: list[Event]) -> None:
                          "note": note})
 
 
-def _notifications(journal: Journal, inc: Incident, ids: set[int]) -> None:
+def _notifications(journal: Source, inc: Incident, ids: set[int]) -> None:
     if not ids:
         return
-    for r in outbox.for_events(journal, sorted(ids)):
+    local = journal if isinstance(journal, Journal) else journal.local
+    if not isinstance(journal, Journal):  # the fleet's ids: this host's outbox knows its own events
+        ids = set(journal.local_ids(sorted(ids)))
+    for r in outbox.for_events(local, sorted(ids)):
         when = parse_iso(r["delivered"] or r["created"])
-        sent = journal.sent_at(r["id"])
+        sent = local.sent_at(r["id"])
         if sent:
             when = parse_iso(sent)
         state = "delivered" if r["status"] == "delivered" else f"NOT delivered ({r['status']})"
@@ -209,7 +218,7 @@ def _notifications(journal: Journal, inc: Incident, ids: set[int]) -> None:
         inc.steps.append(Step(when, "notify", f"notification to {r['channel']}: {r['title'] or ''} — {state}"))
 
 
-def _humans(journal: Journal, inc: Incident, events: list[Event]) -> None:
+def _humans(journal: Source, inc: Incident, events: list[Event]) -> None:
     for e in events:
         if e.type == "review.pass" and e.data.get("human"):
             inc.humans.append(f"{e.data.get('decided_by')} approved change #{e.data.get('approval')} at {e.ts}")
@@ -317,7 +326,7 @@ def markdown(inc: Incident, repo: Git | None) -> str:
     return shown("\n".join(out), lines=True)
 
 
-def summary_line(journal: Journal, ev: Event) -> str:
+def summary_line(journal: Source, ev: Event) -> str:
     inc = build(journal, ev)
     return shown(f"#{ev.id} {ev.ts} {inc.service} {inc.status}: {inc.reason[:80]}"
                  + (f" (downtime {_secs(inc.downtime)})" if inc.downtime is not None else ""))
@@ -325,7 +334,7 @@ def summary_line(journal: Journal, ev: Event) -> str:
 
 # --- the last one, for `opskit status` ------------------------------------------------------------
 
-def last_since(journal: Journal, service: str, since: dt.datetime) -> Incident | None:
+def last_since(journal: Source, service: str, since: dt.datetime) -> Incident | None:
     """The service's newest incident at or after `since`, built: found by service, type and time
     (journal.newest_of), then its own chain, so a status run reads a few rows, not the journal."""
     ev = journal.newest_of(ANCHORS, service, since)
@@ -336,7 +345,7 @@ def last_since(journal: Journal, service: str, since: dt.datetime) -> Incident |
     return build(journal, ev)
 
 
-def headline(journal: Journal, inc: Incident) -> str:
+def headline(journal: Source, inc: Incident) -> str:
     """What happened, in a few words: `auto-reverted 4d62098a1234: health gate failed: Connection refused`."""
     anchor = journal.get(inc.anchor)
     by_gate = anchor is not None and anchor.type == "health.fail"

@@ -125,8 +125,11 @@ def service_status(settings: Settings, journal: Journal, svc: ServiceSettings,
 
 
 def collect(settings: Settings, journal: Journal, services: list[str] | None = None,
-            clock: Clock = SYSTEM) -> dict[str, Any]:
+            clock: Clock = SYSTEM, host: str | None = None) -> dict[str, Any]:
+    """`host`: only that host of the fleet (this host's services only when it is this host)."""
     names = services or sorted(settings.services)
+    if host is not None and settings.fleet is not None and host != settings.fleet.host:
+        names = []
     out: dict[str, Any] = {"services": [service_status(settings, journal, settings.service(n), clock)
                                         for n in names]}
     out["outbox"] = outbox_summary(journal)
@@ -139,7 +142,45 @@ def collect(settings: Settings, journal: Journal, services: list[str] | None = N
                         if settings.monitor.heartbeat is not None else None)
     if settings.reactions:
         out["reactions"] = _guarded(lambda: _reactions(settings, journal))
+    if journal.fleet is not None:
+        out["fleet"] = _guarded(lambda: fleet_view(journal, clock, host, services))
     out["attention"] = attention(out)
+    return out
+
+
+def fleet_view(journal: Journal, clock: Clock = SYSTEM, host: str | None = None,
+               services: list[str] | None = None) -> dict[str, Any]:
+    """Every host of the fleet as the database has them: when each last forwarded and how far
+    behind that is, its events there, and per service the last verdict and the last event;
+    the freezes in force (a freeze holds on every host). Without the database: this host's
+    record of since when it is away."""
+    from opskit.storage import fleet_read  # only a host with a fleet journal reads the database
+    from opskit.storage.fleet import Unreachable  # (and the fleet module with it)
+
+    fleet = journal.fleet
+    assert fleet is not None
+    out: dict[str, Any] = {"host": fleet.host, "reachable": True, "unreachable_since": None, "error": None,
+                           "pending": _guarded(lambda: fleet_read.pending(fleet, journal)), "hosts": [],
+                           "frozen": {}}
+    try:
+        found = fleet_read.hosts(fleet, journal)
+        out["frozen"] = fleet_read.frozen(fleet, journal)
+    except Unreachable as e:
+        down = fleet_read.note_unreachable(fleet, journal, str(e))
+        return {**out, "reachable": False, "unreachable_since": down.get("since"), "error": down.get("error")}
+    if fleet_read.unreachable(journal) is not None:  # back: forward what waited, clear the record
+        fleet.sync(journal)
+        out["pending"] = _guarded(lambda: fleet_read.pending(fleet, journal))
+    now = clock.now()
+    for h in found:
+        if host is not None and h["host"] != host:
+            continue
+        if services:
+            h["services"] = [s for s in h["services"] if s["name"] in services]
+        h["behind_s"] = round((now - parse_iso(h["seen"])).total_seconds()) if h.get("seen") else None
+        for s in h["services"]:
+            s["frozen"] = out["frozen"].get(s["name"])
+        out["hosts"].append(h)
     return out
 
 
@@ -157,7 +198,18 @@ def watch_data(settings: Settings, journal: Journal, clock: Clock = SYSTEM,
     out.update(outside_watch(settings, journal, clock))
     if settings.reactions:
         out["reactions"] = _guarded(lambda: _reactions(settings, journal))
+    if journal.fleet is not None:
+        out["fleet"] = _guarded(lambda: _fleet_record(journal))
     return out
+
+
+def _fleet_record(journal: Journal) -> dict[str, Any]:
+    """The fleet's part of the heartbeat's attention: this host's record only (kv
+    fleet/unreachable, written by every forward that failed), no connection of its own."""
+    down = journal.kv_get("fleet", "unreachable")
+    if not isinstance(down, dict):
+        return {"reachable": True, "unreachable_since": None, "error": None}
+    return {"reachable": False, "unreachable_since": down.get("since"), "error": down.get("error")}
 
 
 def outside_watch(settings: Settings, journal: Journal, clock: Clock) -> dict[str, Any]:
@@ -212,6 +264,12 @@ def attention(data: dict[str, Any]) -> list[str]:
         why = needs_attention(row) if isinstance(row, dict) else None
         if why:
             out.append(why)
+    fl = data.get("fleet")
+    if isinstance(fl, dict) and fl.get("reachable") is False:
+        out.append(f"fleet journal unreachable since {fl.get('unreachable_since')}: {fl.get('error')} (this host's "
+                   "events wait in its own journal and are forwarded once it is back; `opskit doctor` says how to fix it)")
+    elif isinstance(fl, dict) and "error" in fl and "reachable" not in fl:
+        out.append(f"fleet journal: cannot be read: {fl['error']}")
     waiting = data.get("fallback_pending")
     if isinstance(waiting, int) and waiting:
         out.append(f"{waiting} record(s) wait in the fallback log, outside the journal (journaled by the "
@@ -256,7 +314,7 @@ def _waiting(outbox: dict[str, dict[str, int]] | None) -> str:
 def render(data: dict[str, Any]) -> list[str]:
     """Plain lines (no markup): the command decides how to print them."""
     lines: list[str] = []
-    if not data["services"]:
+    if not data["services"] and data.get("fleet") is None:
         lines.append("no services configured (add a [service.NAME] table to opskit.toml)")
     for s in data["services"]:
         d = s["deployed"]
@@ -296,10 +354,37 @@ def render(data: dict[str, Any]) -> list[str]:
     cc = data.get("cron_check")
     if isinstance(cc, dict) and cc.get("message"):
         lines.append(f"cron-check: {cc['message']}")
+    lines += _fleet_lines(data.get("fleet"))
     needs = data.get("attention") or []
     lines.append("needs attention:" if needs else "needs attention: nothing")
     lines += [f"  - {line}" for line in needs]
     return [shown(line) for line in lines]  # subjects, branch names and reasons are data
+
+
+def _fleet_lines(fl: Any) -> list[str]:
+    if not isinstance(fl, dict):
+        return []
+    if "reachable" not in fl:
+        return [f"fleet: cannot be read: {fl.get('error')}"]
+    if not fl["reachable"]:
+        return [f"fleet journal unreachable since {fl['unreachable_since']}: {fl['error']} "
+                f"({fl.get('pending')} event(s) of this host wait to be forwarded)"]
+    lines = [f"fleet: {len(fl['hosts'])} host(s); this host is {fl['host']}"
+             + (f", {fl['pending']} event(s) not forwarded yet" if fl.get("pending") else "")]
+    for h in fl["hosts"]:
+        behind = f"{h['behind_s']}s ago" if h.get("behind_s") is not None else "never"
+        lines.append(f"host {h['host']}: last seen {h.get('seen') or 'never'} ({behind}), "
+                     f"{h['forwarded']} event(s) forwarded")
+        for s in h["services"]:
+            v = s.get("last_verdict")
+            verdict = (f"{v['status']} ({v['event']} {str(v['sha'] or '')[:10]}) at {v['when']}" if v
+                       else "none yet")
+            ev = s.get("last_event")
+            frozen = s.get("frozen")
+            lines.append(f"  {s['name']}: last verdict {verdict}"
+                         + (f"; frozen since {frozen.get('since')}: {frozen.get('reason')}" if frozen else "")
+                         + (f"; last event #{ev['id']} at {ev['ts']}" if ev else ""))
+    return lines
 
 
 # --- feature-branch chains and parked changes -------------------------------
