@@ -204,7 +204,11 @@ def _send_offers(settings: Settings, journal: Journal, clock: Clock) -> None:
     them (notify/decisions.py sign): send them now, once a poll — a minute at most."""
     from opskit import notify  # start-up: only when such a message waits
 
-    names = outbox.channels_waiting_to_sign(journal)
+    box = outbox.box_for(journal)  # in a fleet, the shared outbox holds them
+    try:
+        names = box.channels_waiting_to_sign(journal)
+    finally:
+        box.close()
     if not names:
         return
     with contextlib.suppress(Exception):  # a channel that is down keeps them queued; never stops the taps

@@ -92,10 +92,13 @@ CREATE TABLE frozen (
     updated TEXT NOT NULL
 );
 
+-- the shared outbox (storage/fleet_outbox.py): local_id is the row's id in its host's SQLite
+-- outbox when it was queued there while the database was away (NULL when queued here), so a
+-- forward repeated after a crash inserts nothing twice
 CREATE TABLE outbox (
     id         BIGSERIAL PRIMARY KEY,
     host       TEXT NOT NULL,
-    local_id   BIGINT NOT NULL,
+    local_id   BIGINT,
     channel    TEXT NOT NULL,
     created    TEXT NOT NULL,
     level      TEXT NOT NULL,
@@ -115,6 +118,7 @@ CREATE TABLE outbox (
     UNIQUE (host, local_id)
 );
 CREATE INDEX outbox_status ON outbox (status, channel, id);
+CREATE INDEX outbox_open ON outbox (channel, created, id) WHERE status IN ('queued', 'sending');
 
 -- a decision tapped on a phone for a service another host runs, applied there once
 CREATE TABLE handoff (
@@ -306,6 +310,9 @@ class Fleet:
                 with self.using(force=force) as conn:
                     n = self._forward(journal, conn, batches)
                     self._merge(journal, conn)
+                    from opskit.storage import fleet_outbox  # its module imports this one
+
+                    fleet_outbox.forward(self, journal, conn)
             except Unreachable as e:
                 self._busy.on = False
                 with contextlib.suppress(Exception):
