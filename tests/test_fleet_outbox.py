@@ -21,7 +21,7 @@ from opskit.base import config
 from opskit.base.clock import FakeClock
 from opskit.sandbox.receiver import Receiver
 from opskit.storage import fleet as fleet_mod
-from opskit.storage import fleet_outbox, outbox
+from opskit.storage import fleet_outbox
 from opskit.storage.journal import Journal
 from tests.conftest import RunOpskit
 from tests.support.fleet import Host, fleet_rows, make_host
@@ -86,7 +86,7 @@ def test_three_hosts_flushing_together_deliver_1000_messages_once_each_in_order(
     _migrate(hosts[0])
     clock = FakeClock()
     j = _journal(hosts[0], clock)
-    box = outbox.box_for(j)
+    box = fleet_outbox.box_for(j)
     assert isinstance(box, fleet_outbox.Shared)
     for i in range(1000):
         c = CHANNELS[i % len(CHANNELS)]
@@ -142,7 +142,7 @@ def test_a_flusher_killed_mid_delivery_leaves_the_channel_to_the_next_host_at_on
         _migrate(a)
         clock = FakeClock()
         j = _journal(a, clock)
-        box = outbox.box_for(j)
+        box = fleet_outbox.box_for(j)
         for i in range(5):
             box.enqueue(j, clock, "ops", level="info", title=None, message=f"m{i}", service=None, event_id=None)
             clock.advance(1)

@@ -20,7 +20,7 @@ from opskit.base.errors import UsageError
 from opskit.notify.base import Action
 from opskit.notify.courier import Courier
 from opskit.notify.direct import send_direct
-from opskit.storage import outbox
+from opskit.storage import fleet_outbox, outbox
 from opskit.storage.fallback import JournalWriteError
 from opskit.storage.fleet import Unreachable
 from opskit.storage.journal import Journal
@@ -101,7 +101,7 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
     if not names:
         return NotifyReport([], [], [], [])
     title = title.strip() if title and title.strip() else None
-    box = outbox.box_for(journal)  # the fleet's shared outbox while its database answers
+    box = fleet_outbox.box_for(journal)  # the fleet's shared outbox while its database answers
     try:
         return _send(settings, journal, box, names, message, title=title, level=level, service=service,
                      event_id=event_id, clock=clock, retry_for=retry_for, actions=actions)
@@ -195,7 +195,7 @@ def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
           retry_for: float | None = None, channels: Sequence[str] | None = None) -> FlushReport:
     """Retry the queue, oldest first, each message exactly once, per-channel order kept.
     `channels`: only these (inbox sends the messages waiting for their buttons to be signed)."""
-    box = outbox.box_for(journal)  # the fleet's shared outbox while its database answers
+    box = fleet_outbox.box_for(journal)  # the fleet's shared outbox while its database answers
     try:
         courier = Courier(settings, journal, clock, retry_for, box=box)
         busy = 0
@@ -234,7 +234,7 @@ def _deliver(courier: Courier, box: outbox.Box, name: str, rows: list[outbox.Row
 
 def outbox_summary(journal: Journal) -> dict[str, dict[str, int]]:
     """channel → {status: count}, for `opskit status`."""
-    box = outbox.box_for(journal)
+    box = fleet_outbox.box_for(journal)
     try:
         return box.summary(journal)
     finally:
@@ -248,7 +248,7 @@ def broken_channels(journal: Journal) -> dict[str, Any]:
 
 def show(journal: Journal, outbox_id: int) -> dict[str, Any]:
     """One outbox row, with the full message text (Discord shows a cut version)."""
-    box = outbox.box_for(journal)
+    box = fleet_outbox.box_for(journal)
     try:
         row = box.get(journal, outbox_id)
     finally:

@@ -30,7 +30,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +142,11 @@ CREATE TABLE hosts (
 # The advisory-lock space: opskit's keys are (this, hashtext(name)), two int4s.
 LOCK_SPACE = 0x6F70  # "op"
 _MIGRATE_KEY = 1
+
+
+# More work each sync does on its connection, added by the modules that own it (the shared
+# outbox forwards the host's waiting messages): they sit above this module and the journal.
+SYNC_STEPS: list[Callable[[Fleet, Journal, psycopg.Connection[Any]], object]] = []
 
 
 class Unreachable(OpsError):
@@ -310,9 +315,8 @@ class Fleet:
                 with self.using(force=force) as conn:
                     n = self._forward(journal, conn, batches)
                     self._merge(journal, conn)
-                    from opskit.storage import fleet_outbox  # its module imports this one
-
-                    fleet_outbox.forward(self, journal, conn)
+                    for step in SYNC_STEPS:
+                        step(self, journal, conn)
             except Unreachable as e:
                 self._busy.on = False
                 with contextlib.suppress(Exception):

@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 from opskit.base.clock import Clock, iso
 from opskit.base.errors import redact
 from opskit.storage import outbox
-from opskit.storage.fleet import LOCK_SPACE, STATEMENT_TIMEOUT_MS, Fleet, Unreachable, _say
-from opskit.storage.journal import Journal
+from opskit.storage.fleet import LOCK_SPACE, STATEMENT_TIMEOUT_MS, SYNC_STEPS, Fleet, Unreachable, _say
 
 if TYPE_CHECKING:
     import psycopg
+
+    from opskit.storage.journal import Journal
 
 # outbox.Row's fields, in its order
 _COLUMNS = ("id, channel, created, level, title, message, service, event_id, status, attempts, last_error, "
@@ -229,26 +230,34 @@ class Shared:
         return int(rows[0][0]) if rows else 0
 
 
-def shared_or_local(fleet: Fleet, journal: Journal) -> outbox.Box:
+def box_for(journal: Journal) -> outbox.Box:
+    """The outbox a send or a flush uses now: the fleet's shared one while its database
+    answers (the host's waiting rows are forwarded to it first), else the host's own."""
+    if journal.fleet is None:
+        return outbox.LOCAL
+    return shared_or_local(journal.fleet, journal)
+
+
+def shared_or_local(host: Fleet, journal: Journal) -> outbox.Box:
     """The shared outbox, with this host's waiting rows forwarded into it first; the host's
     own outbox when the database cannot be reached (it was down less than RETRY ago, or it
     does not answer now)."""
-    if fleet.known_down(journal):
+    if host.known_down(journal):
         return outbox.LOCAL
-    box = Shared(fleet, journal)
+    box = Shared(host, journal)
     try:
         box.connect()
         with box._cur() as cur:
-            forward(fleet, journal, cur.connection)
+            forward(host, journal, cur.connection)
     except Unreachable as e:
         box.close()
         with contextlib.suppress(Exception):
-            fleet._down(journal, str(e))
+            host._down(journal, str(e))
         return outbox.LOCAL
     return box
 
 
-def forward(fleet: Fleet, journal: Journal, conn: psycopg.Connection[Any]) -> int:
+def forward(host: Fleet, journal: Journal, conn: psycopg.Connection[Any]) -> int:
     """Move the messages this host queued in its own outbox into the shared one, each once,
     in order, with their original times; the number moved. Rows a live local process is
     sending stay here: it finishes them (what it gives back is moved by a later forward)."""
@@ -256,7 +265,7 @@ def forward(fleet: Fleet, journal: Journal, conn: psycopg.Connection[Any]) -> in
     if not journal.conn.execute("SELECT 1 FROM outbox WHERE status IN ('queued', 'sending', 'forwarding') "
                                 "LIMIT 1").fetchone():
         return 0
-    with fleet._forwarding():
+    with host._forwarding():
         now = journal.clock.now()
         with journal.tx() as c:
             rows = [outbox.Row.of(r) for r in c.execute(
@@ -274,9 +283,12 @@ def forward(fleet: Fleet, journal: Journal, conn: psycopg.Connection[Any]) -> in
                 "status, attempts, last_error, next_try, actions) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s, %s) "
                 "ON CONFLICT (host, local_id) DO NOTHING",
-                [(fleet.host, r.id, r.channel, r.created, r.level, r.title, r.message, r.service, r.event_id,
+                [(host.host, r.id, r.channel, r.created, r.level, r.title, r.message, r.service, r.event_id,
                   r.attempts, r.last_error, r.next_try, r.actions) for r in moving])
         with journal.tx() as c:
             c.executemany("UPDATE outbox SET status = 'forwarded' WHERE id = ? AND status = 'forwarding'",
                           [(r.id,) for r in moving])
     return len(moving)
+
+
+SYNC_STEPS.append(forward)  # every sync of a process that loaded this module forwards the outbox too

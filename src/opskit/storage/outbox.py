@@ -12,7 +12,7 @@ which rows are still ours: a row taken over as stale is never sent again by its 
 holder.
 
 In a fleet (storage/fleet_outbox.py) the same operations run on the shared database's
-outbox while it answers; `box_for(journal)` says which outbox a send or a flush uses. The
+outbox while it answers; `fleet_outbox.box_for(journal)` says which outbox a send or a flush uses. The
 courier only ever talks to a Box.
 """
 
@@ -287,12 +287,3 @@ class Local:
 
 LOCAL = Local()
 
-
-def box_for(journal: Journal) -> Box:
-    """The outbox a send or a flush uses now: the fleet's shared one while its database
-    answers (the host's waiting rows are forwarded to it first), else the host's own."""
-    if journal.fleet is None:
-        return LOCAL
-    from opskit.storage import fleet_outbox  # psycopg and the fleet only for a fleet host
-
-    return fleet_outbox.shared_or_local(journal.fleet, journal)
