@@ -87,7 +87,7 @@ def run(rounds: int = 5, warmup: int = 1, n: int = 1000) -> Result:
                 left = fleet_rows(pg, url, "SELECT COUNT(*) FROM outbox WHERE status <> 'delivered'")[0][0]
                 if got != n or left:
                     raise RuntimeError(f"{k} flusher(s) delivered {got} of {n}, {left} not delivered")
-                fleet_rows(pg, url, "DELETE FROM outbox")
+                pg.sql("DELETE FROM outbox", url.rsplit("/", 1)[1])
                 return n / took
 
             xs = interleave({"one": lambda: flush(1), "three": lambda: flush(3)}, rounds, warmup)

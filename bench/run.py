@@ -23,11 +23,12 @@ sys.path.insert(0, str(HERE))
 from common import Result, load_avg, machine  # noqa: E402
 from report import render_table, splice  # noqa: E402
 
-NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox", "metrics", "reactions")
+NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox", "metrics", "reactions", "fleet-outbox")
 
 
 def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
     import drift_scale
+    import fleet_outbox
     import hook_commit
     import journal_bench
     import metrics_bench
@@ -50,6 +51,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
             "sandbox": lambda: sandbox_step.run(rounds=7, warmup=1),
             "metrics": lambda: metrics_bench.run(rounds=5, warmup=1, n=100_000),
             "reactions": lambda: reaction_latency.run(rounds=3, warmup=0, latency_rounds=20, n=300),
+            "fleet-outbox": lambda: fleet_outbox.run(rounds=3, warmup=0, n=300),
         }
     return {
         "hook": lambda: hook_commit.run(rounds=15, warmup=2),
@@ -62,6 +64,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
         "sandbox": lambda: sandbox_step.run(rounds=15, warmup=2),
         "metrics": lambda: metrics_bench.run(rounds=5, warmup=1),
         "reactions": lambda: reaction_latency.run(rounds=5, warmup=1, latency_rounds=25, n=1000),
+        "fleet-outbox": lambda: fleet_outbox.run(rounds=5, warmup=1),
     }
 
 

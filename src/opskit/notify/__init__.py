@@ -162,6 +162,8 @@ def _send(settings: Settings, journal: Journal, box: outbox.Box, names: list[str
             return "delivered", None, None
         if row.status == "sending":
             return "queued", "being sent by another opskit process", None
+        if row.status == "forwarded":  # the database came back and the row moved to the shared outbox
+            return "queued", "moved to the fleet's shared outbox: any host's flush delivers it", None
         return row.status, row.last_error, None
 
     for name, new_id in zip(names, new_ids, strict=True):
@@ -199,12 +201,13 @@ def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
     try:
         courier = Courier(settings, journal, clock, retry_for, box=box)
         busy = 0
-        for name in box.channels_with_work(journal):
-            if name in courier.stalled or (channels is not None and name not in channels):
-                continue
-            rows, held = box.claim_channel(journal, clock, name)
-            busy += held
-            _deliver(courier, box, name, rows)
+        with box.batched():
+            for name in box.channels_with_work(journal):
+                if name in courier.stalled or (channels is not None and name not in channels):
+                    continue
+                rows, held = box.claim_channel(journal, clock, name)
+                busy += held
+                _deliver(courier, box, name, rows)
         still = box.queued_count(journal)
     finally:
         box.close()

@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 _COLUMNS = ("id, channel, created, level, title, message, service, event_id, status, attempts, last_error, "
             "next_try, claimed_by, claimed_at, delivered, remote_id, actions")
 _OPEN = "status IN ('queued', 'sending')"
+SYNC_EVERY = 1.0  # seconds: how often a flush forwards its events to the fleet journal
 
 
 def _row(r: Sequence[Any]) -> outbox.Row:
@@ -68,14 +70,16 @@ class Shared:
         self.me = f"{fleet.host}:{os.getpid()}"
         self._conn: psycopg.Connection[Any] | None = None
         self._held: set[str] = set()
+        self._synced = 0.0
 
     def connect(self) -> None:
         conn = self.fleet.open()
         self._conn = conn
         with self._cur() as cur:
             cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-            # a hung holder's connection is closed by the server, and its channels are free
-            cur.execute(f"SET idle_session_timeout = {int(outbox.CLAIM_STALE * 1000)}")
+            if conn.info.server_version >= 140000:  # PostgreSQL 14 has it; before, a hung holder holds on
+                # a hung holder's connection is closed by the server, and its channels are free
+                cur.execute(f"SET idle_session_timeout = {int(outbox.CLAIM_STALE * 1000)}")
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -100,6 +104,32 @@ class Shared:
             with contextlib.suppress(Exception):
                 self.fleet._down(self.journal, why)
             raise Unreachable(why) from None
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """A flush's events (notify.sent, one a message) are forwarded to the fleet journal once
+        a second and at the end, not each on its own: a forward and a merge per message would
+        cost more than delivering it."""
+        busy = self.fleet._busy
+        was = getattr(busy, "on", False)
+        busy.on = True
+        self._synced = time.monotonic()
+        try:
+            yield
+        finally:
+            busy.on = was
+            if not was:
+                self.fleet.sync(self.journal)
+
+    def _sync_now_and_then(self) -> None:
+        busy = self.fleet._busy
+        if getattr(busy, "on", False) and time.monotonic() - self._synced >= SYNC_EVERY:
+            busy.on = False
+            try:
+                self.fleet.sync(self.journal)
+            finally:
+                busy.on = True
+                self._synced = time.monotonic()
 
     # --- the queue ----------------------------------------------------------------------------
     def enqueue(self, journal: Journal, clock: Clock, channel: str, *, level: str, title: str | None,
@@ -172,6 +202,7 @@ class Shared:
     def finish(self, journal: Journal, clock: Clock, row_id: int, status: str, *, attempts: int,
                error: str | None = None, remote_id: str | None = None,
                next_try: dt.datetime | None = None) -> bool:
+        self._sync_now_and_then()
         stamp = iso(clock.now())
         try:
             with self._cur() as cur:

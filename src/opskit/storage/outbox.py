@@ -18,6 +18,7 @@ courier only ever talks to a Box.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -265,6 +266,8 @@ class Box(Protocol):
 
     def close(self) -> None: ...
 
+    def batched(self) -> contextlib.AbstractContextManager[None]: ...
+
 
 class Local:
     """The host's own outbox, in its SQLite journal: this module's functions."""
@@ -283,6 +286,9 @@ class Local:
 
     def close(self) -> None:
         pass
+
+    def batched(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 LOCAL = Local()
