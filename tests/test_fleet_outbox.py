@@ -179,6 +179,35 @@ def test_a_flusher_killed_mid_delivery_leaves_the_channel_to_the_next_host_at_on
         assert rows == [("delivered", 5)]
 
 
+def test_a_message_sent_while_another_host_holds_its_channel_goes_out_next_in_order(
+        tmp_path: Path, fleet_url: str, postgres_server: Postgres, opskit: RunOpskit) -> None:
+    with Receiver.start(hang_seconds=30.0) as rx:
+        ch = channel_toml("ops", "webhook", rx.url("webhook", "ops"), timeout=4, retry_for=20)
+        a, b = (_fleet_host(tmp_path, n, fleet_url, ch) for n in ("a", "b"))
+        _migrate(a)
+        clock = FakeClock()
+        j = _journal(a, clock)
+        box = fleet_outbox.box_for(j)
+        for i in range(2):
+            box.enqueue(j, clock, "ops", level="info", title=None, message=f"m{i}", service=None, event_id=None)
+            clock.advance(1)
+        box.close()
+        j.close()
+        rx.hang_next(1)  # a holds the channel through a 4 s timeout and a retry
+        p = _flush(a)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and fleet_rows(
+                postgres_server, fleet_url, "SELECT COUNT(*) FROM outbox WHERE claimed_by LIKE 'a:%'")[0][0] < 2:
+            time.sleep(0.05)
+        r = opskit("--config", str(b.config), "notify", "--channel", "ops", "fresh")
+        assert r.returncode == 1  # not delivered by b: it is a's to send, after a's two
+        assert "another opskit process is delivering this channel: it sends this message next" in r.stderr
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert json.loads(out)["delivered"] == 3
+        assert _texts(rx, "ops") == ["m0", "m1", "fresh"]  # each once, oldest first
+
+
 def test_without_the_database_notify_delivers_from_the_host_and_forwards_once_when_back(
         tmp_path: Path, fleet_url: str, postgres_server: Postgres, opskit: RunOpskit) -> None:
     with Receiver.start() as rx:

@@ -136,10 +136,13 @@ def _send(settings: Settings, journal: Journal, box: outbox.Box, names: list[str
     direct = names[len(new_ids):]
     names = names[:len(new_ids)]
     courier = Courier(settings, journal, clock, retry_for, fresh=set(new_ids), box=box)
+    behind: set[str] = set()  # channels another host was delivering: it sends ours after its own
     for name, new_id in zip(names, new_ids, strict=True):
         # Claimed only now, not up front: a slow earlier channel (minutes of 429s) must not
         # let this channel's claim go stale, or a concurrent flush takes the rows over.
-        rows, _ = box.claim_channel(journal, clock, name, fresh=new_id)
+        rows, held = box.claim_channel(journal, clock, name, fresh=new_id)
+        if held and not rows and box.drains:
+            behind.add(name)
         _deliver(courier, box, name, rows)
 
     report = NotifyReport(list(new_ids), [], [], [])
@@ -162,6 +165,8 @@ def _send(settings: Settings, journal: Journal, box: outbox.Box, names: list[str
             return "delivered", None, None
         if row.status == "sending":
             return "queued", "being sent by another opskit process", None
+        if row.status == "queued" and channel in behind:
+            return "queued", "another opskit process is delivering this channel: it sends this message next", None
         if row.status == "forwarded":  # the database came back and the row moved to the shared outbox
             return "queued", "moved to the fleet's shared outbox: any host's flush delivers it", None
         return row.status, row.last_error, None
