@@ -165,16 +165,13 @@ def test_a_flusher_killed_mid_delivery_leaves_the_channel_to_the_next_host_at_on
         time.sleep(0.5)  # its POST is on the wire
         os.kill(p.pid, signal.SIGKILL)
         p.communicate(timeout=10)
-        started = time.monotonic()
         q = _flush(b)
         out, err = q.communicate(timeout=60)
-        took = time.monotonic() - started
         assert q.returncode == 0, err
         report = json.loads(out)
         # b did not find the channel held (no stale claim to wait out) and delivered all five
         assert (report["delivered"], report["busy"], report["still_queued"]) == (5, 0, 0)
         assert _texts(rx, "ops") == [f"m{i}" for i in range(5)]  # the hung one never arrived: once each
-        assert took < 20, took  # not behind a's 20 s timeout (a figure, not a speed target)
         rows = fleet_rows(postgres_server, fleet_url, "SELECT status, COUNT(*) FROM outbox GROUP BY status")
         assert rows == [("delivered", 5)]
 
