@@ -23,12 +23,14 @@ sys.path.insert(0, str(HERE))
 from common import Result, load_avg, machine  # noqa: E402
 from report import render_table, splice  # noqa: E402
 
-NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox", "metrics", "reactions", "fleet")
+NAMES = ("hook", "recovery", "drift", "journal", "startup", "outbox", "tap", "sandbox", "metrics", "reactions", "fleet",
+         "fleet-outbox", "fleet-scale")
 
 
 def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
     import drift_scale
     import fleet_journal
+    import fleet_outbox
     import fleet_scale
     import hook_commit
     import journal_bench
@@ -54,6 +56,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
             "reactions": lambda: reaction_latency.run(rounds=3, warmup=0, latency_rounds=20, n=300),
             "fleet-scale": fleet_scale.run,
             "fleet": lambda: fleet_journal.run(rounds=3, warmup=0, size=100_000, appends=1000),
+            "fleet-outbox": lambda: fleet_outbox.run(rounds=3, warmup=0, n=300),
         }
     return {
         "hook": lambda: hook_commit.run(rounds=15, warmup=2),
@@ -68,6 +71,7 @@ def plan(quick: bool, full: bool) -> dict[str, Callable[[], Result]]:
         "reactions": lambda: reaction_latency.run(rounds=5, warmup=1, latency_rounds=25, n=1000),
         "fleet-scale": fleet_scale.run,
         "fleet": lambda: fleet_journal.run(rounds=5, warmup=1),
+        "fleet-outbox": lambda: fleet_outbox.run(rounds=5, warmup=1),
     }
 
 

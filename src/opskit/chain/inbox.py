@@ -31,7 +31,7 @@ from opskit.deploy import freeze
 from opskit.git.repo import Git
 from opskit.notify import decisions
 from opskit.notify.base import Action
-from opskit.storage import outbox
+from opskit.storage import fleet_outbox
 from opskit.storage.fleet import Unreachable
 from opskit.storage.journal import Journal
 
@@ -210,7 +210,11 @@ def _send_offers(settings: Settings, journal: Journal, clock: Clock) -> None:
     them (notify/decisions.py sign): send them now, once a poll — a minute at most."""
     from opskit import notify  # start-up: only when such a message waits
 
-    names = outbox.channels_waiting_to_sign(journal)
+    box = fleet_outbox.box_for(journal)  # in a fleet, the shared outbox holds them
+    try:
+        names = box.channels_waiting_to_sign(journal)
+    finally:
+        box.close()
     if not names:
         return
     with contextlib.suppress(Exception):  # a channel that is down keeps them queued; never stops the taps

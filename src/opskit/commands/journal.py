@@ -84,6 +84,9 @@ def register(app: typer.Typer) -> None:
             _common.usage('there is no fleet journal; set [opskit] journal = "postgresql://…" in the config')
         journal = _common.journal()
         assert journal.fleet is not None
+        # Loaded, the shared outbox forwards what this host queued while the database was away.
+        from opskit.storage import fleet_outbox  # noqa: F401
+
         n = journal.fleet.sync(journal, force=True)
         if n is None:
             why = (journal.kv_get("fleet", "unreachable") or {}).get("error", "unreachable")

@@ -20,8 +20,9 @@ from opskit.base.errors import UsageError
 from opskit.notify.base import Action
 from opskit.notify.courier import Courier
 from opskit.notify.direct import send_direct
-from opskit.storage import outbox
+from opskit.storage import fleet_outbox, outbox
 from opskit.storage.fallback import JournalWriteError
+from opskit.storage.fleet import Unreachable
 from opskit.storage.journal import Journal
 
 __all__ = ["FlushReport", "NotifyReport", "broken_channels", "flush", "outbox_summary", "send", "show"]
@@ -100,27 +101,49 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
     if not names:
         return NotifyReport([], [], [], [])
     title = title.strip() if title and title.strip() else None
+    box = fleet_outbox.box_for(journal)  # the fleet's shared outbox while its database answers
+    try:
+        return _send(settings, journal, box, names, message, title=title, level=level, service=service,
+                     event_id=event_id, clock=clock, retry_for=retry_for, actions=actions)
+    finally:
+        box.close()
+
+
+def _send(settings: Settings, journal: Journal, box: outbox.Box, names: list[str], message: str, *,
+          title: str | None, level: str, service: str | None, event_id: int | None, clock: Clock,
+          retry_for: float | None, actions: Sequence[Action]) -> NotifyReport:
     # Every row is durable before the first byte goes out: a crash mid-send leaves them
     # for the next flush.
     new_ids: list[int] = []
     not_held: JournalWriteError | None = None
+    stranded: list[str] = []  # queued in the shared outbox, whose database then went away
     for name in names:
+        acts = [(a.label, a.token) for a in actions] if settings.channels[name].actionable else []
         try:
-            new_ids.append(outbox.enqueue(journal, clock, name, level=level, title=title, message=message,
-                                          service=service, event_id=event_id,
-                                          actions=[(a.label, a.token) for a in actions]
-                                          if settings.channels[name].actionable else ()))
+            try:
+                new_ids.append(box.enqueue(journal, clock, name, level=level, title=title, message=message,
+                                           service=service, event_id=event_id, actions=acts))
+            except Unreachable:
+                # The host's own outbox holds it (forwarded once the database is back); what the
+                # shared one already holds is delivered by the next flush of any host.
+                stranded, new_ids, box = names[:len(new_ids)], [], outbox.LOCAL
+                new_ids.append(box.enqueue(journal, clock, name, level=level, title=title, message=message,
+                                           service=service, event_id=event_id, actions=acts))
         except JournalWriteError as e:  # disk full, corrupt journal: the owner must still be told
             not_held = e
             break
+    names = [n for n in names if n not in stranded]
     direct = names[len(new_ids):]
     names = names[:len(new_ids)]
-    courier = Courier(settings, journal, clock, retry_for, fresh=set(new_ids))
+    courier = Courier(settings, journal, clock, retry_for, fresh=set(new_ids), box=box)
+    behind: set[str] = set()  # channels another host was delivering: it sends ours after its own
     for name, new_id in zip(names, new_ids, strict=True):
         # Claimed only now, not up front: a slow earlier channel (minutes of 429s) must not
         # let this channel's claim go stale, or a concurrent flush takes the rows over.
-        rows, _ = outbox.claim_channel(journal, clock, name, fresh=new_id)
-        courier.deliver_rows(name, rows)
+        rows, held = box.claim_channel(journal, clock, name, fresh=new_id)
+        if held and not rows and box.drains:
+            behind.add(name)
+        _deliver(courier, box, name, rows)
 
     report = NotifyReport(list(new_ids), [], [], [])
 
@@ -135,13 +158,17 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
                 courier.waiting(row_id, channel, service)
             return "queued", courier.stalled.get(channel), None
         # Another opskit process (a flush) has it, or took it over: report where it stands.
-        row = outbox.get(journal, row_id)
+        row = box.get(journal, row_id)
         if row is None:
             return "queued", None, None
         if row.status == "delivered":
             return "delivered", None, None
         if row.status == "sending":
             return "queued", "being sent by another opskit process", None
+        if row.status == "queued" and channel in behind:
+            return "queued", "another opskit process is delivering this channel: it sends this message next", None
+        if row.status == "forwarded":  # the database came back and the row moved to the shared outbox
+            return "queued", "moved to the fleet's shared outbox: any host's flush delivers it", None
         return row.status, row.last_error, None
 
     for name, new_id in zip(names, new_ids, strict=True):
@@ -162,6 +189,9 @@ def send(settings: Settings, journal: Journal, message: str, *, title: str | Non
                 continue
             (report.broken if status == "broken" else report.queued).append(channel)
             report.errors.setdefault(channel, error or courier.stalled.get(channel) or "not delivered")
+    for name in stranded:
+        report.queued.append(name)
+        report.errors[name] = "queued in the fleet outbox, whose database went away; the next flush delivers it"
     if not_held is not None:
         send_direct(settings, journal, direct, message, title=title, level=level, service=service,
                     event_id=event_id, clock=clock, retry_for=retry_for, error=not_held, report=report)
@@ -172,21 +202,25 @@ def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
           retry_for: float | None = None, channels: Sequence[str] | None = None) -> FlushReport:
     """Retry the queue, oldest first, each message exactly once, per-channel order kept.
     `channels`: only these (inbox sends the messages waiting for their buttons to be signed)."""
-    courier = Courier(settings, journal, clock, retry_for)
-    busy = 0
-    for name in outbox.channels_with_work(journal):
-        if name in courier.stalled or (channels is not None and name not in channels):
-            continue
-        rows, held = outbox.claim_channel(journal, clock, name)
-        busy += held
-        if rows:
-            courier.deliver_rows(name, rows)
+    box = fleet_outbox.box_for(journal)  # the fleet's shared outbox while its database answers
+    try:
+        courier = Courier(settings, journal, clock, retry_for, box=box)
+        busy = 0
+        with box.batched():
+            for name in box.channels_with_work(journal):
+                if name in courier.stalled or (channels is not None and name not in channels):
+                    continue
+                rows, held = box.claim_channel(journal, clock, name)
+                busy += held
+                _deliver(courier, box, name, rows)
+        still = box.queued_count(journal)
+    finally:
+        box.close()
     results = list(courier.results.values())
     problems = [f"{name}: {why}" for name, why in courier.stalled.items()]
     for r in results:
         if r.status == "broken":
             problems.append(f"{r.channel}: broken ({r.error})")
-    still = outbox.queued_count(journal)
     return FlushReport(
         delivered=sum(r.status == "delivered" for r in results),
         still_queued=int(still),
@@ -196,9 +230,23 @@ def flush(settings: Settings, journal: Journal, *, clock: Clock = SYSTEM,
     )
 
 
+def _deliver(courier: Courier, box: outbox.Box, name: str, rows: list[outbox.Row]) -> None:
+    """Deliver a claimed channel; the shared outbox's holder then takes what was queued on the
+    channel while it held it (other hosts left it to the holder, to keep the order)."""
+    while rows:
+        courier.deliver_rows(name, rows)
+        if not box.drains or name in courier.stalled:
+            return
+        rows, _ = box.claim_channel(courier.journal, courier.clock, name)
+
+
 def outbox_summary(journal: Journal) -> dict[str, dict[str, int]]:
     """channel → {status: count}, for `opskit status`."""
-    return outbox.summary(journal)
+    box = fleet_outbox.box_for(journal)
+    try:
+        return box.summary(journal)
+    finally:
+        box.close()
 
 
 def broken_channels(journal: Journal) -> dict[str, Any]:
@@ -208,7 +256,11 @@ def broken_channels(journal: Journal) -> dict[str, Any]:
 
 def show(journal: Journal, outbox_id: int) -> dict[str, Any]:
     """One outbox row, with the full message text (Discord shows a cut version)."""
-    row = outbox.get(journal, outbox_id)
+    box = fleet_outbox.box_for(journal)
+    try:
+        row = box.get(journal, outbox_id)
+    finally:
+        box.close()
     if row is None:
         raise UsageError(f"no outbox message #{outbox_id}; see `opskit events --type notify`")
     return asdict(row)

@@ -23,6 +23,7 @@ from opskit.base.errors import redact
 from opskit.notify import decisions
 from opskit.notify.base import Action, Message, Outcome
 from opskit.storage import outbox
+from opskit.storage.fleet import Unreachable
 from opskit.storage.journal import Journal
 
 BACKOFF_START = 0.5
@@ -62,6 +63,8 @@ class Courier:
     # Rows we claimed but another process took over before we finished them (with the
     # rest of their channel's claim): their outcome is that process's to record.
     lost: set[int] = field(default_factory=set)
+    # The host's outbox, or the fleet's shared one (storage/fleet_outbox.py): the rules are the same.
+    box: outbox.Box = outbox.LOCAL
 
     def deliver_rows(self, channel: str, rows: list[outbox.Row], visited: frozenset[str] = frozenset()) -> None:
         ids = [r.id for r in rows]
@@ -100,7 +103,7 @@ class Courier:
                     self._broken(ch, row, outcome, attempts, visited)
         finally:
             # Whatever we claimed and did not finish goes back to the queue, in order.
-            outbox.release(self.journal, ids)
+            self.box.release(self.journal, ids)
 
     def _waited_for_key(self, row: outbox.Row) -> bool:
         try:
@@ -122,7 +125,7 @@ class Courier:
                       service=row.service, event_id=row.event_id, created=row.created,
                       actions=actions)
         while True:
-            if row.id not in outbox.touch(self.journal, self.clock, claimed):
+            if row.id not in self.box.touch(self.journal, self.clock, claimed):
                 return None, attempts, None
             # Each attempt gets the channel's whole timeout: retry_for bounds when attempts start,
             # never cuts one short. Cut, a slow endpoint's answer is lost and the message — which
@@ -149,12 +152,12 @@ class Courier:
             step = min(seconds, CLAIM_REFRESH)
             self.clock.sleep(step)
             seconds -= step
-            if seconds > 0 and row_id not in outbox.touch(self.journal, self.clock, claimed):
+            if seconds > 0 and row_id not in self.box.touch(self.journal, self.clock, claimed):
                 return False
         return True
 
     def _delivered(self, ch: ChannelSettings, row: outbox.Row, outcome: Outcome, attempts: int) -> None:
-        if not outbox.finish(self.journal, self.clock, row.id, "delivered", attempts=attempts,
+        if not self.box.finish(self.journal, self.clock, row.id, "delivered", attempts=attempts,
                              remote_id=outcome.remote_id):
             return  # taken over as stale while we were sending; its new holder reports it
         self.results[row.id] = RowResult(row.id, ch.name, "delivered")
@@ -171,7 +174,7 @@ class Courier:
     def _queued(self, ch: ChannelSettings | None, row: outbox.Row, outcome: Outcome, attempts: int,
                 wait: float | None) -> None:
         next_try = self.clock.now() + dt.timedelta(seconds=wait) if wait is not None else None
-        if not outbox.finish(self.journal, self.clock, row.id, "queued", attempts=attempts,
+        if not self.box.finish(self.journal, self.clock, row.id, "queued", attempts=attempts,
                              error=outcome.error, next_try=next_try):
             return
         self.results[row.id] = RowResult(row.id, row.channel, "queued", outcome.error)
@@ -180,7 +183,7 @@ class Courier:
 
     def _broken(self, ch: ChannelSettings, row: outbox.Row, outcome: Outcome, attempts: int,
                 visited: frozenset[str]) -> None:
-        if not outbox.finish(self.journal, self.clock, row.id, "broken", attempts=attempts,
+        if not self.box.finish(self.journal, self.clock, row.id, "broken", attempts=attempts,
                              error=outcome.error):
             return
         result = RowResult(row.id, ch.name, "broken", outcome.error)
@@ -195,10 +198,17 @@ class Courier:
         if not usable or fb is None:
             return
         note = f"\n\n(sent via fallback: channel {ch.name!r} is broken: {outcome.error})"
-        new_id = outbox.enqueue(self.journal, self.clock, fb, level=row.level, title=row.title,
-                                message=row.message + note, service=row.service, event_id=row.event_id)
+        try:
+            new_id = self.box.enqueue(self.journal, self.clock, fb, level=row.level, title=row.title,
+                                      message=row.message + note, service=row.service, event_id=row.event_id)
+        except Unreachable:
+            # The fleet database went away under us: the host's own outbox holds it, and it is
+            # forwarded to the shared one when the database is back (not sent from here now).
+            outbox.LOCAL.enqueue(self.journal, self.clock, fb, level=row.level, title=row.title,
+                                 message=row.message + note, service=row.service, event_id=row.event_id)
+            return
         result.fallback_id = new_id
-        rows, _ = outbox.claim_channel(self.journal, self.clock, fb, fresh=new_id)
+        rows, _ = self.box.claim_channel(self.journal, self.clock, fb, fresh=new_id)
         self.deliver_rows(fb, rows, visited | {ch.name})
 
     def waiting(self, row_id: int, channel: str, service: str | None) -> None:

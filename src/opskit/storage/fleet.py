@@ -96,10 +96,13 @@ CREATE TABLE frozen (
     updated TEXT NOT NULL
 );
 
+-- the shared outbox (storage/fleet_outbox.py): local_id is the row's id in its host's SQLite
+-- outbox when it was queued there while the database was away (NULL when queued here), so a
+-- forward repeated after a crash inserts nothing twice
 CREATE TABLE outbox (
     id         BIGSERIAL PRIMARY KEY,
     host       TEXT NOT NULL,
-    local_id   BIGINT NOT NULL,
+    local_id   BIGINT,
     channel    TEXT NOT NULL,
     created    TEXT NOT NULL,
     level      TEXT NOT NULL,
@@ -119,6 +122,7 @@ CREATE TABLE outbox (
     UNIQUE (host, local_id)
 );
 CREATE INDEX outbox_status ON outbox (status, channel, id);
+CREATE INDEX outbox_open ON outbox (channel, created, id) WHERE status IN ('queued', 'sending');
 
 -- a decision tapped on a phone for a service another host runs, applied there once
 CREATE TABLE handoff (
@@ -142,6 +146,11 @@ CREATE TABLE hosts (
 # The advisory-lock space: opskit's keys are (this, hashtext(name)), two int4s.
 LOCK_SPACE = 0x6F70  # "op"
 _MIGRATE_KEY = 1
+
+
+# More work each sync does on its connection, added by the modules that own it (the shared
+# outbox forwards the host's waiting messages): they sit above this module and the journal.
+SYNC_STEPS: list[Callable[[Fleet, Journal, psycopg.Connection[Any]], object]] = []
 
 
 class Unreachable(OpsError):
@@ -337,6 +346,8 @@ class Fleet:
                         self.dirty = False
                         self._merge(journal, conn)
                         self._merged_at = time.monotonic()
+                    for step in SYNC_STEPS:
+                        step(self, journal, conn)
                     return n
 
                 n = self.ask(work, force=force)

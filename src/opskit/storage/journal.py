@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     message    TEXT NOT NULL,
     service    TEXT,
     event_id   INTEGER,
-    status     TEXT NOT NULL DEFAULT 'queued',  -- queued | sending | delivered | broken
+    status     TEXT NOT NULL DEFAULT 'queued',  -- queued | sending | delivered | broken; forwarding | forwarded: moved to a fleet's shared outbox
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     next_try   TEXT,

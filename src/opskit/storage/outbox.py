@@ -10,16 +10,22 @@ on it. A channel is claimed just before it is delivered (never while other chann
 worked through), the claim is refreshed before every attempt, and that refresh says
 which rows are still ours: a row taken over as stale is never sent again by its old
 holder.
+
+In a fleet (storage/fleet_outbox.py) the same operations run on the shared database's
+outbox while it answers; `fleet_outbox.box_for(journal)` says which outbox a send or a flush uses. The
+courier only ever talks to a Box.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from opskit.base.clock import Clock, iso, parse_iso
 from opskit.base.errors import redact
@@ -48,7 +54,7 @@ class Row:
     attempts: int
     last_error: str | None
     next_try: str | None
-    claimed_by: int | None
+    claimed_by: int | str | None  # a pid here; "host:pid" in the fleet's outbox
     claimed_at: str | None
     delivered: str | None
     remote_id: str | None
@@ -63,7 +69,7 @@ def held_elsewhere(row: Row, now: dt.datetime) -> bool:
     """Is this row being delivered by a live process right now?"""
     if row.status != "sending":
         return False
-    if not pid_alive(row.claimed_by):
+    if not isinstance(row.claimed_by, int) or not pid_alive(row.claimed_by):
         return False
     if not row.claimed_at:
         return False
@@ -223,3 +229,67 @@ def for_events(journal: Journal, event_ids: Sequence[int]) -> list[sqlite3.Row]:
     return list(journal.conn.execute(
         f"SELECT id, channel, title, created, status, delivered, event_id FROM outbox WHERE event_id IN ({marks}) "
         "ORDER BY id", list(event_ids)))
+
+
+class Box(Protocol):
+    """The operations the courier and `notify` use: this module's (the host's SQLite outbox)
+    or the fleet's shared outbox (storage/fleet_outbox.py)."""
+
+    # After delivering a channel, claim it again for what was queued meanwhile: the shared
+    # outbox does (a message queued while another host held the channel waits for that host).
+    drains: bool
+
+    def enqueue(self, journal: Journal, clock: Clock, channel: str, *, level: str, title: str | None,
+                message: str, service: str | None, event_id: int | None,
+                actions: Sequence[tuple[str, str]] = ()) -> int: ...
+
+    def claim_channel(self, journal: Journal, clock: Clock, channel: str, *,
+                      fresh: int | None = None) -> tuple[list[Row], int]: ...
+
+    def touch(self, journal: Journal, clock: Clock, ids: list[int]) -> set[int]: ...
+
+    def finish(self, journal: Journal, clock: Clock, row_id: int, status: str, *, attempts: int,
+               error: str | None = None, remote_id: str | None = None,
+               next_try: dt.datetime | None = None) -> bool: ...
+
+    def release(self, journal: Journal, ids: list[int]) -> None: ...
+
+    def channels_with_work(self, journal: Journal) -> list[str]: ...
+
+    def channels_waiting_to_sign(self, journal: Journal) -> list[str]: ...
+
+    def get(self, journal: Journal, row_id: int) -> Row | None: ...
+
+    def summary(self, journal: Journal) -> dict[str, dict[str, int]]: ...
+
+    def queued_count(self, journal: Journal) -> int: ...
+
+    def close(self) -> None: ...
+
+    def batched(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+class Local:
+    """The host's own outbox, in its SQLite journal: this module's functions."""
+
+    drains = False
+    enqueue = staticmethod(enqueue)
+    claim_channel = staticmethod(claim_channel)
+    touch = staticmethod(touch)
+    finish = staticmethod(finish)
+    release = staticmethod(release)
+    channels_with_work = staticmethod(channels_with_work)
+    channels_waiting_to_sign = staticmethod(channels_waiting_to_sign)
+    get = staticmethod(get)
+    summary = staticmethod(summary)
+    queued_count = staticmethod(queued_count)
+
+    def close(self) -> None:
+        pass
+
+    def batched(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+LOCAL = Local()
+
