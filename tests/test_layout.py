@@ -231,3 +231,20 @@ def test_every_row_of_the_threat_model_names_tests_that_exist() -> None:
             assert path.is_file(), f"{file} (named in the threat model) does not exist"
             if func:
                 assert re.search(rf"^def {func}", path.read_text(), re.M), f"{file}::{func} does not exist"
+
+
+def test_no_merge_conflict_markers_are_left_in_the_tree() -> None:
+    """A merge resolved by hand can leave `<<<<<<<`/`>>>>>>>` lines behind (the README had them
+    twice); the docs are contracts and the code would not even import."""
+    root = Path(__file__).resolve().parents[1]
+    left = []
+    for top in ("src", "tests", "bench", "docs", "deploy"):
+        for p in (root / top).rglob("*"):
+            if p.is_file() and p.suffix in {".py", ".md", ".toml", ".yml", ".j2", ".sh", ".ini"}:
+                for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+                    if line.startswith(("<<<<<<< ", ">>>>>>> ")):
+                        left.append(f"{p.relative_to(root)}:{n}")
+    for n, line in enumerate((root / "README.md").read_text().splitlines(), 1):
+        if line.startswith(("<<<<<<< ", ">>>>>>> ")):
+            left.append(f"README.md:{n}")
+    assert not left, "merge markers left: " + ", ".join(left)
