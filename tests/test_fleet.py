@@ -270,3 +270,138 @@ def test_cron_check_forwards_what_was_kept_while_the_database_was_away(
     got = shared_events(postgres_server, fleet_url, "alpha")
     assert got[:4] == local_events(a.journal())[:4] and [t for _, _, t, _ in got[:4]] == [
         "job.ok", "fleet.unreachable", "job.ok", "job.ok"]
+
+
+# --- found by a second reader: each seen failing before its fix ----------------------------------
+
+def _journal_at(host: Any, clock: Any = None) -> Journal:
+    from opskit.base.clock import SYSTEM
+
+    s = config.load_file(host.config)
+    return Journal(s.state_dir, clock or SYSTEM, fleet=s.fleet)
+
+
+def _freeze(j: Journal, service: str) -> None:
+    from opskit.base.clock import iso, iso_precise
+
+    now = j.clock.now()
+    j.kv_set("frozen", service, {"reason": "r", "event_id": None, "since": iso(now),
+                                 "since_precise": iso_precise(now), "freeze_id": os.urandom(4).hex()})
+
+
+def test_a_second_state_dir_under_a_host_name_in_use_is_refused_not_dropped(
+        tmp_path: Path, postgres_server: Postgres, fleet_url: str) -> None:
+    """A rebuilt or cloned host with a fresh state dir starts its local ids again: its events
+    would be taken for the old ones and dropped. It is refused, said, and keeps them."""
+    old = migrated(make_host(tmp_path / "old", "web1", fleet_url)).journal()
+    for i in range(5):
+        old.append("job.ok", "svc", {"i": i})
+    new = make_host(tmp_path / "new", "web1", fleet_url).journal()
+    for i in range(3):
+        new.append("job.fail", "svc", {"i": i})
+    assert new.fleet is not None and new.fleet.sync(new, force=True) is None
+    down = new.kv_get("fleet", "unreachable")
+    assert "already used in the fleet by another state dir" in down["error"] and "[opskit] host" in down["error"]
+    assert new.kv_get("fleet", "forwarded") is None  # nothing taken as sent
+    assert fleet_rows(postgres_server, fleet_url, "SELECT count(*) FROM events WHERE type = 'job.fail'") == [(0,)]
+    assert old.fleet is not None and old.fleet.sync(old, force=True) is not None  # the first one goes on
+
+
+def test_a_tree_another_host_reverted_is_listed_and_released_here(tmp_path: Path, fleet_url: str) -> None:
+    a = migrated(make_host(tmp_path, "a", fleet_url))
+    b = make_host(tmp_path, "b", fleet_url)
+    b.journal().append("job.ok", None, {})  # b merged once, before a's revert
+    a.journal().quarantine_add("svc", "t" * 40, "s" * 40, 1, "reverted")
+    jb = b.journal()  # a new process on b: `opskit quarantine list`, then `release`
+    assert [r["tree"] for r in jb.quarantine_list("svc")] == ["t" * 40]
+    assert jb.quarantine_release("svc", "tttt", "ops") == 1
+    assert a.journal().quarantined("svc", "t" * 40) is None  # released for the whole fleet
+
+
+def test_an_unfreeze_applied_from_another_host_is_never_pushed_back_as_ours(tmp_path: Path, fleet_url: str) -> None:
+    import datetime as dt
+
+    from opskit.base.clock import FakeClock
+
+    ahead = FakeClock(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=120))  # a's clock runs fast
+    a = migrated(make_host(tmp_path, "a", fleet_url))
+    b, c = make_host(tmp_path, "b", fleet_url), make_host(tmp_path, "c", fleet_url)
+    ja, jb, jc = _journal_at(a, ahead), _journal_at(b), _journal_at(c)
+    assert ja.fleet and jb.fleet and jc.fleet
+    _freeze(jb, "svc")
+    jb.fleet.sync(jb, force=True)
+    ja.fleet.sync(ja, force=True)
+    assert ja.kv_get("frozen", "svc") is not None
+    jb.kv_delete("frozen", "svc")  # b unfreezes and pushes it
+    ja.fleet.sync(ja, force=True)  # a applies b's unfreeze: a did not unfreeze anything itself
+    assert ja.kv_get("fleet-unfrozen", "svc") is None
+    _freeze(jc, "svc")  # c freezes it again
+    ja.fleet.sync(ja, force=True)
+    assert jc.frozen("svc") is not None
+
+
+def test_a_freeze_rewritten_with_its_event_reaches_the_fleet(tmp_path: Path, postgres_server: Postgres,
+                                                              fleet_url: str) -> None:
+    """deploy/freeze.py writes a freeze, then the same freeze with `frozen_event` (what an
+    Unfreeze button is bound to): other hosts must get the second."""
+    ja = migrated(make_host(tmp_path, "a", fleet_url)).journal()
+    _freeze(ja, "svc")
+    ja.kv_set("frozen", "svc", {**ja.kv_get("frozen", "svc"), "frozen_event": 42})
+    assert ja.fleet is not None and ja.fleet.sync(ja, force=True) is not None
+    ((value,),) = fleet_rows(postgres_server, fleet_url, "SELECT value FROM frozen WHERE service = 'svc'")
+    assert json.loads(value)["frozen_event"] == 42
+
+
+def test_a_local_journal_fault_as_the_database_comes_back_never_reaches_the_step(
+        tmp_path: Path, fleet_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    j = migrated(make_host(tmp_path, "a", fleet_url)).journal()
+    j.kv_set("fleet", "unreachable", {"since": "2026-01-01T00:00:00Z", "error": "x",
+                                      "last_try": "2026-01-01T00:00:00Z"})
+    real = Journal.kv_delete
+
+    def full(self: Journal, scope: str, key: str) -> None:
+        if scope == "fleet":
+            raise sqlite3.OperationalError("database or disk is full")
+        real(self, scope, key)
+
+    monkeypatch.setattr(Journal, "kv_delete", full)
+    assert j.append("job.ok", "svc", {}).id > 0  # the step that appended goes on
+
+
+def test_a_url_the_driver_quotes_in_its_error_is_masked(tmp_path: Path, postgres_server: Postgres,
+                                                        fleet_url: str, opskit: Any) -> None:
+    """libpq quotes the token it cannot decode, here the password: the error is masked."""
+    pw = postgres_server.password + "%zz"
+    a = make_host(tmp_path, "alpha", f"postgresql://opskit:{pw}@127.0.0.1:{postgres_server.port}/db")
+    r = opskit("--config", str(a.config), "journal", "sync")
+    assert r.returncode == 1 and "percent-encoded" in r.stderr, r
+    assert pw not in r.stdout + r.stderr
+    ev = a.journal().query(type_prefix="fleet.")
+    assert ev and pw not in json.dumps(ev[0].data)
+
+
+def test_a_database_that_stops_answering_is_cut_at_the_deadline_and_nothing_is_lost(
+        tmp_path: Path, postgres_server: Postgres, fleet_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled backend (SIGSTOP: its kernel still ACKs, so TCP never times out and the
+    server's statement_timeout never fires) holds an append only until this side's deadline."""
+    import signal
+    import time
+
+    j = migrated(make_host(tmp_path, "a", fleet_url)).journal()
+    j.append("job.ok", "svc", {"i": 0})
+    assert j.fleet is not None
+    with j.fleet.using() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        backend = int(cur.fetchone()[0])
+    monkeypatch.setattr(fleet_mod, "DEADLINE", 1.0)
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert j.append("job.ok", "svc", {"i": 1}).id == 2
+        assert time.monotonic() - started < 8  # the deadline (1 s here), not forever
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    # the stalled connection was cut and the append's forward went through on a new one
+    assert [r[0] for r in fleet_rows(postgres_server, fleet_url, "SELECT local_id FROM events ORDER BY id")] == [1, 2]

@@ -49,6 +49,8 @@ _T = TypeVar("_T")
 SCHEMA_VERSION = 1
 CONNECT_TIMEOUT = 3  # seconds: a host whose database is gone must not hold a push for long
 STATEMENT_TIMEOUT_MS = 10_000
+DEADLINE = STATEMENT_TIMEOUT_MS / 1000 + 5  # seconds one exchange with the database may take here
+FORWARD_WAIT = 60.0  # seconds a full sync waits for another forwarder of this host
 RETRY = 30.0  # seconds between attempts once the database was found unreachable
 BATCH = 1000  # events per forwarding transaction
 
@@ -138,7 +140,8 @@ CREATE INDEX handoff_host ON handoff (host, id) WHERE taken IS NULL;
 CREATE TABLE hosts (
     host      TEXT PRIMARY KEY,
     seen      TEXT NOT NULL,
-    forwarded BIGINT NOT NULL DEFAULT 0
+    forwarded BIGINT NOT NULL DEFAULT 0,
+    host_id   TEXT  -- the state dir forwarding as this host (kv fleet/host_id): one per name
 );
 """,
 }
@@ -154,7 +157,10 @@ SYNC_STEPS: list[Callable[[Fleet, Journal, psycopg.Connection[Any]], object]] = 
 
 
 class Unreachable(OpsError):
-    """The fleet database cannot be used now; the message names why, never the password."""
+    """The fleet database cannot be used now; the message names why, never the password.
+    `broken`: the connection itself is gone (a new one may answer), not a statement refused."""
+
+    broken = False
 
 
 def _say(e: BaseException) -> str:
@@ -178,6 +184,7 @@ class Fleet:
         self._busy = threading.local()
         self._merged_at = 0.0  # monotonic: this process's last merge of quarantine and freezes
         self.dirty = False  # this process changed a quarantine row or a freeze since its last merge
+        self.merging = False  # the merge is writing another host's change here
 
     # --- connection ---------------------------------------------------------------------------
     def open(self, *, autocommit: bool = True, check_schema: bool = True) -> psycopg.Connection[Any]:
@@ -188,8 +195,12 @@ class Fleet:
             raise Unreachable("psycopg is not installed; install opskit[postgres] "
                               "(pip install 'opskit[postgres]')") from None
         try:
+            # Keepalives and tcp_user_timeout: a database host that vanishes from the network
+            # (no reset, no answer) ends the connection in seconds, not the kernel's two hours.
             conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=autocommit,
-                                   application_name=f"opskit {self.host}"[:63])
+                                   application_name=f"opskit {self.host}"[:63], keepalives=1,
+                                   keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                                   tcp_user_timeout=15_000)
         except psycopg.Error as e:
             raise Unreachable(f"cannot connect: {_say(e)}") from None
         try:
@@ -249,20 +260,34 @@ class Fleet:
             yield conn
         except psycopg.Error as e:
             self.failed(_say(e))
-            raise Unreachable(_say(e)) from None
+            err = Unreachable(_say(e))
+            err.broken = bool(conn.broken or conn.closed)
+            raise err from None
 
     def ask(self, work: Callable[[psycopg.Connection[Any]], _T], *, force: bool = False) -> _T:
         """work(connection), on the cached connection; when that one proves dead (the server
         restarted since), once more on a new one. Unreachable when neither answers."""
         cached = self._conn is not None and self._pid == os.getpid()
         try:
-            with self.using(force=force) as conn:
-                return work(conn)
-        except Unreachable:
-            if not cached:
+            return self._within(work, force=force)
+        except Unreachable as e:
+            if not (cached and e.broken):  # a statement refused or timed out: not again
                 raise
-        with self.using(force=True) as conn:
-            return work(conn)
+        return self._within(work, force=True)
+
+    def _within(self, work: Callable[[psycopg.Connection[Any]], _T], *, force: bool) -> _T:
+        """work(connection), cut by this process at DEADLINE: a server that stops answering
+        (a stalled backend, a failover half-done) still ACKs, so neither the server's
+        statement_timeout nor TCP's own timers end the wait. The socket is shut down under the
+        waiting statement, which then fails like a lost connection."""
+        with self.using(force=force) as conn:
+            cut = threading.Timer(DEADLINE, _shut, args=(conn,))
+            cut.daemon = True
+            cut.start()
+            try:
+                return work(conn)
+            finally:
+                cut.cancel()
 
     # --- the host's record of reachability (kv fleet/unreachable in the local journal) --------
     def known_down(self, journal: Journal) -> bool:
@@ -311,11 +336,16 @@ class Fleet:
                                os.O_RDWR | os.O_CREAT, 0o644)
         try:
             statefs.share_fd(fd, self.state_dir)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
+            deadline = time.monotonic() + (FORWARD_WAIT if wait else 0.0)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:  # the holder forwards ours too, or the next sync does
+                        yield False
+                        return
+                    time.sleep(0.05)
             yield True
         finally:
             os.close(fd)
@@ -363,7 +393,8 @@ class Fleet:
                 return None
         finally:
             self._busy.on = False
-        self._up(journal, n)
+        with contextlib.suppress(Exception):  # the local journal's trouble is its own to report
+            self._up(journal, n)
         return n
 
     def _forward(self, journal: Journal, conn: psycopg.Connection[Any], batches: int | None) -> int:
@@ -383,6 +414,17 @@ class Fleet:
                 break
         return total
 
+    def host_id(self, journal: Journal) -> str:
+        """This state dir's own id in the fleet, made on first use."""
+        got = journal.kv_get("fleet", "host_id")
+        if isinstance(got, str) and got:
+            return got
+        import secrets  # once per state dir
+
+        made = secrets.token_hex(16)
+        journal.kv_set("fleet", "host_id", made)
+        return made
+
     def _send(self, journal: Journal, conn: psycopg.Connection[Any], batches: int | None) -> int:
         total = done = 0
         while batches is None or done < batches:
@@ -393,15 +435,24 @@ class Fleet:
             if not rows:
                 break
             with conn.transaction(), conn.cursor() as cur:
+                # One state dir per host name: a second one (a rebuilt host, a cloned VM) would
+                # send local ids the first already used, and those events would be taken for
+                # ones already there and dropped.
+                cur.execute(
+                    "INSERT INTO hosts (host, seen, forwarded, host_id) VALUES (%s, %s, %s, %s) ON CONFLICT (host) "
+                    "DO UPDATE SET seen = excluded.seen, forwarded = GREATEST(hosts.forwarded, excluded.forwarded), "
+                    "host_id = COALESCE(hosts.host_id, excluded.host_id) "
+                    "WHERE hosts.host_id IS NULL OR hosts.host_id = excluded.host_id RETURNING host",
+                    (self.host, journal.now(), rows[-1]["id"], self.host_id(journal)))
+                if cur.fetchone() is None:
+                    raise Unreachable(f"the host name {self.host!r} is already used in the fleet by another "
+                                      "state dir (a rebuilt or cloned host?); set [opskit] host to a name of "
+                                      "its own: its events stay here until then")
                 cur.executemany(
                     "INSERT INTO events (host, local_id, ts, ts_precise, type, service, chain, sha, data) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (host, local_id) DO NOTHING",
                     [(self.host, r["id"], r["ts"], r["ts_precise"], r["type"], r["service"], r["chain"],
                       r["sha"], r["data"]) for r in rows])
-                cur.execute(
-                    "INSERT INTO hosts (host, seen, forwarded) VALUES (%s, %s, %s) ON CONFLICT (host) "
-                    "DO UPDATE SET seen = excluded.seen, forwarded = GREATEST(hosts.forwarded, excluded.forwarded)",
-                    (self.host, journal.now(), rows[-1]["id"]))
             journal.kv_set("fleet", "forwarded", int(rows[-1]["id"]))
             total += len(rows)
             done += 1
@@ -432,15 +483,22 @@ class Fleet:
                 cur.execute(_PG_FROZEN_UPSERT, (service, None, self.host, str(when)))
             cur.execute("SELECT service, value, updated FROM frozen")
             shared = cur.fetchall()
-        for service, value, updated in shared:
-            if value is None:
-                if service in mine and _since(mine[service]) <= updated:
-                    journal.kv_delete("frozen", service)
-            elif service not in mine or _since(mine[service]) < updated:
-                if str(lifted.get(service) or "") < updated:
-                    journal.kv_set("frozen", service, json.loads(value))
-        for service in lifted:
-            journal.kv_delete("fleet-unfrozen", service)
+        # What the merge applies here is another host's change, not this host's: written as
+        # it is, never as a new freeze or unfreeze of ours (that would be pushed back later
+        # with our time and could undo a newer one elsewhere).
+        self.merging = True
+        try:
+            for service, value, updated in shared:
+                if value is None:
+                    if service in mine and _since(mine[service]) <= updated:
+                        journal.kv_delete("frozen", service)
+                elif service not in mine or _since(mine[service]) < updated:
+                    if str(lifted.get(service) or "") < updated:
+                        journal.kv_set("frozen", service, json.loads(value))
+            for service in lifted:
+                journal.kv_delete("fleet-unfrozen", service)
+        finally:
+            self.merging = False
 
     # --- reads: the newer of the shared and the local answer --------------------------------
     def quarantined(self, journal: Journal, service: str, tree: str) -> dict[str, Any] | None:
@@ -494,6 +552,19 @@ class Fleet:
         return value if isinstance(value, dict) else {"reason": str(value)}
 
 
+def _shut(conn: psycopg.Connection[Any]) -> None:
+    """End the connection under whatever waits on it (a timer's thread: the waiting thread
+    holds the connection's own lock, so conn.close() here would wait for it)."""
+    import socket  # only when a database stopped answering
+
+    with contextlib.suppress(Exception):
+        s = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        finally:
+            s.close()
+
+
 def _version(row: Mapping[str, Any]) -> str:
     return str(row.get("released") or row.get("created") or "")
 
@@ -539,6 +610,7 @@ _PG_FROZEN_UPSERT = """
 INSERT INTO frozen (service, value, host, updated) VALUES (%s, %s, %s, %s)
 ON CONFLICT (service) DO UPDATE SET value = excluded.value, host = excluded.host, updated = excluded.updated
 WHERE excluded.updated > frozen.updated
+   OR (excluded.updated = frozen.updated AND excluded.value IS NOT NULL AND frozen.value IS NOT NULL)
 """
 
 

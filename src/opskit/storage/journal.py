@@ -445,7 +445,7 @@ class Journal:
     def kv_delete(self, scope: str, key: str) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM kv WHERE scope = ? AND key = ?", (scope, key))
-            if self.fleet is not None and scope == "frozen":  # lifted on every host (storage/fleet.py)
+            if self.fleet is not None and scope == "frozen" and not self.fleet.merging:  # lifted on every host
                 c.execute("INSERT INTO kv (scope, key, value, updated) VALUES ('fleet-unfrozen', ?, ?, ?) "
                           "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
                           (key, json.dumps(iso_precise(self.clock.now())), self.now()))
@@ -572,6 +572,9 @@ class Journal:
         return dict(row) if row else None
 
     def quarantine_list(self, service: str | None = None, include_released: bool = False) -> list[sqlite3.Row]:
+        if self.fleet is not None:  # every host's rows, pulled first (kept as last synced without the database)
+            self.fleet.dirty = True
+            self.fleet.sync(self, batches=0)
         sql = "SELECT * FROM quarantine WHERE 1=1"
         args: list[Any] = []
         if service:
@@ -582,6 +585,9 @@ class Journal:
         return list(self.conn.execute(sql + " ORDER BY created", args))
 
     def quarantine_release(self, service: str, tree_prefix: str, by: str) -> int:
+        if self.fleet is not None:  # a tree another host reverted is released here too
+            self.fleet.dirty = True
+            self.fleet.sync(self, batches=0)
         with self.tx() as c:
             cur = c.execute(
                 "UPDATE quarantine SET released = ?, released_by = ? "
@@ -596,7 +602,7 @@ class Journal:
     def _shared_changed(self) -> None:
         """A quarantine row or a freeze changed here: in a fleet, every host learns it now
         (or at this host's next sync, when the database is away)."""
-        if self.fleet is not None:
+        if self.fleet is not None and not self.fleet.merging:
             self.fleet.dirty = True
             self.fleet.sync(self, batches=0)
 
