@@ -15,9 +15,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from opskit.base.clock import iso
 from opskit.storage.fleet import Fleet, Unreachable
-from opskit.storage.journal import Event, Journal
+from opskit.storage.journal import Event, Journal, event_filters
 
 _COLUMNS = "id, host, local_id, ts, ts_precise, type, service, chain, sha, data"
 # The events that end a deploy: the last of them per (host, service) is its verdict.
@@ -44,36 +43,11 @@ def query(fleet: Fleet, journal: Journal, *, host: str | None = None, service: s
           limit: int | None = None, after_id: int | None = None, chain: str | None = None) -> list[Event]:
     """Journal.query's reading over every host's events, oldest first (by the fleet's id)."""
     _usable(fleet, journal)
-    where: list[str] = []
-    args: list[Any] = []
+    where, args = event_filters("%s", service=service, type_prefix=type_prefix, types=types, since=since,
+                                after_id=after_id, chain=chain)
     if host is not None:
         where.append("host = %s")
         args.append(host)
-    if service is not None:
-        where.append("service = %s")
-        args.append(service)
-    if type_prefix:
-        where.append("type >= %s AND type < %s")
-        args += [type_prefix, type_prefix + "\U0010ffff"]
-    if types:
-        either: list[str] = []
-        for t in types:
-            if t.endswith("."):
-                either.append("(type >= %s AND type < %s)")
-                args += [t, t + "\U0010ffff"]
-            else:
-                either.append("type = %s")
-                args.append(t)
-        where.append("(" + " OR ".join(either) + ")")
-    if since is not None:
-        where.append("ts >= %s")
-        args.append(since if isinstance(since, str) else iso(since))
-    if after_id is not None:
-        where.append("id > %s")
-        args.append(after_id)
-    if chain is not None:
-        where.append("chain = %s")
-        args.append(chain)
     sql = f"SELECT {_COLUMNS} FROM events" + (" WHERE " + " AND ".join(where) if where else "")
     if limit is not None:
         sql += " ORDER BY id DESC LIMIT %s"

@@ -339,34 +339,8 @@ class Journal:
         """Matching events, oldest first; with `limit`, the newest `limit` of them. `types`:
         any of these, each an exact type or a prefix ending in "." (storage/event_types.py
         `parse`, the reading of `opskit events --type`)."""
-        where: list[str] = []
-        args: list[Any] = []
-        if service is not None:
-            where.append("service = ?")
-            args.append(service)
-        if type_prefix:
-            # A range instead of LIKE so the index on type is used.
-            where.append("type >= ? AND type < ?")
-            args += [type_prefix, type_prefix + "\U0010ffff"]
-        if types:
-            either: list[str] = []
-            for t in types:
-                if t.endswith("."):
-                    either.append("(type >= ? AND type < ?)")  # a range, as above: the index is used
-                    args += [t, t + "\U0010ffff"]
-                else:
-                    either.append("type = ?")
-                    args.append(t)
-            where.append("(" + " OR ".join(either) + ")")
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since if isinstance(since, str) else iso(since))
-        if after_id is not None:
-            where.append("id > ?")
-            args.append(after_id)
-        if chain is not None:
-            where.append("chain = ?")
-            args.append(chain)
+        where, args = event_filters("?", service=service, type_prefix=type_prefix, types=types, since=since,
+                                    after_id=after_id, chain=chain)
         sql = "SELECT * FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -662,6 +636,43 @@ def _apply_kept(c: sqlite3.Connection, rec: dict[str, Any]) -> None:
                   "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued')",
                   (rec["channel"], ts, rec["level"], rec.get("title"), rec["message"], rec.get("service"),
                    rec.get("event_id")))
+
+
+def event_filters(mark: str, *, service: str | None = None, type_prefix: str | None = None,
+                  types: tuple[str, ...] = (), since: str | dt.datetime | None = None,
+                  after_id: int | None = None, chain: str | None = None) -> tuple[list[str], list[Any]]:
+    """The WHERE terms and their arguments of Journal.query's filters, with `mark` as the
+    placeholder ("?" for SQLite, "%s" for PostgreSQL): both event stores read alike
+    (tests/test_journal_backends.py)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if service is not None:
+        where.append(f"service = {mark}")
+        args.append(service)
+    if type_prefix:
+        # A range instead of LIKE so the index on type is used.
+        where.append(f"type >= {mark} AND type < {mark}")
+        args += [type_prefix, type_prefix + "\U0010ffff"]
+    if types:
+        either: list[str] = []
+        for t in types:
+            if t.endswith("."):
+                either.append(f"(type >= {mark} AND type < {mark})")  # a range, as above: the index is used
+                args += [t, t + "\U0010ffff"]
+            else:
+                either.append(f"type = {mark}")
+                args.append(t)
+        where.append("(" + " OR ".join(either) + ")")
+    if since is not None:
+        where.append(f"ts >= {mark}")
+        args.append(since if isinstance(since, str) else iso(since))
+    if after_id is not None:
+        where.append(f"id > {mark}")
+        args.append(after_id)
+    if chain is not None:
+        where.append(f"chain = {mark}")
+        args.append(chain)
+    return where, args
 
 
 def _clean(text: str) -> str:
