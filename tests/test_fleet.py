@@ -405,3 +405,24 @@ def test_a_database_that_stops_answering_is_cut_at_the_deadline_and_nothing_is_l
         os.kill(backend, signal.SIGCONT)
     # the stalled connection was cut and the append's forward went through on a new one
     assert [r[0] for r in fleet_rows(postgres_server, fleet_url, "SELECT local_id FROM events ORDER BY id")] == [1, 2]
+
+
+def test_a_host_without_psycopg_keeps_working_and_names_the_extra(tmp_path: Path, fleet_url: str) -> None:
+    """`pip install .` without the postgres extra, and a config that names a fleet: the host
+    works as a single host, and every command that says so names what to install."""
+    hidden = tmp_path / "hidden"
+    (hidden / "psycopg").mkdir(parents=True)
+    (hidden / "psycopg" / "__init__.py").write_text('raise ImportError("No module named \'psycopg\'")\n')
+    a = make_host(tmp_path, "alpha", fleet_url)
+    env = {**os.environ, "PYTHONPATH": str(hidden)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "opskit", "--config", str(a.config), *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    r = run("journal", "sync")
+    assert r.returncode == 1 and "pip install 'opskit[postgres]'" in r.stderr, r
+    r = run("status")
+    assert r.returncode == 1 and "fleet journal unreachable" in r.stdout and "Traceback" not in r.stderr, r
+    r = run("events")
+    assert r.returncode == 0 and "fleet.unreachable" in r.stdout, r

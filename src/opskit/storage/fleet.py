@@ -254,9 +254,8 @@ class Fleet:
     def using(self, *, force: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """The connection for one piece of work; any database error becomes Unreachable (and
         the connection is dropped), so callers handle one exception."""
+        conn = self.conn(force=force)  # without psycopg: Unreachable, naming the extra to install
         import psycopg  # loaded by conn() already
-
-        conn = self.conn(force=force)
         try:
             yield conn
         except psycopg.Error as e:

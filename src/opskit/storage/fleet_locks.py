@@ -101,8 +101,6 @@ def deploy_lock(settings: Settings, journal: Journal, svc: ServiceSettings, *, w
 
 def _acquire(fleet: Fleet, journal: Journal, name: str, service: str, *, wait: float, what: str,
              say: Callable[[str], None]) -> tuple[psycopg.Connection[Any] | None, Outcome]:
-    import psycopg  # loaded already by fleet.open() below; only a fleet's multi-host deploy gets here
-
     def alone(why: str) -> tuple[None, Outcome]:
         say(f"{service}: the fleet database is unreachable ({why}); deploying under this host's lock alone")
         return None, Outcome(UNAVAILABLE, why)
@@ -112,8 +110,10 @@ def _acquire(fleet: Fleet, journal: Journal, name: str, service: str, *, wait: f
         return alone(str(down.get("error") if isinstance(down, dict) else "") or "unreachable")
     try:
         conn = fleet.open()
-    except Unreachable as e:
+    except Unreachable as e:  # psycopg missing included: fleet.open() names the extra
         return alone(str(e))
+    import psycopg  # loaded by fleet.open() above; only a fleet's multi-host deploy gets here
+
     waited = 0.0
     try:
         with conn.cursor() as cur:
@@ -161,9 +161,9 @@ def bot_key(token: str) -> str:
 def try_lock(fleet: Fleet, name: str) -> Iterator[bool]:
     """pg_try_advisory_lock(LOCK_SPACE, hashtext(name)) on its own connection, for the block:
     True if this host holds it, False if another host does. Unreachable when the database is."""
+    conn = fleet.open()  # without psycopg: Unreachable, naming the extra
     import psycopg  # loaded by fleet.open(); only a fleet's inbox gets here
 
-    conn = fleet.open()
     try:
         try:
             with conn.cursor() as cur:

@@ -46,9 +46,9 @@ def hand(fleet: Fleet, to: Iterable[str], payload: dict[str, Any], now: str) -> 
 def take(fleet: Fleet, now: Callable[[], str], handle: Callable[[dict[str, Any]], None]) -> int:
     """Handle every row handed to this host, oldest first, each once; how many were taken.
     `handle` runs while its row is locked; the row is marked taken when it returned."""
+    conn = fleet.open()  # without psycopg: Unreachable, naming the extra
     import psycopg  # loaded by fleet.open(); only a fleet's inbox gets here
 
-    conn = fleet.open()
     done = 0
     try:
         while True:
