@@ -378,6 +378,7 @@ def test_a_recover_of_damaged_pages_says_what_it_kept_and_what_was_lost(tmp_path
     d = report.to_dict()
     assert (d["lost_any"], d["rebuilt"], d["damaged"], d["path"]) == (True, True, True, str(db))
     assert d["tables"][-1] == {"name": "custom", "recovered": 3, "lost": 0, "note": ""}
+    assert (d["problems"], d["kept_aside"]) == (report.problems, report.kept_aside) and d["kept_aside"]
     back = sqlite3.connect(db)
     assert back.execute("SELECT k, v FROM custom ORDER BY k").fetchall() == [("a", "1"), ("b", "2"), ("c", "3")]
     assert back.execute("SELECT count(*) FROM events").fetchone() == (events.recovered,)
@@ -474,6 +475,7 @@ def test_build_reports_each_table_whose_schema_or_page_cannot_be_read(tmp_path: 
     assert [dataclasses.astuple(r) for r in reports] == [
         ("events", 2, 0, ""), ("deploys", 0, 0, ""), ("quarantine", 0, 0, ""), ("outbox", 0, 0, ""),
         ("kv", 0, 0, ""), ("odd", 0, None, "its schema could not be recreated"), ("approvals", 2, 0, "")]
+    assert reports[5].line() == "odd: 0 recovered, an unknown number lost (its schema could not be recreated)"
     # the file copied is the one check_sqlite saw: a stat of another file is Unsafe, not a fresh look
     other = os.stat(tmp_path / "built.db")
     with pytest.raises(statefs.Unsafe):
