@@ -466,3 +466,38 @@ def test_kept_value_reads_past_torn_lines_and_either_location_and_pending_counts
     assert fallback.kept_value(state, "frozen", "other") is None
     (state / fallback.NAME).write_bytes(b"{}\n")
     assert fallback.pending(state) == 4
+
+
+def test_describe_says_each_kind_of_fault_with_its_fix() -> None:
+    db = Path("/var/lib/opskit/journal.db")
+    assert fallback.describe(db, FULL) == (
+        "disk full: cannot write the journal /var/lib/opskit/journal.db (database or disk is full); free space on "
+        "the state dir's filesystem (`df -h /var/lib/opskit`); opskit journals what it kept aside once there is room")
+    assert fallback.describe(db, sqlite3.DatabaseError("database disk image is malformed")) == (
+        "database corrupt: the journal /var/lib/opskit/journal.db is damaged (database disk image is malformed); "
+        "run `opskit journal recover` (it keeps the damaged file aside and rebuilds from what is readable)")
+    assert fallback.describe(db, OSError(errno.EIO, "Input/output error")) == (
+        "disk I/O error on the journal /var/lib/opskit/journal.db ([Errno 5] Input/output error): the disk may be "
+        "full or failing; check `df -h /var/lib/opskit` and `dmesg`, then `opskit doctor`")
+    assert fallback.describe(db, sqlite3.OperationalError("database is locked")) == (
+        "the journal /var/lib/opskit/journal.db cannot be written (OperationalError: database is locked); "
+        "check `opskit doctor`")
+
+
+def test_replay_journals_each_whole_record_past_torn_lines_and_marks_it(aside: tuple[Path, Path]) -> None:
+    from opskit.storage.journal import SCHEMA
+
+    state, second = aside  # the state dir's file is absent: the temp dir's is replayed still
+    good = [{"id": "a" * 32, "kind": "event", "ts": "2026-12-07T23:00:00Z"}, {"id": "b" * 32, "kind": "kv"}]
+    second.write_bytes(b"\xff{torn\n" + json.dumps(good[0]).encode() + b"\n[1]\n{}\n"
+                       + json.dumps(good[1]).encode() + b"\n")
+    os.chmod(second, 0o600)
+    conn = sqlite3.connect(state / "j.db", isolation_level=None)
+    conn.executescript(SCHEMA)
+    applied: list[dict[str, object]] = []
+    assert fallback.replay(state, conn, lambda _c, rec: applied.append(rec)) == 2
+    assert applied == good and second.read_bytes() == b""
+    assert conn.execute("SELECT key, value, updated FROM kv WHERE scope = ? ORDER BY key",
+                        (fallback.SCOPE,)).fetchall() == [
+        ("a" * 32, '{"kind": "event"}', "2026-12-07T23:00:00Z"), ("b" * 32, '{"kind": "kv"}', "")]
+    conn.close()
