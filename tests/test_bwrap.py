@@ -534,3 +534,27 @@ def test_roots_copy_of_an_accounts_checkout_is_made_and_removed_by_the_account(b
             os.chmod(work / "sub", 0o500)  # what a step may leave behind
             parent = work.parent
         assert not parent.exists()
+
+
+def test_argv_is_the_exact_mount_order_the_design_needs(tmp_path: Path) -> None:
+    """Later mounts cover earlier ones: hidden folders and files after the read-only root, the
+    paths shown again shallowest first, what is hidden below a shown path hidden once more,
+    then the work dir. A file to hide that is missing or a folder gets no /dev/null mount."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    app, state, env = home / "app", home / "app" / "state", home / "app" / ".env"
+    for d in (state, work, tmp_path / "adir"):
+        d.mkdir(parents=True)
+    env.write_text("TOKEN=x\n")
+    deep, shallow = tmp_path / "a" / "b" / "c", tmp_path / "z"  # deeper sorts first by name
+    policy = bwrap.Policy(work=work, hide=(home, state), hide_files=(env, tmp_path / "nothere", tmp_path / "adir"),
+                          read_only=(deep, app, shallow))
+    assert bwrap.argv(policy, ["make", "test"], bwrap="/usr/bin/bwrap") == [
+        "/usr/bin/bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        "--tmpfs", "/run",
+        "--tmpfs", str(home), "--tmpfs", str(state),
+        "--ro-bind", "/dev/null", str(env),
+        "--ro-bind", str(shallow), str(shallow), "--ro-bind", str(app), str(app), "--ro-bind", str(deep), str(deep),
+        "--tmpfs", str(state),
+        "--ro-bind", "/dev/null", str(env),
+        "--bind", str(work), str(work), "--chdir", str(work),
+        "--unshare-all", "--die-with-parent", "--new-session", "--setenv", "TMPDIR", "/tmp", "--", "make", "test"]

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -364,3 +365,139 @@ def test_a_read_done_without_is_said_once_per_cause(tmp_path: Path, monkeypatch:
     fallback.warn_read(db, full)  # another cause is news
     fallback.warn_read(db, full)
     assert capsys.readouterr().err.count("opskit: disk full: cannot write the journal ") == 1
+
+
+# --- where a record kept aside goes, and how it is read back (fallback.keep, kept_value, pending) ---
+
+@pytest.fixture
+def aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A state dir and the temp dir's fallback file for it (in this test's own temp dir)."""
+    monkeypatch.setattr(fallback, "_WARNED", set())
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    state = tmp_path / "state"
+    state.mkdir()
+    first, second = fallback.locations(state)
+    assert first == state / fallback.NAME and second.parent == tmp_path / "tmp"
+    return state, second
+
+
+FULL = sqlite3.OperationalError("database or disk is full")
+RECORD: dict[str, object] = {"kind": "event", "type": "note", "data": {"who": "é", "at": Path("/srv/app")}}
+
+
+def _line(record: dict[str, object]) -> int:
+    """The length of keep's line for record (its id is 32 hex digits)."""
+    return len((json.dumps({"id": "0" * 32, **record}, default=str, ensure_ascii=False) + "\n").encode())
+
+
+def test_keep_writes_one_utf8_json_line_says_where_once_and_returns_it(
+        aside: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    state, _ = aside
+    db = state / "journal.db"
+    where = fallback.keep(state, {**RECORD, "raw": "\udcff"}, FULL, db)  # a name read with surrogateescape
+    assert where == str(state / fallback.NAME)
+    fallback.keep(state, RECORD, FULL, db)
+    data = (state / fallback.NAME).read_bytes()
+    lines = data.splitlines()
+    assert len(lines) == 2 and b'"who": "\xc3\xa9"' in lines[0] and b'"raw": "?"' in lines[0]
+    first = json.loads(lines[0])
+    assert len(first["id"]) == 32 and {k: v for k, v in first.items() if k != "id"} == {
+        "kind": "event", "type": "note", "data": {"who": "é", "at": "/srv/app"}, "raw": "?"}
+    assert capsys.readouterr().err == (
+        f"opskit: {fallback.describe(db, FULL)}; what could not be journaled is kept in {where}\n")
+
+
+@pytest.mark.parametrize("how", ["link", "full", "write-fails"])
+def test_keep_goes_on_to_the_temp_dirs_file_when_the_state_dirs_is_refused_full_or_failing(
+        aside: tuple[Path, Path], how: str, tmp_path: Path) -> None:
+    state, second = aside
+    if how == "link":
+        (state / fallback.NAME).symlink_to(tmp_path / "elsewhere")
+    elif how == "full":  # one byte more than room for the line
+        (state / fallback.NAME).write_bytes(b"\n" * (fallback.MAX_BYTES - _line(RECORD) + 1))
+    else:  # a filesystem with no block left: the append itself fails (ENOSPC)
+        why = _can_mount()
+        if why:
+            pytest.skip(why)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(state)], check=True)
+    try:
+        if how == "write-fails":
+            _fill(state)
+        assert fallback.keep(state, RECORD, FULL, state / "journal.db") == str(second)
+        assert json.loads(second.read_bytes())["data"] == {"who": "é", "at": "/srv/app"}
+        assert not (tmp_path / "elsewhere").exists()
+    finally:
+        if how == "write-fails":
+            subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_keep_fills_the_state_dirs_file_to_the_last_byte(aside: tuple[Path, Path]) -> None:
+    state, second = aside
+    (state / fallback.NAME).write_bytes(b"\n" * (fallback.MAX_BYTES - _line(RECORD)))
+    assert fallback.keep(state, RECORD, FULL, state / "journal.db") == str(state / fallback.NAME)
+    assert (state / fallback.NAME).stat().st_size == fallback.MAX_BYTES and not second.exists()
+
+
+def test_keep_with_nowhere_to_write_puts_the_record_on_stderr(
+        aside: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state, second = aside
+    (state / fallback.NAME).symlink_to(tmp_path / "elsewhere")
+    second.symlink_to(tmp_path / "elsewhere")
+    db = state / "journal.db"
+    assert fallback.keep(state, RECORD, FULL, db) == "stderr"
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"opskit: {fallback.describe(db, FULL)}; NOT journaled, recorded here: {{\"id\": ")
+    assert err[-1].endswith('"kind": "event", "type": "note", "data": {"who": "é", "at": "/srv/app"}}')
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_kept_value_reads_past_torn_lines_and_either_location_and_pending_counts_both(
+        aside: tuple[Path, Path]) -> None:
+    state, second = aside
+    assert fallback.kept_value(state, "frozen", "svc") is None and fallback.pending(state) == 0
+    # only the temp dir's file (the state dir's is absent), with a torn, non-UTF-8 line first
+    second.write_bytes(b"\xff\xfe{torn\n"
+                       + json.dumps({"kind": "kv", "scope": "frozen", "key": "svc", "value": '{"n": 1}'}).encode()
+                       + b"\n" + json.dumps({"kind": "kv", "scope": "frozen", "key": "svc",
+                                             "value": {"n": 2}}).encode() + b"\n")
+    os.chmod(second, 0o600)
+    assert fallback.kept_value(state, "frozen", "svc") == {"n": 2}
+    assert fallback.kept_value(state, "frozen", "other") is None
+    (state / fallback.NAME).write_bytes(b"{}\n")
+    assert fallback.pending(state) == 4
+
+
+def test_describe_says_each_kind_of_fault_with_its_fix() -> None:
+    db = Path("/var/lib/opskit/journal.db")
+    assert fallback.describe(db, FULL) == (
+        "disk full: cannot write the journal /var/lib/opskit/journal.db (database or disk is full); free space on "
+        "the state dir's filesystem (`df -h /var/lib/opskit`); opskit journals what it kept aside once there is room")
+    assert fallback.describe(db, sqlite3.DatabaseError("database disk image is malformed")) == (
+        "database corrupt: the journal /var/lib/opskit/journal.db is damaged (database disk image is malformed); "
+        "run `opskit journal recover` (it keeps the damaged file aside and rebuilds from what is readable)")
+    assert fallback.describe(db, OSError(errno.EIO, "Input/output error")) == (
+        "disk I/O error on the journal /var/lib/opskit/journal.db ([Errno 5] Input/output error): the disk may be "
+        "full or failing; check `df -h /var/lib/opskit` and `dmesg`, then `opskit doctor`")
+    assert fallback.describe(db, sqlite3.OperationalError("database is locked")) == (
+        "the journal /var/lib/opskit/journal.db cannot be written (OperationalError: database is locked); "
+        "check `opskit doctor`")
+
+
+def test_replay_journals_each_whole_record_past_torn_lines_and_marks_it(aside: tuple[Path, Path]) -> None:
+    from opskit.storage.journal import SCHEMA
+
+    state, second = aside  # the state dir's file is absent: the temp dir's is replayed still
+    good = [{"id": "a" * 32, "kind": "event", "ts": "2026-12-07T23:00:00Z"}, {"id": "b" * 32, "kind": "kv"}]
+    second.write_bytes(b"\xff{torn\n" + json.dumps(good[0]).encode() + b"\n[1]\n{}\n"
+                       + json.dumps(good[1]).encode() + b"\n")
+    os.chmod(second, 0o600)
+    conn = sqlite3.connect(state / "j.db", isolation_level=None)
+    conn.executescript(SCHEMA)
+    applied: list[dict[str, object]] = []
+    assert fallback.replay(state, conn, lambda _c, rec: applied.append(rec)) == 2
+    assert applied == good and second.read_bytes() == b""
+    assert conn.execute("SELECT key, value, updated FROM kv WHERE scope = ? ORDER BY key",
+                        (fallback.SCOPE,)).fetchall() == [
+        ("a" * 32, '{"kind": "event"}', "2026-12-07T23:00:00Z"), ("b" * 32, '{"kind": "kv"}', "")]
+    conn.close()

@@ -5,20 +5,24 @@ tree, and a worktree shared through a symlink or `..` is refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from opskit.base import statefs
 from opskit.git.repo import Git
 from opskit.storage import fallback
 from opskit.storage import journal as journal_mod
+from opskit.storage import recover as recover_mod
 from opskit.storage.journal import Journal
 from opskit.storage.recover import quick_check, recover
 from tests.support.chain import ChainStage, chain_stage_fixture  # noqa: F401 - a fixture
@@ -374,8 +378,138 @@ def test_a_recover_of_damaged_pages_says_what_it_kept_and_what_was_lost(tmp_path
     d = report.to_dict()
     assert (d["lost_any"], d["rebuilt"], d["damaged"], d["path"]) == (True, True, True, str(db))
     assert d["tables"][-1] == {"name": "custom", "recovered": 3, "lost": 0, "note": ""}
+    assert (d["problems"], d["kept_aside"]) == (report.problems, report.kept_aside) and d["kept_aside"]
     back = sqlite3.connect(db)
     assert back.execute("SELECT k, v FROM custom ORDER BY k").fetchall() == [("a", "1"), ("b", "2"), ("c", "3")]
     assert back.execute("SELECT count(*) FROM events").fetchone() == (events.recovered,)
     back.close()
     assert quick_check(db) == []
+
+
+# --- the copy of one table: rowids past an unreadable stretch, the gaps, the notes ----------------
+# A row that cannot be read is made without breaking a page: its text is not UTF-8, so reading it
+# raises sqlite3.OperationalError (a DatabaseError) at that row, as a damaged page does.
+
+def _pair(tmp_path: Path, src_sql: str = "", dst_sql: str = "") -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    src = sqlite3.connect(tmp_path / "src.db", isolation_level=None)
+    dst = sqlite3.connect(tmp_path / "dst.db", isolation_level=None)
+    for conn, extra in ((src, src_sql), (dst, dst_sql)):
+        conn.executescript(journal_mod.SCHEMA)
+        journal_mod.add_columns(conn)
+        if extra:
+            conn.executescript(extra)
+    return src, dst
+
+
+def _fill(conn: sqlite3.Connection, table: str, ids: range, bad: set[int]) -> None:
+    """Rows with these ids, every NOT NULL column filled; the rows in bad cannot be read back."""
+    info = list(conn.execute(f'PRAGMA table_info("{table}")'))
+    key = next(r[1] for r in info if r[5])
+    cols = [r[1] for r in info if r[1] == key or (r[3] and r[4] is None)]
+    text = next(c for c in cols if c != key)
+    for i in ids:
+        vals = ", ".join("?" if c == key else ("CAST(X'FF' AS TEXT)" if c == text and i in bad else "'x'")
+                         for c in cols)
+        conn.execute(f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES ({vals})', (i,))
+
+
+@pytest.mark.parametrize("table", ["events", "deploys", "outbox"])
+def test_copy_steps_past_unreadable_rows_further_each_time_and_counts_the_gaps(tmp_path: Path, table: str) -> None:
+    src, dst = _pair(tmp_path)
+    _fill(src, table, range(1, 21), bad={6, 7, 8, 9})
+    rep = recover_mod._copy(src, dst, table)
+    # Row 6 fails after 1-5: the scan goes on after 6, then 8 (row 7 failed), then 12 (row 9
+    # failed): 10-12 are stepped over with the unreadable ones, and counted lost with them.
+    assert dataclasses.astuple(rep) == (table, 13, 7, "ids 1–20 with gaps; rows after the last readable one "
+                                                      "may be lost too")
+    assert [r[0] for r in dst.execute(f'SELECT rowid FROM "{table}" ORDER BY rowid')] == [
+        *range(1, 6), *range(13, 21)]
+
+
+def test_copy_of_a_table_whose_last_row_is_unreadable_has_no_gap_but_says_so(tmp_path: Path) -> None:
+    src, dst = _pair(tmp_path)
+    _fill(src, "events", range(1, 7), bad={6})
+    assert dataclasses.astuple(recover_mod._copy(src, dst, "events")) == (
+        "events", 5, 0, "rows after the last readable one may be lost too")
+
+
+def test_copy_looks_up_to_2_to_the_41_rowids_past_an_unreadable_stretch(tmp_path: Path) -> None:
+    sql = "CREATE TABLE wide (k INTEGER PRIMARY KEY, v TEXT);"
+    src, dst = _pair(tmp_path, sql, sql)
+    # -1 and 1 are read; every retry (after 2, 4, 8 … 2**41) lands on an unreadable row until
+    # the last one, 2**40 further than the one before it (the scan's limit), lands past them all.
+    src.execute("INSERT INTO wide VALUES (-1, 'a'), (1, 'b')")
+    for k in [2, *(2**j + 1 for j in range(1, 41))]:
+        src.execute("INSERT INTO wide VALUES (?, CAST(X'FF' AS TEXT))", (k,))
+    src.execute("INSERT INTO wide VALUES (?, 'c')", (2**41 + 5,))
+    rep = recover_mod._copy(src, dst, "wide")
+    assert dataclasses.astuple(rep) == ("wide", 3, None, "part of the table was unreadable")
+    assert dst.execute("SELECT k, v FROM wide ORDER BY k").fetchall() == [(-1, "a"), (1, "b"), (2**41 + 5, "c")]
+
+
+def test_copy_of_a_table_missing_unlike_or_older_in_the_damaged_file(tmp_path: Path) -> None:
+    src, dst = _pair(tmp_path, "CREATE TABLE other (a, b); CREATE TABLE older (k INTEGER PRIMARY KEY, v);"
+                               "INSERT INTO older VALUES (1, 'one'), (2, 'two');",
+                     "CREATE TABLE gone (k, v); CREATE TABLE other (k, v);"
+                     "CREATE TABLE older (k INTEGER PRIMARY KEY, v, added);")
+    assert dataclasses.astuple(recover_mod._copy(src, dst, "gone")) == (
+        "gone", 0, None, "part of the table was unreadable")
+    assert dataclasses.astuple(recover_mod._copy(src, dst, "other")) == (
+        "other", 0, None, "the table could not be read")
+    # a table of an older release: the columns it has are copied, the ones added since stay NULL
+    assert dataclasses.astuple(recover_mod._copy(src, dst, "older")) == ("older", 2, 0, "")
+    assert dst.execute("SELECT k, v, added FROM older ORDER BY k").fetchall() == [(1, "one", None), (2, "two", None)]
+
+
+def test_build_reports_each_table_whose_schema_or_page_cannot_be_read(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    db = _journal_with_events(state, 2)
+    c = sqlite3.connect(db)
+    c.create_collation("made_up", lambda a, b: (a > b) - (a < b))
+    c.executescript("CREATE TABLE odd (v TEXT COLLATE made_up); CREATE TABLE approvals (id INTEGER PRIMARY KEY, who);"
+                    "INSERT INTO approvals VALUES (1, 'ann'), (2, 'bob');")
+    c.close()
+    seen = statefs.check_sqlite(db, state)
+    assert seen is not None
+    reports = recover_mod._build(db, tmp_path / "built.db", state, seen)
+    assert [dataclasses.astuple(r) for r in reports] == [
+        ("events", 2, 0, ""), ("deploys", 0, 0, ""), ("quarantine", 0, 0, ""), ("outbox", 0, 0, ""),
+        ("kv", 0, 0, ""), ("odd", 0, None, "its schema could not be recreated"), ("approvals", 2, 0, "")]
+    assert reports[5].line() == "odd: 0 recovered, an unknown number lost (its schema could not be recreated)"
+    # the file copied is the one check_sqlite saw: a stat of another file is Unsafe, not a fresh look
+    other = os.stat(tmp_path / "built.db")
+    with pytest.raises(statefs.Unsafe):
+        recover_mod._build(db, tmp_path / "again.db", state, other)
+    # the schema page itself unreadable: opskit's own tables are still tried, each says why
+    b = bytearray(db.read_bytes())
+    b[100:4096] = b"\xab" * (4096 - 100)
+    db.write_bytes(bytes(b))
+    seen = statefs.check_sqlite(db, state)
+    assert seen is not None
+    reports = recover_mod._build(db, tmp_path / "third.db", state, seen)
+    assert [dataclasses.astuple(r) for r in reports] == [
+        (t, 0, None, "unreadable: database disk image is malformed") for t in recover_mod.KNOWN]
+
+
+def test_rebuild_writes_the_built_journal_through_the_descriptor_and_leaves_no_work_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    db = _journal_with_events(state, 3)
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    seen = statefs.check_sqlite(db, state)
+    assert seen is not None
+    out = tmp_path / "out.db"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with pytest.raises(statefs.Unsafe):
+            recover_mod._rebuild(db, fd, state, os.stat(out))
+        reports = recover_mod._rebuild(db, fd, state, seen)
+    finally:
+        os.close(fd)
+    assert dataclasses.astuple(reports[0]) == ("events", 3, 0, "") and list(work.iterdir()) == []
+    back = sqlite3.connect(out)
+    assert [r[0] for r in back.execute("SELECT data FROM events ORDER BY id")] == [
+        '{"i": 0}', '{"i": 1}', '{"i": 2}']
+    back.close()

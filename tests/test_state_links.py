@@ -57,6 +57,95 @@ def shared(tmp_path: Path) -> Path:
     return d
 
 
+def _why(e: pytest.ExceptionInfo[statefs.Unsafe], path: Path, why: str) -> bool:
+    return e.value.path == str(path) and str(e.value).startswith(f"{path}: {why}; opskit does not follow links")
+
+
+def test_check_sqlite_holds_the_journal_and_its_wal_and_shm_to_the_rule(shared: Path, tmp_path: Path) -> None:
+    """In-process (the server test plants the same through the installed CLI): the three names
+    SQLite opens by name, each a regular single-link file; -wal and -shm also the group's, or
+    exactly what SQLite makes them (the journal's owner and mode)."""
+    db = shared / "journal.db"
+    assert statefs.check_sqlite(db, shared) is None
+    db.write_bytes(b"")
+    os.chmod(db, 0o600)  # only opened, never written or shared by this check: any mode
+    assert statefs.check_sqlite(db, shared).st_ino == os.lstat(db).st_ino  # type: ignore[union-attr]
+    os.link(db, tmp_path / "second-name")
+    with pytest.raises(statefs.Unsafe) as e:
+        statefs.check_sqlite(db, shared)
+    assert _why(e, db, "has 2 hard links (another name points at the same file)")
+    (tmp_path / "second-name").unlink()
+    os.chmod(db, 0o644)
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{db}{suffix}")
+        side.symlink_to(tmp_path / "nowhere")
+        with pytest.raises(statefs.Unsafe) as e:
+            statefs.check_sqlite(db, shared)
+        assert e.value.path == str(side) and not (tmp_path / "nowhere").exists()
+        side.unlink()
+        side.write_bytes(b"")
+        os.link(side, tmp_path / "second-name")
+        with pytest.raises(statefs.Unsafe) as e:
+            statefs.check_sqlite(db, shared)
+        assert _why(e, side, "has 2 hard links (another name points at the same file)")
+        (tmp_path / "second-name").unlink()
+        os.chmod(side, 0o644)  # the journal's owner and mode: what SQLite itself makes it
+        assert statefs.check_sqlite(db, shared) is not None
+        os.chmod(side, 0o600)  # neither that nor the group's: a file planted for root to write
+        with pytest.raises(statefs.Unsafe) as e:
+            statefs.check_sqlite(db, shared)
+        assert _why(e, side, "is not writable by group root (mode 0600), so it is not a file opskit shares there")
+        os.chmod(side, 0o660)
+        assert statefs.check_sqlite(db, shared) is not None
+        side.unlink()
+    # a -wal that is what SQLite makes it does not stop the look at the -shm beside it
+    Path(f"{db}-wal").write_bytes(b"")
+    os.chmod(f"{db}-wal", 0o644)
+    Path(f"{db}-shm").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(statefs.Unsafe) as e:
+        statefs.check_sqlite(db, shared)
+    assert e.value.path == f"{db}-shm" and not (tmp_path / "nowhere").exists()
+
+
+def test_check_existing_is_the_groups_rule_in_a_shared_dir_and_the_owners_in_a_personal_one(
+        shared: Path, tmp_path: Path) -> None:
+    f = shared / "file"
+    f.write_bytes(b"x")
+    sst = os.stat(shared)
+
+    def check(mode: int, write: bool, state_st: os.stat_result = sst, **kw: bool) -> str | None:
+        os.chmod(f, mode)
+        try:
+            statefs.check_existing(os.lstat(f), f, write=write, state_st=state_st, **kw)
+        except statefs.Unsafe as e:
+            assert e.path == str(f)
+            return str(e).split("; opskit does not follow")[0].removeprefix(f"{f}: ")
+        return None
+
+    assert check(0o640, write=False) is None
+    assert check(0o600, write=False) == "is not readable by group root (mode 0600), so it is not a file opskit shares there"
+    assert check(0o640, write=True) == "is not writable by group root (mode 0640), so it is not a file opskit shares there"
+    assert check(0o660, write=True) is None
+    assert check(0o600, write=False, flock_only=True) is None  # only flocked: no group bits needed
+    assert check(0o640, write=True, flock_only=True) == (
+        "is not writable by group root (mode 0640), so it is not a file opskit shares there")
+    os.chown(shared, -1, 54321)  # a gid with no group: said as the number
+    assert check(0o660, write=False, state_st=os.stat(shared)) == (
+        "is not readable by group 54321 (mode 0660), so it is not a file opskit shares there")
+    personal = tmp_path / "personal"
+    personal.mkdir()
+    pst = os.stat(personal)
+    assert check(0o600, write=True, state_st=pst) is None  # ours: no group rule in a personal dir
+    os.chown(f, 65534, -1)
+    assert check(0o666, write=False, state_st=pst) == (
+        "belongs to uid 65534, not to this account or the state dir's owner")
+    f.unlink()
+    os.mkfifo(f)
+    with pytest.raises(statefs.Unsafe) as e:
+        statefs.check_existing(os.lstat(f), f, write=False, state_st=sst)
+    assert _why(e, f, "is not a regular file")
+
+
 def test_open_file_refuses_links_hard_links_fifos_and_linked_folders(shared: Path, tmp_path: Path) -> None:
     victim = _victim(tmp_path)
     nowhere = tmp_path / "rootonly" / "made-through-a-link"

@@ -17,10 +17,12 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +293,90 @@ def test_another_services_bare_repo_is_hidden_from_a_step(base: Path) -> None:
     assert "other-repo-secret-61c0" not in tail and "[core]" not in tail, tail
     for f in (other.bare / "secret", other.bare / "config"):
         assert f"cat: {f}: No such file or directory" in tail.splitlines(), tail
+
+
+# --- the account root becomes: its environment, which account, and what crosses back ----------
+
+ANN = pwd.struct_passwd(("ann", "x", 54321, 54321, "", "/home/ann", ""))
+
+
+def test_user_env_is_the_accounts_own_with_only_the_kept_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = os.path.dirname(os.path.abspath(sys.executable))
+    given = {"LANG": "C.UTF-8", "LC_ALL": "C", "TERM": "xterm", "OPSKIT_CONFIG": "/etc/o.toml",
+             "GIT_AUTHOR_NAME": "A", "HOME": "/root", "USER": "root", "PATH": "/root/bin", "SHELL": "/bin/zsh",
+             "SECRET_TOKEN": "s", "LANGCHAIN_API_KEY": "k", "XLC_": "1"}
+    own = {"HOME": "/home/ann", "USER": "ann", "LOGNAME": "ann", "SHELL": "/bin/sh",
+           "PATH": f"{bindir}:{accounts.SYSTEM_PATH}"}
+    assert accounts.user_env(ANN, given) == {"LANG": "C.UTF-8", "LC_ALL": "C", "TERM": "xterm",
+                                             "OPSKIT_CONFIG": "/etc/o.toml", "GIT_AUTHOR_NAME": "A", **own}
+    bash = pwd.struct_passwd(("bob", "x", 54322, 54322, "", "/home/bob", "/bin/bash"))
+    assert accounts.user_env(bash, {})["SHELL"] == "/bin/bash"
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    monkeypatch.setenv("SECRET_TOKEN", "s")
+    env = accounts.user_env(ANN)  # no env given: this process's
+    assert env["LANG"] == "de_DE.UTF-8" and "SECRET_TOKEN" not in env
+    argv, env = accounts.as_user(ANN, ["git", Path("/srv/app")], {"LANG": "C"})
+    assert argv == [accounts.SETPRIV, "--reuid=54321", "--regid=54321", "--init-groups", "--", "git", "/srv/app"]
+    assert env == {"LANG": "C", **own}
+
+
+@needs_root
+def test_dubious_ownership_drop_for_and_service_account_name_the_owner(
+        base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nobody = pwd.getpwnam("nobody")
+    theirs = base / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    said = accounts.dubious_ownership(theirs, "fatal: detected dubious ownership in repository at ...")
+    assert said == (f"{theirs}: git refuses to work here (\"dubious ownership\"): the repository belongs to "
+                    "nobody and you are root; run opskit as root (sudo opskit …, it runs git as nobody) "
+                    "or as nobody (sudo -u nobody opskit …); do not add safe.directory, which lets the "
+                    "repository's config run programs as you")
+    assert accounts.dubious_ownership(theirs, "fatal: not a git repository") is None
+    nameless = base / "nameless"
+    nameless.mkdir()
+    os.chown(nameless, 54329, 54329)
+    assert "belongs to another account and you are root; run opskit as root (sudo opskit …, it runs git as " \
+           "another account)" in (accounts.dubious_ownership(nameless, "dubious ownership") or "")
+    # drop_for: the owner, or the nearest existing parent's for a path not made yet; never root
+    assert accounts.drop_for(theirs / "not" / "yet") == nobody
+    assert accounts.drop_for(base) is None
+    daemon = base / "daemon"
+    daemon.mkdir()
+    os.chown(daemon, 1, 1)
+    assert accounts.drop_for(daemon) == pwd.getpwuid(1)
+    # service_account: [service] user, else the owner of an absolute repo or worktree that exists
+    mine = base / "mine"
+    mine.mkdir()
+    monkeypatch.chdir(base)
+    svc = types.SimpleNamespace(user="", repo="theirs", worktree=str(mine))  # a relative repo: not looked at
+    assert accounts.service_account(svc) == pwd.getpwuid(0)
+    svc = types.SimpleNamespace(user="", repo=str(base / "gone"), worktree=str(theirs))
+    assert accounts.service_account(svc) == nobody
+    assert accounts.service_account(types.SimpleNamespace(user="nobody", repo="", worktree="")) == nobody
+
+
+@needs_root
+def test_as_account_brings_back_the_result_the_error_and_a_death(base: Path) -> None:
+    from opskit.base.errors import ConfigError, UsageError
+
+    nobody = pwd.getpwnam("nobody")
+    assert accounts.as_account(nobody, lambda a: [os.geteuid(), a], 7) == [nobody.pw_uid, 7]
+    assert accounts.as_account(nobody, lambda: "x" * 200_000) == "x" * 200_000  # more than one read of the pipe
+
+    def fail(e: BaseException) -> None:
+        raise e
+
+    for given in (UsageError("bad input: the fix"), ConfigError("bad key: the fix")):
+        with pytest.raises(UsageError) as u:
+            accounts.as_account(nobody, fail, given)
+        assert type(u.value) is UsageError and str(u.value) == str(given)
+    with pytest.raises(accounts.AccountError) as e:
+        accounts.as_account(nobody, fail, ValueError("boom"))
+    assert str(e.value) == "boom"
+    with pytest.raises(accounts.AccountError) as e:
+        accounts.as_account(nobody, fail, ValueError())
+    assert str(e.value) == "ValueError"
+    with pytest.raises(accounts.AccountError) as e:
+        accounts.as_account(nobody, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    assert str(e.value) == "the process working as nobody died (-9) before saying how it went"

@@ -89,6 +89,10 @@ class ChainStage:
         import sys
 
         e = {**os.environ, **env_for(self.st), **(env or {})}
+        from tests.conftest import IN_PROCESS, _in_process
+
+        if IN_PROCESS:  # a mutation run (bench/mutation.sh): the mutant is on in this process only
+            return _in_process(list(args), None, None, e)
         return subprocess.run([sys.executable, "-m", "opskit", *args], check=False, capture_output=True, text=True,
                               env=e, timeout=120, errors="replace")
 
