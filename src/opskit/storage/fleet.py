@@ -302,6 +302,12 @@ class Fleet:
             return False
         return (journal.clock.now() - last).total_seconds() < RETRY
 
+    def _noted_down(self, journal: Journal, e: Unreachable) -> None:
+        """A read found the database away: written down like a forward's failure, so the next
+        process of this host (the next push's pre-receive) does not wait for a connect timeout."""
+        with contextlib.suppress(Exception):
+            self._down(journal, str(e))
+
     def _down(self, journal: Journal, why: str) -> None:
         was = journal.kv_get("fleet", "unreachable")
         now = journal.now()
@@ -514,8 +520,6 @@ class Fleet:
                                      (service, tree)).fetchone()
         newest = dict(local) if local else None
         try:
-            if self.known_down(journal):
-                raise Unreachable("down")
             def read(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
                 with conn.cursor() as cur:
                     cur.execute("SELECT service, tree, sha, event_id, reason, created, released, released_by, "
@@ -524,8 +528,9 @@ class Fleet:
                     names = [d.name for d in cur.description or ()]
                 return dict(zip(names, got, strict=True)) if got else None
 
-            shared = self.ask(read)
-        except Unreachable:
+            shared = self.ask(read) if not self.known_down(journal) else None
+        except Unreachable as e:
+            self._noted_down(journal, e)
             shared = None
         if shared is not None:
             if newest is None or _newer(shared, newest):
@@ -539,15 +544,14 @@ class Fleet:
         lifted = journal.kv_get("fleet-unfrozen", service)
         when, value = (_since(local), local) if local is not None else (str(lifted or ""), None)
         try:
-            if self.known_down(journal):
-                raise Unreachable("down")
             def read(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
                 with conn.cursor() as cur:
                     cur.execute("SELECT value, updated FROM frozen WHERE service = %s", (service,))
                     return cur.fetchone()
 
-            row = self.ask(read)
-        except Unreachable:
+            row = self.ask(read) if not self.known_down(journal) else None
+        except Unreachable as e:
+            self._noted_down(journal, e)
             row = None
         if row is not None and str(row[1]) > when:
             value = json.loads(row[0]) if row[0] is not None else None
