@@ -97,6 +97,12 @@ def test_approve_by_ntfy_tap_and_follow_up(phone: Phone) -> None:
     assert phone.inbox().returncode == 0
     assert len(cs.events("merge.complete")) == 1
     assert any("already decided" in str(d["reason"]) for d in _decisions(phone, "refused"))
+    # each answer is a new message on the alert topic: what was decided, on what, and how it went
+    assert [(m.topic, m.title, m.priority, m.tags, m.message) for m in phone.ntfy_follow_ups()] == [
+        ("svc-alerts", f"approve change #{row.id}: applied", 3, ["information_source", "svc"],
+         "approved by ntfy:nt: deployed"),
+        ("svc-alerts", f"approve change #{row.id}: refused", 4, ["warning", "svc"],
+         "refused: already decided by ntfy:nt; nothing changed")]
 
 
 def test_reject_by_telegram_ends_the_chain(phone: Phone) -> None:
