@@ -513,3 +513,14 @@ def test_rebuild_writes_the_built_journal_through_the_descriptor_and_leaves_no_w
     assert [r[0] for r in back.execute("SELECT data FROM events ORDER BY id")] == [
         '{"i": 0}', '{"i": 1}', '{"i": 2}']
     back.close()
+
+
+def test_copy_of_a_table_whose_first_row_is_unreadable_keeps_the_rest(tmp_path: Path) -> None:
+    """The stepping from -2**62 used to give up (2**41 further) long before rowid 1: a table
+    whose first row could not be read was lost whole."""
+    src, dst = _pair(tmp_path)
+    _fill(src, "events", range(1, 21), bad={1})
+    rep = recover_mod._copy(src, dst, "events")
+    assert dataclasses.astuple(rep) == ("events", 19, 0, "rows before the first readable one may be lost too; "
+                                                          "rows after the last readable one may be lost too")
+    assert [r[0] for r in dst.execute("SELECT rowid FROM events ORDER BY rowid")] == list(range(2, 21))

@@ -226,7 +226,7 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> Table
         return rep
     names = ", ".join(f'"{c}"' for c in cols)
     insert = f'INSERT OR IGNORE INTO "{table}" ({names}) VALUES ({", ".join("?" * len(cols))})'
-    last, skip, bad = -(1 << 62), 1, False
+    last, skip, bad, first_bad = -(1 << 62), 1, False, False
     ids: list[int] = []
     dst.execute("BEGIN")
     while True:
@@ -240,6 +240,11 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> Table
             break
         except sqlite3.DatabaseError:
             bad = True
+            if not ids and last < 0:
+                # Nothing read yet: the stepping from -2**62 would give up long before rowid 1,
+                # and opskit's rows start there. Look from 1 on instead.
+                first_bad, last = True, 0
+                continue
             if skip > MAX_SKIP:
                 break
             last += skip  # past the unreadable stretch, further each time it stays unreadable
@@ -251,6 +256,8 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> Table
         rep.lost = ids[-1] - ids[0] + 1 - len(ids)
         if rep.lost:
             rep.note = f"ids {ids[0]}–{ids[-1]} with gaps"
+        if first_bad:
+            rep.note = (rep.note + "; " if rep.note else "") + "rows before the first readable one may be lost too"
         if bad:
             rep.note = (rep.note + "; " if rep.note else "") + "rows after the last readable one may be lost too"
     elif bad:
