@@ -426,3 +426,28 @@ def test_a_host_without_psycopg_keeps_working_and_names_the_extra(tmp_path: Path
     assert r.returncode == 1 and "fleet journal unreachable" in r.stdout and "Traceback" not in r.stderr, r
     r = run("events")
     assert r.returncode == 0 and "fleet.unreachable" in r.stdout, r
+
+
+def test_cron_check_tells_the_owner_once_per_outage(tmp_path: Path, postgres_server: Postgres,
+                                                    fleet_url: str) -> None:
+    from opskit.jobs.cron_check import cron_check
+
+    a = migrated(make_host(tmp_path, "alpha", fleet_url))
+    settings = config.load_file(a.config)
+    sent: list[dict[str, Any]] = []
+
+    def notifier(_s: Any, _j: Any, message: str, **kw: Any) -> None:
+        sent.append({"message": message, **kw})
+
+    j = Journal(settings.state_dir, fleet=settings.fleet)
+    postgres_server.stop()
+    try:
+        cron_check(settings, j, notifier=notifier, crontab_text=None)
+        cron_check(settings, j, notifier=notifier, crontab_text=None)
+    finally:
+        postgres_server.start()
+    assert [(m["title"], m["level"]) for m in sent] == [("alpha: fleet journal unreachable", "warn")]
+    assert sent[0]["event_id"] == j.query(types=("fleet.unreachable",))[0].id
+    assert postgres_server.password not in sent[0]["message"]
+    cron_check(settings, j, notifier=notifier, crontab_text=None)  # back: the record is cleared
+    assert j.kv_get("fleet", "unreachable") is None and len(sent) == 1

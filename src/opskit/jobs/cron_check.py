@@ -143,8 +143,20 @@ def cron_check(settings: Settings, journal: Journal, clock: Clock = SYSTEM, *,
         # A host that lost the fleet database catches up here at the latest: every event kept
         # while it was away is forwarded, and the shared quarantine and freezes are pulled.
         if journal.fleet.sync(journal, force=True) is None:
-            why = (journal.kv_get("fleet", "unreachable") or {}).get("error", "unreachable")
+            down = journal.kv_get("fleet", "unreachable")
+            down = down if isinstance(down, dict) else {}
+            why = down.get("error", "unreachable")
             warnings.append(f"the fleet journal cannot be reached ({why}); events stay here until it is back")
+            if down and not down.get("notified"):  # once per outage: _up() clears the record
+                last = journal.query(types=("fleet.unreachable",), limit=1)
+                host = journal.fleet.host
+                notify_owner(settings, journal, notifier,
+                             f"{host} cannot reach the fleet journal since {down.get('since')} ({why}). It keeps "
+                             "working alone: pushes are gated and reverted, its events and messages wait in its "
+                             "own journal and are forwarded once the database is back. `opskit doctor` says "
+                             "how to fix it.", title=f"{host}: fleet journal unreachable", level="warn",
+                             service=None, event_id=last[0].id if last else None)
+                journal.kv_set("fleet", "unreachable", {**down, "notified": iso(now)})
     journal.kv_set(CHECK, "last", {"ts": iso(now), "mono": clock.monotonic(), "boot": _boot_id(),
                                    "pid": os.getpid(), "jobs": len(statuses),
                                    "problems": sum(1 for s in statuses if s.problems)})
