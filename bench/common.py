@@ -176,5 +176,19 @@ def bench_env(tmp: Path) -> dict[str, str]:
     return env
 
 
+def run_writers(code: str, args: Sequence[str], procs: int) -> list[tuple[float, float]]:
+    """`procs` copies of `python -c code *args` started together and waited for; each one's
+    (start, end) as it printed them (journal_bench's and fleet_journal's writer processes)."""
+    ps = [subprocess.Popen([PY, "-c", code, *args], stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+    spans = []
+    for p in ps:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"writer exited {p.returncode}")
+        a, b = out.split()
+        spans.append((float(a), float(b)))
+    return spans
+
+
 def peak_rss_self_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -15,14 +15,13 @@ tests' (tests/support/postgres.py): Debian's server binaries in a temp dir, fsyn
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OPSKIT, PY, ROOT, Result, Stats, bench_env, interleave, wall_ms  # noqa: E402
+from common import OPSKIT, ROOT, Result, Stats, bench_env, interleave, run_writers, wall_ms  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
@@ -79,15 +78,7 @@ def fleet_writers(pg: object, procs: int, n: int) -> float:
             Journal(s.state_dir, fleet=s.fleet).close()
             go = time.time() + 1.5
             code = WRITER.format(src=str(ROOT / "src"))
-            ps = [subprocess.Popen([PY, "-c", code, str(cfg), str(n), str(go)], stdout=subprocess.PIPE, text=True)
-                  for _ in range(procs)]
-            spans = []
-            for p in ps:
-                out, _ = p.communicate()
-                if p.returncode != 0:
-                    raise RuntimeError(f"writer exited {p.returncode}")
-                a, b = out.split()
-                spans.append((float(a), float(b)))
+            spans = run_writers(code, [str(cfg), str(n), str(go)], procs)
             end = max(b for _, b in spans)
             j = Journal(s.state_dir, fleet=s.fleet)
             assert j.fleet is not None

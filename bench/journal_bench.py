@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OPSKIT, PY, ROOT, Result, Stats, bench_env, interleave, wall_ms  # noqa: E402
+from common import OPSKIT, ROOT, Result, Stats, bench_env, interleave, run_writers, wall_ms  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
 CACHE = Path(tempfile.gettempdir()) / "opskit-bench-cache"
@@ -65,15 +64,7 @@ def many_writers(procs: int, n: int) -> float:
         Journal(Path(t)).close()  # schema and WAL set up before the race
         go = time.time() + 1.0  # every interpreter is up and the journal open by then
         code = WRITER.format(src=str(ROOT / "src"))
-        ps = [subprocess.Popen([PY, "-c", code, t, str(n), str(go)], stdout=subprocess.PIPE, text=True)
-              for _ in range(procs)]
-        spans = []
-        for p in ps:
-            out, _ = p.communicate()
-            if p.returncode != 0:
-                raise RuntimeError(f"writer exited {p.returncode}")
-            a, b = out.split()
-            spans.append((float(a), float(b)))
+        spans = run_writers(code, [t, str(n), str(go)], procs)
         count = sqlite3.connect(Path(t) / "journal.db").execute(
             "SELECT COUNT(*) FROM events WHERE type = 'bench.write'").fetchone()[0]
         if count != procs * n:
