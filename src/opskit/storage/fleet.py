@@ -188,7 +188,7 @@ class Fleet:
         self._lock_fd: tuple[int, int] | None = None  # the forward lock's descriptor, and whose (pid)
 
     # --- connection ---------------------------------------------------------------------------
-    def open(self, *, autocommit: bool = True, check_schema: bool = True) -> psycopg.Connection[Any]:
+    def open(self, *, check_schema: bool = True) -> psycopg.Connection[Any]:
         """A new connection (the caller owns it). Unreachable when it cannot be had."""
         try:
             import psycopg  # ~0.2 s: only a process that talks to the fleet database pays it
@@ -198,7 +198,7 @@ class Fleet:
         try:
             # Keepalives and tcp_user_timeout: a database host that vanishes from the network
             # (no reset, no answer) ends the connection in seconds, not the kernel's two hours.
-            conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=autocommit,
+            conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
                                    application_name=f"opskit {self.host}"[:63], keepalives=1,
                                    keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
                                    tcp_user_timeout=15_000)
