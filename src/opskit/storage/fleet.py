@@ -302,11 +302,12 @@ class Fleet:
             return False
         return (journal.clock.now() - last).total_seconds() < RETRY
 
-    def _noted_down(self, journal: Journal, e: Unreachable) -> None:
-        """A read found the database away: written down like a forward's failure, so the next
-        process of this host (the next push's pre-receive) does not wait for a connect timeout."""
+    def note_down(self, journal: Journal, why: Unreachable | str) -> None:
+        """A read or a send found the database away: written down like a forward's failure, so
+        the next process of this host (the next push's pre-receive) does not wait for a connect
+        timeout. Never raises: the local journal's own trouble is not the caller's."""
         with contextlib.suppress(Exception):
-            self._down(journal, str(e))
+            self._down(journal, str(why))
 
     def _down(self, journal: Journal, why: str) -> None:
         was = journal.kv_get("fleet", "unreachable")
@@ -530,7 +531,7 @@ class Fleet:
 
             shared = self.ask(read) if not self.known_down(journal) else None
         except Unreachable as e:
-            self._noted_down(journal, e)
+            self.note_down(journal, e)
             shared = None
         if shared is not None:
             if newest is None or _newer(shared, newest):
@@ -551,7 +552,7 @@ class Fleet:
 
             row = self.ask(read) if not self.known_down(journal) else None
         except Unreachable as e:
-            self._noted_down(journal, e)
+            self.note_down(journal, e)
             row = None
         if row is not None and str(row[1]) > when:
             value = json.loads(row[0]) if row[0] is not None else None

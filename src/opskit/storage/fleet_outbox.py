@@ -105,8 +105,7 @@ class Shared:
             why = _say(e)
             self.close()
             self.fleet.failed(why)
-            with contextlib.suppress(Exception):
-                self.fleet._down(self.journal, why)
+            self.fleet.note_down(self.journal, why)
             raise Unreachable(why) from None
 
     @contextlib.contextmanager
@@ -288,8 +287,7 @@ def shared_or_local(host: Fleet, journal: Journal) -> outbox.Box:
             forward(host, journal, cur.connection)
     except Unreachable as e:
         box.close()
-        with contextlib.suppress(Exception):
-            host._down(journal, str(e))
+        host.note_down(journal, e)
         return outbox.LOCAL
     return box
 
