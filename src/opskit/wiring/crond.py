@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from opskit.base import accounts, schedule, statefs
 from opskit.base.atomic import replace_file
-from opskit.base.errors import UsageError
+from opskit.base.errors import OpsError, UsageError
 from opskit.wiring import cron
 
 if TYPE_CHECKING:
@@ -110,6 +110,9 @@ def install(settings: Settings, journal: Journal | None = None, *, dry_run: bool
         raise UsageError(f"cron install --system writes {path()}: run it as root (sudo opskit cron install --system)")
     text, entries = render(settings, runner)
     target = path()
+    if not target.parent.is_dir():
+        raise UsageError(f"{target.parent} does not exist, so cron reads no file there: install cron "
+                         "(apt-get install cron) or set OPSKIT_CRON_D to the file your cron reads")
     current = _read(target)
     if current is not None and not current.startswith(MARKER):
         raise UsageError(f"{target} exists and was not written by opskit; move it aside and rerun")
@@ -117,7 +120,11 @@ def install(settings: Settings, journal: Journal | None = None, *, dry_run: bool
     action = "unchanged" if not changed else ("updated" if current is not None else "installed")
     if changed and not dry_run:
         _shared_log(settings.state_dir / "logs" / "cron.log", settings.state_dir)
-        replace_file(target, text, mode=0o644)  # cron ignores a cron.d file that others can write
+        try:
+            replace_file(target, text, mode=0o644)  # cron ignores a cron.d file that others can write
+        except OSError as e:
+            raise OpsError(f"cannot write {target} ({e.strerror}); free space or fix its folder's "
+                           "permissions, then rerun") from None
     if journal is not None and not dry_run and (changed or journal.kv_get("cron-check", "installed") is None):
         # As cron.install: cron-check's silence counts from here until its first run.
         from opskit.base.clock import SYSTEM, iso
