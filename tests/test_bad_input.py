@@ -5,19 +5,26 @@ exit code and a one-line message, and an exit 2 changes nothing (no event, no re
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dotenv
 import pytest
 
+from opskit.base import accounts, config, statefs
+from opskit.base.errors import UsageError
 from opskit.git.repo import Git
 from opskit.storage.journal import Journal
 from tests.conftest import RunOpskit
+from tests.support.accounts import throwaway_account
 from tests.support.gitsandbox import Sandbox, git, make_sandbox
 from tests.support.hooks import toml_str
 from tests.support.pipeline import Stage, hooked_stage, seeded_stage
@@ -328,3 +335,63 @@ def test_what_rich_prints_is_escaped_too(tmp_path: Path, opskit: RunOpskit,
     for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
         assert raw not in r.stdout, repr(r.stdout)
     assert "\\x1b]0;pwned\\x07 \\x9b31m \\u202egnp.exe" in r.stdout, r.stdout
+
+
+# --- the world around the config ----------------------------------------------------------------
+
+def test_cron_install_system_without_a_cron_d_folder_exits_2_and_makes_nothing(tmp_path: Path, opskit: RunOpskit) -> None:
+    """A host without cron has no /etc/cron.d: the install crashed (exit 3, a traceback in a crash
+    log) writing its temp file there."""
+    bare = tmp_path / "svc.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    state = tmp_path / "state"
+    conf = tmp_path / "opskit.toml"
+    conf.write_text(f"[opskit]\nstate_dir = {toml_str(state)}\n[service.svc]\nrepo = {toml_str(bare)}\n"
+                    f"worktree = {toml_str(tmp_path / 'srv')}\nbranch = \"master\"\ndeploy = \"true\"\n")
+    target = tmp_path / "no-cron" / "opskit"
+    p = opskit("--config", str(conf), "cron", "install", "--system", env={"OPSKIT_CRON_D": str(target)})
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr
+    assert p.stderr == (f"opskit: {target.parent} does not exist, so cron reads no file there: install cron "
+                        "(apt-get install cron) or set OPSKIT_CRON_D to the file your cron reads\n")
+    assert not target.parent.exists() and not list(state.glob("crash-*.log"))
+    assert not (state / "logs" / "cron.log").exists()  # nothing made before the refusal
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: it makes an account that may not read the .env")
+def test_an_env_the_account_cannot_read_is_named_only_when_the_config_needs_a_value_from_it() -> None:
+    """`.env` 0600 root beside a config the account may read: it crashed the account's every
+    command (PermissionError, exit 3). It matters only to a `${VAR}` the environment lacks."""
+    # The test's interpreter may live where the account cannot read (a pyenv under /root): what
+    # the child loads lazily is loaded here first, as an installed opskit's account could.
+    codecs.lookup("utf-8-sig")
+    assert dotenv.dotenv_values and statefs.denied
+
+    root = Path(tempfile.mkdtemp(prefix="opskit-env-", dir="/var/tmp"))
+    try:
+        os.chmod(root, 0o755)
+        env = root / ".env"
+        env.write_text("OPSKIT_T_HOOK=http://127.0.0.1:9/secret-hook\n")
+        env.chmod(0o600)
+        plain = root / "opskit.toml"
+        plain.write_text(f"[opskit]\nstate_dir = {toml_str(root / 'state')}\n")
+        plain.chmod(0o644)
+        with throwaway_account("opskenv") as pw:
+            assert accounts.as_account(pw, lambda: str(config.load_file(plain).state_dir)) == str(root / "state")
+            plain.write_text(plain.read_text() + '[notify.ops]\ntype = "webhook"\nurl = "${OPSKIT_T_HOOK}"\n')
+            with pytest.raises(UsageError) as e:
+                accounts.as_account(pw, config.load_file, plain)
+            assert str(e.value) == (
+                f"{plain}: notify.ops.url: ${{OPSKIT_T_HOOK}} is not set, and the .env that may hold it is "
+                f"unreadable; .env {env}: account {pw.pw_name} cannot read it ({env} is root:root 0600: only "
+                f"root can); run opskit as root (sudo opskit …), or give it to opskit's group: chgrp GROUP {env} "
+                f"&& chmod g+rX {env}")
+            # root reads it, and a .env that is not UTF-8 is one line too
+            hook = config.load_file(plain).channels["ops"].url
+            assert hook is not None and hook.reveal() == "http://127.0.0.1:9/secret-hook"
+            env.write_bytes(b"OPSKIT_T_HOOK=\xff\n")
+            with pytest.raises(UsageError) as e:
+                config.load_file(plain)
+            assert str(e.value).endswith(f"the .env that may hold it is unreadable; {env} is not UTF-8 text; "
+                                         "save it as UTF-8"), str(e.value)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

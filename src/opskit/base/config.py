@@ -7,6 +7,7 @@ costs one line of reading, not a traceback.
 from __future__ import annotations
 
 import fnmatch
+import io
 import math
 import os
 import pwd
@@ -300,33 +301,47 @@ def load_file(path: Path) -> Settings:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML ({e}); fix the syntax") from None
-    return _Parser(path, _environment(path.parent / ".env")).settings(data)
+    env, env_problem = _environment(path.parent / ".env")
+    return _Parser(path, env, env_problem).settings(data)
 
 
-def _environment(env_file: Path) -> dict[str, str]:
-    """What `${VAR}` may name: the real environment, over the .env beside the config.
+def _environment(env_file: Path) -> tuple[dict[str, str], str | None]:
+    """What `${VAR}` may name: the real environment, over the .env beside the config; and why
+    the .env could not be read, when it could not (said only if a `${VAR}` then has no value:
+    an account that may not read it needs no secret from it unless the config names one).
 
     The .env is read into this mapping only, never into os.environ: every command opskit runs
     (deploy, and test/review running code from a pushed branch) inherits os.environ, and the
     webhook URLs and tokens kept in .env must not reach them.
     """
     values: dict[str, str] = {}
+    problem = None
     if env_file.is_file():
-        from dotenv import dotenv_values  # imported only when there is a .env to read
+        try:
+            text = env_file.read_bytes().decode("utf-8-sig")
+        except PermissionError:
+            from opskit.base.statefs import denied  # as the config's own refusal
 
-        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-    return {**values, **os.environ}
+            problem = denied(env_file, f".env {env_file}", "read")
+        except OSError as e:
+            problem = f"cannot read {env_file} ({e.strerror}); fix its permissions"
+        except UnicodeDecodeError:
+            problem = f"{env_file} is not UTF-8 text; save it as UTF-8"
+        else:
+            from dotenv import dotenv_values  # imported only when there is a .env to read
 
+            values = {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+    return {**values, **os.environ}, problem
 
-# --- validation -----------------------------------------------------------------------------
 
 _Conv = Callable[[str, Any], Any]
 
 
 class _Parser:
-    def __init__(self, path: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, path: Path, env: Mapping[str, str], env_problem: str | None = None) -> None:
         self.path = path
         self.env = env
+        self.env_problem = env_problem
 
     def fail(self, key: str, problem: str, fix: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {problem}; {fix}")
@@ -335,6 +350,9 @@ class _Parser:
     def interpolate(self, key: str, value: str) -> str:
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
+            if name not in self.env and self.env_problem:
+                raise self.fail(key, f"${{{name}}} is not set, and the .env that may hold it is unreadable",
+                                self.env_problem)
             if name not in self.env:
                 raise self.fail(key, f"${{{name}}} is not set",
                                 f"export {name} or put it in {self.path.parent / '.env'}")
