@@ -372,6 +372,14 @@ def test_reactions_and_status_show_where_each_one_stands(tmp_path: Path, state_d
         capture_output=True, text=True, check=True).stdout.splitlines()}
     assert rows["stuck"]["cursor"] == first - 1 and rows["stuck"]["attempts"] == 1
     assert rows["stuck"]["last"]["result"] == "fail" and rows["stuck"]["last"]["exit"] == 3
+    # doctor names the same two, one warning each, and says where to look
+    doctor = subprocess.run([sys.executable, "-m", "opskit", "--config", str(cfg), "doctor", "--json"],
+                            check=False, capture_output=True, text=True)
+    found = {c["name"]: c for c in json.loads(doctor.stdout)["checks"] if c["name"].startswith("reaction")}
+    assert set(found) == {"reaction stuck", "reaction late"}, found
+    assert found["reaction stuck"]["detail"].startswith(f"reaction stuck is failing on event #{first} (1 failed run(s)")
+    assert found["reaction late"]["detail"] == "reaction late is 101 events behind (is cron's `opskit react` installed?)"
+    assert {(c["ok"], c["severity"]) for c in found.values()} == {(False, "warning")}
 
 
 def test_cron_install_adds_react_every_minute(tmp_path: Path, state_dir: Path) -> None:

@@ -23,6 +23,7 @@ from opskit.git.repo import Git
 from opskit.notify import decisions
 from opskit.storage.journal import Journal
 from opskit.storage.recover import quick_check
+from opskit.views.reactions import needs_attention
 from opskit.wiring import cron, crond, hooks, sudoers
 
 
@@ -58,6 +59,8 @@ def run_checks(settings: Settings) -> list[Check]:
     if settings.fleet is not None:
         checks.append(_guard("fleet journal", lambda: _fleet(settings)))
     checks.append(_channels(settings))
+    if settings.reactions:
+        checks.extend(_reactions(settings))
     checks.extend(Check(what, False, problem, fix, severity="warning")
                   for what, problem, fix in decisions.setup_problems(settings))
     checks.append(_guard("root-owned files", lambda: _unsafe_files(settings)))
@@ -163,6 +166,27 @@ def _cron_block(settings: Settings) -> Check:
                      severity="warning")
 
     return _guard("cron block", check)
+
+
+def _reactions(settings: Settings) -> list[Check]:
+    """Each [[reaction]] that `opskit status` would name (failing, or far behind), one warning
+    each with where to look; one passing line when none is."""
+    def rows() -> list[Check]:
+        from opskit.reactions.dispatch import status  # only configs with [[reaction]] tables
+
+        found = status(settings, Journal(settings.state_dir))
+        out = [Check(f"reaction {r['name']}", False, why,
+                     "opskit reactions  (its last result and why); opskit react  (runs what waits, after its backoff)",
+                     severity="warning")
+               for r in found if (why := needs_attention(r))]
+        return out or [Check("reactions", True, f"{len(found)} configured, none failing or behind")]
+
+    try:
+        return rows()
+    except OpsError as e:
+        return [Check("reactions", False, e.message)]
+    except Exception as e:  # as _guard: doctor reports, it never crashes on a broken host
+        return [Check("reactions", False, redact(f"{type(e).__name__}: {e}"))]
 
 
 def _channels(settings: Settings) -> Check:
