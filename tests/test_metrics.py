@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from opskit.base import config
 from opskit.base.clock import parse_iso
+from opskit.git.repo import Git
 from opskit.storage.journal import Journal
 from opskit.views.metrics import render
 from opskit.wiring import cron
@@ -66,6 +67,9 @@ def test_metrics_after_deploys_a_revert_drift_and_a_failed_job(st: Stage, opskit
     row = next(x for x in j.deploys("svc") if x["status"] != "running")
     assert got[("opskit_last_verdict_healthy", (*svc, ("status", "healthy")))] == 1
     assert got[("opskit_last_verdict_timestamp_seconds", svc)] == parse_iso(row["finished"]).timestamp()
+    commits = {labels: v for (name, labels), v in got.items() if name == "opskit_last_verdict_commit_info"}
+    assert commits == {(("commit", row["sha"]), *svc): 1}  # the revert commit, live again
+    assert row["sha"] == Git(st.sb.bare).rev_parse("master")
     assert got[("opskit_service_frozen", svc)] == 0
     assert got[("opskit_deploy_interrupted", svc)] == 0
     assert got[("opskit_quarantined_trees", svc)] == 1  # the crashed tree is refused from now on

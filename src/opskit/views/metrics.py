@@ -81,6 +81,8 @@ def families(settings: Settings, journal: Journal, clock: Clock = SYSTEM) -> lis
                   "(failed, reverted, interrupted), by service and status.", "service", "status")
     verdict_ts = fam("gauge", "last_verdict_timestamp_seconds", "When the last verdict was reached.",
                      "service")
+    verdict_commit = fam("gauge", "last_verdict_commit_info", "Always 1: the commit of the last verdict "
+                         "(after a revert, the revert commit, live again), by service.", "service", "commit")
     frozen = fam("gauge", "service_frozen", "1 while deploys of the service are refused.", "service")
     interrupted = fam("gauge", "deploy_interrupted", "1 while a deploy or rollback is left open by a dead "
                       "process (the next cron-check finishes it).", "service")
@@ -88,6 +90,8 @@ def families(settings: Settings, journal: Journal, clock: Clock = SYSTEM) -> lis
         v = s.get("last_verdict")
         if v:
             verdict.append(((s["name"], str(v["status"])), 1.0 if v["status"] == "healthy" else 0.0))
+            if v.get("sha"):
+                verdict_commit.append(((s["name"], str(v["sha"])), 1.0))
             t = _ts(v.get("when"))
             if t is not None:
                 verdict_ts.append(((s["name"],), t))
