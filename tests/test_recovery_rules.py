@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -401,7 +402,7 @@ def _pair(tmp_path: Path, src_sql: str = "", dst_sql: str = "") -> tuple[sqlite3
     return src, dst
 
 
-def _fill(conn: sqlite3.Connection, table: str, ids: range, bad: set[int]) -> None:
+def _fill(conn: sqlite3.Connection, table: str, ids: Iterable[int], bad: set[int]) -> None:
     """Rows with these ids, every NOT NULL column filled; the rows in bad cannot be read back."""
     info = list(conn.execute(f'PRAGMA table_info("{table}")'))
     key = next(r[1] for r in info if r[5])
@@ -524,3 +525,15 @@ def test_copy_of_a_table_whose_first_row_is_unreadable_keeps_the_rest(tmp_path: 
     assert dataclasses.astuple(rep) == ("events", 19, 0, "rows before the first readable one may be lost too; "
                                                           "rows after the last readable one may be lost too")
     assert [r[0] for r in dst.execute("SELECT rowid FROM events ORDER BY rowid")] == list(range(2, 21))
+
+
+def test_copy_past_an_unreadable_row_below_1_reads_row_1_and_joins_every_note(tmp_path: Path) -> None:
+    """Below rowid 1 (no row of opskit's, but a rowid SQLite takes) the first row is unreadable:
+    the look from 1 on still reads row 1, and a gap after it is said with the other two notes."""
+    src, dst = _pair(tmp_path)
+    _fill(src, "events", [-1, *range(1, 11)], bad={-1, 4})
+    rep = recover_mod._copy(src, dst, "events")
+    assert dataclasses.astuple(rep) == ("events", 9, 1, "ids 1–10 with gaps; rows before the first readable one "
+                                                        "may be lost too; rows after the last readable one may be "
+                                                        "lost too")
+    assert [r[0] for r in dst.execute("SELECT rowid FROM events ORDER BY rowid")] == [1, 2, 3, *range(5, 11)]
