@@ -44,7 +44,7 @@ MODULES=(
   # test_foundation's crash-path test needs the real CLI's process, which the copy has not
   "safety|src/opskit/base/safety.py|tests/test_root_refusals.py"
   "placement|src/opskit/base/placement.py|tests/test_placement.py tests/test_recovery_rules.py"
-  "statefs|src/opskit/base/statefs.py|tests/test_state_links.py tests/test_sqlite_swap.py|not planted_lock and not forged_running_row and not planted_journal_wal and not never_follows_the_log and not cron_d_lines and not inbox_lock_is_never"
+  "statefs|src/opskit/base/statefs.py|tests/test_state_links.py tests/test_sqlite_swap.py tests/test_statefs.py|not planted_lock and not forged_running_row and not planted_journal_wal and not never_follows_the_log and not cron_d_lines and not inbox_lock_is_never"
   "decisions|src/opskit/notify/decisions.py|tests/test_decisions_rules.py tests/test_inbox.py"
   "inbox|src/opskit/chain/inbox.py|tests/test_inbox.py tests/test_decisions_rules.py"
   "accounts|src/opskit/base/accounts.py|tests/test_trust_rules.py tests/test_hooks_as_root.py"
