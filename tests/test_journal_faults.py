@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -501,3 +502,57 @@ def test_replay_journals_each_whole_record_past_torn_lines_and_marks_it(aside: t
                         (fallback.SCOPE,)).fetchall() == [
         ("a" * 32, '{"kind": "event"}', "2026-12-07T23:00:00Z"), ("b" * 32, '{"kind": "kv"}', "")]
     conn.close()
+
+
+def test_keep_makes_the_state_dirs_file_for_the_group_and_the_temp_dirs_for_us_alone(
+        aside: tuple[Path, Path], tmp_path: Path) -> None:
+    """The state dir's file is shared like the journal beside it (0660); the temp dir's, whose name
+    anyone can predict, is ours alone (0600): under umask 0 nothing else narrows them."""
+    state, second = aside
+    old = os.umask(0)
+    try:
+        assert fallback.keep(state, RECORD, FULL, state / "journal.db") == str(state / fallback.NAME)
+        assert stat.S_IMODE((state / fallback.NAME).stat().st_mode) == 0o660
+        (state / fallback.NAME).unlink()
+        (state / fallback.NAME).symlink_to(tmp_path / "elsewhere")
+        assert fallback.keep(state, RECORD, FULL, state / "journal.db") == str(second)
+        assert stat.S_IMODE(second.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_a_refused_state_dir_file_is_said_once_however_often_it_is_refused(
+        aside: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state, second = aside
+    (state / fallback.NAME).symlink_to(tmp_path / "elsewhere")
+    for _ in range(3):
+        assert fallback.keep(state, RECORD, FULL, state / "journal.db") == str(second)
+    err = capsys.readouterr().err.splitlines()
+    refused = [ln for ln in err if "kept in" not in ln]
+    assert len(refused) == 1 and refused[0].startswith(f"opskit: {state / fallback.NAME}"), err
+
+
+@pytest.mark.parametrize(("planted", "trusted"), [
+    ("0600", True), ("0601", True),  # ours, one link, nobody else may write: it takes the record
+    ("0666", False), ("0620", False), ("0602", False), ("hard-link", False), ("another-owner", False)])
+def test_the_temp_dirs_file_is_used_only_when_ours_alone_to_write(
+        aside: tuple[Path, Path], tmp_path: Path, planted: str, trusted: bool) -> None:
+    """Its name is predictable, so another account can plant it first; a record kept there is
+    journaled by root later. The state dir's file is refused (a link) so the temp dir's is next."""
+    state, second = aside
+    (state / fallback.NAME).symlink_to(tmp_path / "elsewhere")
+    second.write_bytes(b"")
+    if planted == "hard-link":
+        os.chmod(second, 0o600)
+        os.link(second, tmp_path / "their-name")
+    elif planted == "another-owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs root: the file is given to another account")
+        os.chmod(second, 0o600)
+        os.chown(second, 1, 1)
+    else:
+        os.chmod(second, int(planted, 8))
+    where = fallback.keep(state, RECORD, FULL, state / "journal.db")
+    assert where == (str(second) if trusted else "stderr")
+    assert (second.read_bytes() != b"") == trusted
+    assert fallback.kept_value(state, "frozen", "svc") is None
