@@ -148,6 +148,17 @@ def _tree_a_step_leaves(copy: Path, outside: Path) -> None:
     (copy / "locked" / "open" / "i").write_text("i")
 
 
+def _root_removes_the_same_tree(root: Path, outside: Path) -> None:
+    """Root in the test process (where mutmut sees the call; the account's run is a forked child)."""
+    mine = root / "as-root" / "copy"
+    _tree_a_step_leaves(mine, outside)
+    for d, mode in ((mine / "locked", 0o000), (mine / "ro-out", 0o500), (mine, 0o500), (mine.parent, 0o555)):
+        os.chmod(d, mode)
+    bwrap._remove(mine)
+    assert not os.path.lexists(mine) and stat.S_IMODE(os.stat(mine.parent).st_mode) == 0o555
+    os.chmod(mine.parent, 0o755)
+
+
 def _chown_all(top: Path, pw: object) -> None:
     uid, gid = pw.pw_uid, pw.pw_gid  # type: ignore[attr-defined]
     for d, dirs, files in os.walk(top):
@@ -174,6 +185,7 @@ def test_remove_empties_locked_folders_at_any_depth_and_never_follows_a_link(roo
                         (copy, 0o500), (outside, 0o750), (parent, 0o755)):
             os.chmod(d, mode)
         os.chmod(outside / "keep", 0o640)
+        _root_removes_the_same_tree(root, outside)
         assert accounts.as_account(pw, bwrap._remove, copy) is None
         assert not copy.exists() and not os.path.lexists(copy)
         assert stat.S_IMODE(os.stat(outside).st_mode) == 0o750 and stat.S_IMODE(os.stat(parent).st_mode) == 0o755
@@ -195,9 +207,27 @@ def test_remove_never_changes_the_folder_that_holds_the_copy(root: Path) -> None
         _chown_all(root, pw)
         os.chmod(copy / "locked", 0o000)
         os.chmod(parent, 0o555)  # the account cannot remove `copy` from it
+        _root_removes_the_same_tree(root, outside)
         assert accounts.as_account(pw, bwrap._remove, copy) is None
         assert stat.S_IMODE(os.stat(parent).st_mode) == 0o555
         assert os.listdir(copy) == [] and os.listdir(outside) == ["keep"]
+
+
+@needs_root
+def test_a_path_the_account_cannot_reach_exists_for_nothing(root: Path) -> None:
+    """Another account's 0700 folder above a hidden path: the account cannot reach it, so neither
+    can its sandbox, and bwrap must not be asked to mount there."""
+    with throwaway_account("opskrm") as pw:
+        os.chmod(root, 0o755)
+        closed = root / "closed"
+        (closed / "d").mkdir(parents=True)
+        tool(closed / "f")
+        os.chmod(closed, 0o700)
+        seen = accounts.as_account(pw, lambda: [bwrap._exists(closed / "d", dir=True),
+                                                bwrap._exists(closed / "f", dir=False)])
+        assert seen == [False, False]
+        assert [bwrap._exists(closed / "d", dir=True), bwrap._exists(closed / "f", dir=False)] == [True, True]
+        assert [bwrap._exists(closed / "d", dir=False), bwrap._exists(closed / "f", dir=True)] == [False, False]
 
 
 def test_private_copy_without_an_account_is_removed_read_only_folders_included(root: Path) -> None:
@@ -225,7 +255,7 @@ def test_needs_a_console_scripts_venv_and_a_scripts_interpreter(root: Path) -> N
     assert bwrap._needs(other) == [(other, "program"), (py, "interpreter")]
     notbin = tool(root / "venv" / "lib" / "t", "#! /usr/bin/perl\t-w\nprint 1;\n")  # the venv's, not in bin/
     assert bwrap._needs(notbin) == [(notbin, "program"), (Path("/usr/bin/perl"), "interpreter")]
-    for body in ("#!python3\n", "#!\n", "#!\n/usr/bin/perl\n", "no shebang\n#!/bin/sh\n", "#!/usr/bin/env\tpython3\n"):
+    for body in ("#!python3\n", "#!\n", "#!\n/usr/bin/perl\n", "# /usr/bin/perl\n", "no shebang\n#!/bin/sh\n", "#!/usr/bin/env\tpython3\n"):
         t = tool(root / "s" / "x", body)
         want = [(t, "program")] + ([(Path("/usr/bin/env"), "interpreter")] if "env" in body else [])
         assert bwrap._needs(t) == want, body
@@ -399,10 +429,24 @@ def test_hidden_tools_names_each_program_the_sandbox_hides_with_its_fix(root: Pa
         tool(other / "venv" / "bin" / "revtool", f"#!{other}/venv/bin/python\n")
         (other / "venv" / "pyvenv.cfg").write_text("")
         assert bwrap.hidden_tools(settings, svc, "~/venv/bin/revtool", home=other) == []  # not hidden there
+        # a program that is missing does not end the search, nor one that is not hidden
+        s_py = tool(home / "s.py", f"#!{py}\n")
+        u2 = tool(root / "opt2" / "u2", f"#!{py}\n")
+        needs_py = f"needs its interpreter {py}, under the account's home, hidden by the sandbox"
+        assert bwrap.hidden_tools(settings, svc, f"/nonexistent/python3 {s_py}") == [
+            bwrap.HiddenTool(s_py, needs_py, py)]
+        assert bwrap.hidden_tools(settings, svc, "u2 --check", path=str(u2.parent)) == [
+            bwrap.HiddenTool(u2, needs_py, py)]
+        in_wt = tool(root / "wt" / "t.sh")  # named from another home, one the sandbox hides: shown by its path
+        assert bwrap.hidden_tools(settings, svc, "~/t.sh", home=root / "wt") == []
+        assert bwrap.hidden_tools(settings, svc, f"{in_wt}") == []
         h = bwrap.hidden_tools(settings, svc, "~/venv/bin/revtool")[0]
         assert h.fix("web") == f'install it system-wide, or add it to [service.web] sandbox_bind = ["{venv}"]'
         assert h.advice("api") == (f'{revtool} {why_venv}; install it system-wide, or add it to [service.api] '
                                    f'sandbox_bind = ["{venv}"]')
+        with pytest.MonkeyPatch.context() as mp:  # opskit's own venv under HOME is shown, with its tools
+            mp.setattr(sys, "prefix", str(venv))
+            assert bwrap.hidden_tools(settings, svc, "~/venv/bin/revtool check .") == []
         never = bwrap.HiddenTool(in_state, "is in the state dir", None)
         assert never.fix("web") == "keep the tool somewhere else (system-wide, or in the repository)"
     finally:
@@ -499,6 +543,7 @@ def test_policy_for_shows_the_named_tool_alone_and_what_git_and_binds_need(root:
 def test_interpreter_is_shown_when_it_lives_under_a_hidden_path(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = root / "home"
     venv, base, clone = home / "venv", root / "pybase", Path(tempfile.mkdtemp(prefix="opskit-rules-"))
+    run = Path(tempfile.mkdtemp(prefix="opskit-rules-", dir="/run"))
     try:
         for d in (venv, base, clone / "src" / "opskit" / "base"):
             d.mkdir(parents=True, exist_ok=True)
@@ -510,8 +555,11 @@ def test_interpreter_is_shown_when_it_lives_under_a_hidden_path(root: Path, monk
         assert bwrap._interpreter([root]) == sorted([base, venv, clone / "src"])
         monkeypatch.setattr(sys, "base_prefix", str(venv))
         assert bwrap._interpreter([]) == [clone / "src"]
+        monkeypatch.setattr(sys, "base_prefix", str(run))  # /run is the sandbox's own (empty) too
+        assert bwrap._interpreter([]) == sorted([run, clone / "src"])
     finally:
         shutil.rmtree(clone, ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def test_homes_are_home_and_the_accounts_passwd_entry(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
@@ -567,6 +615,8 @@ def test_available_and_require_say_the_cause_and_the_fix_for_the_service(root: P
     monkeypatch.setenv("PATH", str(root / "empty"))
     assert bwrap.find() is None
     assert bwrap.available("web") == f"bwrap is not installed (not on PATH); {fix}"
+    assert bwrap.available() == f"bwrap is not installed (not on PATH); {fix}".replace("[service.web]",
+                                                                                    "[service.NAME]")
     with pytest.raises(bwrap.Unavailable) as e:
         bwrap.require("web")
     assert str(e.value) == f"bwrap is not installed (not on PATH); {fix}"
