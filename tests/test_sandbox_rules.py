@@ -323,6 +323,7 @@ def test_programs_finds_what_the_shell_would_run(root: Path) -> None:
     cases = [
         ("~/bin/tool --x", [home / "bin" / "tool"]),
         ("env A=1 B=2 /opt/t a", [Path("/opt/t")]),
+        ("env /opt/t", [Path("/opt/t")]), ("A=1 /opt/t", [Path("/opt/t")]), ("-x /opt/t", [Path("/opt/t")]),
         ("/usr/bin/env -i A=1 /opt/t", [Path("/opt/t")]),
         ("sh -e ./x.sh", [pathdir / "sh"]),
         ("sh helper", [pathdir / "sh"]),  # the script is not looked up on PATH
@@ -344,7 +345,15 @@ def test_programs_finds_what_the_shell_would_run(root: Path) -> None:
         assert bwrap.programs(command, home=home, path=p) == want, command
     assert bwrap.programs("helper", home=home, path="") == []  # no lookup at all
     assert bwrap.programs("~/t", home=Path("/")) == [Path("/t")]
+    assert bwrap.programs("~/t", home=Path("/srv/boX")) == [Path("/srv/boX/t")]
     assert bwrap.programs("~/t", path="") == [home / "t"]  # HOME when no home is given
+
+
+def test_programs_never_answers_a_relative_path(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step runs in the private copy, so a path relative to opskit's cwd names nothing it runs."""
+    tool(root / "rel" / "tool")
+    monkeypatch.chdir(root)
+    assert bwrap.programs("rel/tool --x", path=str(root)) == [] and bwrap.programs("sh rel/tool", path="") == []
 
 
 def test_programs_looks_a_bare_name_up_on_the_environments_path(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
