@@ -361,7 +361,7 @@ def test_programs_looks_a_bare_name_up_on_the_environments_path(root: Path, monk
     monkeypatch.setenv("PATH", str(root / "pathbin"))
     assert bwrap.programs("helper --x") == [root / "pathbin" / "helper"]
     monkeypatch.delenv("PATH")
-    assert bwrap.programs("helper --x") == []
+    assert bwrap.programs("helper --x") == [] and bwrap.programs("sh -c true") == []  # no PATH: no lookup
 
 
 def test_tool_files_are_existing_files_never_a_secret_each_once(root: Path) -> None:
@@ -582,6 +582,32 @@ def test_homes_are_home_and_the_accounts_passwd_entry(monkeypatch: pytest.Monkey
     assert bwrap.account_home() == pw_home and bwrap.homes() == [pw_home]
     monkeypatch.delenv("HOME")
     assert bwrap.account_home() == pw_home and bwrap.homes() == [pw_home]
+
+
+@needs_root
+def test_a_uid_without_a_passwd_entry_has_no_home_but_home(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """A step root runs for a uid that has no name (a deleted account's files): HOME alone."""
+    import pwd
+
+    uid = next(u for u in range(4_100_000, 4_200_000) if not _has_passwd(u))
+    nobody = pwd.struct_passwd(("opsk-no-entry", "x", uid, uid, "", "/nonexistent", "/bin/false"))
+    monkeypatch.delenv("HOME")
+    assert bwrap.account_home() is not None  # root has its entry (and this call is in the test process)
+    assert accounts.as_account(nobody, lambda: [str(bwrap.account_home()), bwrap.homes()]) == ["None", []]
+    monkeypatch.setenv("HOME", str(root / "home"))
+    assert accounts.as_account(nobody, lambda: [str(bwrap.account_home()), [str(h) for h in bwrap.homes()]]) == [
+        str(root / "home"), [str(root / "home")]]
+    assert bwrap.homes()[0] == root / "home"
+
+
+def _has_passwd(uid: int) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
 
 
 @needs_bwrap
