@@ -230,6 +230,37 @@ def test_a_path_the_account_cannot_reach_exists_for_nothing(root: Path) -> None:
         assert [bwrap._exists(closed / "d", dir=False), bwrap._exists(closed / "f", dir=True)] == [False, False]
 
 
+@needs_root
+def test_remove_goes_on_past_what_the_account_may_not_change_and_leaves_only_that(root: Path) -> None:
+    """A folder in the copy that is not the account's: chmod is refused there. An empty one is
+    removed all the same; a file in one that stays read-only is left, with the folders holding
+    it, and nothing else. _remove itself never fails."""
+    def tree(copy: Path) -> None:
+        (copy / "ro" / "rootdir").mkdir(parents=True)
+        (copy / "ro" / "rootro").mkdir()
+        (copy / "ro" / "rootro" / "f").write_text("f")
+        (copy / "ro" / "mine").write_text("m")
+
+    mine = root / "as-root" / "copy"
+    tree(mine)
+    os.chmod(mine / "ro" / "rootro", 0o555)
+    bwrap._remove(mine)  # root: everything goes (and mutmut sees this call, in the test process)
+    assert not os.path.lexists(mine)
+    with throwaway_account("opskrm") as pw:
+        os.chmod(root, 0o755)
+        parent = root / "parent"
+        copy = parent / "copy"
+        tree(copy)
+        _chown_all(parent, pw)
+        for d in (copy / "ro" / "rootdir", copy / "ro" / "rootro", copy / "ro" / "rootro" / "f"):
+            os.chown(d, 0, 0)  # root's, inside the account's copy
+        os.chmod(copy / "ro" / "rootro", 0o555)
+        os.chmod(copy / "ro", 0o500)
+        assert accounts.as_account(pw, bwrap._remove, copy) is None
+        left = sorted(str(p.relative_to(parent)) for p in parent.rglob("*"))
+        assert left == ["copy", "copy/ro", "copy/ro/rootro", "copy/ro/rootro/f"]
+
+
 def test_private_copy_without_an_account_is_removed_read_only_folders_included(root: Path) -> None:
     co = root / "co"
     (co / "sub").mkdir(parents=True)
