@@ -48,7 +48,7 @@ MODULES=(
   "decisions|src/opskit/notify/decisions.py|tests/test_decisions_rules.py tests/test_inbox.py"
   "inbox|src/opskit/chain/inbox.py|tests/test_inbox.py tests/test_decisions_rules.py"
   "accounts|src/opskit/base/accounts.py|tests/test_trust_rules.py tests/test_hooks_as_root.py"
-  "sandbox|src/opskit/base/bwrap.py|tests/test_bwrap.py tests/test_sandbox_tools.py tests/test_trust_rules.py"
+  "sandbox|src/opskit/base/bwrap.py|tests/test_sandbox_rules.py tests/test_bwrap.py tests/test_sandbox_tools.py tests/test_trust_rules.py"
   "recover|src/opskit/storage/recover.py|tests/test_journal_recover.py tests/test_recovery_rules.py"
   "fallback|src/opskit/storage/fallback.py|tests/test_journal_faults.py tests/test_recovery_rules.py"
 )

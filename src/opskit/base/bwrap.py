@@ -31,6 +31,7 @@ import pwd
 import re
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -302,8 +303,10 @@ def _needs(p: Path) -> list[tuple[Path, str]]:
     with contextlib.suppress(OSError):
         with open(p, "rb") as f:
             first = f.read(256).split(b"\n", 1)[0]
-        if first.startswith(b"#!"):
-            interp = Path(first[2:].strip().split(b" ", 1)[0].decode(errors="replace"))
+        # the kernel's reading: the interpreter ends at a space or a tab; its bytes are the path
+        words = first[2:].split(None, 1) if first.startswith(b"#!") else []
+        if words:
+            interp = Path(os.fsdecode(words[0]))
             if interp.is_absolute() and not any(interp.is_relative_to(q) for q, _ in out[1:]):
                 out.append((interp, "interpreter"))
     return out
@@ -421,7 +424,8 @@ def git_slice(checkout: Path) -> list[Path]:
     dotgit = checkout / ".git"
     if not dotgit.is_file():
         return []
-    line = dotgit.read_text(encoding="utf-8", errors="replace").strip()
+    # a path's bytes as they are (a repo under a folder whose name is not UTF-8 is still found)
+    line = os.fsdecode(dotgit.read_bytes()).strip()
     if not line.startswith("gitdir:"):
         return []
     admin = Path(line.removeprefix("gitdir:").strip())
@@ -430,7 +434,7 @@ def git_slice(checkout: Path) -> list[Path]:
     out = [admin]
     common_file = admin / "commondir"
     if common_file.is_file():
-        rel = common_file.read_text(encoding="utf-8", errors="replace").strip()
+        rel = os.fsdecode(common_file.read_bytes()).strip()
         common = (admin / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
         out += [common / n for n in _GIT_READ if (common / n).exists()]
     return out
@@ -476,18 +480,27 @@ def private_copy(checkout: Path, user: pwd.struct_passwd | None = None) -> Itera
 
 
 def _remove(path: Path) -> None:
-    def unlock(func: object, p: str, _exc: object) -> None:
-        # a test may leave directories without write permission; we own them, so open them up
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-        with contextlib.suppress(OSError):
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                os.unlink(p)
+    """Remove the copy and everything a step left in it: a folder without write or search
+    permission (0o500, 0o000, at any depth) is ours, so it is opened up and emptied. Nothing
+    outside `path` is touched: a link is removed, never followed (chmod through a link to a
+    folder outside the copy would change that folder), and the folder holding `path` keeps its
+    mode (as root, that is the temp dir itself)."""
+    top = os.path.abspath(path)
+    retried: set[str] = set()
 
-    shutil.rmtree(path, onerror=unlock)
+    def unlock(_func: object, p: str, _exc: object) -> None:
+        for d in (os.path.dirname(p), p):
+            with contextlib.suppress(OSError):
+                if (d == top or d.startswith(top + os.sep)) and stat.S_ISDIR(os.lstat(d).st_mode):
+                    os.chmod(d, 0o700)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISDIR(os.lstat(p).st_mode):
+                os.unlink(p)
+            elif p not in retried:  # once per folder: one that stays stuck ends the retries
+                retried.add(p)
+                shutil.rmtree(p, onerror=unlock)
+
+    shutil.rmtree(top, onerror=unlock)
 
 
 def find() -> str | None:
