@@ -6,7 +6,9 @@ left to timing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +18,10 @@ import httpx
 import pytest
 
 from opskit.base import config
+from opskit.base.clock import FakeClock, iso
 from opskit.chain import inbox
 from opskit.notify import decisions
+from opskit.notify.base import Action
 from opskit.sandbox.receiver import Receiver
 from opskit.storage import approvals as approvals_store
 from opskit.storage import decisions as decisions_store
@@ -572,3 +576,295 @@ def test_setup_problems_names_each_channel_and_an_exposed_key_exactly(
     key.symlink_to(tmp_path / "elsewhere")
     assert decisions.setup_problems(bad)[-1][1] == (f"{key} is not a plain file of its own (a link or a special file): "
                                                     "whoever reads it can approve any change")
+
+
+# --- offering and signing: what a button is bound to, and which rows root refuses to sign -----
+
+T0 = dt.datetime(2026, 4, 26, 3, 53, 0, tzinfo=dt.timezone.utc)
+
+
+def _services(tmp_path: Path, write_config: Callable[[str], Path]) -> config.Settings:
+    """Buttons come back only through tg, which only svc notifies (the default channel is a
+    plain ntfy topic without a reply topic); svc's approval_timeout is ten minutes."""
+    return config.load(write_config(
+        f'[opskit]\nstate_dir = "{tmp_path / "state"}"\nnotify = ["plain"]\n'
+        '[notify.plain]\ntype = "ntfy"\nurl = "http://127.0.0.1:9/ntfy"\n'
+        f'[notify.tg]\ntype = "telegram"\ntoken = "{BOT}"\nchat_id = "1"\nallowed_users = [{ALICE}]\n'
+        f'[service.svc]\nrepo = "{tmp_path / "bare.git"}"\nworktree = "{tmp_path / "wt"}"\n'
+        'approval_timeout = 600\nnotify = ["tg"]\n'
+        f'[service.quiet]\nrepo = "{tmp_path / "q.git"}"\nworktree = "{tmp_path / "q"}"\n'))
+
+
+def _row(j: Journal, oid: int) -> tuple[Any, ...]:
+    r = decisions_store.get_offer(j, oid)
+    assert r is not None
+    return (r.action, r.target, r.subject, r.service, r.created, r.expires, r.status)
+
+
+def test_an_offer_is_bound_to_its_subject_and_lives_its_services_approval_timeout(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _services(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    clock = FakeClock(T0)
+    sha = "abc1234def" * 4
+    parked = approvals_store.park(j, service="svc", chain="c1", branch="feature/x", sha=sha, base=None,
+                                  cause="review asked for a human")
+    j.kv_set("frozen", "svc", {"reason": "r", "event_id": None, "freeze_id": "f00d", "frozen_event": 77})
+    change = str(parked.id)
+    got = decisions.offer(settings, j, "svc", [("approve", change), ("reject", change), ("freeze", "svc"),
+                                               ("unfreeze", "svc"), ("approve", "999")], clock=clock)
+    assert [a.label for a in got] == ["Approve", "Reject", "Freeze", "Unfreeze", "Approve"]
+    ids = [int(a.token.removeprefix(decisions.UNSIGNED)) for a in got]
+    assert [a.token for a in got] == [f"{decisions.UNSIGNED}{i}" for i in ids]
+    expires = int(T0.timestamp()) + 600  # svc's approval_timeout, not the default day
+    assert [_row(j, i) for i in ids] == [
+        ("approve", change, sha, "svc", iso(T0), expires, "open"),
+        ("reject", change, sha, "svc", iso(T0), expires, "open"),
+        ("freeze", "svc", None, "svc", iso(T0), expires, "open"),  # a freeze is bound to no earlier one
+        ("unfreeze", "svc", "77", "svc", iso(T0), expires, "open"),  # the freeze it lifts
+        ("approve", "999", None, "svc", iso(T0), expires, "open")]  # no such change: bound to nothing
+    assert decisions.subject_of(j, "approve", "999") is None
+    assert decisions.subject_of(j, "freeze", "svc") is None
+    assert decisions.subject_of(j, "unfreeze", "svc") == "77"
+    (short,) = decisions.offer(settings, j, "svc", [("freeze", "svc")], ttl=60, clock=clock)
+    assert _row(j, int(short.token.removeprefix(decisions.UNSIGNED)))[5] == int(T0.timestamp()) + 60
+    # quiet notifies only the plain topic, which carries no tap back: no buttons, no rows
+    assert decisions.offer(settings, j, "quiet", [("freeze", "quiet")], clock=clock) == []
+    assert decisions.offer(settings, j, "ghost", [("freeze", "ghost")], clock=clock) == []
+    with j.tx() as c:
+        assert c.execute("SELECT COUNT(*) FROM decision_offers").fetchone()[0] == 6
+    # a service the config does not name lives the default day
+    other = _settings(tmp_path / "other", write_config)
+    oj = Journal(other.state_dir)
+    (ghost,) = decisions.offer(other, oj, "ghost", [("freeze", "ghost")], clock=clock)
+    assert _row(oj, int(ghost.token.removeprefix(decisions.UNSIGNED)))[5] == int(T0.timestamp()) + 24 * 3600
+
+
+def test_root_signs_only_rows_opskit_could_have_made_and_says_why_exactly(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    """Every reason unsignable() gives, at its boundary: the expiry itself, the service's
+    approval_timeout plus the slack, a service the config does not name (the default day)."""
+    settings = _services(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    t0 = int(T0.timestamp())
+    slack = decisions.LIFE_SLACK
+
+    def add(action: str, target: str, service: str, expires: int, created: str = iso(T0)) -> int:
+        (oid,) = decisions_store.insert_offers(j, service, [(action, target, None)], created, expires)
+        return oid
+
+    longest = add("freeze", "svc", "svc", t0 + 600 + slack)
+    too_long = add("freeze", "svc", "svc", t0 + 600 + slack + 1)
+    day = add("freeze", "ghost", "ghost", t0 + 24 * 3600 + slack)
+    day_too_long = add("freeze", "ghost", "ghost", t0 + 24 * 3600 + slack + 1)
+    ends_now = add("unfreeze", "svc", "svc", t0 + 300)
+    unknown = add("deploy", "svc", "svc", t0 + 300)
+    spent = add("freeze", "svc", "svc", t0 + 300)
+    undated = add("freeze", "svc", "svc", t0 + 400, created="yesterday")
+    no_change = add("approve", "999", "svc", t0 + 400)
+    odd = add("freeze", "svc; http, Rollback, x", "svc", t0 + 400)
+    cut = add("freeze", "a" * 32 + " bbbbbb", "svc", t0 + 400)
+    with j.tx() as c:
+        c.execute("UPDATE decision_offers SET status = 'applied' WHERE id = ?", (spent,))
+    clock = FakeClock(T0 + dt.timedelta(seconds=300))
+    logs = Action("Logs", "https://example.invalid/logs")
+    queued = [logs] + [Action("Tap me", f"{decisions.UNSIGNED}{i}")
+                       for i in (longest, too_long, day, day_too_long, ends_now, unknown, spent, undated)] + [
+        Action("x", f"{decisions.UNSIGNED}abc"), Action("x", f"{decisions.UNSIGNED}99999"),
+        Action("x", f"{decisions.UNSIGNED}{no_change}"), logs, Action("x", f"{decisions.UNSIGNED}{odd}"),
+        Action("x", f"{decisions.UNSIGNED}{cut}")]
+    signed = decisions.sign(settings, j, queued, clock=clock)
+    key = decisions.secret(settings.state_dir)
+
+    def tok(oid: int) -> str:
+        found = decisions_store.get_offer(j, oid)
+        assert found is not None
+        return decisions.token(key, found)
+
+    assert signed == (logs, Action("Freeze svc", tok(longest)), Action("Freeze ghost", tok(day)),
+                      Action("Approve #999", tok(no_change)), logs,
+                      Action("Freeze svc http Rollback x", tok(odd)),
+                      Action("Freeze " + "a" * 32, tok(cut)))  # cut at 40 on a space, the space dropped
+    refused = j.query(type_prefix="decision.refused")
+    at = iso(T0 + dt.timedelta(seconds=300))
+    assert [(e.service, e.data) for e in refused] == [(svc, {
+        "action": action, "target": target, "offer": oid, "reason": f"button not signed: {why}"})
+        for svc, action, target, oid, why in [
+            ("svc", "freeze", "svc", too_long, f"offer {too_long} expires {600 + slack + 1}s after it was made, "
+             "more than svc's approval_timeout (600s): not an offer opskit made"),
+            ("ghost", "freeze", "ghost", day_too_long, f"offer {day_too_long} expires {24 * 3600 + slack + 1}s "
+             "after it was made, more than ghost's approval_timeout (86400s): not an offer opskit made"),
+            ("svc", "unfreeze", "svc", ends_now, f"offer {ends_now} expired at {at}"),
+            ("svc", "deploy", "svc", unknown, "unknown action 'deploy'"),
+            ("svc", "freeze", "svc", spent, f"offer {spent} is applied, not open"),
+            ("svc", "freeze", "svc", undated, f"offer {undated} has no readable creation time ('yesterday')")]]
+    # one second before its expiry the same row is signed
+    (early,) = decisions.sign(settings, j, [Action("x", f"{decisions.UNSIGNED}{ends_now}")],
+                              clock=FakeClock(T0 + dt.timedelta(seconds=299))) or ()
+    assert early == Action("Unfreeze svc", tok(ends_now))
+
+
+def test_a_key_that_cannot_be_used_costs_the_buttons_not_the_others(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    queued = decisions.offer(settings, j, "svc", [("freeze", "svc")])
+    (settings.state_dir / decisions.KEY_FILE).chmod(0o644)  # exposed: refused in a personal dir
+    logs = Action("Logs", "https://example.invalid/logs")
+    assert decisions.sign(settings, j, [queued[0], logs, logs]) == (logs, logs)
+    assert _events(j, "refused") == []
+
+
+# --- a refused tap, a race on its record, an outcome that says nothing -------------------------
+
+def _tap_row(j: Journal, channel: str, msg_id: str) -> tuple[Any, ...] | None:
+    with j.tx() as c:
+        r = c.execute("SELECT offer_id FROM decision_taps WHERE channel = ? AND msg_id = ?", (channel, msg_id)).fetchone()
+    return tuple(r) if r is not None else None
+
+
+def test_a_refused_tap_is_recorded_with_its_offer(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, reject, _ = _approve_and_reject(settings, j)
+    forged = _forged_tokens(settings, j, approve, reject)["one character short"]
+    assert decisions.receive(settings, j, _Recorder(), channel="tg", msg_id="1", token=forged, by=ALICE_BY).status \
+        == "refused"
+    assert decisions.receive(settings, j, _Recorder(), channel="tg", msg_id="2", token=approve, by=ALICE_BY,
+                             refuse="not allowed").status == "refused"
+    assert decisions.receive(settings, j, _Recorder(), channel="tg", msg_id="3", token=approve, by=ALICE_BY,
+                             clock=FakeClock(dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2))).status \
+        == "refused"
+    # a bad signature names no offer; an expired genuine token does
+    assert (_tap_row(j, "tg", "1"), _tap_row(j, "tg", "2"), _tap_row(j, "tg", "3")) == ((None,), (None,),
+                                                                                        (_oid(approve),))
+
+
+def test_a_tap_another_run_decided_between_the_seen_check_and_the_refusal_is_seen_with_its_outcome(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run 1 finds the tap unseen; before it checks the token, run 2 reads the same tap and
+    applies it. Run 1 then finds the offer decided, and its refusal finds the tap recorded: it
+    answers as a re-read would, with run 2's outcome (the tapper was not told yet)."""
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, change = _approve_and_reject(settings, j)
+    rec = _Recorder()
+    tap_seen = decisions_store.tap_seen
+    other: list[decisions.Verdict] = []
+    started: list[str] = []
+
+    def hooked(journal: Journal, channel: str, msg_id: str) -> bool:
+        got = tap_seen(journal, channel, msg_id)
+        if not started:
+            started.append(msg_id)
+            other.append(decisions.receive(settings, Journal(settings.state_dir), rec, channel=channel,
+                                           msg_id=msg_id, token=approve, by=ALICE_BY))
+        return got
+
+    monkeypatch.setattr(decisions_store, "tap_seen", hooked)
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="5", token=approve, by=ALICE_BY)
+    text = f"approve {change} by {ALICE_BY}"
+    assert [(o.status, o.text) for o in other] == [("applied", text)]
+    assert (v.status, v.text, v.ok) == ("seen", text, True)
+    assert v.offer is not None and v.offer.id == _oid(approve)
+    assert rec.applied == [("approve", str(change), ALICE_BY)]
+    assert _events(j, "refused") == []  # the tap was not refused: it was decided
+
+
+class _SaysNothing(_Recorder):
+    """An apply whose outcome is empty, and that records which offer waits_again was asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited: list[tuple[int, str]] = []
+
+    def apply(self, found: decisions.Offer, by: str) -> tuple[str, bool]:
+        super().apply(found, by)
+        return "", True
+
+    def waits_again(self, found: decisions.Offer) -> bool:
+        self.waited.append((found.id, found.action))
+        return False
+
+
+def test_an_empty_outcome_is_told_empty_and_waits_again_is_asked_of_the_applied_offer(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, _ = _approve_and_reject(settings, j)
+    rec = _SaysNothing()
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="1", token=approve, by=ALICE_BY)
+    assert (v.status, v.text, v.ok) == ("applied", "", True) and rec.waited == [(_oid(approve), "approve")]
+    again = decisions.receive(settings, j, rec, channel="tg", msg_id="1", token=approve, by=ALICE_BY)
+    assert (again.status, again.text) == ("seen", "")
+    assert again.offer is not None and again.offer.id == _oid(approve)
+
+
+# --- resume: several dead claims, the reclaim's time, a reclaim another run won ----------------
+
+def test_every_dead_claim_is_resumed_in_turn_and_each_reclaim_is_timed(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    toks = [_approve_and_reject(settings, j) for _ in range(3)]
+    ids = [_claimed_then_killed(settings, j, monkeypatch, t[0], msg_id=str(n)) for n, t in enumerate(toks)]
+    later = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(minutes=5)
+    rec = _Recorder()
+    out = decisions.resume(settings, j, rec, clock=FakeClock(later))
+    assert [(v.status, v.offer.id if v.offer else None) for v in out] == [("applied", i) for i in ids]
+    assert rec.applied == [("approve", str(t[2]), ALICE_BY) for t in toks]
+    claimed_at = [decisions_store.get_offer(j, i) for i in ids]
+    assert [r.claimed_at if r else None for r in claimed_at] == [iso(later)] * 3
+
+
+def test_a_reclaim_another_run_won_is_left_to_it_and_the_next_claim_resumed(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    first, _, _ = _approve_and_reject(settings, j)
+    second, _, change2 = _approve_and_reject(settings, j)
+    won = _claimed_then_killed(settings, j, monkeypatch, first, msg_id="1")
+    ours = _claimed_then_killed(settings, j, monkeypatch, second, msg_id="2")
+    reclaim = decisions_store.reclaim
+
+    def another_run_first(journal: Journal, found: decisions.Offer, now: str) -> bool:
+        if found.id == won:  # another inbox run (this live pid) reclaimed it a moment before us
+            with j.tx() as c:
+                c.execute("UPDATE decision_offers SET claimed_by = ? WHERE id = ?", (os.getppid(), won))
+        return reclaim(journal, found, now)
+
+    monkeypatch.setattr(decisions_store, "reclaim", another_run_first)
+    rec = _Recorder()
+    out = decisions.resume(settings, j, rec)
+    assert [(v.status, v.offer.id if v.offer else None) for v in out] == [("applied", ours)]
+    assert rec.applied == [("approve", str(change2), ALICE_BY)] and rec.asked == [ours]
+    row = decisions_store.get_offer(j, won)
+    assert row is not None and (row.status, row.claimed_by) == ("applying", os.getppid())
+
+
+# --- the key file vanishing under secret() -------------------------------------------------------
+
+def test_a_key_deleted_by_someone_else_before_its_replacement_is_made_anew(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a shared state dir root replaces a key that is not a plain file of its own; if the
+    group member who planted or moved it deletes it between root's open and its unlink, the
+    replacement is still made."""
+    settings = _settings(tmp_path, write_config)
+    Journal(settings.state_dir)
+    os.chmod(settings.state_dir, 0o2770)  # shared: setgid
+    key = settings.state_dir / decisions.KEY_FILE
+    old = decisions.secret(settings.state_dir)
+    open_private = decisions.statefs.open_private
+    opened: list[int] = []
+
+    def open_then_vanish(path: Path, state_dir: Path) -> int:
+        got = open_private(path, state_dir)
+        if not opened:
+            os.unlink(path)  # the other process, after our open: the fd's file has no name left
+        opened.append(got)
+        return got
+
+    monkeypatch.setattr(decisions.statefs, "open_private", open_then_vanish)
+    made = decisions.secret(settings.state_dir)
+    assert len(made) == 32 and made != old and key.read_bytes() == made and len(opened) == 2
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == 0
