@@ -6,9 +6,16 @@ left to timing."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime as dt
+import hashlib
+import hmac
+import json
 import os
+import shutil
 import stat
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -868,3 +875,272 @@ def test_a_key_deleted_by_someone_else_before_its_replacement_is_made_anew(
     made = decisions.secret(settings.state_dir)
     assert len(made) == 32 and made != old and key.read_bytes() == made and len(opened) == 2
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == 0
+
+
+# --- receive: each refusal and each event exactly ----------------------------------------------
+
+def test_a_refused_tap_names_its_offer_in_the_event_and_the_verdict(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, change = _approve_and_reject(settings, j)
+    late = FakeClock(dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2))
+    v = decisions.receive(settings, j, _Recorder(), channel="tg", msg_id="1", token=approve, by=ALICE_BY, clock=late)
+    found = decisions_store.get_offer(j, _oid(approve))
+    assert found is not None and v.offer == found and (v.status, v.ok) == ("refused", False)
+    why = f"expired token (at {iso(dt.datetime.fromtimestamp(found.expires, dt.timezone.utc))})"
+    assert v.text == f"refused: {why}; nothing changed"
+    # a reason the channel found, and an empty one (nothing to say is still a refusal)
+    nobody = decisions.receive(settings, j, _Recorder(), channel="tg", msg_id="2", token=approve, by=ALICE_BY,
+                               refuse="")
+    assert (nobody.status, nobody.text, nobody.offer) == ("refused", "refused: refused; nothing changed", None)
+    refused = j.query(type_prefix="decision.refused")
+    assert [(e.service, e.data) for e in refused] == [
+        ("svc", {"channel": "tg", "by": ALICE_BY, "reason": why, "action": "approve", "target": str(change),
+                 "offer": _oid(approve)}),
+        (None, {"channel": "tg", "by": ALICE_BY, "reason": "refused"})]
+
+
+def test_the_other_button_of_a_decided_change_is_refused_as_decided_by_nobody_named(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, reject, _ = _approve_and_reject(settings, j)
+    reply = {"chat_id": 1, "message_id": 5}
+    assert decisions.receive(settings, j, _Recorder(), channel="tg", msg_id="1", token=approve, by=ALICE_BY,
+                             reply=reply).status == "applied"
+    row = decisions_store.get_offer(j, _oid(approve))
+    assert row is not None and row.reply == json.dumps(reply)  # where the tapper is answered
+    v = decisions.receive(settings, j, _Recorder(), channel="tg", msg_id="2", token=reject, by=ALICE_BY)
+    assert (v.status, v.text) == ("refused", "refused: already decided; nothing changed")  # superseded, by no tap
+
+
+@pytest.mark.parametrize("how", ["rewritten", "deleted"])
+def test_a_row_changed_between_the_check_and_the_claim_is_refused_as_used(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The claim takes the row only while it says what was checked: rewritten (or deleted)
+    after the check, it is not claimed, and nobody is named as having used it."""
+    settings, tok = _one_offer(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    check = decisions.check
+
+    def check_then_rewrite(*a: Any, **k: Any) -> tuple[decisions.Offer | None, str | None]:
+        got = check(*a, **k)
+        sql = {"rewritten": "UPDATE decision_offers SET target = 'other' WHERE id = ?",
+               "deleted": "DELETE FROM decision_offers WHERE id = ?"}[how]
+        with j.tx() as c:
+            c.execute(sql, (_oid(tok),))
+        return got
+
+    monkeypatch.setattr(decisions, "check", check_then_rewrite)
+    rec = _Recorder()
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="1", token=tok, by=ALICE_BY)
+    assert (v.status, v.text, v.ok) == ("refused", "already decided", False)
+    assert v.offer is not None and (v.offer.id, v.offer.target) == (_oid(tok), "svc")
+    assert rec.applied == []
+    refused = j.query(type_prefix="decision.refused")
+    assert [(e.service, e.data) for e in refused] == [("svc", {
+        "channel": "tg", "by": ALICE_BY, "action": "freeze", "target": "svc", "reason": "token already used"})]
+
+
+def test_a_tap_another_run_claimed_between_the_check_and_the_claim_is_seen_with_its_outcome(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, tok = _one_offer(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    rec = _Recorder()
+    claim = decisions_store.claim_by_tap
+    other: list[decisions.Verdict] = []
+
+    def another_run_first(journal: Journal, found: decisions.Offer, **kw: Any) -> tuple[bool, bool]:
+        if not other:
+            other.append(decisions.Verdict("?", "?"))
+            other[0] = decisions.receive(settings, Journal(settings.state_dir), rec, channel=kw["channel"],
+                                         msg_id=kw["msg_id"], token=tok, by=kw["by"])
+        return claim(journal, found, **kw)
+
+    monkeypatch.setattr(decisions_store, "claim_by_tap", another_run_first)
+    v = decisions.receive(settings, j, rec, channel="tg", msg_id="3", token=tok, by=ALICE_BY)
+    text = f"freeze svc by {ALICE_BY}"
+    assert [(o.status, o.text) for o in other] == [("applied", text)]
+    assert (v.status, v.text) == ("seen", text) and v.offer is not None and v.offer.id == _oid(tok)
+    assert rec.applied == [("freeze", "svc", ALICE_BY)]
+    received = j.query(type_prefix="decision.received")
+    assert [(e.service, e.data) for e in received] == [("svc", {
+        "channel": "tg", "by": ALICE_BY, "action": "freeze", "target": "svc", "offer": _oid(tok)})]
+
+
+# --- check: every way a string is not a genuine token ------------------------------------------
+
+def test_check_says_exactly_why_a_string_is_no_token(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings, tok = _one_offer(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    ver, oid, exp, mac = tok.split(".")
+    found = decisions_store.get_offer(j, int(oid))
+    assert found is not None
+    no = "not an opskit decision token"
+    for text, want in [(f"2.{oid}.{exp}.{mac}", no), (f"1.{oid}.{exp}", no), (f"{tok}.x", no),
+                       (f"1.x{oid}.{exp}.{mac}", no), (f"1.{oid}.!.{mac}", no),
+                       (f"1.99999.{exp}.{mac}", "bad token (no such offer)")]:
+        assert decisions.check(settings, j, text) == (None, want), text
+    at = dt.datetime.fromtimestamp(found.expires, dt.timezone.utc)
+    assert decisions.check(settings, j, tok, FakeClock(at)) == (found, f"expired token (at {iso(at)})")
+    assert decisions.check(settings, j, f"  {tok}\n", FakeClock(at - dt.timedelta(seconds=1))) == (found, None)
+
+
+def test_a_token_is_the_documented_hmac_of_its_offer(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    """`1.<offer>.<expiry base 36>.<HMAC-SHA256 over offer|action|target|expiry[|subject], 16 bytes,
+    unpadded url-safe base64>`: tokens already on phones keep checking only if this never drifts;
+    an offer without a subject (a freeze, or one made before subjects) signs no subject part."""
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, _ = _approve_and_reject(settings, j)
+    (freeze,) = decisions.sign(settings, j, decisions.offer(settings, j, "svc", [("freeze", "svc")])) or ()
+    key = decisions.secret(settings.state_dir)
+    for tok in (approve, freeze.token):
+        row = decisions_store.get_offer(j, _oid(tok))
+        assert row is not None
+        msg = f"{row.id}|{row.action}|{row.target}|{row.expires}" + (f"|{row.subject}" if row.subject else "")
+        mac = base64.urlsafe_b64encode(hmac.new(key, msg.encode(), hashlib.sha256).digest()[:16]).decode()
+        ver, oid, exp, sig = tok.split(".")
+        assert (ver, oid, int(exp, 36), sig) == ("1", str(row.id), row.expires, mac.rstrip("="))
+
+
+# --- the key: its refusals, and a key that keeps changing --------------------------------------
+
+def test_an_exposed_key_in_a_personal_dir_is_refused_naming_the_file(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    settings = _settings(tmp_path, write_config)
+    Journal(settings.state_dir)
+    key = settings.state_dir / decisions.KEY_FILE
+    decisions.secret(settings.state_dir)
+    key.chmod(0o604)
+    with pytest.raises(decisions.UsageError) as e:
+        decisions.secret(settings.state_dir)
+    assert str(e.value) == f"{key} can be read by others; `chmod 600 {key}` (or delete it to make a new one)"
+
+
+def test_a_key_replaced_under_root_at_every_try_is_refused_after_three(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path, write_config)
+    Journal(settings.state_dir)
+    os.chmod(settings.state_dir, 0o2770)  # shared: root replaces a key that is not its own
+    key = settings.state_dir / decisions.KEY_FILE
+    decisions.secret(settings.state_dir)
+    open_private = decisions.statefs.open_private
+    opened: list[int] = []
+
+    def open_then_vanish(path: Path, state_dir: Path) -> int:
+        got = open_private(path, state_dir)
+        os.unlink(path)  # another account moves it away each time
+        opened.append(got)
+        return got
+
+    monkeypatch.setattr(decisions.statefs, "open_private", open_then_vanish)
+    with pytest.raises(decisions.UsageError) as e:
+        decisions.secret(settings.state_dir)
+    assert str(e.value) == (f"{key} keeps changing under us (another account replaces it); "
+                            "see who writes the state dir, then delete it")
+    assert len(opened) == 3
+
+
+def _as_account(uid: int, gid: int, work: Callable[[], object]) -> object:
+    """work() in a forked child running as uid:gid (the trampolines of a mutation run are in
+    the fork too); its result or the text of what it raised comes back through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                out: object = ("ok", work())
+            except BaseException as e:
+                out = ("raised", f"{type(e).__name__}: {e}")
+            os.write(w, json.dumps(out, default=repr).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        got = fh.read()
+    os.waitpid(pid, 0)
+    return json.loads(got)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the tests make a throwaway account and become it")
+def test_an_account_holds_the_key_of_its_own_dir_and_never_of_a_shared_one(
+        tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    from tests.support.accounts import throwaway_account
+
+    def load(state: Path, name: str) -> config.Settings:
+        return config.load(write_config(
+            f'[opskit]\nstate_dir = "{state}"\nnotify = ["tg"]\n[notify.tg]\ntype = "telegram"\n'
+            f'token = "{BOT}"\nchat_id = "1"\nallowed_users = [{ALICE}]\n', name))
+
+    top = Path(tempfile.mkdtemp(prefix="opskit-decisions-"))  # tmp_path's parents are root's alone (0700)
+    top.chmod(0o755)
+    with throwaway_account("opskdec") as pw, contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, top)
+        own = top / "own"
+        own.mkdir()
+        os.chown(own, pw.pw_uid, pw.pw_gid)
+        settings = load(own / "state", "own.toml")
+
+        def personal() -> object:
+            j = Journal(settings.state_dir)
+            queued = decisions.offer(settings, j, "svc", [("freeze", "svc")])
+            signed = decisions.sign(settings, j, queued)
+            st = os.stat(settings.state_dir / decisions.KEY_FILE)
+            return [decisions.holds_key(settings.state_dir), [a.label for a in signed or ()],
+                    st.st_uid, oct(stat.S_IMODE(st.st_mode))]
+
+        assert _as_account(pw.pw_uid, pw.pw_gid, personal) == ["ok", [True, ["Freeze svc"], pw.pw_uid, "0o600"]]
+        shared = top / "shared"
+        shared.mkdir()
+        in_shared = load(shared, "shared.toml")
+        os.chown(shared, 0, pw.pw_gid)
+        shared.chmod(0o2770)
+        key = shared / decisions.KEY_FILE
+
+        def member() -> object:
+            refused = None
+            try:
+                decisions.secret(shared)
+            except decisions.UsageError as e:
+                refused = str(e)
+            queued = [Action("Freeze", f"{decisions.UNSIGNED}1")]
+            return [decisions.holds_key(shared), refused, decisions.sign(in_shared, None, queued),  # type: ignore[arg-type]
+                    os.path.lexists(key)]
+
+        assert _as_account(pw.pw_uid, pw.pw_gid, member) == ["ok", [
+            False, f"{key}: in a shared state dir the decision key is root's alone (account {pw.pw_name} may not "
+            "sign decisions); root's `opskit inbox` and `notify --flush` (cron.d) use it", None, False]]
+
+
+def test_a_key_cut_short_is_replaced_by_a_whole_one(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
+    """A crash between the key's create and its write leaves it short: it is made anew."""
+    settings = _settings(tmp_path, write_config)
+    Journal(settings.state_dir)
+    key = settings.state_dir / decisions.KEY_FILE
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"short")
+    os.close(fd)
+    made = decisions.secret(settings.state_dir)
+    assert len(made) == 32 and key.read_bytes() == made
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["personal", "shared"])
+def test_a_key_of_another_owner_is_named_with_whose_it_should_be(
+        tmp_path: Path, write_config: Callable[[str], Path], shared: bool) -> None:
+    settings = _settings(tmp_path, write_config)
+    Journal(settings.state_dir)
+    if shared:
+        os.chmod(settings.state_dir, 0o2770)
+    key = settings.state_dir / decisions.KEY_FILE
+    decisions.secret(settings.state_dir)
+    os.chown(key, 1, 0)  # neither root's nor (as root runs this) the account's own
+    fix = (f"delete it: root's next `opskit inbox` makes a new one, 0600 root (`rm {key}`)" if shared
+           else f"`chmod 600 {key}` (or delete it to make a new one)")
+    assert decisions.key_exposed(key, settings.state_dir) == (
+        f"{key} belongs to uid 1, not to " + ("root" if shared else "you"), fix)
