@@ -1069,7 +1069,7 @@ def _as_account(uid: int, gid: int, work: Callable[[], object]) -> object:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the tests make a throwaway account and become it")
-def test_an_account_holds_the_key_of_its_own_dir_and_never_of_a_shared_one(
+def test_an_account_holds_the_key_of_its_own_dir_and_only_root_that_of_a_shared_one(
         tmp_path: Path, write_config: Callable[[str], Path]) -> None:
     from tests.support.accounts import throwaway_account
 
@@ -1116,6 +1116,12 @@ def test_an_account_holds_the_key_of_its_own_dir_and_never_of_a_shared_one(
         assert _as_account(pw.pw_uid, pw.pw_gid, member) == ["ok", [
             False, f"{key}: in a shared state dir the decision key is root's alone (account {pw.pw_name} may not "
             "sign decisions); root's `opskit inbox` and `notify --flush` (cron.d) use it", None, False]]
+        # root (its cron's inbox and notify --flush) signs in the shared dir; the key is root's
+        # (made here, in the test's own process: the calls a mutation run records as reached)
+        j = Journal(shared)
+        signed = decisions.sign(in_shared, j, decisions.offer(in_shared, j, "svc", [("freeze", "svc")]))
+        assert decisions.holds_key(shared) and [a.label for a in signed or ()] == ["Freeze svc"]
+        assert (key.stat().st_uid, stat.S_IMODE(key.stat().st_mode)) == (0, 0o600)
 
 
 def test_a_key_cut_short_is_replaced_by_a_whole_one(tmp_path: Path, write_config: Callable[[str], Path]) -> None:
