@@ -1150,3 +1150,19 @@ def test_a_key_of_another_owner_is_named_with_whose_it_should_be(
            else f"`chmod 600 {key}` (or delete it to make a new one)")
     assert decisions.key_exposed(key, settings.state_dir) == (
         f"{key} belongs to uid 1, not to " + ("root" if shared else "you"), fix)
+
+
+def test_a_claims_proof_is_the_hmac_of_the_tap_it_claims_for(
+        tmp_path: Path, write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proof outlives the run that wrote it (a killed run's claim is resumed by the next,
+    perhaps of a newer opskit): HMAC-SHA256 over claim|offer|action|target|subject|expiry|channel|tap|by,
+    unpadded url-safe base64."""
+    settings = _settings(tmp_path, write_config)
+    j = Journal(settings.state_dir)
+    approve, _, _ = _approve_and_reject(settings, j)
+    oid = _claimed_then_killed(settings, j, monkeypatch, approve, msg_id="12")
+    row = decisions_store.get_offer(j, oid)
+    assert row is not None
+    msg = f"claim|{oid}|approve|{row.target}|{row.subject}|{row.expires}|tg|12|{ALICE_BY}"
+    digest = hmac.new(decisions.secret(settings.state_dir), msg.encode(), hashlib.sha256).digest()
+    assert row.proof == base64.urlsafe_b64encode(digest).decode().rstrip("=") and len(row.proof) == 43
