@@ -1,0 +1,629 @@
+"""The inbox's own parts, in the test process and fast: what each answer says and to whom, which
+change still waits, what a tap applies, and how a run reads its channels. A real journal and
+state dir, a real git repository, and the Telegram and ntfy stand-ins (sandbox/botapi.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from opskit.base import config
+from opskit.base.clock import FakeClock, iso
+from opskit.base.config import Secret
+from opskit.base.errors import GitError, UsageError
+from opskit.chain import inbox
+from opskit.git.repo import Git
+from opskit.notify import decisions
+from opskit.sandbox.receiver import Receiver
+from opskit.storage import approvals as approvals_store
+from opskit.storage import decisions as decisions_store
+from opskit.storage import outbox
+from opskit.storage.journal import Journal
+from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
+from tests.support.phone import ALICE, BOT, PHONE, READER
+
+
+@dataclass
+class Box:
+    settings: config.Settings
+    j: Journal
+    sb: Sandbox
+    rcv: Receiver
+    clock: FakeClock
+    lines: list[str]
+
+    def applier(self) -> inbox.CliApplier:
+        return inbox.CliApplier(self.settings, self.j, self.clock, self.lines.append)
+
+    def offer(self, action: str, target: str = "svc") -> decisions.Offer:
+        (a,) = decisions.offer(self.settings, self.j, "svc", [(action, target)], clock=self.clock)
+        found = decisions_store.get_offer(self.j, int(a.token[len(decisions.UNSIGNED):]))
+        assert found is not None
+        return found
+
+    def token(self, action: str, target: str = "svc") -> str:
+        (a,) = decisions.sign(self.settings, self.j, decisions.offer(self.settings, self.j, "svc", [(action, target)],
+                                                                       clock=self.clock), self.clock) or ()
+        return a.token
+
+    def follow_ups(self) -> list[tuple[str, str | None, int | None, list[str], str, list[str]]]:
+        return [(m.topic, m.title, m.priority, m.tags, m.message, [a["label"] for a in m.actions])
+                for m in self.rcv.ntfy.topics.get("svc-alerts", [])]
+
+
+def _write(tmp_path: Path, write_config: Callable[[str], Path], rcv: Receiver, sb: Sandbox, *,
+           tg: bool = True, nt: bool = True, service: str = "") -> config.Settings:
+    base = rcv.url("ntfy", "x").rsplit("/", 1)[0]
+    names = ", ".join(f'"{n}"' for n, on in (("tg", tg), ("nt", nt)) if on)
+    text = (f'[opskit]\nstate_dir = "{tmp_path / "state"}"\nnotify = [{names}]\n'
+            f'[service.svc]\nrepo = "{sb.bare}"\nworktree = "{sb.worktree}"\n{service}')
+    if tg:
+        text += (f'[notify.tg]\ntype = "telegram"\ntoken = "{BOT}"\nchat_id = "-100777"\n'
+                 f'api_url = "{rcv.url("telegram")}"\nallowed_users = [{ALICE}]\nretry_for = 1\ntimeout = 5\n')
+    if nt:
+        text += (f'[notify.nt]\ntype = "ntfy"\nurl = "{base}"\ntopic = "svc-alerts"\ntoken = "{READER}"\n'
+                 f'reply_url = "{base}/svc-replies/"\nreply_token = "{PHONE}"\nretry_for = 1\ntimeout = 5\n')
+    rcv.ntfy.acl("svc-replies", read={READER}, write={PHONE})
+    rcv.ntfy.acl("svc-alerts", read={READER}, write={READER})
+    return config.load(write_config(text))
+
+
+@pytest.fixture(name="box")
+def box_fixture(tmp_path: Path, write_config: Callable[[str], Path]) -> Iterator[Box]:
+    rcv = Receiver.start(hang_seconds=5.0)
+    try:
+        sb = make_sandbox(tmp_path / "sb")
+        settings = _write(tmp_path, write_config, rcv, sb)
+        # two hours behind the wall: whatever takes the wall clock instead of the run's is seen
+        clock = FakeClock(dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=2))
+        yield Box(settings, Journal(settings.state_dir, clock), sb, rcv, clock, [])
+    finally:
+        rcv.telegram.release()
+        rcv.stop()
+
+
+def _feature(box: Box, name: str = "feature/x", text: str = "x\n") -> str:
+    """A branch pushed to the service's bare repository; its commit."""
+    (box.sb.dev / "app.txt").write_text(text)
+    git(box.sb.dev, "checkout", "-q", "-B", name)
+    git(box.sb.dev, "commit", "-qam", f"{name}: {text.strip()}")
+    git(box.sb.dev, "push", "-q", "origin", f"HEAD:refs/heads/{name}")
+    return rev(box.sb.dev)
+
+
+def _park(box: Box, sha: str, branch: str = "feature/x", service: str = "svc") -> approvals_store.Parked:
+    return approvals_store.park(box.j, service=service, chain="c1", branch=branch, sha=sha, base=None,
+                                cause="review asked for a human", clock=box.clock)
+
+
+# --- what each answer says ----------------------------------------------------------------------
+
+def test_an_answer_names_a_change_by_its_number_and_anything_else_by_its_target(box: Box) -> None:
+    o = box.offer("freeze")
+    assert [inbox._target(replace(o, action=a, target=t)) for a, t in
+            [("approve", "7"), ("reject", "8"), ("unfreeze", "svc"), ("freeze", "api")]] == \
+        ["change #7", "change #8", "svc", "api"]
+
+
+def test_each_verdict_is_recorded_in_its_list_and_a_seen_one_not_at_all(box: Box) -> None:
+    o = box.offer("freeze")
+    report = inbox.InboxReport()
+    inbox._record(report, decisions.Verdict("seen", "", o), "nt")
+    inbox._record(report, decisions.Verdict("applied", "frozen", o, True), "nt")
+    inbox._record(report, decisions.Verdict("refused", "not an opskit decision token", None, False), "tg")
+    inbox._record(report, decisions.Verdict("refused", "svc is already frozen", replace(o, target="api",
+                                                                                         service="api"), False), "resumed")
+    assert report.applied == [{"channel": "nt", "status": "applied", "text": "frozen", "ok": True,
+                               "action": "freeze", "target": "svc", "service": "svc"}]
+    assert report.refused == [
+        {"channel": "tg", "status": "refused", "text": "not an opskit decision token", "ok": False},
+        {"channel": "resumed", "status": "refused", "text": "svc is already frozen", "ok": False,
+         "action": "freeze", "target": "api", "service": "api"}]
+    assert report.ok and report.to_dict() == {"ok": True, "applied": report.applied, "refused": report.refused,
+                                              "problems": [], "busy": False}
+    report.problems.append("down")
+    assert not report.ok and report.to_dict()["ok"] is False
+
+
+def test_a_freeze_applied_from_a_phone_offers_its_unfreeze_and_nothing_else_does(box: Box) -> None:
+    o = box.offer("freeze")
+    assert box.applier().apply(replace(o, channel="nt"), "ntfy:nt")[1]
+    subject = decisions.freeze_subject(box.j.frozen("svc"))
+    assert subject is not None
+    (undo,) = inbox._undo(box.settings, box.j, decisions.Verdict("applied", "frozen", o, True), box.clock)
+    assert undo.label == "Unfreeze" and undo.token.startswith(decisions.UNSIGNED)
+    row = decisions_store.get_offer(box.j, int(undo.token[len(decisions.UNSIGNED):]))
+    assert row is not None
+    assert (row.action, row.target, row.service, row.subject, row.status, row.created) == \
+        ("unfreeze", "svc", "svc", subject, "open", iso(box.clock.now()))
+    made = decisions_store.get_offer(box.j, row.id + 1)
+    assert made is None
+    for v in [decisions.Verdict("applied", "frozen", o, False), decisions.Verdict("refused", "no", o, True),
+              decisions.Verdict("seen", "frozen", o, True), decisions.Verdict("applied", "x", None, True),
+              decisions.Verdict("applied", "unfrozen", replace(o, action="unfreeze"), True)]:
+        assert inbox._undo(box.settings, box.j, v, box.clock) == [], v
+    assert decisions_store.get_offer(box.j, row.id + 1) is None  # no offer made for any of them
+
+
+def test_an_ntfy_answer_is_a_new_message_saying_what_how_and_offering_the_way_back(box: Box) -> None:
+    o = box.offer("freeze")
+    nt = box.settings.channels["nt"]
+    box.applier().apply(replace(o, channel="nt"), "ntfy:nt")
+    inbox._follow_up(box.settings, box.j, nt, decisions.Verdict("applied", "frozen by ntfy:nt", o, True), box.clock)
+    # read again after a run that was killed before it told the tapper: told now, as applied
+    inbox._follow_up(box.settings, box.j, nt, decisions.Verdict("seen", "frozen by ntfy:nt", o, True), box.clock)
+    # an answer with no offer behind it: several lines, control characters shown, never obeyed
+    inbox._follow_up(box.settings, box.j, nt, decisions.Verdict(
+        "refused", "refused: not an opskit decision token\n\tread \x1b[2Jthis", None, False), box.clock)
+    # a target from the journal (the push account writes it) is shown in the title too
+    inbox._follow_up(box.settings, box.j, nt, decisions.Verdict(
+        "refused", "svc\x1b[2J is not frozen", replace(o, action="unfreeze", target="svc\x1b[2J"), False), box.clock)
+    assert box.follow_ups() == [
+        ("svc-alerts", "freeze svc: applied", 3, ["information_source", "svc"], "frozen by ntfy:nt",
+         ["Unfreeze svc"]),
+        ("svc-alerts", "freeze svc: applied", 3, ["information_source", "svc"], "frozen by ntfy:nt", []),
+        ("svc-alerts", "decision: refused", 4, ["warning"],
+         "refused: not an opskit decision token\n\tread \\x1b[2Jthis", []),
+        ("svc-alerts", "unfreeze svc\\x1b[2J: refused", 4, ["warning", "svc"], "svc\\x1b[2J is not frozen", [])]
+    assert [m.kind for m in box.rcv.messages] == ["ntfy"] * 4  # only to the tapped channel, not Telegram
+    rows = [outbox.get(box.j, i) for i in range(1, 5)]
+    assert [(r.channel, r.created, r.status) for r in rows if r is not None] == \
+        [("nt", iso(box.clock.now()), "delivered")] * 4  # queued on the run's clock
+    assert box.rcv.telegram.messages == []
+
+
+def test_an_answer_that_cannot_be_sent_leaves_the_decision_alone(box: Box) -> None:
+    o = box.offer("freeze")
+    gone = replace(box.settings.channels["nt"], name="gone")  # notify.send refuses a channel not configured
+    inbox._follow_up(box.settings, box.j, gone, decisions.Verdict("applied", "frozen", o, True), box.clock)
+    assert box.follow_ups() == []
+
+
+# --- which change still waits ----------------------------------------------------------------
+
+def test_a_change_waits_only_while_it_is_parked_on_the_commit_it_was_offered_for(box: Box) -> None:
+    sha = _feature(box)
+    row = _park(box, sha)
+    a = box.applier()
+    for action in ("approve", "reject"):
+        o = box.offer(action, str(row.id))
+        assert o.subject == sha
+        assert a.still_waits(o) is None
+        assert a.still_waits(replace(o, subject=None)) is None
+        assert a.still_waits(replace(o, subject="0123456789abcdef" * 2)) == \
+            f"change #{row.id} no longer waits: it is {sha[:10]} now, not the 0123456789 this button was offered for"
+        assert a.still_waits(replace(o, target="99")) == "change #99 no longer exists"
+    o = box.offer("approve", str(row.id))
+    done = approvals_store.decide(box.j, row.id, "rejected", by="bob", reason="not now", clock=box.clock)
+    assert a.still_waits(o) == f"change #{row.id} no longer waits: {done.describe()}"
+    assert done.describe().startswith(f"#{row.id} svc feature/x {sha[:10]} (rejected by bob since ")
+
+
+def test_a_change_whose_branch_moved_or_went_no_longer_waits(box: Box) -> None:
+    sha = _feature(box)
+    row = _park(box, sha)
+    a = box.applier()
+    o = box.offer("approve", str(row.id))
+    assert a._branch_moved(row) is None
+    # a change of a service no longer configured, and of one that pulls: the merge step checks those
+    assert a._branch_moved(replace(row, service="gone")) is None
+    other = _park(box, sha, service="gone")
+    assert a.still_waits(box.offer("approve", str(other.id))) is None
+    moved = _feature(box, text="y\n")
+    assert a.still_waits(o) == f"change #{row.id} no longer waits: feature/x moved on to {moved[:10]}"
+    git(box.sb.dev, "push", "-q", "origin", ":feature/x")
+    assert a.still_waits(o) == f"change #{row.id} no longer waits: feature/x was deleted"
+
+
+def test_a_pulling_service_or_an_unreadable_repository_is_left_to_the_merge_step(
+        tmp_path: Path, write_config: Callable[[str], Path], box: Box) -> None:
+    sha = _feature(box)
+    row = _park(box, sha)
+    git(box.sb.dev, "push", "-q", "origin", ":feature/x")  # deleted: only the merge step would know now
+    pulled = _write(tmp_path, write_config, box.rcv, box.sb).services["svc"]
+    pulled = replace(pulled, repo=f"file://{box.sb.bare}")
+    assert pulled.pull_mode
+    settings = replace(box.settings, services={"svc": pulled})
+    assert inbox.CliApplier(settings, box.j, box.clock)._branch_moved(row) is None
+    gone = replace(pulled, repo=f"{box.sb.bare}\0")  # git cannot be started on it: GitError
+    assert not gone.pull_mode
+    with pytest.raises(GitError):
+        Git(gone.repo).branch_tip("feature/x")
+    assert inbox.CliApplier(replace(box.settings, services={"svc": gone}), box.j, box.clock)._branch_moved(row) is None
+    here = replace(box.settings, services={"svc": replace(pulled, repo=str(box.sb.bare))})
+    assert inbox.CliApplier(here, box.j, box.clock)._branch_moved(row) == \
+        f"change #{row.id} no longer waits: feature/x was deleted"
+
+
+def test_a_freeze_or_unfreeze_waits_only_for_the_state_it_was_offered_for(box: Box) -> None:
+    a = box.applier()
+    unfreeze, freeze = box.offer("unfreeze"), box.offer("freeze")
+    assert unfreeze.subject is None
+    assert a.still_waits(unfreeze) == "svc is not frozen"
+    assert a.still_waits(freeze) is None
+    a.apply(replace(freeze, channel="tg"), "telegram:1")
+    first = box.offer("unfreeze")
+    assert first.subject == decisions.freeze_subject(box.j.frozen("svc"))
+    assert a.still_waits(freeze) == "svc is already frozen"
+    assert a.still_waits(first) is None and a.still_waits(unfreeze) is None  # unbound: any freeze
+    a.apply(first, "telegram:1")
+    a.apply(replace(box.offer("freeze"), channel="tg"), "telegram:1")  # frozen again since
+    assert a.still_waits(first) == ("svc no longer waits for this Unfreeze: it was offered for the freeze of event "
+                                    f"#{first.subject}, which ended; the service was frozen again since")
+
+
+def test_only_an_approval_whose_change_is_still_parked_waits_again(box: Box) -> None:
+    row = _park(box, _feature(box))
+    a = box.applier()
+    approve, reject = box.offer("approve", str(row.id)), box.offer("reject", str(row.id))
+    assert a.waits_again(approve) is True
+    assert a.waits_again(reject) is False and a.waits_again(box.offer("freeze")) is False
+    assert a.waits_again(replace(approve, target="99")) is False
+    approvals_store.decide(box.j, row.id, "rejected", by="bob", reason="no", clock=box.clock)
+    assert a.waits_again(approve) is False
+
+
+# --- what a tap applies ----------------------------------------------------------------------
+
+def test_each_decision_applies_what_its_command_does_and_says_so(box: Box) -> None:
+    a = box.applier()
+    freeze = replace(box.offer("freeze"), channel="nt")
+    assert a.apply(freeze, "ntfy:nt") == ("frozen by ntfy:nt: deploys refused until `opskit unfreeze svc`", True)
+    frozen = box.j.frozen("svc")
+    assert frozen is not None and (frozen["reason"], frozen["since"]) == ("frozen by ntfy:nt: tapped on nt",
+                                                                         iso(box.clock.now()))
+    assert box.lines == ["✘ svc is FROZEN: frozen by ntfy:nt: tapped on nt. Deploys are refused until "
+                         "`opskit unfreeze svc`"]
+    assert a.apply(freeze, "ntfy:nt") == ("svc was frozen already", False)
+    unfreeze = replace(box.offer("unfreeze"), channel="tg")
+    assert a.apply(unfreeze, "telegram:4242") == ("unfrozen by telegram:4242: deploys allowed again", True)
+    assert box.j.frozen("svc") is None and box.j.query(type_prefix="service.unfrozen")[-1].data["who"] == "telegram:4242"
+    assert a.apply(unfreeze, "telegram:4242") == ("svc was not frozen", False)
+
+    row = _park(box, _feature(box))
+    reject = replace(box.offer("reject", str(row.id)), channel="tg")
+    assert a.apply(reject, "telegram:4242 @alice") == ("rejected by telegram:4242 @alice: nothing merged", True)
+    done = approvals_store.get(box.j, row.id)
+    assert done is not None and (done.status, done.decided_by, done.reason, done.decided_at) == \
+        ("rejected", "telegram:4242 @alice", "rejected from tg by telegram:4242 @alice", iso(box.clock.now()))
+
+
+def test_an_approval_merges_and_says_how_it_went_or_why_not(box: Box) -> None:
+    before = rev(box.sb.bare, "refs/heads/master")
+    row = _park(box, _feature(box))
+    a = box.applier()
+    approve = replace(box.offer("approve", str(row.id)), channel="tg")
+    box.j.kv_set("frozen", "svc", {"reason": "held", "event_id": None, "since": box.j.now()})
+    text, ok = a.apply(approve, "telegram:4242")
+    assert not ok and text.startswith("approved by telegram:4242: ") and text.endswith(")") and "frozen" in text, text
+    assert rev(box.sb.bare, "refs/heads/master") == before and a.waits_again(approve)
+    box.j.kv_delete("frozen", "svc")
+    box.lines.clear()
+    assert a.apply(approve, "telegram:4242") == ("approved by telegram:4242: deployed", True)
+    assert box.lines[0] == f"svc: change #{row.id} (feature/x {row.sha[:12]}) approved by telegram:4242; merging"
+    assert Git(box.sb.bare).parents(rev(box.sb.bare, "refs/heads/master")) == [before, row.sha]
+    done = approvals_store.get(box.j, row.id)
+    assert done is not None and (done.status, done.decided_by, done.decided_at) == \
+        ("approved", "telegram:4242", iso(box.clock.now()))
+
+
+# --- an ntfy reply topic -----------------------------------------------------------------------
+
+def _reply(box: Box, text: str) -> str:
+    """The phone's tap: the button's body published on the reply topic with the phone's token."""
+    return box.rcv.ntfy.publish("svc-replies", text, auth=f"Bearer {PHONE}").id
+
+
+def _oid(tok: str) -> int:
+    return int(tok.split(".")[1])
+
+
+FROZE = "frozen by ntfy:nt: deploys refused until `opskit unfreeze svc`"
+NOT_A_TOKEN = "refused: not an opskit decision token; nothing changed"
+NOT_FROZEN = "refused: svc is not frozen; nothing changed"
+
+
+def test_ntfy_taps_are_read_once_applied_answered_and_the_topic_kept_where_it_stands(box: Box) -> None:
+    nt = box.settings.channels["nt"]
+    unfreeze, freeze = box.token("unfreeze"), box.token("freeze")
+    _reply(box, "hello")
+    _reply(box, unfreeze)  # before the freeze: nothing to lift
+    good = _reply(box, freeze)
+    report = inbox.InboxReport()
+    inbox._ntfy(box.settings, box.j, box.applier(), nt, report, box.clock, box.lines.append)
+    assert report.applied == [{"channel": "nt", "status": "applied", "text": FROZE, "ok": True,
+                               "action": "freeze", "target": "svc", "service": "svc"}]
+    assert report.refused == [
+        {"channel": "nt", "status": "refused", "text": NOT_A_TOKEN, "ok": False},
+        {"channel": "nt", "status": "refused", "text": NOT_FROZEN, "ok": False,
+         "action": "unfreeze", "target": "svc", "service": "svc"}]
+    assert box.lines == [f"nt: ntfy:nt: {NOT_A_TOKEN}", f"nt: ntfy:nt: {NOT_FROZEN}",
+                         "✘ svc is FROZEN: frozen by ntfy:nt: tapped on nt. Deploys are refused until "
+                         "`opskit unfreeze svc`", f"nt: ntfy:nt: {FROZE}"]
+    assert box.follow_ups() == [
+        ("svc-alerts", "decision: refused", 4, ["warning"], NOT_A_TOKEN, []),
+        ("svc-alerts", "unfreeze svc: refused", 4, ["warning", "svc"], NOT_FROZEN, []),
+        ("svc-alerts", "freeze svc: applied", 3, ["information_source", "svc"], FROZE, ["Unfreeze svc"])]
+    assert box.j.kv_all("inbox") == {"nt": {"since": good}}
+    row = decisions_store.get_offer(box.j, _oid(freeze))
+    assert row is not None and (row.status, row.channel, row.decided_by, row.tap, row.answered) == \
+        ("applied", "nt", "ntfy:nt", good, iso(box.clock.now()))
+    refused = decisions_store.get_offer(box.j, _oid(unfreeze))
+    assert refused is not None and refused.answered is None  # a refusal is told, not answered
+    (received,) = [e.data for e in box.j.query(type_prefix="decision.received")]
+    assert (received["channel"], received["by"], received["action"]) == ("nt", "ntfy:nt", "freeze")
+
+    # the next read starts after the last message: nothing again
+    again = inbox.InboxReport()
+    inbox._ntfy(box.settings, box.j, box.applier(), nt, again, box.clock, box.lines.append)
+    assert again == inbox.InboxReport() and len(box.lines) == 4 and len(box.follow_ups()) == 3
+
+    # a run killed after the apply, before it stored where the topic stands and told the tapper:
+    # the next reads the taps again; only the one that decided is answered, once, as applied
+    with box.j.tx() as c:
+        c.execute("UPDATE decision_offers SET answered = NULL WHERE id = ?", (_oid(freeze),))
+    box.j.kv_delete("inbox", "nt")
+    box.clock.advance(60)
+    again = inbox.InboxReport()
+    inbox._ntfy(box.settings, box.j, box.applier(), nt, again, box.clock, box.lines.append)
+    assert again == inbox.InboxReport()  # seen: in neither list
+    assert box.lines[4:] == [f"nt: ntfy:nt: {FROZE}"]
+    assert box.follow_ups()[3:] == [("svc-alerts", "freeze svc: applied", 3, ["information_source", "svc"], FROZE, [])]
+    row = decisions_store.get_offer(box.j, _oid(freeze))
+    assert row is not None and row.answered == iso(box.clock.now())
+    assert box.j.kv_all("inbox") == {"nt": {"since": good}}
+
+
+def test_an_ntfy_topic_that_cannot_be_read_is_down_and_keeps_its_taps(box: Box) -> None:
+    nt = box.settings.channels["nt"]
+    _reply(box, box.token("freeze"))
+    no_token = replace(nt, token=None)  # the reply topic is readable with opskit's token only
+    with pytest.raises(inbox._Down, match=r"^ntfy channel 'nt': the reply topic could not be read \(.*403.*\); "
+                                          r"the taps wait there \(12 h\) for the next `opskit inbox`$"):
+        inbox._ntfy(box.settings, box.j, box.applier(), no_token, inbox.InboxReport(), box.clock, box.lines.append)
+    box.rcv.stop()
+    with pytest.raises(inbox._Down, match=r"^ntfy channel 'nt': the reply topic could not be read \(.*refused.*\); "):
+        inbox._ntfy(box.settings, box.j, box.applier(), nt, inbox.InboxReport(), box.clock, box.lines.append)
+    assert box.lines == [] and box.j.frozen("svc") is None and box.j.kv_all("inbox") == {}
+
+
+class _Topic(BaseHTTPRequestHandler):
+    """An ntfy poll answer with the lines a stream can carry besides messages."""
+
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_ntfy_read_skips_every_line_that_is_not_a_message(box: Box) -> None:
+    tok = box.token("freeze")
+    lines = ["not json", "[1]", json.dumps({"event": "open", "id": "o1"}), json.dumps({"event": "keepalive",
+                                                                                          "id": "k1"}),
+             json.dumps({"event": "message", "id": 5, "message": tok}), json.dumps({"id": "m1", "message": tok})]
+    _Topic.body = ("\n".join(lines) + "\n").encode()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Topic)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        nt = replace(box.settings.channels["nt"], reply_url=Secret(f"http://127.0.0.1:{server.server_port}/r"))
+        report = inbox.InboxReport()
+        inbox._ntfy(box.settings, box.j, box.applier(), nt, report, box.clock, box.lines.append)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(e["status"], e["text"]) for e in report.applied] == [("applied", FROZE)] and report.refused == []
+    assert box.j.kv_all("inbox") == {"nt": {"since": "m1"}}
+
+
+# --- a run ---------------------------------------------------------------------------------------
+
+def test_a_run_needs_a_channel_that_carries_taps_back(tmp_path: Path, write_config: Callable[[str], Path],
+                                                     box: Box) -> None:
+    settings = _write(tmp_path, write_config, box.rcv, box.sb, tg=False, nt=False)
+    with pytest.raises(UsageError) as e:
+        inbox.run(settings, box.j, clock=box.clock, write=box.lines.append)
+    assert str(e.value) == ('no channel can carry a decision back: add a [notify.NAME] with type = "telegram", '
+                            "or reply_url on an ntfy channel (README: approve from your phone)")
+    assert inbox.actionable(box.settings) == [box.settings.channels["tg"], box.settings.channels["nt"]]
+
+
+def test_a_second_run_leaves_the_taps_to_the_one_running(box: Box) -> None:
+    _reply(box, box.token("freeze"))
+    fd = os.open(box.settings.state_dir / "inbox.lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)
+    finally:
+        os.close(fd)
+    assert report.busy and report.ok and report.applied == [] and box.j.frozen("svc") is None
+    assert box.lines == ["another `opskit inbox` is running; it takes the decisions"]
+    report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)
+    assert not report.busy and [e["text"] for e in report.applied] == [FROZE]
+    report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)  # the lock was let go
+    assert not report.busy
+
+
+class _TapWhileWaiting(FakeClock):
+    """The run's clock: a tap arrives during the first wait; every wait is recorded."""
+
+    def __init__(self, start: dt.datetime, tap: Callable[[], object]) -> None:
+        super().__init__(start)
+        self.sleeps: list[float] = []
+        self.tap = tap
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if len(self.sleeps) == 1:
+            self.tap()
+        super().sleep(seconds)
+
+
+def test_a_run_with_a_wait_polls_ntfy_every_few_seconds_until_it_is_over(
+        tmp_path: Path, write_config: Callable[[str], Path], box: Box) -> None:
+    settings = _write(tmp_path, write_config, box.rcv, box.sb, tg=False)
+    tok = box.token("freeze")
+    clock = _TapWhileWaiting(box.clock.now(), lambda: _reply(box, tok))
+    start = clock.monotonic()
+    report = inbox.run(settings, Journal(settings.state_dir, clock), wait=7.5, clock=clock, write=box.lines.append)
+    assert clock.sleeps == [3.0, 3.0, 1.5] and clock.monotonic() == start + 7.5
+    assert [e["text"] for e in report.applied] == [FROZE] and report.ok
+    clock.sleeps.clear()
+    report = inbox.run(settings, Journal(settings.state_dir, clock), wait=-5, clock=clock, write=box.lines.append)
+    assert clock.sleeps == [] and report.applied == []  # one pass, no wait
+
+
+def test_channels_that_are_down_are_told_once_and_not_waited_for(box: Box) -> None:
+    box.rcv.stop()
+    start = box.clock.monotonic()
+    report = inbox.run(box.settings, box.j, wait=30, clock=box.clock, write=box.lines.append)
+    assert box.clock.monotonic() == start and not report.ok and len(report.problems) == 2
+    tg, nt = report.problems
+    assert re.fullmatch(r"telegram channel 'tg': getUpdates failed \(.*\); the taps wait there for the next "
+                        r"`opskit inbox`", tg) and "refused" in tg and BOT not in tg, tg
+    assert nt.startswith("ntfy channel 'nt': the reply topic could not be read (") and READER not in nt
+
+
+def test_a_claim_of_a_killed_run_is_applied_first_and_recorded_as_resumed(box: Box) -> None:
+    tok = box.token("freeze")
+
+    class Dies(inbox.CliApplier):
+        def apply(self, found: decisions.Offer, by: str) -> tuple[str, bool]:
+            raise KeyboardInterrupt  # the run dies here, after its claim
+
+    with pytest.raises(KeyboardInterrupt):
+        decisions.receive(box.settings, box.j, Dies(box.settings, box.j, box.clock), channel="nt", msg_id="m0",
+                          token=tok, by="ntfy:nt", clock=box.clock)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with box.j.tx() as c:
+        c.execute("UPDATE decision_offers SET claimed_by = ? WHERE status = 'applying'", (dead.pid,))
+    report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)
+    assert report.applied == [{"channel": "resumed", "status": "applied", "text": FROZE, "ok": True,
+                               "action": "freeze", "target": "svc", "service": "svc"}]
+    assert box.j.frozen("svc") is not None
+
+
+# --- Telegram ------------------------------------------------------------------------------------
+
+def _send(box: Box, text: str, *tokens: str) -> int:
+    """A message with these buttons, as the bot sent it; its message_id."""
+    got = httpx.post(f"{box.rcv.url('telegram')}/bot{BOT}/sendMessage", timeout=10, json={
+        "chat_id": "-100777", "text": text,
+        "reply_markup": {"inline_keyboard": [[{"text": f"b{i}", "callback_data": t} for i, t in enumerate(tokens)]]}})
+    assert got.json()["ok"] is True, got.text
+    return int(got.json()["result"]["message_id"])
+
+
+ALICE_FROZE = "frozen by telegram:4242 @alice: deploys refused until `opskit unfreeze svc`"
+MALLORY = "refused: telegram user 999 is not in allowed_users of channel tg; nothing changed"
+
+
+def test_a_telegram_tap_is_applied_answered_and_its_message_edited_with_the_way_back(box: Box) -> None:
+    tg = box.settings.channels["tg"]
+    freeze = box.token("freeze")
+    mid = _send(box, "svc was reverted", freeze)
+    taps = [box.rcv.telegram.tap(mid, "b0", user_id=999, username="mallory"),
+            box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice", data="nope"),
+            box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice")]
+    report = inbox.InboxReport()
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, report, box.clock, box.lines.append)
+    assert report.applied == [{"channel": "tg", "status": "applied", "text": ALICE_FROZE, "ok": True,
+                               "action": "freeze", "target": "svc", "service": "svc"}]
+    assert report.refused == [{"channel": "tg", "status": "refused", "text": MALLORY, "ok": False},
+                              {"channel": "tg", "status": "refused", "text": NOT_A_TOKEN, "ok": False}]
+    assert box.lines == [f"tg: telegram:999 @mallory: {MALLORY}", f"tg: telegram:4242 @alice: {NOT_A_TOKEN}",
+                         "✘ svc is FROZEN: frozen by telegram:4242 @alice: tapped on tg. Deploys are refused until "
+                         "`opskit unfreeze svc`", f"tg: telegram:4242 @alice: {ALICE_FROZE}"]
+    assert box.rcv.telegram.answers == [
+        {"callback_query_id": taps[0]["callback_query"]["id"], "text": MALLORY, "show_alert": True},
+        {"callback_query_id": taps[1]["callback_query"]["id"], "text": NOT_A_TOKEN, "show_alert": True},
+        {"callback_query_id": taps[2]["callback_query"]["id"], "text": ALICE_FROZE, "show_alert": False}]
+    assert box.rcv.telegram.calls == ["sendMessage", "getUpdates"] + ["answerCallbackQuery"] * 3 + ["editMessageText"]
+    (msg,) = box.rcv.telegram.messages
+    assert msg.text == f"svc was reverted\n\n✅ {ALICE_FROZE}" and [b["text"] for b in msg.buttons()] == ["Unfreeze svc"]
+    assert box.j.kv_all("inbox") == {"tg": {"offset": taps[2]["update_id"] + 1}}
+    row = decisions_store.get_offer(box.j, _oid(freeze))
+    assert row is not None and (row.status, row.channel, row.decided_by, row.tap, row.answered) == \
+        ("applied", "tg", "telegram:4242 @alice", str(taps[2]["update_id"]), iso(box.clock.now()))
+    assert box.rcv.telegram.pending_updates() == 3  # confirmed by the next read's offset (no fleet)
+
+    # the way back, tapped by someone without a username
+    box.clock.advance(30)
+    up = box.rcv.telegram.tap(mid, "Unfreeze", user_id=ALICE, username=None)
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, report, box.clock, box.lines.append)
+    assert box.lines[-1] == "tg: telegram:4242: unfrozen by telegram:4242: deploys allowed again"
+    assert msg.text == f"svc was reverted\n\n✅ {ALICE_FROZE}\n\n✅ unfrozen by telegram:4242: deploys allowed again"
+    assert msg.buttons() == [] and box.j.frozen("svc") is None
+    assert box.j.kv_all("inbox") == {"tg": {"offset": up["update_id"] + 1}}
+    # nothing new: nothing asked of the bot but the read
+    calls = len(box.rcv.telegram.calls)
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, report, box.clock, box.lines.append)
+    assert box.rcv.telegram.calls[calls:] == ["getUpdates"] and len(report.applied) == 2
+    assert box.rcv.telegram.pending_updates() == 0
+
+
+def test_an_approval_that_must_wait_is_marked_so_and_keeps_its_buttons(box: Box) -> None:
+    tg = box.settings.channels["tg"]
+    row = _park(box, _feature(box))
+    signed = decisions.sign(box.settings, box.j, decisions.offer(
+        box.settings, box.j, "svc", [("approve", str(row.id)), ("reject", str(row.id))], clock=box.clock), box.clock)
+    assert signed is not None
+    mid = _send(box, "change #1 waits", *(a.token for a in signed))
+    before = box.rcv.telegram.messages[0].buttons()
+    box.j.kv_set("frozen", "svc", {"reason": "held by the on-call", "event_id": None, "since": box.j.now()})
+    box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice")
+    report = inbox.InboxReport()
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, report, box.clock, box.lines.append)
+    (applied,) = report.applied
+    assert applied["ok"] is False and applied["text"].startswith("approved by telegram:4242 @alice: ")
+    (msg,) = box.rcv.telegram.messages
+    assert msg.text == f"change #1 waits\n\n⚠️ {applied['text']}" and msg.buttons() == before
+    offer = decisions_store.get_offer(box.j, _oid(signed[0].token))
+    assert offer is not None and offer.status == "open" and offer.answered == iso(box.clock.now())
+
+
+def test_a_decided_message_that_is_gone_is_answered_and_one_the_bot_cannot_edit_is_not(box: Box) -> None:
+    tg = box.settings.channels["tg"]
+    gone, kept = box.token("freeze"), box.token("unfreeze")
+    mid = _send(box, "svc was reverted", gone)
+    box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice")
+    box.rcv.telegram.messages.clear()  # deleted in the chat: the edit answers 400
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, inbox.InboxReport(), box.clock, box.lines.append)
+    row = decisions_store.get_offer(box.j, _oid(gone))
+    assert row is not None and row.answered == iso(box.clock.now())
+    assert not any("could not mark" in line for line in box.lines)
+
+    mid = _send(box, "svc is frozen", kept)
+    box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice")
+    reached = box.rcv.telegram.hold("answerCallbackQuery")
+
+    def fail_the_edit() -> None:
+        reached.wait(30)
+        box.rcv.fail_next(5, 503)  # the edit that follows the answer, and its retries
+        box.rcv.telegram.release()
+
+    t = threading.Thread(target=fail_the_edit)
+    t.start()
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, inbox.InboxReport(), box.clock, box.lines.append)
+    t.join()
+    assert box.lines[-1].startswith("tg: could not mark the message as decided (") and "503" in box.lines[-1]
+    row = decisions_store.get_offer(box.j, _oid(kept))
+    assert row is not None and row.status == "applied" and row.answered is None
