@@ -9,12 +9,14 @@ import fcntl
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -31,8 +33,10 @@ from opskit.storage import approvals as approvals_store
 from opskit.storage import decisions as decisions_store
 from opskit.storage import outbox
 from opskit.storage.journal import Journal
+from tests.support.fleet import fleet_rows
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
 from tests.support.phone import ALICE, BOT, PHONE, READER
+from tests.support.postgres import Postgres
 
 
 @dataclass
@@ -627,3 +631,163 @@ def test_a_decided_message_that_is_gone_is_answered_and_one_the_bot_cannot_edit_
     assert box.lines[-1].startswith("tg: could not mark the message as decided (") and "503" in box.lines[-1]
     row = decisions_store.get_offer(box.j, _oid(kept))
     assert row is not None and row.status == "applied" and row.answered is None
+
+
+# --- a fleet: one reader per bot, taps handed to the host they are for ---------------------------
+
+@dataclass
+class Fleet2:
+    """Host a runs no service; host b runs `web` (hosts = ["b"]); both read the same bot."""
+
+    a: config.Settings
+    b: config.Settings
+    dead_a: config.Settings  # host a's config with the fleet database's address dead
+    rcv: Receiver
+    clock: FakeClock
+    url: str
+    pg: Postgres
+
+    def journal(self, s: config.Settings) -> Journal:
+        return Journal(s.state_dir, self.clock, fleet=s.fleet)
+
+    def run(self, s: config.Settings) -> tuple[inbox.InboxReport, list[str]]:
+        lines: list[str] = []
+        j = self.journal(s)
+        try:
+            return inbox.run(s, j, clock=self.clock, write=lines.append), lines
+        finally:
+            j.close()
+
+    def handoff(self) -> list[tuple[str, dict[str, object], bool]]:
+        return [(h, json.loads(p), t is not None)
+                for h, p, t in fleet_rows(self.pg, self.url, "SELECT host, payload, taken FROM handoff ORDER BY id")]
+
+
+@pytest.fixture(name="two")
+def two_hosts_fixture(tmp_path: Path, fleet_url: str, postgres_server: Postgres) -> Iterator[Fleet2]:
+    from tests.test_fleet_inbox import hosts
+
+    rcv = Receiver.start(hang_seconds=5.0)
+    try:
+        a, b = hosts(tmp_path, fleet_url, rcv)
+        dead = tmp_path / "dead-a.toml"
+        port = socket.socket()
+        port.bind(("127.0.0.1", 0))
+        closed = port.getsockname()[1]
+        port.close()  # nothing listens there now
+        dead.write_text(a.config.read_text().replace(f":{urlsplit(fleet_url).port}/", f":{closed}/"))
+        (tmp_path / ".env").write_text((a.config.parent / ".env").read_text())
+        os.chmod(tmp_path / ".env", 0o600)
+        clock = FakeClock(dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
+        yield Fleet2(config.load_file(a.config), config.load_file(b.config), config.load_file(dead), rcv, clock,
+                     fleet_url, postgres_server)
+    finally:
+        rcv.stop()
+
+
+def _web_button(two: Fleet2) -> tuple[int, str]:
+    """b's message with its Freeze button, sent as b's pipeline sends it; its id and token."""
+    from opskit import notify
+
+    jb = two.journal(two.b)
+    try:
+        assert notify.send(two.b, jb, "web: something is off", title="web", service="web", clock=two.clock,
+                           actions=decisions.offer(two.b, jb, "web", [("freeze", "web")], clock=two.clock)).ok
+    finally:
+        jb.close()
+    (msg,) = [m for m in two.rcv.telegram.messages if m.buttons()]
+    return msg.message_id, msg.buttons()[0]["callback_data"]
+
+
+WEB_FROZE = "frozen by telegram:4242 @alice: deploys refused until `opskit unfreeze web`"
+
+
+def test_a_tap_on_another_hosts_button_is_handed_to_it_and_applied_there_once(two: Fleet2) -> None:
+    mid, _ = _web_button(two)
+    junk = two.rcv.telegram.tap(mid, "Freeze", user_id=ALICE, username="alice", data="nope")
+    tap = two.rcv.telegram.tap(mid, "Freeze", user_id=ALICE, username="alice")
+    report, lines = two.run(two.a)
+    # a refuses what is no button at all itself, and hands over what b signed
+    assert report.applied == [] and report.refused == [{"channel": "tg", "status": "refused",
+                                                        "text": NOT_A_TOKEN, "ok": False}]
+    assert lines == [f"tg: telegram:4242 @alice: {NOT_A_TOKEN}", "tg: a tap on another host's button, handed to b"]
+    assert two.handoff() == [("b", {"channel": "tg", "update_id": tap["update_id"], "query": tap["callback_query"],
+                                    "from_host": "a"}, False)]
+    assert two.rcv.telegram.pending_updates() == 0  # a confirmed what it read: b never reads it again
+    assert two.journal(two.a).kv_all("inbox") == {"tg": {"offset": tap["update_id"] + 1}}
+    assert junk["update_id"] + 1 == tap["update_id"]
+
+    report, lines = two.run(two.b)
+    assert report.applied == [{"channel": "tg", "status": "applied", "text": WEB_FROZE, "ok": True,
+                               "action": "freeze", "target": "web", "service": "web"}] and report.refused == []
+    assert lines[-1] == f"tg: telegram:4242 @alice: {WEB_FROZE}"
+    assert [t for _, _, t in two.handoff()] == [True]
+    assert two.journal(two.b).frozen("web") is not None
+    report, _ = two.run(two.b)
+    assert report.applied == [] and report.refused == []
+
+
+def test_a_handed_tap_that_is_not_for_this_host_or_not_a_tap_is_left_alone(two: Fleet2) -> None:
+    from opskit.storage import handoff
+
+    _, token = _web_button(two)
+    ver, oid, exp, mac = token.split(".")
+    third = f"{ver}.{oid}.{exp}.{'A' * len(mac)}"  # a button another key signed: a third host's
+    query = {"id": "1", "from": {"id": ALICE, "username": "alice"}, "data": token, "message": {}}
+    fl = two.journal(two.a).fleet
+    assert fl is not None
+    bad: list[dict[str, object]] = [
+        {"channel": "nosuch", "update_id": 1, "query": query},
+        {"channel": "tg", "update_id": "1", "query": query},
+        {"channel": "tg", "update_id": 1, "query": "a tap"},
+        {"channel": "tg", "update_id": 1, "query": {**query, "data": third}}]
+    for payload in bad:
+        handoff.hand(fl, ["b"], payload, two.clock.now().isoformat())
+    report, lines = two.run(two.b)
+    assert report.applied == [] and report.refused == [] and lines == []
+    assert [t for _, _, t in two.handoff()] == [True] * 4  # each taken, once
+    assert two.journal(two.b).frozen("web") is None and "answerCallbackQuery" not in two.rcv.telegram.calls
+    handoff.hand(fl, ["b"], {"channel": "tg", "update_id": 9, "query": query}, two.clock.now().isoformat())
+    report, _ = two.run(two.b)
+    assert [e["text"] for e in report.applied] == [WEB_FROZE]
+
+
+def test_a_bot_another_host_reads_is_left_to_it_unless_the_database_is_away(two: Fleet2) -> None:
+    from opskit.storage import fleet_locks
+
+    fl = two.journal(two.a).fleet
+    assert fl is not None
+    with fleet_locks.try_lock(fl, fleet_locks.bot_key(BOT)) as mine:  # host a reads the bot now
+        assert mine
+        report, lines = two.run(two.b)
+        assert report.ok and lines == ["tg: another host of the fleet reads this bot now; its taps for this host "
+                                       "are handed over"]
+        assert "getUpdates" not in two.rcv.telegram.calls
+        # b found the database away a moment ago (another of its processes did): it reads the bot alone
+        jb = two.journal(two.b)
+        jb.kv_set("fleet", "unreachable", {"since": jb.now(), "error": "x", "last_try": jb.now()})
+        jb.close()
+        report, lines = two.run(two.b)
+        assert report.ok and lines == [] and two.rcv.telegram.calls == ["getUpdates"]
+    report, lines = two.run(two.dead_a)  # the database cannot be reached at all: read here
+    assert len(lines) == 1 and re.fullmatch(r"tg: the fleet database is unreachable \(.+\); reading the bot from "
+                                            r"this host", lines[0]), lines
+    assert two.rcv.telegram.calls == ["getUpdates"] * 2
+
+
+def test_a_tap_read_while_the_database_is_away_is_handed_over_when_it_is_back(two: Fleet2) -> None:
+    mid, _ = _web_button(two)
+    tap = two.rcv.telegram.tap(mid, "Freeze", user_id=ALICE, username="alice")
+    report, lines = two.run(two.dead_a)
+    assert report.ok and report.applied == [] and report.refused == []
+    assert re.fullmatch(r"tg: a tap on another host's button; the fleet database is unreachable \(.+\), it is "
+                        r"handed over when it is back", lines[-1]), lines
+    payload = {"channel": "tg", "update_id": tap["update_id"], "query": tap["callback_query"], "from_host": "a"}
+    assert two.journal(two.a).kv_all(inbox.PENDING) == {f"tg:{tap['update_id']}": payload}
+    assert two.handoff() == []
+    two.clock.advance(31)  # past the wait before the database is tried again
+    report, lines = two.run(two.a)
+    assert lines == ["tg: a tap read while the fleet database was away, handed to b"]
+    assert two.journal(two.a).kv_all(inbox.PENDING) == {} and two.handoff() == [("b", payload, False)]
+    report, _ = two.run(two.b)
+    assert [e["text"] for e in report.applied] == [WEB_FROZE]
