@@ -404,11 +404,13 @@ def test_an_ntfy_topic_that_cannot_be_read_is_down_and_keeps_its_taps(box: Box) 
 
 
 class _Topic(BaseHTTPRequestHandler):
-    """An ntfy poll answer with the lines a stream can carry besides messages."""
+    """An ntfy poll answer with the lines a stream can carry besides messages; what was asked."""
 
     body = b""
+    asked: list[tuple[str, str | None]] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.asked.append((self.path, self.headers.get("Authorization")))
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.end_headers()
@@ -427,14 +429,18 @@ def test_an_ntfy_read_skips_every_line_that_is_not_a_message(box: Box) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Topic)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        nt = replace(box.settings.channels["nt"], reply_url=Secret(f"http://127.0.0.1:{server.server_port}/r"))
+        nt = replace(box.settings.channels["nt"], reply_url=Secret(f"http://127.0.0.1:{server.server_port}/r/"))
         report = inbox.InboxReport()
         inbox._ntfy(box.settings, box.j, box.applier(), nt, report, box.clock, box.lines.append)
+        inbox._ntfy(box.settings, box.j, box.applier(), nt, inbox.InboxReport(), box.clock, box.lines.append)
     finally:
         server.shutdown()
         server.server_close()
     assert [(e["status"], e["text"]) for e in report.applied] == [("applied", FROZE)] and report.refused == []
     assert box.j.kv_all("inbox") == {"nt": {"since": "m1"}}
+    # ntfy's poll of the topic, read with opskit's token: everything first, then after the last message
+    assert _Topic.asked == [("/r/json?poll=1&since=all", f"Bearer {READER}"), ("/r/json?poll=1&since=m1",
+                                                                              f"Bearer {READER}")]
 
 
 # --- a run ---------------------------------------------------------------------------------------
@@ -582,6 +588,28 @@ def test_a_telegram_tap_is_applied_answered_and_its_message_edited_with_the_way_
     inbox._telegram(box.settings, box.j, box.applier(), tg, 0, report, box.clock, box.lines.append)
     assert box.rcv.telegram.calls[calls:] == ["getUpdates"] and len(report.applied) == 2
     assert box.rcv.telegram.pending_updates() == 0
+
+
+def test_a_tap_applied_by_a_run_that_was_killed_is_answered_by_the_next(box: Box) -> None:
+    tg = box.settings.channels["tg"]
+    freeze = box.token("freeze")
+    mid = _send(box, "svc was reverted", freeze)
+    tap = box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice")
+    # the run that read it applied it and was killed before it answered or stored the offset
+    done = decisions.receive(box.settings, box.j, box.applier(), channel="tg", msg_id=str(tap["update_id"]),
+                             token=freeze, by="telegram:4242 @alice", clock=box.clock)
+    assert done.status == "applied"
+    box.lines.clear()
+    report = inbox.InboxReport()
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, report, box.clock, box.lines.append)
+    assert report == inbox.InboxReport()  # seen: applied once, by the first
+    assert box.lines == [f"tg: telegram:4242 @alice: {ALICE_FROZE}"]
+    assert box.rcv.telegram.answers == [{"callback_query_id": tap["callback_query"]["id"], "text": ALICE_FROZE,
+                                         "show_alert": False}]
+    (msg,) = box.rcv.telegram.messages
+    assert msg.text == f"svc was reverted\n\n✅ {ALICE_FROZE}" and msg.buttons() == []  # no second Unfreeze
+    row = decisions_store.get_offer(box.j, _oid(freeze))
+    assert row is not None and row.answered == iso(box.clock.now())
 
 
 def test_an_approval_that_must_wait_is_marked_so_and_keeps_its_buttons(box: Box) -> None:
