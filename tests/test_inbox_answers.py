@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
 
 from opskit.base import config
@@ -755,6 +756,14 @@ def test_a_tap_on_another_hosts_button_is_handed_to_it_and_applied_there_once(tw
     assert report.applied == [] and report.refused == []
 
 
+def test_a_tap_on_this_hosts_own_button_is_applied_here_and_never_handed_over(two: Fleet2) -> None:
+    mid, _ = _web_button(two)
+    two.rcv.telegram.tap(mid, "Freeze", user_id=ALICE, username="alice")
+    report, lines = two.run(two.b)
+    assert [e["text"] for e in report.applied] == [WEB_FROZE] and lines[-1] == f"tg: telegram:4242 @alice: {WEB_FROZE}"
+    assert not any("handed" in line for line in lines) and two.handoff() == []
+
+
 def test_a_handed_tap_that_is_not_for_this_host_or_not_a_tap_is_left_alone(two: Fleet2) -> None:
     from opskit.storage import handoff
 
@@ -814,8 +823,22 @@ def test_a_tap_read_while_the_database_is_away_is_handed_over_when_it_is_back(tw
     assert two.journal(two.a).kv_all(inbox.PENDING) == {f"tg:{tap['update_id']}": payload}
     assert two.handoff() == []
     two.clock.advance(31)  # past the wait before the database is tried again
-    report, lines = two.run(two.a)
-    assert lines == ["tg: a tap read while the fleet database was away, handed to b"]
-    assert two.journal(two.a).kv_all(inbox.PENDING) == {} and two.handoff() == [("b", payload, False)]
+    # a's config names a second host for the service now: the tap goes to both
+    named = replace(two.a, services={"web": replace(two.b.services["web"], hosts=("b", "c"))})
+    report, lines = two.run(named)
+    assert lines == ["tg: a tap read while the fleet database was away, handed to b, c"]
+    assert two.journal(two.a).kv_all(inbox.PENDING) == {} and two.handoff() == [("b", payload, False),
+                                                                               ("c", payload, False)]
     report, _ = two.run(two.b)
     assert [e["text"] for e in report.applied] == [WEB_FROZE]
+
+    # a tap kept while the database was away, and no other host known by the time it is back
+    later = two.rcv.telegram.tap(mid, "Unfreeze", user_id=ALICE, username="alice")  # b put it there
+    two.run(two.dead_a)
+    two.clock.advance(31)
+    with psycopg.connect(two.url) as conn:
+        conn.execute("DELETE FROM hosts WHERE host <> 'a'")
+    report, lines = two.run(two.a)
+    assert lines == ["tg: a tap read while the fleet database was away, handed to no other host"]
+    assert two.journal(two.a).kv_all(inbox.PENDING) == {} and len(two.handoff()) == 2
+    assert later["update_id"] == tap["update_id"] + 1
