@@ -472,6 +472,54 @@ def test_a_second_run_leaves_the_taps_to_the_one_running(box: Box) -> None:
     assert not report.busy
 
 
+def test_a_message_waiting_for_its_buttons_is_signed_and_sent_by_the_run(box: Box) -> None:
+    """The push account's pipeline queues a message whose buttons it may not sign; the run signs
+    and sends it, that channel's queue alone, once a poll, and never waits on a channel that fails."""
+    o = box.offer("freeze")
+    waiting = outbox.enqueue(box.j, box.clock, "tg", level="warning", title="svc", message="svc was reverted",
+                             service="svc", event_id=None, actions=[("Freeze", f"{decisions.UNSIGNED}{o.id}")])
+    other = outbox.enqueue(box.j, box.clock, "nt", level="info", title="svc", message="an older message",
+                           service="svc", event_id=None)
+    gone = outbox.enqueue(box.j, box.clock, "gone", level="warning", title="svc", message="a channel since removed",
+                          service="svc", event_id=None, actions=[("Freeze", f"{decisions.UNSIGNED}{o.id}")])
+    assert outbox.channels_waiting_to_sign(box.j) == ["gone", "tg"]
+    box.rcv.fail_next(1, 503)  # the first send fails: it waits for the next poll, not for a retry
+    box.clock.advance(5)
+    report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)
+    assert report.ok and box.rcv.telegram.messages == [] and box.clock.monotonic() == 1000.0 + 5
+    first = outbox.get(box.j, waiting)
+    assert first is not None and (first.status, first.attempts) == ("queued", 1)
+    box.clock.advance(120)
+    inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)
+    (msg,) = box.rcv.telegram.messages
+    assert [b["text"] for b in msg.buttons()] == ["Freeze svc"] and "svc was reverted" in msg.text
+    assert decisions.check(box.settings, box.j, msg.buttons()[0]["callback_data"], box.clock) == \
+        (decisions_store.get_offer(box.j, o.id), None)
+    sent = outbox.get(box.j, waiting)
+    assert sent is not None and (sent.status, sent.delivered) == ("delivered", iso(box.clock.now()))
+    left = outbox.get(box.j, other)
+    assert left is not None and left.status == "queued"  # not this run's to send
+    kept = outbox.get(box.j, gone)
+    assert kept is not None and kept.status in ("queued", "failed")
+
+
+def test_a_send_of_the_waiting_messages_that_fails_never_stops_the_taps(box: Box,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from opskit import notify
+
+    o = box.offer("freeze")
+    outbox.enqueue(box.j, box.clock, "tg", level="warning", title="svc", message="svc was reverted", service="svc",
+                   event_id=None, actions=[("Freeze", f"{decisions.UNSIGNED}{o.id}")])
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "Input/output error")  # the outbox's journal failing mid-send
+
+    monkeypatch.setattr(notify, "flush", fails)
+    _reply(box, box.token("freeze"))
+    report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)
+    assert [e["text"] for e in report.applied] == [FROZE] and report.ok
+
+
 class _TapWhileWaiting(FakeClock):
     """The run's clock: a tap arrives during the first wait; every wait is recorded."""
 
@@ -789,8 +837,11 @@ def test_a_handed_tap_that_is_not_for_this_host_or_not_a_tap_is_left_alone(two: 
     assert [e["text"] for e in report.applied] == [WEB_FROZE]
 
 
-def test_a_bot_another_host_reads_is_left_to_it_unless_the_database_is_away(two: Fleet2) -> None:
+def test_a_bot_another_host_reads_is_left_to_it_unless_the_database_is_away(
+        tmp_path: Path, write_config: Callable[[str], Path], two: Fleet2) -> None:
     from opskit.storage import fleet_locks
+
+    _, token = _web_button(two)
 
     fl = two.journal(two.a).fleet
     assert fl is not None
@@ -799,17 +850,29 @@ def test_a_bot_another_host_reads_is_left_to_it_unless_the_database_is_away(two:
         report, lines = two.run(two.b)
         assert report.ok and lines == ["tg: another host of the fleet reads this bot now; its taps for this host "
                                        "are handed over"]
-        assert "getUpdates" not in two.rcv.telegram.calls
+        assert two.rcv.telegram.calls == ["sendMessage"]
         # b found the database away a moment ago (another of its processes did): it reads the bot alone
         jb = two.journal(two.b)
         jb.kv_set("fleet", "unreachable", {"since": jb.now(), "error": "x", "last_try": jb.now()})
         jb.close()
         report, lines = two.run(two.b)
-        assert report.ok and lines == [] and two.rcv.telegram.calls == ["getUpdates"]
+        assert report.ok and lines == [] and two.rcv.telegram.calls == ["sendMessage", "getUpdates"]
+        # an ntfy reply topic is no bot: every host reads it, whatever lock another host holds
+        base = two.rcv.url("ntfy", "x").rsplit("/", 1)[0]
+        nt = config.load(write_config(
+            f'[opskit]\nstate_dir = "{tmp_path / "nt"}"\n[notify.nt]\ntype = "ntfy"\nurl = "{base}"\n'
+            f'topic = "web-alerts"\ntoken = "{READER}"\nreply_url = "{base}/web-replies"\ntimeout = 5\n')).channels["nt"]
+        two.rcv.ntfy.publish("web-replies", token, auth=None)
+        two.clock.advance(31)  # b tries the database again
+        with fleet_locks.try_lock(fl, fleet_locks.bot_key(READER)) as also:
+            assert also
+            report, lines = two.run(replace(two.b, channels={"nt": nt}))
+        assert [e["text"] for e in report.applied] == ["frozen by ntfy:nt: deploys refused until `opskit unfreeze web`"]
+        assert two.rcv.telegram.calls == ["sendMessage", "getUpdates"]
     report, lines = two.run(two.dead_a)  # the database cannot be reached at all: read here
     assert len(lines) == 1 and re.fullmatch(r"tg: the fleet database is unreachable \(.+\); reading the bot from "
                                             r"this host", lines[0]), lines
-    assert two.rcv.telegram.calls == ["getUpdates"] * 2
+    assert two.rcv.telegram.calls == ["sendMessage"] + ["getUpdates"] * 2
 
 
 def test_a_tap_read_while_the_database_is_away_is_handed_over_when_it_is_back(two: Fleet2) -> None:
