@@ -783,13 +783,14 @@ def test_a_tap_on_another_hosts_button_is_handed_to_it_and_applied_there_once(tw
     mid, _ = _web_button(two)
     junk = two.rcv.telegram.tap(mid, "Freeze", user_id=ALICE, username="alice", data="nope")
     tap = two.rcv.telegram.tap(mid, "Freeze", user_id=ALICE, username="alice")
-    report, lines = two.run(two.a)
+    # a's config names a second host for the service: the tap goes to both
+    report, lines = two.run(replace(two.a, services={"web": replace(two.b.services["web"], hosts=("b", "c"))}))
     # a refuses what is no button at all itself, and hands over what b signed
     assert report.applied == [] and report.refused == [{"channel": "tg", "status": "refused",
                                                         "text": NOT_A_TOKEN, "ok": False}]
-    assert lines == [f"tg: telegram:4242 @alice: {NOT_A_TOKEN}", "tg: a tap on another host's button, handed to b"]
-    assert two.handoff() == [("b", {"channel": "tg", "update_id": tap["update_id"], "query": tap["callback_query"],
-                                    "from_host": "a"}, False)]
+    assert lines == [f"tg: telegram:4242 @alice: {NOT_A_TOKEN}", "tg: a tap on another host's button, handed to b, c"]
+    payload = {"channel": "tg", "update_id": tap["update_id"], "query": tap["callback_query"], "from_host": "a"}
+    assert two.handoff() == [("b", payload, False), ("c", payload, False)]
     assert two.rcv.telegram.pending_updates() == 0  # a confirmed what it read: b never reads it again
     assert two.journal(two.a).kv_all("inbox") == {"tg": {"offset": tap["update_id"] + 1}}
     assert junk["update_id"] + 1 == tap["update_id"]
@@ -798,7 +799,7 @@ def test_a_tap_on_another_hosts_button_is_handed_to_it_and_applied_there_once(tw
     assert report.applied == [{"channel": "tg", "status": "applied", "text": WEB_FROZE, "ok": True,
                                "action": "freeze", "target": "web", "service": "web"}] and report.refused == []
     assert lines[-1] == f"tg: telegram:4242 @alice: {WEB_FROZE}"
-    assert [t for _, _, t in two.handoff()] == [True]
+    assert [t for _, _, t in two.handoff()] == [True, False]  # c's is c's to take
     assert two.journal(two.b).frozen("web") is not None
     report, _ = two.run(two.b)
     assert report.applied == [] and report.refused == []
@@ -810,6 +811,17 @@ def test_a_tap_on_this_hosts_own_button_is_applied_here_and_never_handed_over(tw
     report, lines = two.run(two.b)
     assert [e["text"] for e in report.applied] == [WEB_FROZE] and lines[-1] == f"tg: telegram:4242 @alice: {WEB_FROZE}"
     assert not any("handed" in line for line in lines) and two.handoff() == []
+
+
+def test_a_tap_on_a_button_of_no_host_it_could_go_to_is_refused_where_it_was_read(two: Fleet2) -> None:
+    mid, _ = _web_button(two)
+    two.rcv.telegram.tap(mid, "Freeze", user_id=ALICE, username="alice")
+    with psycopg.connect(two.url) as conn:
+        conn.execute("DELETE FROM hosts")  # no other host known, none named in a's config
+    report, lines = two.run(two.a)
+    (refused,) = report.refused
+    assert refused["text"] == "refused: bad token (no such offer); nothing changed" and report.applied == []
+    assert two.handoff() == [] and two.rcv.telegram.answers[-1]["show_alert"] is True
 
 
 def test_a_handed_tap_that_is_not_for_this_host_or_not_a_tap_is_left_alone(two: Fleet2) -> None:
@@ -832,9 +844,11 @@ def test_a_handed_tap_that_is_not_for_this_host_or_not_a_tap_is_left_alone(two: 
     assert report.applied == [] and report.refused == [] and lines == []
     assert [t for _, _, t in two.handoff()] == [True] * 4  # each taken, once
     assert two.journal(two.b).frozen("web") is None and "answerCallbackQuery" not in two.rcv.telegram.calls
-    handoff.hand(fl, ["b"], {"channel": "tg", "update_id": 9, "query": query}, two.clock.now().isoformat())
+    # a username that is no string (the row is the fleet database's): the tapper is named by id alone
+    odd = {**query, "from": {"id": ALICE, "username": 12345}}
+    handoff.hand(fl, ["b"], {"channel": "tg", "update_id": 9, "query": odd}, two.clock.now().isoformat())
     report, _ = two.run(two.b)
-    assert [e["text"] for e in report.applied] == [WEB_FROZE]
+    assert [e["text"] for e in report.applied] == ["frozen by telegram:4242: deploys refused until `opskit unfreeze web`"]
 
 
 def test_a_bot_another_host_reads_is_left_to_it_unless_the_database_is_away(
