@@ -622,6 +622,7 @@ def test_a_telegram_tap_is_applied_answered_and_its_message_edited_with_the_way_
     row = decisions_store.get_offer(box.j, _oid(freeze))
     assert row is not None and (row.status, row.channel, row.decided_by, row.tap, row.answered) == \
         ("applied", "tg", "telegram:4242 @alice", str(taps[2]["update_id"]), iso(box.clock.now()))
+    assert row.reply is not None and json.loads(row.reply) == {"chat_id": -100777, "message_id": mid}  # to mark it later
     assert box.rcv.telegram.pending_updates() == 3  # confirmed by the next read's offset (no fleet)
 
     # the way back, tapped by someone without a username
@@ -849,6 +850,8 @@ def test_a_handed_tap_that_is_not_for_this_host_or_not_a_tap_is_left_alone(two: 
     handoff.hand(fl, ["b"], {"channel": "tg", "update_id": 9, "query": odd}, two.clock.now().isoformat())
     report, _ = two.run(two.b)
     assert [e["text"] for e in report.applied] == ["frozen by telegram:4242: deploys refused until `opskit unfreeze web`"]
+    row = decisions_store.get_offer(two.journal(two.b), int(oid))
+    assert row is not None and (row.channel, row.tap, row.decided_by) == ("tg", "9", "telegram:4242")
 
 
 def test_a_bot_another_host_reads_is_left_to_it_unless_the_database_is_away(
