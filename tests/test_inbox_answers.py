@@ -468,6 +468,8 @@ def test_a_second_run_leaves_the_taps_to_the_one_running(box: Box) -> None:
     assert box.lines == ["another `opskit inbox` is running; it takes the decisions"]
     report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)
     assert not report.busy and [e["text"] for e in report.applied] == [FROZE]
+    assert box.lines[1:] == ["✘ svc is FROZEN: frozen by ntfy:nt: tapped on nt. Deploys are refused until "
+                             "`opskit unfreeze svc`", f"nt: ntfy:nt: {FROZE}"]  # the run's write, the applier's too
     report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)  # the lock was let go
     assert not report.busy
 
@@ -574,10 +576,13 @@ def test_a_claim_of_a_killed_run_is_applied_first_and_recorded_as_resumed(box: B
     dead.wait()
     with box.j.tx() as c:
         c.execute("UPDATE decision_offers SET claimed_by = ? WHERE status = 'applying'", (dead.pid,))
+    box.clock.advance(90)
     report = inbox.run(box.settings, box.j, clock=box.clock, write=box.lines.append)
     assert report.applied == [{"channel": "resumed", "status": "applied", "text": FROZE, "ok": True,
                                "action": "freeze", "target": "svc", "service": "svc"}]
     assert box.j.frozen("svc") is not None
+    row = decisions_store.get_offer(box.j, _oid(tok))
+    assert row is not None and (row.status, row.claimed_at) == ("applied", iso(box.clock.now()))  # claimed again now
 
 
 # --- Telegram ------------------------------------------------------------------------------------
