@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ import httpx
 import psycopg
 import pytest
 
-from opskit.base import config
+from opskit.base import accounts, config
 from opskit.base.clock import FakeClock, iso
 from opskit.base.config import Secret
 from opskit.base.errors import GitError, UsageError
@@ -34,6 +35,7 @@ from opskit.storage import approvals as approvals_store
 from opskit.storage import decisions as decisions_store
 from opskit.storage import outbox
 from opskit.storage.journal import Journal
+from tests.support.accounts import throwaway_account
 from tests.support.fleet import fleet_rows
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
 from tests.support.phone import ALICE, BOT, PHONE, READER
@@ -454,6 +456,28 @@ def test_a_run_needs_a_channel_that_carries_taps_back(tmp_path: Path, write_conf
     assert str(e.value) == ('no channel can carry a decision back: add a [notify.NAME] with type = "telegram", '
                             "or reply_url on an ntfy channel (README: approve from your phone)")
     assert inbox.actionable(box.settings) == [box.settings.channels["tg"], box.settings.channels["nt"]]
+
+
+def test_in_a_shared_state_dir_only_root_runs_the_inbox(box: Box) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the run is made as another, real account")
+    with throwaway_account("opsinbx") as pw, tempfile.TemporaryDirectory(prefix="opskit-inbox-") as top:
+        shared = Path(top) / "state"  # where the account can reach it (the test's tmp_path is root's alone)
+        shared.mkdir()
+        os.chmod(top, 0o755)
+        os.chown(shared, 0, pw.pw_gid)
+        shared.chmod(0o2770)  # setgid: a state dir shared with the push account's group
+        settings = replace(box.settings, state_dir=shared)
+
+        def attempt() -> str:
+            inbox.run(settings, box.j, clock=box.clock, write=lambda _: None)
+            return "ran"
+
+        with pytest.raises(UsageError) as e:
+            accounts.as_account(pw, attempt)
+        assert not (shared / "inbox.lock").exists()
+    assert str(e.value) == ("inbox: in a shared state dir only root holds the decision key and applies taps; "
+                            "root's cron runs it (sudo opskit cron install --system)")
 
 
 def test_a_second_run_leaves_the_taps_to_the_one_running(box: Box) -> None:
