@@ -626,25 +626,32 @@ MALLORY = "refused: telegram user 999 is not in allowed_users of channel tg; not
 
 def test_a_telegram_tap_is_applied_answered_and_its_message_edited_with_the_way_back(box: Box) -> None:
     tg = box.settings.channels["tg"]
-    freeze = box.token("freeze")
-    mid = _send(box, "svc was reverted", freeze)
+    early, freeze = box.token("unfreeze"), box.token("freeze")
+    mid = _send(box, "svc was reverted", freeze, early)
     taps = [box.rcv.telegram.tap(mid, "b0", user_id=999, username="mallory"),
             box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice", data="nope"),
+            box.rcv.telegram.tap(mid, "b1", user_id=ALICE, username="alice"),  # not frozen yet: refused
             box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice")]
     report = inbox.InboxReport()
     inbox._telegram(box.settings, box.j, box.applier(), tg, 0, report, box.clock, box.lines.append)
     assert report.applied == [{"channel": "tg", "status": "applied", "text": ALICE_FROZE, "ok": True,
                                "action": "freeze", "target": "svc", "service": "svc"}]
     assert report.refused == [{"channel": "tg", "status": "refused", "text": MALLORY, "ok": False},
-                              {"channel": "tg", "status": "refused", "text": NOT_A_TOKEN, "ok": False}]
+                              {"channel": "tg", "status": "refused", "text": NOT_A_TOKEN, "ok": False},
+                              {"channel": "tg", "status": "refused", "text": NOT_FROZEN, "ok": False,
+                               "action": "unfreeze", "target": "svc", "service": "svc"}]
     assert box.lines == [f"tg: telegram:999 @mallory: {MALLORY}", f"tg: telegram:4242 @alice: {NOT_A_TOKEN}",
+                         f"tg: telegram:4242 @alice: {NOT_FROZEN}",
                          "✘ svc is FROZEN: frozen by telegram:4242 @alice: tapped on tg. Deploys are refused until "
                          "`opskit unfreeze svc`", f"tg: telegram:4242 @alice: {ALICE_FROZE}"]
     assert box.rcv.telegram.answers == [
         {"callback_query_id": taps[0]["callback_query"]["id"], "text": MALLORY, "show_alert": True},
         {"callback_query_id": taps[1]["callback_query"]["id"], "text": NOT_A_TOKEN, "show_alert": True},
-        {"callback_query_id": taps[2]["callback_query"]["id"], "text": ALICE_FROZE, "show_alert": False}]
-    assert box.rcv.telegram.calls == ["sendMessage", "getUpdates"] + ["answerCallbackQuery"] * 3 + ["editMessageText"]
+        {"callback_query_id": taps[2]["callback_query"]["id"], "text": NOT_FROZEN, "show_alert": True},
+        {"callback_query_id": taps[3]["callback_query"]["id"], "text": ALICE_FROZE, "show_alert": False}]
+    # a refusal is only answered; the one applied tap marks the message
+    assert box.rcv.telegram.calls == ["sendMessage", "getUpdates"] + ["answerCallbackQuery"] * 4 + ["editMessageText"]
+    taps = [taps[0], taps[1], taps[3]]
     (msg,) = box.rcv.telegram.messages
     assert msg.text == f"svc was reverted\n\n✅ {ALICE_FROZE}" and [b["text"] for b in msg.buttons()] == ["Unfreeze svc"]
     assert box.j.kv_all("inbox") == {"tg": {"offset": taps[2]["update_id"] + 1}}
@@ -652,7 +659,13 @@ def test_a_telegram_tap_is_applied_answered_and_its_message_edited_with_the_way_
     assert row is not None and (row.status, row.channel, row.decided_by, row.tap, row.answered) == \
         ("applied", "tg", "telegram:4242 @alice", str(taps[2]["update_id"]), iso(box.clock.now()))
     assert row.reply is not None and json.loads(row.reply) == {"chat_id": -100777, "message_id": mid}  # to mark it later
-    assert box.rcv.telegram.pending_updates() == 3  # confirmed by the next read's offset (no fleet)
+    assert box.rcv.telegram.pending_updates() == 4  # confirmed by the next read's offset (no fleet)
+    # read again (a run killed before it stored the offset): every tap was seen, nothing is said again
+    box.j.kv_delete("inbox", "tg")
+    again = inbox.InboxReport()
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, again, box.clock, box.lines.append)
+    assert again == inbox.InboxReport() and len(box.lines) == 5
+    assert box.rcv.telegram.calls[-1] == "getUpdates" and len(box.rcv.telegram.answers) == 4
 
     # the way back, tapped by someone without a username
     box.clock.advance(30)
@@ -689,6 +702,37 @@ def test_a_tap_applied_by_a_run_that_was_killed_is_answered_by_the_next(box: Box
     assert msg.text == f"svc was reverted\n\n✅ {ALICE_FROZE}" and msg.buttons() == []  # no second Unfreeze
     row = decisions_store.get_offer(box.j, _oid(freeze))
     assert row is not None and row.answered == iso(box.clock.now())
+
+
+def test_a_long_answer_is_clipped_and_a_long_message_cut_as_telegram_takes_them(box: Box) -> None:
+    tg = box.settings.channels["tg"]
+    branch = "feature/" + "x" * 200
+    row = _park(box, _feature(box, branch), branch=branch)
+    git(box.sb.dev, "push", "-q", "origin", f":{branch}")
+    approve = box.token("approve", str(row.id))
+    long = "y" * 4090  # with the answer below it, more than Telegram's 4096
+    mid = _send(box, long, approve, box.token("freeze"))
+    box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice")
+    box.rcv.telegram.tap(mid, "b1", user_id=ALICE, username="alice")
+    inbox._telegram(box.settings, box.j, box.applier(), tg, 0, inbox.InboxReport(), box.clock, box.lines.append)
+    refused = f"refused: change #{row.id} no longer waits: {branch} was deleted; nothing changed"
+    assert len(refused) > 190
+    clipped, froze = (a["text"] for a in box.rcv.telegram.answers)
+    assert clipped == refused[:189] + "…" and froze == ALICE_FROZE  # answerCallbackQuery takes 200 at most
+    (msg,) = box.rcv.telegram.messages
+    assert msg.text == long + "\n…" and [b["text"] for b in msg.buttons()] == ["Unfreeze svc"]
+
+
+def test_a_tapped_message_without_text_is_marked_with_the_answer_alone(box: Box) -> None:
+    tg = box.settings.channels["tg"]
+    mid = _send(box, "svc was reverted", box.token("freeze"))
+    tap = box.rcv.telegram.tap(mid, "b0", user_id=ALICE, username="alice")
+    query = dict(tap["callback_query"])
+    query["message"] = {k: v for k, v in query["message"].items() if k != "text"}  # Telegram leaves it out at times
+    inbox._tap(box.settings, box.j, box.applier(), tg, tap["update_id"], query, inbox.InboxReport(), box.clock,
+               box.lines.append)
+    (msg,) = box.rcv.telegram.messages
+    assert msg.text == f"\n\n✅ {ALICE_FROZE}"
 
 
 def test_an_approval_that_must_wait_is_marked_so_and_keeps_its_buttons(box: Box) -> None:
