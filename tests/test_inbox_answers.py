@@ -93,8 +93,9 @@ def box_fixture(tmp_path: Path, write_config: Callable[[str], Path]) -> Iterator
     try:
         sb = make_sandbox(tmp_path / "sb")
         settings = _write(tmp_path, write_config, rcv, sb)
-        # two hours behind the wall: whatever takes the wall clock instead of the run's is seen
-        clock = FakeClock(dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=2))
+        # two days behind the wall: whatever takes the wall clock instead of the run's is seen (a token
+        # valid on the run's clock has expired on the wall's)
+        clock = FakeClock(dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=2))
         yield Box(settings, Journal(settings.state_dir, clock), sb, rcv, clock, [])
     finally:
         rcv.telegram.release()
