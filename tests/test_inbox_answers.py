@@ -568,8 +568,8 @@ def test_a_run_with_a_wait_polls_ntfy_every_few_seconds_until_it_is_over(
     tok = box.token("freeze")
     clock = _TapWhileWaiting(box.clock.now(), lambda: _reply(box, tok))
     start = clock.monotonic()
-    report = inbox.run(settings, Journal(settings.state_dir, clock), wait=7.5, clock=clock, write=box.lines.append)
-    assert clock.sleeps == [3.0, 3.0, 1.5] and clock.monotonic() == start + 7.5
+    report = inbox.run(settings, Journal(settings.state_dir, clock), wait=7, clock=clock, write=box.lines.append)
+    assert clock.sleeps == [3.0, 3.0, 1.0] and clock.monotonic() == start + 7  # a last second still polls
     assert [e["text"] for e in report.applied] == [FROZE] and report.ok
     clock.sleeps.clear()
     report = inbox.run(settings, Journal(settings.state_dir, clock), wait=-5, clock=clock, write=box.lines.append)
