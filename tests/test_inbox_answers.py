@@ -459,7 +459,7 @@ def test_a_run_needs_a_channel_that_carries_taps_back(tmp_path: Path, write_conf
     assert inbox.actionable(box.settings) == [box.settings.channels["tg"], box.settings.channels["nt"]]
 
 
-def test_in_a_shared_state_dir_only_root_runs_the_inbox(box: Box) -> None:
+def test_only_root_runs_the_inbox_in_a_shared_state_dir(box: Box) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the run is made as another, real account")
     with throwaway_account("opsinbx") as pw, tempfile.TemporaryDirectory(prefix="opskit-inbox-") as top:
@@ -477,6 +477,12 @@ def test_in_a_shared_state_dir_only_root_runs_the_inbox(box: Box) -> None:
         with pytest.raises(UsageError) as e:
             accounts.as_account(pw, attempt)
         assert not (shared / "inbox.lock").exists()
+        # root's run, in the same state dir, takes the taps
+        (freeze,) = decisions.sign(settings, box.j, decisions.offer(settings, box.j, "svc", [("freeze", "svc")],
+                                                                    clock=box.clock), box.clock) or ()
+        _reply(box, freeze.token)  # signed with the shared dir's key, root's
+        report = inbox.run(settings, box.j, clock=box.clock, write=lambda _: None)
+        assert [r["text"] for r in report.applied] == [FROZE] and (shared / "inbox.lock").exists()
     assert str(e.value) == ("inbox: in a shared state dir only root holds the decision key and applies taps; "
                             "root's cron runs it (sudo opskit cron install --system)")
 
