@@ -656,6 +656,7 @@ def test_a_telegram_tap_is_applied_answered_and_its_message_edited_with_the_way_
         {"callback_query_id": taps[1]["callback_query"]["id"], "text": NOT_A_TOKEN, "show_alert": True},
         {"callback_query_id": taps[2]["callback_query"]["id"], "text": NOT_FROZEN, "show_alert": True},
         {"callback_query_id": taps[3]["callback_query"]["id"], "text": ALICE_FROZE, "show_alert": False}]
+    assert box.rcv.telegram.polls == [{"timeout": 0, "allowed_updates": ["callback_query"]}]  # taps only
     # a refusal is only answered; the one applied tap marks the message
     assert box.rcv.telegram.calls == ["sendMessage", "getUpdates"] + ["answerCallbackQuery"] * 4 + ["editMessageText"]
     taps = [taps[0], taps[1], taps[3]]
@@ -686,6 +687,8 @@ def test_a_telegram_tap_is_applied_answered_and_its_message_edited_with_the_way_
     calls = len(box.rcv.telegram.calls)
     inbox._telegram(box.settings, box.j, box.applier(), tg, 0, report, box.clock, box.lines.append)
     assert box.rcv.telegram.calls[calls:] == ["getUpdates"] and len(report.applied) == 2
+    assert box.rcv.telegram.polls[-1] == {"timeout": 0, "allowed_updates": ["callback_query"],
+                                          "offset": up["update_id"] + 1}
     assert box.rcv.telegram.pending_updates() == 0
 
 
@@ -873,6 +876,9 @@ def test_a_tap_on_another_hosts_button_is_handed_to_it_and_applied_there_once(tw
     payload = {"channel": "tg", "update_id": tap["update_id"], "query": tap["callback_query"], "from_host": "a"}
     assert two.handoff() == [("b", payload, False), ("c", payload, False)]
     assert two.rcv.telegram.pending_updates() == 0  # a confirmed what it read: b never reads it again
+    assert two.rcv.telegram.polls == [{"timeout": 0, "allowed_updates": ["callback_query"]},
+                                      {"offset": tap["update_id"] + 1, "timeout": 0, "limit": 1,
+                                       "allowed_updates": ["callback_query"]}]
     assert two.journal(two.a).kv_all("inbox") == {"tg": {"offset": tap["update_id"] + 1}}
     assert junk["update_id"] + 1 == tap["update_id"]
 
