@@ -692,6 +692,42 @@ def test_a_telegram_tap_is_applied_answered_and_its_message_edited_with_the_way_
     assert box.rcv.telegram.pending_updates() == 0
 
 
+class _Bot(BaseHTTPRequestHandler):
+    """A Bot API answering getUpdates with what the test sets (the stand-in follows the API)."""
+
+    result: object = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"ok": True, "result": self.result}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_getupdates_without_a_list_is_down_and_an_update_without_an_id_is_passed_over(box: Box) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Bot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tg = replace(box.settings.channels["tg"], api_url=f"http://127.0.0.1:{server.server_port}")
+        _Bot.result = {"update_id": 1}
+        with pytest.raises(inbox._Down) as e:
+            inbox._telegram(box.settings, box.j, box.applier(), tg, 0, inbox.InboxReport(), box.clock, box.lines.append)
+        assert str(e.value) == ("telegram channel 'tg': getUpdates failed (no result); the taps wait there for "
+                                "the next `opskit inbox`")
+        _Bot.result = [{"update_id": "7"}, {"update_id": 8}]
+        inbox._telegram(box.settings, box.j, box.applier(), tg, 0, inbox.InboxReport(), box.clock, box.lines.append)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert box.j.kv_all("inbox") == {"tg": {"offset": 9}}
+
+
 def test_a_tap_applied_by_a_run_that_was_killed_is_answered_by_the_next(box: Box) -> None:
     tg = box.settings.channels["tg"]
     freeze = box.token("freeze")
