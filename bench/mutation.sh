@@ -46,7 +46,7 @@ MODULES=(
   "placement|src/opskit/base/placement.py|tests/test_placement.py tests/test_recovery_rules.py"
   "statefs|src/opskit/base/statefs.py|tests/test_state_links.py tests/test_sqlite_swap.py tests/test_statefs.py|not planted_lock and not forged_running_row and not planted_journal_wal and not never_follows_the_log and not cron_d_lines and not inbox_lock_is_never"
   "decisions|src/opskit/notify/decisions.py|tests/test_decisions_rules.py tests/test_inbox.py"
-  "inbox|src/opskit/chain/inbox.py|tests/test_inbox.py tests/test_decisions_rules.py"
+  "inbox|src/opskit/chain/inbox.py|tests/test_inbox_answers.py tests/test_inbox.py tests/test_decisions_rules.py"
   "accounts|src/opskit/base/accounts.py|tests/test_trust_rules.py tests/test_hooks_as_root.py"
   "sandbox|src/opskit/base/bwrap.py|tests/test_sandbox_rules.py tests/test_bwrap.py tests/test_sandbox_tools.py tests/test_trust_rules.py"
   "recover|src/opskit/storage/recover.py|tests/test_journal_recover.py tests/test_recovery_rules.py"

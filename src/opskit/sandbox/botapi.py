@@ -87,6 +87,7 @@ class TelegramBot:
         self._queries: dict[str, tuple[float, bool]] = {}  # id → (created, answered)
         self._poller = 0  # the live getUpdates call's number; an older one ends with 409
         self.calls: list[str] = []  # methods called, in order
+        self.polls: list[dict[str, Any]] = []  # each getUpdates' parameters, in order
         self.answers: list[dict[str, Any]] = []
         # hold(method): calls of it block until release(), to stop a client at that point
         self._held: dict[str, threading.Event] = {}
@@ -168,6 +169,8 @@ class TelegramBot:
         return {"inline_keyboard": rows}
 
     def get_updates(self, body: dict[str, Any]) -> Any:
+        with self._cv:
+            self.polls.append(dict(body))
         offset = _int(body.get("offset"), 0)
         timeout = max(0.0, min(float(_int(body.get("timeout"), 0)), 50.0))
         limit = max(1, min(_int(body.get("limit"), 100), 100))
