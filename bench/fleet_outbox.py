@@ -31,7 +31,7 @@ CHANNELS = [f"c{i}" for i in range(6)]
 def run(rounds: int = 5, warmup: int = 1, n: int = 1000) -> Result:
     from opskit.base import config
     from opskit.base.clock import FakeClock
-    from opskit.sandbox.receiver import Receiver
+    from opskit.standins.receiver import Receiver
     from opskit.storage import fleet, fleet_outbox
     from opskit.storage.journal import Journal
     from tests.support.fleet import fleet_rows, make_host

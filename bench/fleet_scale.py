@@ -67,7 +67,7 @@ class RssSampler(threading.Thread):
 
 def setup(root: Path, hosts: list[str], url: str | None) -> list[tuple[str, Path, Path, dict[str, str]]]:
     """(service, config, dev clone, env) for each service, spread over the hosts."""
-    from opskit.sandbox.repos import build
+    from opskit.standins.repos import build
 
     root.mkdir(parents=True)
     env = bench_env(root)

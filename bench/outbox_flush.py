@@ -1,5 +1,5 @@
 """Benchmark 6: `opskit notify --flush` delivering 1,000 queued notifications to a local
-Discord stand-in (opskit.sandbox.receiver, loopback): messages per second.
+Discord stand-in (opskit.standins.receiver, loopback): messages per second.
 
 Each round queues N rows the way a failed send leaves them (status 'queued', one channel),
 off the clock, then times the real command. The receiver counts what arrived: a round that
@@ -35,7 +35,7 @@ def _queue(db: Path, n: int) -> None:
 
 
 def run(rounds: int = 5, warmup: int = 1, n: int = 1000) -> Result:
-    from opskit.sandbox.receiver import Receiver
+    from opskit.standins.receiver import Receiver
     from opskit.storage.journal import Journal
 
     res = Result()

@@ -87,7 +87,7 @@ def _backlog(conf: Path, db: Path, n: int, env: dict[str, str]) -> float:
 
 
 def backlog(rounds: int, warmup: int, n: int) -> dict[str, list[float]]:
-    from opskit.sandbox.receiver import Receiver
+    from opskit.standins.receiver import Receiver
     from opskit.storage.journal import Journal
 
     with tempfile.TemporaryDirectory(prefix="opskit-bench-backlog-") as t, Receiver.start() as rx:

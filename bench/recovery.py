@@ -1,4 +1,4 @@
-"""Benchmark 2: time to detect and restore, in a real sandbox (opskit.sandbox: a bare repo with
+"""Benchmark 2: time to detect and restore, in a real sandbox (opskit.standins: a bare repo with
 opskit's hooks installed, a deployed worktree, a service restarted by the deploy command).
 
 Each round pushes two bad commits straight to master (direct_push; post-receive runs the
@@ -71,9 +71,9 @@ class Watcher(threading.Thread):
 
 class Sandbox:
     def __init__(self, root: Path, health: dict[str, float]) -> None:
-        from opskit.sandbox import free_port
-        from opskit.sandbox.repos import build
-        from opskit.sandbox.service import deploy_command
+        from opskit.standins import free_port
+        from opskit.standins.repos import build
+        from opskit.standins.service import deploy_command
 
         self.root, self.health = root, health
         self.env = bench_env(root)
@@ -125,7 +125,7 @@ class Sandbox:
         return t0, t1, seen
 
     def close(self) -> None:
-        from opskit.sandbox.service import stop
+        from opskit.standins.service import stop
 
         stop(self.pidfile)
 

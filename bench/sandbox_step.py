@@ -27,7 +27,7 @@ from opskit.base import (
 )
 from opskit.chain import feature as chain
 from opskit.demo.scenario import BRANCH, FEATURE, FEATURE_FILES, FIRST_FILES, SERVICE  # noqa: E402
-from opskit.sandbox.repos import build  # noqa: E402
+from opskit.standins.repos import build  # noqa: E402
 from opskit.storage.journal import Journal  # noqa: E402
 
 

@@ -28,7 +28,7 @@ def run(rounds: int = 7, warmup: int = 1) -> Result:
 
     from opskit.base import config
     from opskit.notify import decisions
-    from opskit.sandbox.receiver import Receiver
+    from opskit.standins.receiver import Receiver
     from opskit.storage.journal import Journal
 
     res = Result()

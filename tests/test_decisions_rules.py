@@ -29,7 +29,7 @@ from opskit.base.clock import FakeClock, iso
 from opskit.chain import inbox
 from opskit.notify import decisions
 from opskit.notify.base import Action
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from opskit.storage import approvals as approvals_store
 from opskit.storage import decisions as decisions_store
 from opskit.storage.journal import Journal

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.sandbox.service import kill_pid
+from opskit.standins.service import kill_pid
 from opskit.wiring import hooks
 from tests.support.pipeline import Stage, make_stage
 

@@ -1,7 +1,7 @@
 """Phone taps in a fleet: one host at a time reads the bot (the Bot API answers a second
 getUpdates with 409 Conflict), and a tap on a button another host made is handed to that host
 through the fleet database and applied there once. Real PostgreSQL, the Telegram stand-in
-(sandbox/botapi.py), `opskit inbox` as cron runs it, one config and state dir per host."""
+(standins/botapi.py), `opskit inbox` as cron runs it, one config and state dir per host."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from opskit.base import config
 from opskit.notify import decisions
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from opskit.storage import fleet
 from opskit.storage.journal import Journal
 from tests.support.fleet import Host, fleet_rows, make_host

@@ -1,6 +1,6 @@
 """The fleet's shared outbox on a real PostgreSQL (tests/support/postgres.py): hosts are
 separate configs and state dirs on this machine, flushes are real `opskit notify --flush`
-processes, and the channels are the local receiver (opskit.sandbox.receiver), failing on demand."""
+processes, and the channels are the local receiver (opskit.standins.receiver), failing on demand."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 
 from opskit.base import config
 from opskit.base.clock import FakeClock
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from opskit.storage import fleet as fleet_mod
 from opskit.storage import fleet_outbox
 from opskit.storage.journal import Journal

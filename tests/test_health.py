@@ -16,7 +16,7 @@ from opskit.base.clock import FakeClock
 from opskit.base.config import HealthSettings
 from opskit.base.errors import UsageError
 from opskit.deploy.health import ProbeResult, gate, parse_expect_status, probe_once, run_gate, validate
-from opskit.sandbox import free_port
+from opskit.standins import free_port
 from opskit.storage.journal import Journal
 from tests.support.health import refused_url, spec, start_service_fixture  # noqa: F401
 

@@ -1,5 +1,5 @@
 """[opskit] heartbeat: each cron-check pings an external monitor (a local stand-in of
-healthchecks.io's ping API and Uptime Kuma's push monitor, sandbox/pings.py), success when
+healthchecks.io's ping API and Uptime Kuma's push monitor, standins/pings.py), success when
 nothing needs attention, the failure form with the reasons when something does; a monitor
 that is down or hangs never stops cron-check, and its outage is journaled once."""
 
@@ -15,7 +15,7 @@ from opskit import notify
 from opskit.base import config
 from opskit.base.clock import FakeClock
 from opskit.jobs.cron_check import cron_check
-from opskit.sandbox.pings import BODY_LIMIT
+from opskit.standins.pings import BODY_LIMIT
 from opskit.storage.journal import Journal
 from opskit.views.heartbeat import beat
 from tests.support.notify import receiver_fixture  # noqa: F401 - the `receiver` fixture

@@ -1,6 +1,6 @@
 """The inbox's own parts, in the test process and fast: what each answer says and to whom, which
 change still waits, what a tap applies, and how a run reads its channels. A real journal and
-state dir, a real git repository, and the Telegram and ntfy stand-ins (sandbox/botapi.py)."""
+state dir, a real git repository, and the Telegram and ntfy stand-ins (standins/botapi.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from opskit.base.errors import GitError, UsageError
 from opskit.chain import inbox
 from opskit.git.repo import Git
 from opskit.notify import decisions
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from opskit.storage import approvals as approvals_store
 from opskit.storage import decisions as decisions_store
 from opskit.storage import outbox

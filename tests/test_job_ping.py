@@ -1,13 +1,13 @@
 """[jobs.NAME] ping_url: run-job signals an external monitor in healthchecks.io's ping API form
 (/start, then /<exit status>, the output tail as the body), against the local stand-in
-(sandbox/pings.py); the URL's secret uuid is in no output or event."""
+(standins/pings.py); the URL's secret uuid is in no output or event."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from opskit.sandbox.pings import BODY_LIMIT
+from opskit.standins.pings import BODY_LIMIT
 from opskit.storage.journal import Journal
 from tests.support.pings import dump_journal, pings_fixture  # noqa: F401 - the `pings` fixture
 

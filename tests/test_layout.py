@@ -18,7 +18,7 @@ PKG = SRC / "opskit"
 # Lower layers never import higher ones. A module's layer is its top-level package.
 LAYERS = [
     {"base"}, {"storage"}, {"git"}, {"wiring"}, {"notify", "reactions"}, {"deploy"}, {"guard"}, {"chain"}, {"jobs"},
-    {"views"}, {"sandbox"}, {"demo"}, {"hookmain", "commands", "cli", "fastpath", "__main__", "__init__"},
+    {"views"}, {"standins"}, {"demo"}, {"hookmain", "commands", "cli", "fastpath", "__main__", "__init__"},
 ]
 
 
@@ -135,7 +135,7 @@ def test_no_sql_outside_storage(mod: str) -> None:
 _GIT_ARGV = re.compile(r"""\[\s*["']git["']\s*,""")
 
 
-@pytest.mark.parametrize("mod", sorted(m for m in MODULES if not m.startswith(("opskit.git", "opskit.sandbox"))))
+@pytest.mark.parametrize("mod", sorted(m for m in MODULES if not m.startswith(("opskit.git", "opskit.standins"))))
 def test_no_git_process_outside_the_git_package(mod: str) -> None:
     text = MODULES[mod].read_text()
     assert not _GIT_ARGV.search(text), f"{mod} starts git itself; go through opskit.git"
@@ -206,7 +206,7 @@ def test_docs_architecture_names_every_module() -> None:
                 missing.append(str(rel))
             continue
         pkg = rel.parts[0]
-        if pkg in ("commands", "sandbox"):
+        if pkg in ("commands", "standins"):
             if f"{pkg}/" not in layout:
                 missing.append(str(rel))
             continue

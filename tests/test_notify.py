@@ -16,7 +16,7 @@ from opskit import notify
 from opskit.base import config
 from opskit.base.config import Settings
 from opskit.base.errors import ConfigError, UsageError
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from opskit.storage import outbox
 from opskit.storage.journal import Journal
 from tests.support.notify import (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from tests.support.server import Server, need_root, run_as, server_fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(need_root() is not None, reason=need_root() or "")]

@@ -180,7 +180,7 @@ def test_a_reaction_failing_twice_then_succeeding_runs_three_times_and_the_curso
 
 
 def test_a_reaction_that_always_fails_gives_up_after_retries_notified_once(tmp_path: Path, state_dir: Path) -> None:
-    from opskit.sandbox.receiver import Receiver
+    from opskit.standins.receiver import Receiver
 
     rcv = Receiver.start()
     try:

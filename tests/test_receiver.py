@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from opskit.sandbox import free_port
-from opskit.sandbox.receiver import Receiver
+from opskit.standins import free_port
+from opskit.standins.receiver import Receiver
 from tests.support.notify import receiver_fixture  # noqa: F401 - the `receiver` fixture
 
 
@@ -116,7 +116,7 @@ def test_failure_rate_is_a_seeded_mix() -> None:
 def test_runs_as_a_process_with_control_and_record(tmp_path: Path) -> None:
     port = free_port()
     record = tmp_path / "rec.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "opskit.sandbox.receiver", "--port", str(port),
+    p = subprocess.Popen([sys.executable, "-m", "opskit.standins.receiver", "--port", str(port),
                           "--record", str(record)], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None

@@ -22,7 +22,7 @@ import pytest
 
 from opskit import notify
 from opskit.base import config
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from opskit.storage.journal import Journal
 from tests.support.notify import RecordingClock, channel_toml, config_toml, outbox_rows
 from tests.support.reliability import Timer

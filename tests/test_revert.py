@@ -12,7 +12,7 @@ from opskit.base.errors import OpsError
 from opskit.deploy.revert import auto_revert, is_revert_commit
 from opskit.git.repo import Git
 from opskit.notify import outbox_summary
-from opskit.sandbox import free_port
+from opskit.standins import free_port
 from opskit.storage.journal import Journal
 from opskit.views.status import collect, render
 from tests.support.gitsandbox import git

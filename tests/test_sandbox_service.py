@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from opskit.base import proc
-from opskit.sandbox import free_port
-from opskit.sandbox.service import deploy_command, parse_mode, wait_listening
+from opskit.standins import free_port
+from opskit.standins.service import deploy_command, parse_mode, wait_listening
 from tests.support.health import pidfiles_fixture, start_service_fixture  # noqa: F401  (fixtures)
 
 
@@ -125,7 +125,7 @@ def gone(pid: int) -> bool:
 
 
 def _svc_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "opskit.sandbox.service", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "opskit.standins.service", *args], cwd=cwd,
                           check=False, capture_output=True, text=True, timeout=30)
 
 

@@ -18,7 +18,7 @@ from opskit.base import config, proc
 from opskit.base.config import ServiceSettings
 from opskit.base.errors import ConfigError
 from opskit.deploy import service_logs
-from opskit.sandbox.service import kill_pid
+from opskit.standins.service import kill_pid
 from opskit.wiring import hooks
 from tests.conftest import RunOpskit
 from tests.support.pipeline import Stage, env_for, make_stage

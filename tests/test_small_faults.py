@@ -14,7 +14,7 @@ from opskit import notify
 from opskit.base import config
 from opskit.base.config import HealthSettings
 from opskit.deploy.health import probe_once
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from opskit.storage.journal import Journal
 
 

@@ -13,7 +13,7 @@ from opskit.base import config
 from opskit.base.config import Settings
 from opskit.base.errors import ConfigError
 from opskit.notify.base import Action
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 from opskit.storage.journal import Journal
 from tests.support.notify import (
     RecordingClock,

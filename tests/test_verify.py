@@ -186,7 +186,7 @@ def test_unresponsive_remote_is_bounded(sandbox: Sandbox, opskit, state_dir, mod
 
 
 def test_credentials_never_shown(sandbox: Sandbox, opskit, state_dir) -> None:
-    from opskit.sandbox import free_port
+    from opskit.standins import free_port
 
     port = free_port()  # nothing listens: connection refused
     for url in (f"http://alice:S3cretTok3n@127.0.0.1:{port}/x.git",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from opskit.sandbox import free_port
+from opskit.standins import free_port
 
 
 @dataclass

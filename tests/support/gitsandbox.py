@@ -1,6 +1,6 @@
 """Real git repos for tests: a bare canonical repo, the deployed worktree, a dev clone.
 
-The layout is built by opskit.sandbox.repos (shared with `opskit demo`); this adds the
+The layout is built by opskit.standins.repos (shared with `opskit demo`); this adds the
 subprocess-level helpers tests assert on (CompletedProcess with stdout/stderr).
 """
 
@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from opskit.sandbox.repos import Repos, build
+from opskit.standins.repos import Repos, build
 
 
 def git(cwd: Path, *args: str, check: bool = True, input: str | None = None,
@@ -28,7 +28,7 @@ def rev(cwd: Path, ref: str = "HEAD") -> str:
 
 
 class Sandbox(Repos):
-    """opskit.sandbox.repos.Repos with the tests' subprocess-level push (its stderr is asserted on)."""
+    """opskit.standins.repos.Repos with the tests' subprocess-level push (its stderr is asserted on)."""
 
     def push(self, *refspecs: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return git(self.dev, "push", "origin", *refspecs, check=check)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from opskit.base.config import HealthSettings
-from opskit.sandbox import free_port
-from opskit.sandbox.service import ServiceProcess, stop
+from opskit.standins import free_port
+from opskit.standins.service import ServiceProcess, stop
 
 StartService = Callable[..., ServiceProcess]
 

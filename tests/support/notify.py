@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from opskit.base.clock import FakeClock
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.receiver import Receiver
 
 
 @pytest.fixture(name="receiver")

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from opskit.chain import approvals
-from opskit.sandbox.botapi import NtfyMessage, TgMessage
-from opskit.sandbox.receiver import Receiver
+from opskit.standins.botapi import NtfyMessage, TgMessage
+from opskit.standins.receiver import Receiver
 from tests.support.chain import ChainStage, make_chain_stage
 from tests.support.pipeline import env_for
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.sandbox.pings import PingReceiver
+from opskit.standins.pings import PingReceiver
 
 
 @pytest.fixture(name="pings")

@@ -21,9 +21,9 @@ import pytest
 from opskit.base import config, proc
 from opskit.base.config import Settings
 from opskit.deploy.pipeline import DeployResult, deploy
-from opskit.sandbox import free_port
-from opskit.sandbox.receiver import Receiver
-from opskit.sandbox.service import deploy_command, kill_pid, stop
+from opskit.standins import free_port
+from opskit.standins.receiver import Receiver
+from opskit.standins.service import deploy_command, kill_pid, stop
 from opskit.storage.journal import Journal
 from tests.support.gitsandbox import Sandbox, git, make_sandbox, rev
 from tests.support.procs import processes_pointing_into

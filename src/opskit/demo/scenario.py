@@ -41,10 +41,10 @@ from opskit.demo import tap as demo_tap
 from opskit.deploy import health
 from opskit.git import repo as gitrepo
 from opskit.git.repo import Git
-from opskit.sandbox import free_port
-from opskit.sandbox.receiver import Receiver
-from opskit.sandbox.repos import Repos, build
-from opskit.sandbox.service import deploy_command, kill_pid, stop
+from opskit.standins import free_port
+from opskit.standins.receiver import Receiver
+from opskit.standins.repos import Repos, build
+from opskit.standins.service import deploy_command, kill_pid, stop
 from opskit.storage.journal import Event, Journal
 from opskit.views.events import summarize
 
@@ -57,7 +57,7 @@ RELAND = f"{FEATURE}-reland"
 HEALTH = {"window": 3, "period": 0.5, "timeout": 1, "failures": 2, "startup": 3}
 CMD_TIMEOUT = 120.0
 LOOP_BUDGET = 60.0  # the issue: "in under a minute"
-_SERVICE_MARKER = "opskit.sandbox.service"
+_SERVICE_MARKER = "opskit.standins.service"
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ Nothing is started, so a change that only breaks start-up passes them, as phase 
 """
 from pathlib import Path
 
-from opskit.sandbox import service  # the code `deploy` restarts; importing it starts nothing
+from opskit.standins import service  # the code `deploy` restarts; importing it starts nothing
 
 mode = service.parse_mode(Path("service.mode").read_text())
 channels = Path("channels.txt").read_text().split()

@@ -11,14 +11,14 @@ Discord in production bounces off here too:
   200 ``ok``; text over 40,000 chars is truncated, as Slack does.
 - ``POST /webhook/...`` accepts anything.
 - ntfy under ``/ntfy`` and the Telegram Bot API under ``/telegram/bot<token>/<method>``,
-  with the rules in sandbox/botapi.py (``r.ntfy``, ``r.telegram``; ``r.telegram.tap(...)``
+  with the rules in standins/botapi.py (``r.ntfy``, ``r.telegram``; ``r.telegram.tap(...)``
   is a person tapping a button). ``advance(s)`` moves their clock (ntfy's 12 h cache).
 
 Faults on demand: ``fail_next(n, status, retry_after)``, ``hang_next(n)``, ``hang()``, ``slow(s)``,
 ``set_failure_rate(p, seed)`` (a random 500/429/hang mix for soak tests), and ``stop()`` /
 ``restart()`` on the same port for "down". Loopback only.
 
-Run as a process: ``python -m opskit.sandbox.receiver --port P [--record FILE]``; then
+Run as a process: ``python -m opskit.standins.receiver --port P [--record FILE]``; then
 ``GET /_received`` lists what was accepted and ``POST /_control`` sets faults, e.g.
 ``{"fail_next": {"n": 2, "status": 503}}``, ``{"hang": true}``, ``{"reset": true}``.
 """
@@ -42,7 +42,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from opskit.sandbox.botapi import ApiError, NtfyServer, TelegramBot, parse_actions_header
+from opskit.standins.botapi import ApiError, NtfyServer, TelegramBot, parse_actions_header
 
 HOST = "127.0.0.1"
 
@@ -621,7 +621,7 @@ def discord_errors(body: dict[str, Any]) -> dict[str, Any] | str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m opskit.sandbox.receiver",
+    ap = argparse.ArgumentParser(prog="python -m opskit.standins.receiver",
                                  description="Local Discord/Slack/webhook/ntfy stand-in (127.0.0.1 only).")
     ap.add_argument("--port", type=int, default=0, help="port to bind (default: any free port)")
     ap.add_argument("--record", type=Path, help="append each accepted message to this file (JSON lines)")

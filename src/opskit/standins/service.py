@@ -6,9 +6,9 @@ after a while or flap. A deploy calls `restart` the way it would call `systemctl
 the old process is stopped, a new one is started fully detached, and the command returns 0
 at once even if the new process then crashes — judging it is the gate's job.
 
-    python -m opskit.sandbox.service serve --port P [--mode M] [--mode-file F] [--pidfile F]
-    python -m opskit.sandbox.service restart --port P --pidfile F --log F [--mode-file F] [--wait S]
-    python -m opskit.sandbox.service stop --pidfile F
+    python -m opskit.standins.service serve --port P [--mode M] [--mode-file F] [--pidfile F]
+    python -m opskit.standins.service restart --port P --pidfile F --log F [--mode-file F] [--wait S]
+    python -m opskit.standins.service stop --pidfile F
 
 Modes: healthy, crash, 503, status=N, hang, slow=S, die-after=S, flap, body=TEXT,
 redirect=URL (302 to URL).
@@ -44,7 +44,7 @@ HOST = "127.0.0.1"
 DEFAULT_BODY = "ok"
 # Only processes whose command line carries this are ever signalled from a pidfile: a stale
 # pidfile whose pid was reused by something else must not get that process killed.
-_MARKER = "opskit.sandbox.service"
+_MARKER = "opskit.standins.service"
 
 
 # --- modes ------------------------------------------------------------------------------------
@@ -515,7 +515,7 @@ class ServiceProcess:
 # --- command line -----------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m opskit.sandbox.service",
+    parser = argparse.ArgumentParser(prog="python -m opskit.standins.service",
                                      description="A controllable HTTP service for tests and the demo.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_serve = sub.add_parser("serve", help="run in the foreground")
