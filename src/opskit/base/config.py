@@ -334,6 +334,8 @@ def _environment(env_file: Path) -> tuple[dict[str, str], str | None]:
     return {**values, **os.environ}, problem
 
 
+# --- validation -----------------------------------------------------------------------------
+
 _Conv = Callable[[str, Any], Any]
 
 
