@@ -101,8 +101,12 @@ def test_demo_json_checks_the_whole_loop_and_cleans_up(tmp_path: Path, state_dir
 
 def test_ctrl_c_cleans_up_and_exits_130(tmp_path: Path, state_dir: Path) -> None:
     env = _env(tmp_path)
+    # As from a terminal: a suite started in the background (`cmd &` without job control) runs
+    # with SIGINT ignored, which a child inherits, and a Python started so never raises
+    # KeyboardInterrupt; the child gets the default back before the demo starts.
     child = subprocess.Popen([sys.executable, "-m", "opskit", "demo"], env=env, cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: list[str] = []
     pid: int | None = None
     try:
